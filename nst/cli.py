@@ -1,0 +1,162 @@
+"""Before Hydra runs anything: expand the command line into its trials and validate each one.
+
+Hydra's own composition errors are several lines and exit 1; here every bad input (syntax, an
+unknown key or choice, a bad value or image file) becomes one line naming the key, exit code 2,
+before a network is built or any trial starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import uuid
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from nst.errors import InputError
+from nst.settings import load_inputs, settings_from_dict
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+VERSION_BASE = "1.3"
+_UID = uuid.uuid4().hex[:6]
+# Flags after which we leave everything to Hydra (help, printing configs, other config sources).
+_HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-p", "--package",
+                     "--resolve", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name",
+                     "-cd", "--config-dir", "--experimental-rerun"}
+
+
+def register_resolvers() -> None:
+    # One suffix per process, so every folder of one sweep shares it and two sweeps never collide.
+    OmegaConf.register_new_resolver("nst_uid", lambda: _UID, replace=True)
+    OmegaConf.register_new_resolver("nst_slug", slug, replace=True)
+
+
+def slug(text: str, limit: int = 80) -> str:
+    """A folder-name-safe form of an override string such as `style_weight=1e4,layers=style3`."""
+    s = re.sub(r"[^A-Za-z0-9=.,+_-]+", "-", str(text)).strip("-")
+    return (s[:limit] or "default")
+
+
+def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
+    """(multirun, overrides, leave_to_hydra)"""
+    multirun, overrides = False, []
+    for a in argv:
+        if a in ("-m", "--multirun"):
+            multirun = True
+        elif a.split("=", 1)[0] in _HYDRA_ONLY_FLAGS or a.startswith("-"):
+            return multirun, overrides, True
+        else:
+            overrides.append(a)
+    return multirun, overrides, False
+
+
+def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every trial, exactly as Hydra's basic sweeper will build them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as e:  # noqa: BLE001 - Hydra's parse errors carry the offending text
+        raise InputError("command line", _first_line(e)) from None
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if not multirun:
+        if sweeps:
+            raise InputError(sweeps[0].get_key_element(), "has several values: add -m to run one trial per value")
+        return [overrides]
+    # Compose once with each sweep at its first value, to read hydra.sweeper.params (from sweeps/).
+    first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+             for o in parsed]
+    cfg = _compose(first, hydra_config=True)
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
+    # Later keys win, as in BasicSweeper.sweep (config params first, then the command line).
+    return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
+
+
+def check(argv: list[str]) -> int:
+    """Validate every trial the command line asks for; returns how many (0 when left to Hydra)."""
+    multirun, overrides, leave = split_argv(argv)
+    if leave:
+        return 0
+    trials = expand_trials(overrides, multirun)
+    seen_files: set[tuple] = set()
+    for trial in trials:
+        cfg = _compose(trial)
+        try:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(_key_of(e), _first_line(e)) from None
+        settings = settings_from_dict(resolved)
+        files = (settings.content, settings.style if settings.objective.style_layers else None, settings.init_path)
+        if files not in seen_files:  # decode each distinct set of inputs once
+            load_inputs(settings)
+            seen_files.add(files)
+    return len(trials)
+
+
+def _compose(overrides: list[str], hydra_config: bool = False):
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    error = None
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE, job_name="nst"):
+        try:
+            return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
+        except Exception as e:  # noqa: BLE001 - turned into one line below, outside this context
+            error = e
+    raise describe(error) from None
+
+
+def describe(e: Exception) -> InputError:
+    """One line for a Hydra/OmegaConf composition error."""
+    msg = str(e)
+    m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
+    if m:
+        group, option = m.groups()
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        return InputError(group, f"unknown choice '{option}'; allowed: {', '.join(options)}")
+    m = re.search(r"Could not (?:override|append to) '([^']+)'|Key '([^']+)' (?:is not in struct|not in)", msg)
+    if m and "An item is already at" not in msg:
+        key = m.group(1) or m.group(2)
+        known = _known_keys()
+        prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        siblings = sorted(k[len(prefix):] for k in known if k.startswith(prefix) and "." not in k[len(prefix):])
+        close = difflib.get_close_matches(key[len(prefix):], siblings, n=1, cutoff=0.75)
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(siblings)}"
+        return InputError(key, f"is not a config key{hint} (README: Configuration)")
+    m = re.search(r"An item is already at '([^']+)'", msg)
+    if m:
+        return InputError(m.group(1), "already exists: set it without the leading '+'")
+    m = re.search(r"Could not load '([^']+)'", msg)
+    if m:
+        return InputError(m.group(1), _first_line(e))
+    return InputError(_key_of(e), _first_line(e))
+
+
+def _known_keys() -> list[str]:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE, job_name="nst"):
+        cfg = OmegaConf.to_container(compose(config_name="config"), resolve=False)
+    keys: list[str] = []
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            keys.append(prefix + k)
+            if isinstance(v, dict):
+                walk(v, prefix + k + ".")
+
+    walk(cfg)
+    return keys
+
+
+def _key_of(e: Exception) -> str:
+    key = getattr(e, "full_key", None)
+    return str(key) if key else "config"
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0].strip()

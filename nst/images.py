@@ -1,0 +1,128 @@
+"""Image input/output: load, orient, convert to RGB, resize, save. Tensors are [B,3,H,W] RGB in [0,1]."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from nst.errors import InputError
+
+BUNDLED_DIR = Path(__file__).parent / "data" / "images"
+# Refuse anything above ~100 MP: far beyond what style transfer can use, and a typical
+# decompression-bomb size. PIL's own default only warns below 2x its limit.
+MAX_PIXELS = 100_000_000
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def bundled_images() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.jpg"))}
+
+
+def resolve_image_path(key: str, value: str) -> Path:
+    """A bundled example's name (`tubingen`) or a file path, checked to exist and be non-empty."""
+    bundled = bundled_images()
+    if value in bundled:
+        return bundled[value]
+    path = Path(os.path.expanduser(str(value)))
+    if not path.exists():
+        names = ", ".join(bundled)
+        raise InputError(key, f"no such file '{value}' (give a path to an image, or one of the bundled examples: {names})")
+    if path.is_dir():
+        raise InputError(key, f"'{value}' is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise InputError(key, f"'{value}' is an empty file")
+    return path
+
+
+def load_image(key: str, value: str) -> Image.Image:
+    """Open, fully decode and convert to 8-bit RGB; every failure is an InputError naming the file."""
+    path = resolve_image_path(key, value)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            saved_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            try:
+                with Image.open(path) as img:
+                    img.load()  # decode now: a truncated file fails here, not halfway through a run
+                    img = ImageOps.exif_transpose(img)
+                    return to_rgb(img)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved_limit
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(key, f"'{path}' is too large to decode safely (over {MAX_PIXELS:,} pixels)") from None
+    except UnidentifiedImageError:
+        raise InputError(key, f"'{path}' is not an image file PIL can read (JPEG, PNG, WebP, TIFF, BMP, GIF, ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(key, f"'{path}' could not be decoded ({_first_line(e)}); is it truncated or corrupt?") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grey, palette, RGBA/LA (composited on white), CMYK and 16/32-bit images become 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # PIL's convert("RGB") clips high-bit-depth values at 255 (a white image); rescale instead.
+        a = np.asarray(img).astype(np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def target_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(width, height) with the long side set to `long_side`, aspect ratio kept."""
+    if width >= height:
+        return long_side, max(1, round(height * long_side / width))
+    return max(1, round(width * long_side / height)), long_side
+
+
+def size_at_pixel_count(width: int, height: int, pixels: int) -> tuple[int, int]:
+    """(width, height) with the aspect ratio of width:height and about `pixels` pixels."""
+    ratio = width / height
+    h = max(1, round((pixels / ratio) ** 0.5))
+    return max(1, round(h * ratio)), h
+
+
+def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    if img.size == size:
+        return img
+    return img.resize(size, Image.LANCZOS)
+
+
+def to_tensor(img: Image.Image, device: torch.device) -> torch.Tensor:
+    a = np.asarray(img, dtype=np.uint8)  # [H,W,3]
+    t = torch.from_numpy(a.copy()).permute(2, 0, 1).unsqueeze(0).contiguous()  # [1,3,H,W]
+    return t.to(device=device, dtype=torch.float32) / 255.0
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """One image [3,H,W] or [1,3,H,W] in [0,1] to an 8-bit PIL image."""
+    if x.dim() == 4:
+        assert x.shape[0] == 1, "to_pil takes one image"
+        x = x[0]
+    a = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(a, mode="RGB")
+
+
+def save_atomic(img: Image.Image, path: Path) -> None:
+    """Write via a temporary name and rename, so an interrupted run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+    os.replace(tmp, path)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,91 @@
+"""Entry point: `python -m nst.run [key=value ...]` runs one transfer; `-m` runs a sweep.
+
+Orchestration only: compose (Hydra), validate, run each trial into its folder, report.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from nst import cli
+from nst.errors import InputError
+
+log = logging.getLogger("nst")
+cli.register_resolvers()
+
+_state: dict = {"failed": [], "completed": 0, "out": set()}
+
+
+def trial_overrides() -> list[str]:
+    """The overrides that define this trial (what it is labelled by), without the sweep selector."""
+    return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("sweep=", "sweep_name="))]
+
+
+@hydra.main(version_base=cli.VERSION_BASE, config_path="../conf", config_name="config")
+def app(cfg: DictConfig) -> None:
+    from nst.settings import load_inputs, settings_from_dict
+    from nst.sinks import FileSink, ProgressSink
+    from nst.trial import run_trial, write_json_atomic
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    _state["out"].add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir))
+    overrides = trial_overrides()
+    label = ",".join(overrides) or "defaults"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    record = {"label": label, "overrides": overrides, "config": resolved, "job_num": hc.job.num if multirun else None}
+
+    try:
+        settings = settings_from_dict(resolved)
+        inputs = load_inputs(settings)
+    except InputError as e:
+        write_json_atomic(run_dir / "summary.json", {**record, "status": "failed", "error": str(e)})
+        _fail(label, str(e), run_dir)
+        return
+
+    record["settings"] = settings.to_dict()
+    sinks = [FileSink(run_dir, log_every=settings.log_every, frame_every=settings.frame_every, steps=settings.steps),
+             ProgressSink(settings.steps, label if multirun else "nst")]
+    summary = run_trial(settings, inputs, run_dir, sinks=sinks, record=record)
+    if summary["status"] == "completed":
+        _state["completed"] += 1
+        final = summary["final"]
+        log.info(f"{label}: done in {summary['wall_time']:.1f}s, {summary['evals_per_second']:.2f} evals/s on "
+                 f"{summary['device']}; total {final['total']:.4g} (content {final['content']:.4g}, style {final['style']:.4g})"
+                 f" -> {run_dir / 'final.png'}")
+    else:
+        _fail(label, summary.get("error", "unknown error"), run_dir)
+
+
+def _fail(label: str, error: str, run_dir: Path) -> None:
+    _state["failed"].append(label)
+    detail = f" (traceback: {run_dir / 'error.log'})" if (run_dir / "error.log").exists() else ""
+    log.error(f"{label}: failed: {error}{detail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cli.check(argv)
+    except InputError as e:
+        print(f"nst: error: {e}", file=sys.stderr)
+        return 2
+    app()
+    for out in sorted(_state["out"]):
+        print(f"outputs: {out}")
+    if _state["failed"]:
+        print(f"nst: {len(_state['failed'])} trial(s) failed: {'; '.join(_state['failed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Sinks receive the optimisation's step records: local files and the progress bar (W&B lives in wandb_sink)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nst.images import save_atomic, to_pil
+from nst.optimize import StepRecord
+
+
+class FileSink:
+    """metrics.jsonl (every `log_every` evaluations, and the first) and frames/ (every `frame_every`)."""
+
+    def __init__(self, run_dir: Path, *, log_every: int, frame_every: int, steps: int):
+        self.run_dir, self.log_every, self.frame_every, self.steps = Path(run_dir), log_every, frame_every, steps
+        self.frames_dir = self.run_dir / "frames"
+        self.frames_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")
+        self.width = len(str(steps))
+
+    def on_step(self, rec: StepRecord) -> None:
+        n = rec.evaluation
+        if n == 1 or n % self.log_every == 0 or n == self.steps:
+            row = {"evaluation": n, "wall_time": round(rec.wall_time, 4)}
+            row.update({k: v[0] for k, v in rec.values.items()})  # B = 1 for a run
+            self._metrics.write(json.dumps(row) + "\n")
+            self._metrics.flush()
+        if n == 1 or n % self.frame_every == 0 or n == self.steps:
+            save_atomic(to_pil(rec.image[:1]), self.frames_dir / f"{n:0{self.width}d}.png")
+
+    def close(self, summary: dict) -> None:
+        self._metrics.close()
+
+
+class ProgressSink:
+    """A progress bar of evaluations, with the current total loss."""
+
+    def __init__(self, steps: int, label: str):
+        disable = os.environ.get("NST_PROGRESS", "") == "0"
+        self.bar = tqdm(total=steps, desc=label, unit="eval", dynamic_ncols=True, file=sys.stderr, disable=disable, leave=True)
+
+    def on_step(self, rec: StepRecord) -> None:
+        self.bar.update(rec.evaluation - self.bar.n)
+        if rec.evaluation == 1 or rec.evaluation % 5 == 0:
+            self.bar.set_postfix_str(f"loss {rec.values['total'][0]:.4g}", refresh=False)
+
+    def close(self, summary: dict) -> None:
+        self.bar.close()

@@ -1,0 +1,100 @@
+"""The command line, as a user runs it: real Hydra runs and multiruns in a subprocess."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import summary
+
+TINY = ["size=32", "steps=8", "device=cpu", "frame_every=4"]
+
+
+def _trial_dirs(tmp_path: Path) -> list[Path]:
+    sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
+    assert len(sweeps) == 1
+    return sorted((d for d in sweeps[0].iterdir() if d.is_dir() and (d / ".hydra").is_dir()), key=lambda d: int(d.name.split("_")[0]))
+
+
+def test_single_run(run_nst, tmp_path):
+    r = run_nst(*TINY)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = list((tmp_path / "outputs" / "runs").iterdir())
+    assert str(run_dir) in r.stdout  # says where the outputs are
+    for name in ("final.png", "metrics.jsonl", "summary.json", ".hydra/config.yaml", "frames/8.png"):
+        assert (run_dir / name).exists(), name
+    assert summary(run_dir)["status"] == "completed"
+
+
+def test_style_weight_sweep_one_folder_per_trial_and_style_loss_falls(run_nst, tmp_path):
+    r = run_nst("-m", "style_weight=1e2,1e4,1e6", "size=32", "steps=15", "device=cpu")
+    assert r.returncode == 0, r.stderr
+    dirs = _trial_dirs(tmp_path)
+    assert len(dirs) == 3
+    summaries = [summary(d) for d in dirs]
+    assert all(s["status"] == "completed" for s in summaries)
+    weights = [s["settings"]["style_weight"] for s in summaries]
+    assert weights == [1e2, 1e4, 1e6]
+    style = [s["final"]["style"] for s in summaries]
+    assert style[0] > style[1] > style[2], style
+
+
+def test_a_failing_trial_does_not_stop_the_others(run_nst, tmp_path):
+    r = run_nst("-m", "device=cuda:99,cpu", *TINY[:2])
+    assert r.returncode == 1
+    failed, ok = (summary(d) for d in _trial_dirs(tmp_path))
+    assert failed["status"] == "failed" and "cuda:99" in failed["error"]
+    assert ok["status"] == "completed"
+    assert "1 trial(s) failed" in r.stderr and "Traceback" not in r.stderr
+
+
+BAD = {
+    "content=missing.jpg": "content: no such file 'missing.jpg'",
+    "content=empty.jpg": "content: 'empty.jpg' is an empty file",
+    "style=text.jpg": "style: 'text.jpg' is not an image file",
+    "content=trunc.jpg": "content: 'trunc.jpg' could not be decoded",
+    "content=bomb.png": "content: 'bomb.png' is too large",
+    "style_layers=[conv1_1,conv9_9]": "style_layers: unknown layer 'conv9_9' for vgg19; valid layers: conv1_1,",
+    "content_layers=[pool6]": "content_layers: unknown layer 'pool6'",
+    "size=0": "size: must be positive",
+    "size=-5": "size: must be positive",
+    "steps=0": "steps: must be positive",
+    "style_weight=-1": "style_weight: must be zero or positive",
+    "content_weight=-0.1": "content_weight: must be zero or positive",
+    "tv_weight=-3": "tv_weight: must be zero or positive",
+    "optimizer=sgd": "optimizer: unknown choice 'sgd'; allowed: adam, lbfgs",
+    "model=resnet": "model: unknown choice 'resnet'; allowed: vgg16, vgg19",
+    "init=zeros": "init: unknown choice 'zeros'; allowed: content, content_noise, image, noise",
+    "pooling=median": "pooling: unknown value 'median'; allowed: max, avg",
+    "loss.style=gatys": "loss.style: unknown value 'gatys'; allowed: mse, paper",
+    "device=tpu": "device: unknown device 'tpu'",
+    "stlye_weight=1": "stlye_weight: is not a config key; did you mean 'style_weight'?",
+    "+sweep=nope": "sweep: unknown choice 'nope'",
+}
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    from test_images import _bomb
+
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    data = (Path(__file__).parent.parent / "nst" / "data" / "images" / "tubingen.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 3])
+    _bomb(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("override", list(BAD))
+def test_bad_input_gets_one_line_and_exit_2_before_any_work(run_nst, tmp_path, bad_files, override):
+    r = run_nst(override)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("nst: error: " + BAD[override]), lines[0]
+    assert not (tmp_path / "outputs").exists()  # nothing ran, nothing was written
+
+
+def test_bad_value_in_one_trial_of_a_sweep_stops_the_sweep_before_it_starts(run_nst, tmp_path):
+    r = run_nst("-m", "style_weight=1e3,-1", *TINY)
+    assert r.returncode == 2 and "style_weight: must be zero or positive, got -1" in r.stderr
+    assert not (tmp_path / "outputs").exists()
