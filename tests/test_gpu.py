@@ -1,0 +1,27 @@
+"""The CUDA path (skipped where there is no GPU): same objective values as the CPU, GPU summary fields."""
+
+import pytest
+import torch
+
+from helpers import read_jsonl, settings
+from nst.settings import load_inputs
+from nst.sinks import FileSink
+from nst.trial import run_trial
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def test_cuda_run_matches_cpu_objective(tmp_path):
+    firsts = {}
+    for device in ("cpu", "cuda"):
+        s = settings(f"device={device}", "size=64", "steps=5", "init=content_noise", "seed=1")
+        d = tmp_path / device
+        summary = run_trial(s, load_inputs(s), d, sinks=[FileSink(d, log_every=1, frame_every=5, steps=5)])
+        assert summary["status"] == "completed", summary.get("error")
+        firsts[device] = read_jsonl(d / "metrics.jsonl")[0]
+        if device == "cuda":
+            assert summary["device"].startswith("cuda") and summary["peak_memory_kind"] == "cuda_max_allocated"
+            assert summary["peak_memory_mb"] > 0
+    # the first evaluation sees the same seeded start on both devices (TF32 convolutions: loose tolerance)
+    for key in ("content", "style", "total"):
+        assert firsts["cuda"][key] == pytest.approx(firsts["cpu"][key], rel=2e-2), key
