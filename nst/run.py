@@ -20,7 +20,7 @@ from nst.errors import InputError
 log = logging.getLogger("nst")
 cli.register_resolvers()
 
-_state: dict = {"failed": [], "completed": 0, "out": set()}
+_state: dict = {"failed": [], "completed": 0, "skipped": 0, "out": set()}
 
 
 def trial_overrides() -> list[str]:
@@ -43,6 +43,14 @@ def app(cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     record = {"label": label, "overrides": overrides, "config": resolved, "job_num": hc.job.num if multirun else None}
 
+    previous = _read_summary(run_dir)
+    if previous.get("status") == "completed" and previous.get("config") == resolved:
+        # Resume: re-running a sweep into its folder skips what already completed with this config.
+        _state["completed"] += 1
+        _state["skipped"] += 1
+        log.info(f"{label}: already completed with this config, skipped ({run_dir})")
+        return
+
     try:
         settings = settings_from_dict(resolved)
         inputs = load_inputs(settings)
@@ -63,6 +71,15 @@ def app(cfg: DictConfig) -> None:
                  f" -> {run_dir / 'final.png'}")
     else:
         _fail(label, summary.get("error", "unknown error"), run_dir)
+
+
+def _read_summary(run_dir: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _fail(label: str, error: str, run_dir: Path) -> None:

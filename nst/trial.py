@@ -16,6 +16,7 @@ import torch
 from nst import images
 from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec
+from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimize import optimise
 from nst.settings import Settings
@@ -107,6 +108,10 @@ def run_trial(s: Settings, inputs: dict, run_dir: Path, *, sinks: list, record: 
                               content_weight=weight(s.content_weight), style_weight=weight(s.style_weight), tv_weight=weight(s.tv_weight))
 
         def on_step(rec):
+            if rec.evaluation == 1 and device.type == "cuda":
+                # cuDNN autotuning tries workspace-hungry algorithms in the first evaluation; the
+                # steady-state peak (what a size or batch costs) is measured from here on.
+                torch.cuda.reset_peak_memory_stats(device)
             for sink in sinks:
                 sink.on_step(rec)
 
@@ -116,6 +121,7 @@ def run_trial(s: Settings, inputs: dict, run_dir: Path, *, sinks: list, record: 
         with torch.no_grad():
             # The terms of the image actually saved (the last evaluation may precede a final step).
             final_terms = {k: v[0] for k, v in _floats(objective(final)).items()}
+        summary["metrics"] = standard_metrics(final, tensors["content"], tensors.get("style"))
         images.save_atomic(images.to_pil(final), run_dir / "final.png")
         summary.update(status="completed", final=final_terms, evaluations=evaluations, optimisation_time=round(opt_time, 3),
                        evals_per_second=round(evaluations / opt_time, 3) if opt_time > 0 else None)

@@ -1,0 +1,351 @@
+"""Aggregate a sweep folder into results.csv, grid.png, curves.png, per-trial animations and report.html.
+
+Reads only files (each trial's summary.json, metrics.jsonl, frames/ and .hydra/), so a sweep can be
+re-aggregated, compared and published without W&B and without re-running anything.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+METRICS = ("content_distance", "style_distance", "psnr", "ssim")
+CELL = 192  # long side of a grid cell, px
+
+
+@dataclass
+class Trial:
+    path: Path
+    num: int
+    overrides: dict[str, str]
+    summary: dict
+    status: str
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def final(self) -> Path:
+        return self.path / "final.png"
+
+
+def _overrides(path: Path, summary: dict) -> dict[str, str]:
+    f = path / ".hydra" / "overrides.yaml"
+    items = list(OmegaConf.load(f)) if f.exists() else summary.get("overrides", [])
+    out = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        if key.lstrip("+~") in ("sweep", "sweep_name"):
+            continue
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def load_trials(sweep_dir: Path) -> list[Trial]:
+    trials = []
+    for d in sorted(Path(sweep_dir).iterdir()):
+        if not d.is_dir() or not (d / ".hydra").is_dir() and not (d / "summary.json").exists():
+            continue
+        head = d.name.split("_", 1)[0]
+        num = int(head) if head.isdigit() else len(trials)
+        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        status = summary.get("status", "unfinished")
+        rows = []
+        if (d / "metrics.jsonl").exists():
+            rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        trials.append(Trial(d, num, _overrides(d, summary), summary, status, rows))
+    return sorted(trials, key=lambda t: t.num)
+
+
+def swept_axes(trials: list[Trial]) -> list[tuple[str, list[str]]]:
+    """The override keys whose values differ between trials, each with its values in sweep order."""
+    axes: dict[str, list[str]] = {}
+    for t in trials:
+        for k, v in t.overrides.items():
+            values = axes.setdefault(k, [])
+            if v not in values:
+                values.append(v)
+    return [(k, v) for k, v in axes.items() if len(v) > 1]
+
+
+def label(trial: Trial, keys: list[str]) -> str:
+    return ", ".join(f"{k}={trial.overrides.get(k, '')}" for k in keys) or trial.path.name
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def results_table(trials: list[Trial], axes) -> pd.DataFrame:
+    records = []
+    for t in trials:
+        s = t.summary
+        rec = {"trial": t.path.name, "num": t.num}
+        rec.update({k: t.overrides.get(k) for k, _ in axes})
+        rec["status"] = t.status
+        rec["error"] = s.get("error", "")
+        for term in ("total", "content", "style", "tv"):
+            rec[f"final_{term}"] = (s.get("final") or {}).get(term)
+        for m in METRICS:
+            rec[m] = (s.get("metrics") or {}).get(m)
+        for key in ("evaluations", "wall_time", "evals_per_second", "peak_memory_mb", "device"):
+            rec[key] = s.get(key)
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+# ------------------------------------------------------------------------------------------- grid
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+SHORT = {"content_distance": "content", "style_distance": "style", "psnr": "PSNR", "ssim": "SSIM"}
+
+
+def _cell_box(trials: list[Trial]) -> tuple[int, int]:
+    """Cell size: CELL px wide, with the aspect ratio of the first saved result."""
+    for t in trials:
+        if t.final.exists():
+            w, h = Image.open(t.final).size
+            return (CELL, max(1, round(CELL * h / w))) if w >= h else (max(1, round(CELL * w / h)), CELL)
+    return CELL, CELL * 3 // 4
+
+
+def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int]) -> Image.Image:
+    font = _font(12)
+    w, h = box
+    pad = 18 if annotate else 0
+    if trial is not None and trial.status == "completed" and trial.final.exists():
+        img = ImageOps.contain(Image.open(trial.final).convert("RGB"), box, Image.LANCZOS)
+        cell = Image.new("RGB", (w, h + pad), "white")
+        cell.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
+        metrics = trial.summary.get("metrics") or {}
+        text = "  ".join(f"{SHORT[m]} {metrics[m]:.3g}" for m in annotate if metrics.get(m) is not None)
+        ImageDraw.Draw(cell).text((2, h + 3), text, fill="black", font=font)
+        return cell
+    # A failed, unfinished or missing trial is a marked empty cell, never a missing one.
+    cell = Image.new("RGB", (w, h + pad), (235, 235, 235))
+    d = ImageDraw.Draw(cell)
+    d.line((8, 8, w - 8, h - 8), fill=(200, 40, 40), width=3)
+    d.line((8, h - 8, w - 8, 8), fill=(200, 40, 40), width=3)
+    status = "missing" if trial is None else trial.status
+    d.text((w // 2 - 25, h // 2 - 8), status.upper(), fill=(200, 40, 40), font=_font(14))
+    return cell
+
+
+def _table_image(rows: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], title: str) -> Image.Image:
+    font, tfont = _font(13), _font(15)
+    cw, ch = rows[0][0].size
+    left = max([ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(s, font=font) for s in row_labels] + [0])
+    left = int(left) + 12 if any(row_labels) else 4
+    top = 22 + (20 if title else 0)
+    img = Image.new("RGB", (left + len(rows[0]) * (cw + 4) + 4, top + len(rows) * (ch + 4) + 4), "white")
+    d = ImageDraw.Draw(img)
+    if title:
+        d.text((4, 2), title, fill="black", font=tfont)
+    for j, s in enumerate(col_labels):
+        d.text((left + j * (cw + 4) + 2, top - 18), s, fill="black", font=font)
+    for i, row in enumerate(rows):
+        y = top + i * (ch + 4)
+        d.text((4, y + ch // 2 - 7), row_labels[i], fill="black", font=font)
+        for j, cell in enumerate(row):
+            img.paste(cell, (left + j * (cw + 4), y))
+    return img
+
+
+def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | None = None) -> Image.Image:
+    """One axis: a row; two: rows x columns; more: one such grid per combination of the others."""
+    box = _cell_box(trials)
+    if not axes:
+        return _table_image([[_cell(t, annotate, box) for t in trials]], [""], [t.path.name for t in trials], "")
+    if len(axes) == 1:
+        (key, values), = axes
+        ordered = [next((t for t in trials if t.overrides.get(key) == v), None) for v in values]
+        if sort_by:
+            ordered.sort(key=lambda t: _sort_key(t, sort_by))
+        labels = [f"{key}={t.overrides.get(key)}" if t else "" for t in ordered]
+        return _table_image([[_cell(t, annotate, box) for t in ordered]], [""], labels, "")
+    (rkey, rvals), (ckey, cvals), extra = axes[0], axes[1], axes[2:]
+    combos: list[dict[str, str]] = [{}]
+    for k, vals in extra:
+        combos = [{**c, k: v} for c in combos for v in vals]
+    panels = []
+    for combo in combos:
+        def find(rv, cv):
+            for t in trials:
+                o = t.overrides
+                if o.get(rkey) == rv and o.get(ckey) == cv and all(o.get(k) == v for k, v in combo.items()):
+                    return t
+            return None
+
+        rows = [[_cell(find(rv, cv), annotate, box) for cv in cvals] for rv in rvals]
+        title = ", ".join(f"{k}={v}" for k, v in combo.items())
+        panels.append(_table_image(rows, [f"{rkey}={v}" for v in rvals], [f"{ckey}={v}" for v in cvals], title))
+    if len(panels) == 1:
+        return panels[0]
+    out = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
+    y = 0
+    for p in panels:
+        out.paste(p, (0, y))
+        y += p.height
+    return out
+
+
+def _sort_key(t: Trial | None, key: str) -> float:
+    v = ((t.summary.get("metrics") or {}).get(key) if t else None)
+    return math.inf if v is None else v
+
+
+# ----------------------------------------------------------------------------------------- curves
+
+
+def make_curves(trials: list[Trial], axes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k, _ in axes]
+    terms = ["total", "content", "style"] + (["tv"] if any(r.get("tv") for t in trials for r in t.rows) else [])
+    fig, axs = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6), squeeze=False)
+    for ax, term in zip(axs[0], terms):
+        for t in trials:
+            pts = [(r["evaluation"], r[term]) for r in t.rows if r.get(term) is not None and r[term] > 0]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, y, label=label(t, keys), linestyle="-" if t.status == "completed" else "--", linewidth=1.3)
+        ax.set_yscale("log")
+        ax.set_xlabel("objective evaluations")
+        ax.set_title(f"{term} loss" + (" (weighted)" if term == "total" else " (unweighted)"))
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axs[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+        fig.subplots_adjust(bottom=0.18 + 0.05 * ((len(labels) - 1) // 4))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- animations
+
+
+def make_animation(trial: Trial) -> Path | None:
+    frames_dir = trial.path / "frames"
+    frames = sorted((p for p in frames_dir.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem)) if frames_dir.exists() else []
+    if not frames:
+        return None
+    images = [Image.open(p).convert("RGB") for p in frames]  # the last frame is the last evaluation
+    for im in images:
+        im.thumbnail((320, 320))
+    out = trial.path / "animation.gif"
+    durations = [400] * (len(images) - 1) + [1500]  # hold the result
+    images[0].save(out, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def sweep_command(sweep_dir: Path) -> str:
+    f = sweep_dir / "multirun.yaml"
+    if not f.exists():
+        return ""
+    task = OmegaConf.select(OmegaConf.load(f), "hydra.overrides.task") or []
+    return "python -m nst.run -m " + " ".join(shlex.quote(str(o)) for o in task)
+
+
+_SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach((th, i) => th.addEventListener('click', () => {
+  const tb = th.closest('table').tBodies[0], rows = Array.from(tb.rows);
+  const dir = th.dataset.dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
+  const val = r => { const t = r.cells[i].textContent.trim(), n = parseFloat(t); return isNaN(n) ? t : n; };
+  rows.sort((a, b) => { const x = val(a), y = val(b); const c = x < y ? -1 : x > y ? 1 : 0; return dir === 'asc' ? c : -c; });
+  rows.forEach(r => tb.appendChild(r));
+}));
+"""
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes, animations: dict[str, Path]) -> Path:
+    keys = [k for k, _ in axes]
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
+    body = "".join(
+        f"<tr class='{e(str(r['status']))}'>" + "".join(f"<td>{e(_fmt(r[c]))}</td>" for c in table.columns) + "</tr>"
+        for _, r in table.iterrows())
+    gallery = "".join(
+        f"<figure><img src='{e(p.relative_to(sweep_dir).as_posix())}' alt='{e(label(t, keys))}'>"
+        f"<figcaption>{e(label(t, keys))}</figcaption></figure>"
+        for t in trials if (p := animations.get(t.path.name)) is not None)
+    command = sweep_command(sweep_dir)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>nst sweep: {e(sweep_dir.name)}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
+code {{ background: #f3f3f3; padding: 2px 5px; }}
+img {{ max-width: 100%; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
+th {{ cursor: pointer; background: #f3f3f3; position: sticky; top: 0; }}
+tr.failed td, tr.unfinished td {{ background: #fde8e8; }}
+figure {{ display: inline-block; margin: 6px; text-align: center; }}
+figure img {{ width: 256px; height: auto; }}
+figcaption {{ font-size: 12px; }}
+</style></head><body>
+<h1>Sweep {e(sweep_dir.name)}</h1>
+<p>{len(trials)} trials; swept: {e(", ".join(f"{k} ({len(v)})" for k, v in axes) or "nothing")}.
+{sum(t.status == "completed" for t in trials)} completed, {sum(t.status != "completed" for t in trials)} failed or unfinished.</p>
+<p>Command: <code>{e(command)}</code></p>
+<h2>Final images</h2>
+<img src="grid.png" alt="comparison grid">
+<h2>Loss curves</h2>
+<img src="curves.png" alt="loss curves">
+<h2>Results</h2>
+<p>Click a column to sort. Distances and PSNR/SSIM come from one fixed evaluator, so they compare across trials.
+Also in <a href="results.csv">results.csv</a>.</p>
+<table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>How each image forms</h2>
+{gallery}
+<script>{_SORT_JS}</script>
+</body></html>
+"""
+    out = sweep_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def aggregate(sweep_dir: Path, annotate: list[str] | None = None, sort_by: str | None = None) -> dict[str, Path]:
+    sweep_dir = Path(sweep_dir)
+    trials = load_trials(sweep_dir)
+    if not trials:
+        raise FileNotFoundError(f"{sweep_dir}: no trial folders (with .hydra/ or summary.json) in it")
+    annotate = ["psnr", "style_distance"] if annotate is None else annotate
+    axes = swept_axes(trials)
+    table = results_table(trials, axes)
+    out = {"results": sweep_dir / "results.csv", "grid": sweep_dir / "grid.png", "curves": sweep_dir / "curves.png"}
+    table.to_csv(out["results"], index=False)
+    make_grid(trials, axes, annotate, sort_by).save(out["grid"])
+    make_curves(trials, axes, out["curves"])
+    animations = {t.path.name: a for t in trials if (a := make_animation(t)) is not None}
+    out["report"] = write_report(sweep_dir, table, trials, axes, animations)
+    return out

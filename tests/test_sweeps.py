@@ -1,0 +1,123 @@
+"""Sweeps end to end: aggregation into results.csv, grid, curves, animations and report; rebuild; resume."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from nst import aggregate
+
+SWEEP = ["-m", "pooling=max,avg", "style_weight=1e3,1e6", "size=32", "steps=6", "frame_every=2", "device=cpu"]
+
+
+def _sweep_dir(tmp_path: Path) -> Path:
+    (d,) = list((tmp_path / "outputs" / "sweeps").iterdir())
+    return d
+
+
+@pytest.fixture
+def sweep(run_nst, tmp_path):
+    r = run_nst(*SWEEP)
+    assert r.returncode == 0, r.stderr
+    return _sweep_dir(tmp_path), r
+
+
+def _referenced(report: Path) -> list[str]:
+    return re.findall(r"""(?:src|href)=["']([^"'#]+)["']""", report.read_text())
+
+
+def test_two_axis_sweep_aggregates(sweep):
+    d, r = sweep
+    table = pd.read_csv(d / "results.csv")
+    assert len(table) == 4 and set(table["status"]) == {"completed"}
+    assert {"pooling", "style_weight", "final_total", "final_style", "content_distance", "style_distance", "psnr", "ssim",
+            "evaluations", "wall_time", "evals_per_second", "peak_memory_mb"} <= set(table.columns)
+    assert sorted(zip(table["pooling"], table["style_weight"])) == sorted(
+        [("max", 1000.0), ("max", 1000000.0), ("avg", 1000.0), ("avg", 1000000.0)])
+    # standardised metrics rank by the same yardstick: more style weight, closer to the style
+    for pool in ("max", "avg"):
+        rows = table[table["pooling"] == pool].sort_values("style_weight")
+        assert rows["style_distance"].iloc[0] > rows["style_distance"].iloc[1]
+    # the grid is 2 rows x 2 columns of cells
+    trials = aggregate.load_trials(d)
+    box = aggregate._cell_box(trials)
+    grid = Image.open(d / "grid.png")
+    cell_h = box[1] + 18
+    assert (grid.height - 4) // (cell_h + 4) == 2
+    assert (grid.width - 4) // (box[0] + 4) in (2, 3)  # two columns plus the row labels' margin
+    assert Image.open(d / "curves.png").size[0] > 400
+    for t in trials:
+        gif = Image.open(t.path / "animation.gif")
+        assert gif.n_frames == len(list((t.path / "frames").glob("*.png"))) == 4  # evaluations 1, 2, 4, 6
+    refs = _referenced(d / "report.html")
+    assert "grid.png" in refs and "curves.png" in refs and "results.csv" in refs
+    assert sum(ref.endswith("animation.gif") for ref in refs) == 4
+    for ref in refs:
+        assert (d / ref).exists(), ref
+    assert "python -m nst.run -m pooling=max,avg" in (d / "report.html").read_text()
+    assert "sweep report:" in r.stderr + r.stdout
+
+
+def test_report_rebuilds_the_same_outputs_from_the_folder_alone(sweep, run_nst):
+    d, _ = sweep
+    before = {n: (d / n).read_bytes() for n in ("results.csv", "grid.png", "report.html")}
+    for n in ("results.csv", "grid.png", "curves.png", "report.html"):
+        (d / n).unlink()
+    r = run_nst(str(d), module="nst.report")
+    assert r.returncode == 0, r.stderr
+    for n, data in before.items():
+        assert (d / n).read_bytes() == data, n
+    assert (d / "curves.png").exists()
+
+
+def test_report_errors(run_nst, tmp_path):
+    r = run_nst(str(tmp_path / "nope"), module="nst.report")
+    assert r.returncode == 2 and "no such folder" in r.stderr
+    r = run_nst(str(tmp_path), module="nst.report")
+    assert r.returncode == 2 and "no trial folders" in r.stderr
+
+
+def test_resume_runs_only_what_is_missing(sweep, run_nst):
+    d, _ = sweep
+    trials = aggregate.load_trials(d)
+    # one trial never finished, one failed: both must run again; the other two are skipped
+    (trials[1].path / "summary.json").unlink()
+    (trials[1].path / "final.png").unlink()
+    s = json.loads((trials[2].path / "summary.json").read_text())
+    s["status"] = "failed"
+    (trials[2].path / "summary.json").write_text(json.dumps(s))
+    kept = {t.path.name: (t.path / "final.png").stat().st_mtime_ns for t in (trials[0], trials[3])}
+    r = run_nst(*SWEEP, f"hydra.sweep.dir={d}")
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout + r.stderr).count("already completed with this config, skipped") == 2
+    for name, mtime in kept.items():
+        assert (d / name / "final.png").stat().st_mtime_ns == mtime
+    assert all(t.status == "completed" for t in aggregate.load_trials(d))
+
+
+def test_a_failed_trial_is_a_marked_cell(run_nst, tmp_path):
+    r = run_nst("-m", "device=cpu,cuda:99", "size=32", "steps=4")
+    assert r.returncode == 1
+    d = _sweep_dir(tmp_path)
+    table = pd.read_csv(d / "results.csv")
+    assert list(table["status"]) == ["completed", "failed"]
+    assert "cuda:99" in table["error"].iloc[1]
+    grid = Image.open(d / "grid.png").convert("RGB")
+    box = aggregate._cell_box(aggregate.load_trials(d))
+    # the second cell is the grey "failed" cell with its red cross
+    pixels = [grid.getpixel((x, y)) for x in range(grid.width // 2, grid.width) for y in range(0, grid.height, 3)]
+    assert (235, 235, 235) in pixels and any(p[0] > 150 and p[1] < 80 for p in pixels)
+    assert box[0] <= grid.width
+
+
+def test_one_axis_sweep_and_sorting(tmp_path, run_nst):
+    r = run_nst("-m", "+sweep=pooling", "size=32", "steps=3", "device=cpu")
+    assert r.returncode == 0, r.stderr
+    d = _sweep_dir(tmp_path)
+    assert d.name.split("_")[-2] == "pooling"  # the sweep's name is in its folder
+    out = aggregate.aggregate(d, annotate=["ssim"], sort_by="style_distance")
+    assert Image.open(out["grid"]).size[0] > 2 * aggregate.CELL
