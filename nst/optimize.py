@@ -6,6 +6,7 @@ handed to `on_step` (the sinks).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,12 +45,22 @@ class _BudgetSpent(Exception):
     pass
 
 
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
 def optimise(objective: Callable[[torch.Tensor], dict[str, torch.Tensor]], init: torch.Tensor, *, steps: int,
              spec: OptimizerSpec, on_step: Callable[[StepRecord], None]) -> tuple[torch.Tensor, int]:
     """Minimise the summed per-image totals from `init`; returns (final image in [0,1], evaluations)."""
     x = init.detach().clone(memory_format=torch.contiguous_format).clamp_(0, 1).requires_grad_(True)
     count = 0
     start = time.perf_counter()
+    # L-BFGS's strong-Wolfe search squares directional derivatives in float32; with large losses
+    # (the paper's un-normalised sums, big weights) they overflow and the step turns NaN. L-BFGS
+    # therefore minimises total / |total at the first evaluation|: a constant factor, so the same
+    # minimiser, with its arithmetic kept in range. Adam is left unscaled (it is scale-invariant
+    # but for its epsilon). Records always carry the unscaled terms.
+    scale: list[float] = [] if spec.name == "lbfgs" else [1.0]
 
     def closure() -> torch.Tensor:
         nonlocal count
@@ -65,10 +76,15 @@ def optimise(objective: Callable[[torch.Tensor], dict[str, torch.Tensor]], init:
         terms = objective(x)
         # Images of a batch are independent, so the sum of their totals optimises each one.
         total = terms["total"].sum()
-        total.backward()
+        value = float(total)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"the loss became {value} at evaluation {count + 1}; lower the loss weights or the learning rate")
+        if not scale:
+            scale.append(1.0 / abs(value) if value != 0 else 1.0)
+        (total * scale[0]).backward()
         count += 1
         on_step(StepRecord(count, time.perf_counter() - start, {k: v.detach() for k, v in terms.items()}, x.detach()))
-        return total
+        return total.detach() * scale[0]
 
     if spec.name == "lbfgs":
         opt = torch.optim.LBFGS([x], lr=spec.lr, max_iter=steps, max_eval=steps, history_size=spec.history_size,

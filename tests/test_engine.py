@@ -1,7 +1,9 @@
 """Tiny real runs: the real Caffe VGG-19 weights at <= 64 px, on the CPU."""
 
 import json
+import math
 
+import pytest
 import torch
 from PIL import Image
 
@@ -66,3 +68,22 @@ def test_same_seed_same_result(tmp_path):
         _run(tmp_path / str(i), "size=32", "steps=5", "init=content_noise", "seed=3", "deterministic=true")
         finals.append((tmp_path / str(i) / "final.png").read_bytes())
     assert finals[0] == finals[1]
+
+
+def test_a_non_finite_loss_fails_the_trial_with_a_clear_error():
+    from nst.optimize import NonFiniteLoss, OptimizerSpec, optimise
+
+    def objective(x):
+        bad = (x * float("nan")).flatten(1).sum(1)  # [B]
+        return {"total": bad}
+
+    with pytest.raises(NonFiniteLoss, match="evaluation 1"):
+        optimise(objective, torch.rand(1, 3, 4, 4), steps=3, spec=OptimizerSpec("adam", 0.1), on_step=lambda r: None)
+
+
+def test_large_un_normalised_losses_stay_finite_under_lbfgs(tmp_path):
+    # the paper's content sum at the default weight overflowed the line search before scaling
+    _, summary = _run(tmp_path, "size=48", "steps=8", "loss.content=paper")
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert all(math.isfinite(r["total"]) for r in rows)
+    assert summary["final"]["total"] < rows[0]["total"] * 1.01
