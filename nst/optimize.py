@@ -76,7 +76,7 @@ def optimise(objective: Callable[[torch.Tensor], dict[str, torch.Tensor]], init:
         terms = objective(x)
         # Images of a batch are independent, so the sum of their totals optimises each one.
         total = terms["total"].sum()
-        value = float(total)
+        value = float(total.detach())
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the loss became {value} at evaluation {count + 1}; lower the loss weights or the learning rate")
         if not scale:
