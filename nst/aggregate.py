@@ -17,6 +17,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from nst.images import save_animation
+
 METRICS = ("content_distance", "style_distance", "psnr", "ssim")
 CELL = 192  # long side of a grid cell, px
 
@@ -210,6 +212,10 @@ def _sort_key(t: Trial | None, key: str) -> float:
 
 
 def make_curves(trials: list[Trial], axes, path: Path) -> None:
+    import os
+
+    # matplotlib keeps a font cache under the home folder; keep it in the sweep folder instead
+    os.environ.setdefault("MPLCONFIGDIR", str(path.parent / ".matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,17 +246,10 @@ def make_curves(trials: list[Trial], axes, path: Path) -> None:
 
 
 def make_animation(trial: Trial) -> Path | None:
-    frames_dir = trial.path / "frames"
-    frames = sorted((p for p in frames_dir.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem)) if frames_dir.exists() else []
-    if not frames:
-        return None
-    images = [Image.open(p).convert("RGB") for p in frames]  # the last frame is the last evaluation
-    for im in images:
-        im.thumbnail((320, 320))
     out = trial.path / "animation.gif"
-    durations = [400] * (len(images) - 1) + [1500]  # hold the result
-    images[0].save(out, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True)
-    return out
+    if out.exists():
+        return out
+    return out if save_animation(trial.path / "frames", out) else None
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("nst")
 
@@ -22,3 +22,13 @@ class AggregateSweep(Callback):
             log.error(f"aggregating {sweep_dir} failed: {type(e).__name__}: {e} (retry with: python -m nst.report {sweep_dir})")
             return
         log.info(f"sweep report: {out['report'].resolve()}")
+        if OmegaConf.select(config, "logger.name") == "wandb":
+            from nst import wandb_sink
+            from nst.aggregate import load_trials, results_table, swept_axes
+            from nst.run import wandb_tags
+
+            # the hydra node holds per-job values (hydra.job.num) that no longer resolve here
+            resolved = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
+            trials = load_trials(sweep_dir)
+            wandb_sink.log_aggregate(resolved["wandb"], sweep_dir, out, results_table(trials, swept_axes(trials)),
+                                     group=sweep_dir.name, config=resolved, tags=wandb_tags(resolved))

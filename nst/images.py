@@ -123,6 +123,24 @@ def save_atomic(img: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_animation(frames_dir: Path, out: Path, *, side: int = 320) -> bool:
+    """A looping GIF of frames/<evaluation>.png in order (no ffmpeg needed); False if there are none."""
+    frames = sorted((p for p in Path(frames_dir).glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem)) if Path(frames_dir).is_dir() else []
+    if not frames:
+        return False
+    pics = []
+    for p in frames:
+        with Image.open(p) as im:
+            pic = im.convert("RGB")
+        pic.thumbnail((side, side))
+        pics.append(pic)
+    durations = [400] * (len(pics) - 1) + [1500]  # hold the result
+    tmp = out.with_name(f".{out.name}.tmp")
+    pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=durations, loop=0, optimize=True)
+    os.replace(tmp, out)
+    return True
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]

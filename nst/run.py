@@ -62,6 +62,16 @@ def app(cfg: DictConfig) -> None:
     record["settings"] = settings.to_dict()
     sinks = [FileSink(run_dir, log_every=settings.log_every, frame_every=settings.frame_every, steps=settings.steps),
              ProgressSink(settings.steps, label if multirun else "nst")]
+    if resolved["logger"]["name"] == "wandb":
+        from nst import wandb_sink
+
+        effective = {"content_weight": settings.content_weight, "style_weight": settings.style_weight, "tv_weight": settings.tv_weight}
+        run = wandb_sink.start(resolved["wandb"], run_dir=run_dir, files_root=Path(hc.sweep.dir) if multirun else run_dir,
+                               name=label, group=Path(hc.sweep.dir).name if multirun else None, job_type="trial",
+                               config={**resolved, "effective": effective}, tags=wandb_tags(resolved))
+        if run is not None:
+            sinks.append(wandb_sink.WandbSink(run, run_dir=run_dir, log_every=settings.log_every,
+                                              frame_every=settings.frame_every, steps=settings.steps))
     summary = run_trial(settings, inputs, run_dir, sinks=sinks, record=record)
     if summary["status"] == "completed":
         _state["completed"] += 1
@@ -71,6 +81,11 @@ def app(cfg: DictConfig) -> None:
                  f" -> {run_dir / 'final.png'}")
     else:
         _fail(label, summary.get("error", "unknown error"), run_dir)
+
+
+def wandb_tags(resolved: dict) -> list[str]:
+    return [resolved.get("sweep_name"), resolved["model"]["arch"], resolved["model"]["weights"],
+            resolved["optimizer"]["name"], *list(resolved["wandb"].get("tags") or [])]
 
 
 def _read_summary(run_dir: Path) -> dict:
@@ -95,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"nst: error: {e}", file=sys.stderr)
         return 2
-    app()
+    try:
+        app()
+    finally:
+        from nst.wandb_sink import teardown
+
+        teardown()
     for out in sorted(_state["out"]):
         print(f"outputs: {out}")
     if _state["failed"]:

@@ -162,6 +162,11 @@ def settings_from_dict(d: dict) -> Settings:
     if settings.long_side > MAX_SIDE:
         raise InputError("scale", f"size x scale = {settings.long_side} px exceeds the limit of {MAX_SIDE} px")
     check_device_name(settings.device)
+    logger = _choice(d, "logger.name", ("wandb", "none"))
+    if logger == "wandb":
+        from nst.wandb_sink import check_options
+
+        check_options(_get(d, "wandb"))
     return settings
 
 

@@ -123,6 +123,7 @@ def run_trial(s: Settings, inputs: dict, run_dir: Path, *, sinks: list, record: 
             final_terms = {k: v[0] for k, v in _floats(objective(final)).items()}
         summary["metrics"] = standard_metrics(final, tensors["content"], tensors.get("style"))
         images.save_atomic(images.to_pil(final), run_dir / "final.png")
+        images.save_animation(run_dir / "frames", run_dir / "animation.gif")
         summary.update(status="completed", final=final_terms, evaluations=evaluations, optimisation_time=round(opt_time, 3),
                        evals_per_second=round(evaluations / opt_time, 3) if opt_time > 0 else None)
     except BaseException as e:  # noqa: BLE001 - a trial records every failure, Ctrl-C included
@@ -133,16 +134,16 @@ def run_trial(s: Settings, inputs: dict, run_dir: Path, *, sinks: list, record: 
             summary["status"] = "interrupted"
             raise
     finally:
-        for sink in sinks:
-            try:
-                sink.close(summary)
-            except Exception as e:  # noqa: BLE001 - a broken sink must not hide the trial's result
-                summary.setdefault("sink_errors", []).append(f"{type(sink).__name__}: {e}")
         summary["wall_time"] = round(time.perf_counter() - t0, 3)
         summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if device is not None:
             summary["peak_memory_mb"], summary["peak_memory_kind"] = _peak_memory(device)
             summary["peak_memory_mb"] = round(summary["peak_memory_mb"], 1)
+        for sink in sinks:
+            try:
+                sink.close(summary)
+            except Exception as e:  # noqa: BLE001 - a broken sink must not hide the trial's result
+                summary.setdefault("sink_errors", []).append(f"{type(sink).__name__}: {e}")
         if summary["status"] != "interrupted":  # an interrupted trial leaves no summary: it is re-run on resume
             write_json_atomic(run_dir / "summary.json", summary)
     return summary

@@ -9,7 +9,7 @@ from nst import cli
 from nst.settings import settings_from_dict
 
 CONF = cli.CONF_DIR
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "optimizer", "init", "layers")}
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "optimizer", "init", "layers", "logger")}
 SWEEPS = sorted(p.stem for p in (CONF.parent / "sweeps").glob("*.yaml"))
 
 

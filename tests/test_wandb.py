@@ -1,0 +1,111 @@
+"""Real W&B offline runs, read back with W&B's own reader (`wandb leet inspect`). No network."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import read_jsonl, summary
+
+WANDB = str(Path(sys.executable).parent / "wandb")
+
+
+def inspect(run_file: Path, *, records: bool = False):
+    args = [WANDB, "leet", "inspect", "--json", str(run_file)] if records else [WANDB, "leet", "inspect", "--summary", "--json", str(run_file)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
+    return [json.loads(l) for l in out.splitlines() if l.strip()] if records else json.loads(out)
+
+
+def run_record(run_file: Path) -> dict:
+    return next(r["run"] for r in inspect(run_file, records=True) if r["type"] == "run")
+
+
+def test_two_trial_multirun_logs_trials_and_an_aggregate_in_one_group(run_nst, tmp_path):
+    r = run_nst("-m", "style_weight=1e3,1e5", "size=32", "steps=6", "frame_every=3", "device=cpu")
+    assert r.returncode == 0, r.stderr
+    (sweep,) = list((tmp_path / "outputs" / "sweeps").iterdir())
+    files = sorted(sweep.rglob("*.wandb"))
+    assert len(files) == 3
+    runs = {f: run_record(f) for f in files}
+    assert {r["run_group"] for r in runs.values()} == {sweep.name}
+    assert sorted(r["job_type"] for r in runs.values()) == ["aggregate", "trial", "trial"]
+    for f, rec in runs.items():
+        if rec["job_type"] != "trial":
+            continue
+        trial_dir = f.parents[2]
+        assert f.is_relative_to(trial_dir / "wandb")  # W&B files live in the trial's folder
+        s = summary(trial_dir)
+        assert rec["display_name"] == s["label"]
+        # the W&B config is the composed config (plus the effective loss weights)
+        config = inspect(f)["config"]
+        for key, value in s["config"].items():
+            assert config[key] == value, key
+        assert config["effective"]["style_weight"] == s["settings"]["style_weight"]
+        # history: every loss term, per layer, at the logged evaluation counts
+        history = [r["history"]["item"] for r in inspect(f, records=True) if r["type"] == "history"]
+        losses = {h["evaluation"]: h for h in history if "loss/total" in h}
+        local = read_jsonl(trial_dir / "metrics.jsonl")
+        assert sorted(losses) == [row["evaluation"] for row in local] == list(range(1, 7))
+        for row in local:
+            assert losses[row["evaluation"]]["loss/style/conv3_1"] == pytest.approx(row["style/conv3_1"])
+            assert losses[row["evaluation"]]["loss/content/conv4_2"] == pytest.approx(row["content/conv4_2"])
+        frames = [h["evaluation"] for h in history if h.get("frame._type") == "image-file"]
+        assert frames == [1, 3, 6]
+        final = inspect(f)
+        assert final["exit_code"] == 0 and final["summary"]["status"] == "completed"
+        assert final["summary"]["final"]["_type"] == "image-file"
+        assert final["summary"]["metrics/psnr"] == pytest.approx(s["metrics"]["psnr"])
+    agg = next(f for f, rec in runs.items() if rec["job_type"] == "aggregate")
+    agg_summary = inspect(agg)["summary"]
+    assert agg_summary["grid"]["_type"] == "image-file" and agg_summary["results"]["nrows"] == 2
+    assert "wandb-core" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+def test_failed_trial_run_ends_with_non_zero_exit_code(run_nst, tmp_path):
+    r = run_nst("-m", "device=cpu,cuda:99", "size=32", "steps=3")
+    assert r.returncode == 1
+    (sweep,) = list((tmp_path / "outputs" / "sweeps").iterdir())
+    by_trial = {f.parents[2].name.split("_")[0]: inspect(f) for f in sweep.glob("*/wandb/*/*.wandb")}
+    assert by_trial["0"]["exit_code"] == 0
+    assert by_trial["1"]["exit_code"] != 0 and by_trial["1"]["summary"]["status"] == "failed"
+
+
+def test_disabled_writes_no_wandb_files(run_nst, tmp_path):
+    for args in (["wandb.mode=disabled"], ["logger=none"]):
+        r = run_nst(*args, "size=32", "steps=2", "device=cpu", f"hydra.run.dir=out_{args[0].split('=')[0]}")
+        assert r.returncode == 0, r.stderr
+    assert list(tmp_path.rglob("*.wandb")) == [] and not list(tmp_path.rglob("wandb"))
+
+
+def test_unreachable_online_endpoint_falls_back_without_failing(tmp_path):
+    # a closed port on this machine: W&B's requests are refused at once, nothing leaves the machine
+    import conftest
+
+    env = conftest.nst_env(tmp_path)
+    env.update(WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:9")
+    r = subprocess.run([sys.executable, "-m", "nst.run", "wandb.mode=online", "wandb.init_timeout=5", "size=32", "steps=3",
+                        "device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert "could not start online" in out and "logging offline instead" in out
+    (run_dir,) = list((tmp_path / "outputs" / "runs").iterdir())
+    assert summary(run_dir)["status"] == "completed"
+    (offline,) = list(run_dir.glob("wandb/offline-run-*/*.wandb"))
+    assert inspect(offline)["summary"]["status"] == "completed"
+
+
+def test_mode_resolution(monkeypatch, tmp_path):
+    from nst import wandb_sink
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_sink.resolve_mode("auto") == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert wandb_sink.resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_sink.resolve_mode("auto") == "disabled"
+    assert wandb_sink.resolve_mode("offline") == "offline"  # the config beats the environment
