@@ -7,7 +7,7 @@ STAMP := $(VENV)/.nst-installed
 # torch/torchvision pinned to releases known to work together; override e.g. for a CPU-only wheel index.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?= size=256 steps=150
-ABLATION_ARGS ?= size=128 steps=100
+ABLATION_ARGS ?= size=128 steps=200
 
 .PHONY: install demo test ablations clean-outputs
 
