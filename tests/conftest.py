@@ -22,7 +22,7 @@ def nst_env(tmp: Path) -> dict:
                # anything W&B or torch.hub would write goes into the test's folder
                WANDB_MODE="offline", WANDB_DIR=str(tmp), WANDB_CACHE_DIR=str(tmp / ".wandb-cache"),
                WANDB_DATA_DIR=str(tmp / ".wandb-data"), WANDB_CONFIG_DIR=str(tmp / ".wandb-config"),
-               TORCH_HOME=str(tmp / ".torch"))
+               TORCH_HOME=str(tmp / ".torch"), WANDB_ERROR_REPORTING="false")
     env.pop("WANDB_API_KEY", None)
     return env
 
