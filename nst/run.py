@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         from nst.wandb_sink import teardown
 
         teardown()
+    if _state["skipped"]:
+        print(f"resumed: {_state['skipped']} trial(s) had already completed with the same config and were skipped")
     for out in sorted(_state["out"]):
         print(f"outputs: {out}")
     if _state["failed"]:

@@ -20,6 +20,8 @@ class FileSink:
         self.run_dir, self.log_every, self.frame_every, self.steps = Path(run_dir), log_every, frame_every, steps
         self.frames_dir = self.run_dir / "frames"
         self.frames_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.frames_dir.glob("*.png"):  # from an earlier attempt of this trial (resume)
+            stale.unlink()
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")
         self.width = len(str(steps))
 

@@ -88,6 +88,8 @@ def run_trial(s: Settings, inputs: dict, run_dir: Path, *, sinks: list, record: 
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("error.log", "animation.gif"):  # left by an earlier attempt of this trial (resume)
+        (run_dir / stale).unlink(missing_ok=True)
     summary: dict = {"status": "running", "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(record or {})}
     t0 = time.perf_counter()
     device = None

@@ -94,6 +94,7 @@ def test_resume_runs_only_what_is_missing(sweep, run_nst):
     r = run_nst(*SWEEP, f"hydra.sweep.dir={d}")
     assert r.returncode == 0, r.stderr
     assert (r.stdout + r.stderr).count("already completed with this config, skipped") == 2
+    assert "resumed: 2 trial(s) had already completed" in r.stdout
     for name, mtime in kept.items():
         assert (d / name / "final.png").stat().st_mtime_ns == mtime
     assert all(t.status == "completed" for t in aggregate.load_trials(d))
