@@ -141,6 +141,8 @@ def run_trial(s: Settings, inputs: dict, run_dir: Path, *, sinks: list, record: 
         if device is not None:
             summary["peak_memory_mb"], summary["peak_memory_kind"] = _peak_memory(device)
             summary["peak_memory_mb"] = round(summary["peak_memory_mb"], 1)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # hand a failed (e.g. out-of-memory) trial's blocks to the next trial
         for sink in sinks:
             try:
                 sink.close(summary)
