@@ -20,7 +20,7 @@ from nst.errors import InputError
 log = logging.getLogger("nst")
 cli.register_resolvers()
 
-_state: dict = {"failed": [], "completed": 0, "skipped": 0, "out": set()}
+_state: dict = {"failed": [], "skipped": 0, "out": set()}
 
 
 def trial_overrides() -> list[str]:
@@ -46,7 +46,6 @@ def app(cfg: DictConfig) -> None:
     previous = _read_summary(run_dir)
     if previous.get("status") == "completed" and previous.get("config") == resolved:
         # Resume: re-running a sweep into its folder skips what already completed with this config.
-        _state["completed"] += 1
         _state["skipped"] += 1
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
         return
@@ -74,7 +73,6 @@ def app(cfg: DictConfig) -> None:
                                               frame_every=settings.frame_every, steps=settings.steps))
     summary = run_trial(settings, inputs, run_dir, sinks=sinks, record=record)
     if summary["status"] == "completed":
-        _state["completed"] += 1
         final = summary["final"]
         log.info(f"{label}: done in {summary['wall_time']:.1f}s, {summary['evals_per_second']:.2f} evals/s on "
                  f"{summary['device']}; total {final['total']:.4g} (content {final['content']:.4g}, style {final['style']:.4g})"

@@ -1,6 +1,5 @@
 """The command line, as a user runs it: real Hydra runs and multiruns in a subprocess."""
 
-import json
 from pathlib import Path
 
 import pytest

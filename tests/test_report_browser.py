@@ -2,7 +2,6 @@
 broken image, one table row per trial, sortable."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 
