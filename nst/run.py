@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         app()
+    except KeyboardInterrupt:
+        outs = " ".join(sorted(_state["out"]))
+        print(f"nst: interrupted; the trial that was running left no summary.json or final.png. To resume a sweep, "
+              f"run the same command with hydra.sweep.dir=<its folder> ({outs})", file=sys.stderr)
+        return 130
     finally:
         from nst.wandb_sink import teardown
 

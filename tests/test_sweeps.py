@@ -121,3 +121,37 @@ def test_one_axis_sweep_and_sorting(tmp_path, run_nst):
     assert d.name.split("_")[-2] == "pooling"  # the sweep's name is in its folder
     out = aggregate.aggregate(d, annotate=["ssim"], sort_by="style_distance")
     assert Image.open(out["grid"]).size[0] > 2 * aggregate.CELL
+
+
+def test_an_interrupted_sweep_leaves_no_half_written_files_and_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import conftest
+
+    args = ["-m", "style_weight=1e3,1e5", "size=48", "steps=100", "device=cpu", "logger=none"]
+    env = conftest.nst_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "nst.run", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = []
+    while time.time() < deadline and not metrics:  # wait until the first trial is optimising
+        metrics = [m for m in tmp_path.glob("outputs/sweeps/*/0_*/metrics.jsonl") if m.stat().st_size > 0]
+        time.sleep(0.2)
+    assert metrics, "the first trial never started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    trial = metrics[0].parent
+    assert not (trial / "summary.json").exists() and not (trial / "final.png").exists()
+    assert not list(trial.rglob("*.tmp"))
+    # the same command into the same folder runs the interrupted trial and the one never started
+    r = subprocess.run([sys.executable, "-m", "nst.run", *args, f"hydra.sweep.dir={trial.parent}"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    trials = aggregate.load_trials(trial.parent)
+    assert [t.status for t in trials] == ["completed", "completed"]
+    assert (trial / "final.png").exists()
