@@ -24,11 +24,9 @@ class AggregateSweep(Callback):
         log.info(f"sweep report: {out['report'].resolve()}")
         if OmegaConf.select(config, "logger.name") == "wandb":
             from nst import wandb_sink
-            from nst.aggregate import load_trials, results_table, swept_axes
             from nst.run import wandb_tags
 
             # the hydra node holds per-job values (hydra.job.num) that no longer resolve here
             resolved = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
-            trials = load_trials(sweep_dir)
-            wandb_sink.log_aggregate(resolved["wandb"], sweep_dir, out, results_table(trials, swept_axes(trials)),
-                                     group=sweep_dir.name, config=resolved, tags=wandb_tags(resolved))
+            wandb_sink.log_aggregate(resolved["wandb"], sweep_dir, out, group=sweep_dir.name, config=resolved,
+                                     tags=wandb_tags(resolved))

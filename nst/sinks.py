@@ -13,6 +13,11 @@ from nst.images import save_atomic, to_pil
 from nst.optimize import StepRecord
 
 
+def due(evaluation: int, every: int, steps: int) -> bool:
+    """Whether a sink records this evaluation: the first, every `every`-th, and the last."""
+    return evaluation == 1 or evaluation % every == 0 or evaluation == steps
+
+
 class FileSink:
     """metrics.jsonl (every `log_every` evaluations, and the first) and frames/ (every `frame_every`)."""
 
@@ -27,12 +32,12 @@ class FileSink:
 
     def on_step(self, rec: StepRecord) -> None:
         n = rec.evaluation
-        if n == 1 or n % self.log_every == 0 or n == self.steps:
+        if due(n, self.log_every, self.steps):
             row = {"evaluation": n, "wall_time": round(rec.wall_time, 4)}
             row.update({k: v[0] for k, v in rec.values.items()})  # B = 1 for a run
             self._metrics.write(json.dumps(row) + "\n")
             self._metrics.flush()
-        if n == 1 or n % self.frame_every == 0 or n == self.steps:
+        if due(n, self.frame_every, self.steps):
             save_atomic(to_pil(rec.image[:1]), self.frames_dir / f"{n:0{self.width}d}.png")
 
     def close(self, summary: dict) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nst.errors import InputError
+from nst.sinks import due
 
 log = logging.getLogger("nst")
 MODES = ("auto", "online", "offline", "disabled")
@@ -125,10 +126,10 @@ class WandbSink:
         n = rec.evaluation
         row: dict = {}
         try:
-            if n == 1 or n % self.log_every == 0 or n == self.steps:
+            if due(n, self.log_every, self.steps):
                 row.update({f"loss/{k}": v[0] for k, v in rec.values.items()})
                 row["evals_per_second"] = n / rec.wall_time if rec.wall_time > 0 else None
-            if n == 1 or n % self.frame_every == 0 or n == self.steps:
+            if due(n, self.frame_every, self.steps):
                 import wandb
 
                 from nst.images import to_pil
@@ -176,16 +177,18 @@ class WandbSink:
                 warn_once("finish", f"W&B could not finish its run ({type(e).__name__}: {e})")
 
 
-def log_aggregate(opts: dict, sweep_dir: Path, outputs: dict, table, *, group: str, config: dict, tags: list[str]) -> None:
-    """One extra run in the sweep's group: the grid, the curves and the results table."""
+def log_aggregate(opts: dict, sweep_dir: Path, outputs: dict, *, group: str, config: dict, tags: list[str]) -> None:
+    """One extra run in the sweep's group: the grid, the curves and the results table (results.csv)."""
     run = start(opts, run_dir=sweep_dir, files_root=sweep_dir, name=f"{group}/aggregate", group=group,
                 job_type="aggregate", config=config, tags=tags)
     if run is None:
         return
     exit_code = 0
     try:
+        import pandas as pd
         import wandb
 
+        table = pd.read_csv(outputs["results"])
         run.log({"grid": wandb.Image(str(outputs["grid"])), "curves": wandb.Image(str(outputs["curves"])),
                  "results": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))})
     except Exception as e:  # noqa: BLE001
