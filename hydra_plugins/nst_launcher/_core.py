@@ -1,0 +1,309 @@
+"""The nst launcher's work: group a sweep's jobs into batches and run each batch as one call.
+
+Hydra's `run_job` runs one job: compose, make its folder and `.hydra/` files, set up its logging,
+`on_job_start`, call the task, `on_job_end`. Here those steps are split around one call for a
+whole batch: every job of the batch is started, the task function's `run_batch(jobs)` runs them
+together, and every job is ended. Each job keeps its own folder, log file, callbacks and
+JobReturn, so sweepers, callbacks and tools that read the folders cannot tell the difference.
+
+The launcher knows nothing of what the jobs do. Optional attributes of the raw task function (the
+one `@hydra.main` wraps) say how to batch:
+  run_batch(jobs: list[BatchJob]) -> list   one value per job; a BaseException instance = that job failed
+  batch_key(cfg) -> hashable                jobs with equal keys may share a batch
+  batch_size(cfgs: list) -> int             largest batch for one group, used when max_batch=auto
+Without `run_batch` every job runs alone through the task function, as with Hydra's basic launcher.
+
+`execute_batch` takes only plain, picklable arguments (plus `Singleton.get_state()` when it runs
+in another process), so a batch can later be shipped to a worker or a SLURM job unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from textwrap import dedent
+from typing import Any, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from hydra import version
+from hydra._internal.deprecation_warning import deprecation_warning
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import (
+    JobReturn,
+    JobRuntime,
+    JobStatus,
+    _flush_loggers,
+    _save_config,
+    configure_log,
+    env_override,
+    filter_overrides,
+    setup_globals,
+)
+from hydra.types import HydraContext, TaskFunction
+
+log = logging.getLogger(__name__)
+
+AUTO_BATCH = 8  # max_batch=auto without a batch_size hook
+Item = Tuple[int, DictConfig]  # (hydra.job.num, composed job config): what a batch is made of
+
+# Jobs whose activate() is open, innermost last: leaving one restores the logging of the job around it.
+_active: List["BatchJob"] = []
+
+
+class BatchJob:
+    """One job of a batch, as `run_batch` sees it.
+
+    idx: hydra.job.num; cfg: the task config (no `hydra` node, as the task function would get it);
+    config: the full job config; output_dir: its folder (created); overrides: its task overrides.
+    `activate()` makes it the current job for code that needs Hydra's per-job state.
+    """
+
+    def __init__(self, idx: int, config: DictConfig) -> None:
+        self.idx = idx
+        self.config = config
+        self.cfg: Optional[DictConfig] = None
+        self.output_dir: Optional[Path] = None
+        self.overrides: List[str] = []
+        self._ret: Optional[JobReturn] = None
+
+    def __repr__(self) -> str:
+        return f"BatchJob(idx={self.idx}, output_dir={str(self.output_dir)!r})"
+
+    @contextmanager
+    def activate(self) -> Iterator["BatchJob"]:
+        """Make this the current job: HydraConfig (HydraConfig.get(), ${hydra:...}), its log file, its env_set.
+
+        Everything is restored on exit. Logging cannot be saved and restored as an object, so on
+        exit it is configured again for the enclosing activate(), or back to Hydra's own logging.
+        """
+        hydra = self.config.hydra
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(self.config)
+        _active.append(self)
+        configure_log(hydra.job_logging, hydra.verbose)
+        try:
+            with env_override(hydra.job.env_set):
+                yield self
+        finally:
+            _flush_loggers()
+            _active.pop()
+            outer = _active[-1].config.hydra if _active else None
+            if outer is not None:
+                configure_log(outer.job_logging, outer.verbose)
+            else:
+                configure_log(hydra.hydra_logging, hydra.verbose)
+            HydraConfig.instance().cfg = previous
+
+    def _start(self, hydra_context: HydraContext, task_function: TaskFunction) -> None:
+        """run_job's steps before the task call (hydra/core/utils.py); job logging comes with activate()."""
+        config = self.config
+        previous = HydraConfig.instance().cfg
+        try:
+            # hydra.sweep.subdir may use ${hydra:...}, which reads HydraConfig: set it first.
+            HydraConfig.instance().set_config(config)
+            output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                      str(OmegaConf.select(config, "hydra.sweep.subdir")))
+            with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+                config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+            HydraConfig.instance().set_config(config)
+
+            ret = JobReturn()
+            task_cfg = copy.deepcopy(config)
+            with read_write(task_cfg), open_dict(task_cfg):
+                del task_cfg["hydra"]
+            ret.cfg = task_cfg
+            ret.hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+            ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            if effective_chdir(config, warn=True):
+                os.chdir(output_dir)  # only ever for a batch of one; execute_batch changes back
+                ret.working_dir = output_dir
+            else:
+                ret.working_dir = os.getcwd()
+
+            if config.hydra.output_subdir is not None:
+                hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
+                _save_config(task_cfg, "config.yaml", hydra_output)
+                _save_config(ret.hydra_cfg, "hydra.yaml", hydra_output)
+                _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+        finally:
+            # Between activate() blocks no job is current (HydraConfig.get() fails rather than
+            # silently answering for the last job started).
+            HydraConfig.instance().cfg = previous
+
+        self.cfg, self._ret = task_cfg, ret
+        self.output_dir = Path(config.hydra.runtime.output_dir)
+        self.overrides = list(ret.overrides)
+        with self.activate():
+            hydra_context.callbacks.on_job_start(config=config, task_function=task_function)
+
+    def _end(self, hydra_context: HydraContext, value: Any) -> JobReturn:
+        """run_job's steps after the task call: the JobReturn, then on_job_end with this job current."""
+        ret = self._ret
+        assert ret is not None, "job ended before it started"
+        ret.return_value = value
+        ret.status = JobStatus.FAILED if isinstance(value, BaseException) else JobStatus.COMPLETED
+        ret.task_name = JobRuntime.instance().get("name")
+        with self.activate():
+            hydra_context.callbacks.on_job_end(config=self.config, job_return=ret)
+        return ret
+
+
+def effective_chdir(config: DictConfig, warn: bool = False) -> bool:
+    """hydra.job.chdir as run_job reads it: null means True before version_base 1.2, else False."""
+    chdir = config.hydra.job.chdir
+    if chdir is None:
+        chdir = not version.base_at_least("1.2")
+        if chdir and warn:
+            url = "https://hydra.cc/docs/1.2/upgrades/1.1_to_1.2/changes_to_job_working_dir/"
+            deprecation_warning(message=dedent(f"""\
+                Future Hydra versions will no longer change working directory at job runtime by default.
+                See {url} for more information."""), stacklevel=2)
+    return bool(chdir)
+
+
+def launch(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig, max_batch: Any,
+           job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
+    """Launcher.launch: compose every job, plan the batches, run them in order of their first job."""
+    setup_globals()
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+
+    # All jobs are composed up front (the basic launcher composes each just before it runs):
+    # grouping needs their configs, and a composition error then stops the sweep before any job.
+    items: List[Item] = []
+    for offset, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + offset
+        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        items.append((idx, sweep_config))
+
+    batches = plan_batches(task_function, items, max_batch)
+    log.info(f"nst launcher: {len(items)} jobs in {len(batches)} batches (max_batch={max_batch})")
+    for (idx, _), overrides in zip(items, job_overrides):
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+
+    returns: Dict[int, JobReturn] = {}
+    for number, batch in enumerate(batches, 1):
+        log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]}")
+        for (idx, _), ret in zip(batch, execute_batch(hydra_context, task_function, batch)):
+            returns[idx] = ret
+    # In the order of job_overrides: sweepers pair returns with their trials by position.
+    return [returns[idx] for idx, _ in items]
+
+
+def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any) -> List[List[Item]]:
+    """Group jobs by batch_key, cut groups into chunks of at most the limit, order by first job."""
+    if getattr(task_function, "run_batch", None) is None:
+        return [[item] for item in items]  # nothing can run several jobs at once
+    batch_key = getattr(task_function, "batch_key", None)
+
+    groups: Dict[Hashable, List[Item]] = {}  # insertion order = order of each group's first job
+    for idx, config in items:
+        key: Hashable = ("key", None)
+        if effective_chdir(config):
+            key = ("alone", idx)  # a batch shares one process, hence one working folder
+        elif batch_key is not None:
+            previous = HydraConfig.instance().cfg
+            HydraConfig.instance().set_config(config)
+            try:
+                key = ("key", batch_key(_task_cfg(config)))
+                hash(key)
+            except Exception as e:
+                # Running the job alone is always possible; its own run will report what is wrong.
+                log.warning(f"#{idx}: batch_key failed ({e!r}); this job runs alone")
+                key = ("alone", idx)
+            finally:
+                HydraConfig.instance().cfg = previous
+        groups.setdefault(key, []).append((idx, config))
+
+    batches: List[List[Item]] = []
+    for group in groups.values():
+        limit = max_batch if max_batch != "auto" else _auto_limit(task_function, group)
+        batches += [group[i:i + limit] for i in range(0, len(group), limit)]
+    batches.sort(key=lambda batch: batch[0][0])
+    return batches
+
+
+def _auto_limit(task_function: TaskFunction, group: List[Item]) -> int:
+    batch_size = getattr(task_function, "batch_size", None)
+    if batch_size is None:
+        return AUTO_BATCH
+    if len(group) == 1:
+        return 1
+    try:
+        limit = batch_size([_task_cfg(config) for _, config in group])
+        if type(limit) is not int or limit < 1:
+            raise ValueError(f"batch_size returned {limit!r}, not an integer >= 1")
+        return limit
+    except Exception as e:
+        log.warning(f"jobs {[idx for idx, _ in group]}: batch_size failed ({e!r}); they run one at a time")
+        return 1
+
+
+def _task_cfg(config: DictConfig) -> DictConfig:
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: List[Item],
+                  singleton_state: Optional[Dict[Any, Any]] = None) -> List[JobReturn]:
+    """Run one batch: start every job, one call for all, end every job. JobReturns in batch order.
+
+    In another process, pass `Singleton.get_state()` from the launching process as singleton_state.
+    """
+    if singleton_state is not None:
+        Singleton.set_state(singleton_state)
+        setup_globals()
+    jobs = [BatchJob(idx, config) for idx, config in batch]
+    if len(jobs) > 1 and any(effective_chdir(job.config) for job in jobs):
+        raise ValueError("nst launcher: jobs with hydra.job.chdir=true cannot share a batch")
+
+    # Hydra's state is restored even when KeyboardInterrupt/SystemExit ends the batch; those
+    # propagate (like run_job, only Exception counts as a job's failure).
+    old_cwd = os.getcwd()
+    chdir = effective_chdir(jobs[0].config)  # then the batch is this one job; _start changes folder
+    hydra_cfg = HydraConfig.instance().cfg
+    try:
+        for job in jobs:
+            job._start(hydra_context, task_function)
+        values = _call(task_function, jobs)
+        return [job._end(hydra_context, value) for job, value in zip(jobs, values)]
+    finally:
+        HydraConfig.instance().cfg = hydra_cfg
+        if chdir:
+            os.chdir(old_cwd)
+        # activate() already gives logging back; this also undoes logging set up by run_batch itself
+        # (the basic launcher likewise reconfigures Hydra's logging after every job).
+        hydra = jobs[0].config.hydra
+        configure_log(hydra.hydra_logging, hydra.verbose)
+
+
+def _call(task_function: TaskFunction, jobs: List[BatchJob]) -> List[Any]:
+    """One value per job; a job's failure is an exception instance in its place."""
+    run_batch = getattr(task_function, "run_batch", None)
+    if run_batch is None:
+        (job,) = jobs  # plan_batches gives batches of one here
+        with job.activate():
+            try:
+                return [task_function(job.cfg)]
+            except Exception as e:
+                return [e]
+    try:
+        values = list(run_batch(jobs))
+        if len(values) != len(jobs):
+            raise ValueError(f"run_batch returned {len(values)} values for {len(jobs)} jobs")
+        return values
+    except Exception as e:
+        # One crash (say, out of memory for the whole batch) fails this batch; the sweep goes on.
+        log.error(f"batch {[job.idx for job in jobs]} failed: {e!r}")
+        return [e] * len(jobs)
