@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?= size=256 steps=150
 ABLATION_ARGS ?= size=128 steps=200
 
-.PHONY: install demo test ablations clean-outputs
+.PHONY: install demo test bench ablations clean-outputs
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the same sweep batched and one trial at a time (on a GPU: every preset of benchmarks/sweep.py)
+bench: install
+	$(PY) benchmarks/sweep.py $(BENCH_ARGS)
 
 ablations: install
 	set -e; for f in sweeps/*.yaml; do \

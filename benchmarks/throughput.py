@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from nst import images
+from nst import cli, images
+from nst.batch import Trial, run_batch
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.objective import Objective, ObjectiveSpec, layer_weights
-from nst.optimize import OptimizerSpec, optimise
+from nst.settings import load_inputs
 from nst.sinks import FileSink
 
 CONTENT, STYLE = ["conv4_2"], ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
@@ -56,33 +57,26 @@ def rate(device: torch.device, size: int, evals: int) -> float:
     return evals / (time.perf_counter() - t)
 
 
-LOOPS = {
-    "lbfgs (history 100, line search)": OptimizerSpec("lbfgs", 1.0, history_size=100, line_search=True),
-    "lbfgs (history 20, line search)": OptimizerSpec("lbfgs", 1.0, history_size=20, line_search=True),
-    "lbfgs (history 100, fixed steps)": OptimizerSpec("lbfgs", 1.0, history_size=100, line_search=False),
-    "adam": OptimizerSpec("adam", 0.02),
+LOOPS = {  # config overrides per optimiser
+    "lbfgs (history 100, line search)": ["optimizer=lbfgs", "optimizer.history_size=100", "optimizer.line_search=true"],
+    "lbfgs (history 20, line search)": ["optimizer=lbfgs", "optimizer.history_size=20", "optimizer.line_search=true"],
+    "lbfgs (history 100, fixed steps)": ["optimizer=lbfgs", "optimizer.history_size=100", "optimizer.line_search=false"],
+    "adam": ["optimizer=adam", "optimizer.lr=0.02"],
 }
 
 
-def loop_rate(device: torch.device, size: int, evals: int, spec: OptimizerSpec, with_files: bool) -> float:
-    """Evaluations per second of the whole optimisation loop, optionally with the run's file sink."""
-    obj, x0 = build(device, size)
+def loop_rate(device: torch.device, size: int, evals: int, overrides: list[str], with_files: bool) -> float:
+    """Evaluations per second of the runner's optimisation loop (one trial), optionally with the file sink."""
     with tempfile.TemporaryDirectory() as tmp:
-        sinks = [FileSink(Path(tmp), log_every=1, frame_every=50, steps=evals)] if with_files else []
+        def trial(steps: int) -> Trial:
+            s = cli.settings_for([f"device={device}", f"size={size}", f"steps={steps}", "logger=none", *overrides])
+            sinks = (lambda pos: [FileSink(Path(tmp), log_every=1, frame_every=50, steps=steps)]) if with_files else (lambda pos: [])
+            return Trial(s, load_inputs(s), Path(tmp), sinks)
 
-        def on_step(rec):
-            for sink in sinks:
-                sink.on_step(rec)
-
-        optimise(obj, x0, steps=3, spec=spec, on_step=lambda r: None)  # warm-up
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        sync()
-        t = time.perf_counter()
-        _, n = optimise(obj, x0, steps=evals, spec=spec, on_step=on_step)
-        sync()
-        for sink in sinks:
-            sink.close({})
-        return n / (time.perf_counter() - t)
+        run_batch([trial(3)])  # warm-up
+        summary = run_batch([trial(evals)])[0]
+        assert summary["status"] == "completed", summary.get("error")
+        return summary["evaluations"] / summary["optimisation_time"]
 
 
 def main() -> None:
@@ -104,9 +98,9 @@ def main() -> None:
         print(f"{device.type:>4} long side {size:>5}px: {r:8.2f} evals/s   ratio to {args.sizes[0]}px baseline: {r / base:6.3f}")
     if args.loop:
         size = args.sizes[0]
-        for name, spec in LOOPS.items():
+        for name, overrides in LOOPS.items():
             for with_files in (False, True):
-                r = loop_rate(device, size, max(args.evals, 30), spec, with_files)
+                r = loop_rate(device, size, max(args.evals, 30), overrides, with_files)
                 what = f"{name}{' + metrics.jsonl/frames' if with_files else ''}"
                 print(f"loop {size}px {what:<52}: {r:8.2f} evals/s   ratio to bare evaluations: {r / base:6.3f}")
     if device.type == "cuda":

@@ -20,6 +20,7 @@ from nst.settings import load_inputs, settings_from_dict
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 VERSION_BASE = "1.3"
 _UID = uuid.uuid4().hex[:6]
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # Flags after which we leave everything to Hydra (help, printing configs, other config sources).
 _HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-p", "--package",
                      "--resolve", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name",
@@ -66,10 +67,19 @@ def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
         if sweeps:
             raise InputError(sweeps[0].get_key_element(), "has several values: add -m to run one trial per value")
         return [overrides]
-    # Compose once with each sweep at its first value, to read hydra.sweeper.params (from sweeps/).
-    first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+    # Compose once with each sweep at its first value, to read hydra.sweeper (from sweeps/).
+    first = [o.input_line if not o.is_sweep_override() else
+             f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_discrete_sweep() else None
              for o in parsed]
-    cfg = _compose(first, hydra_config=True)
+    cfg = _compose([o for o in first if o is not None], hydra_config=True)
+    if cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: each of its
+        # trials is validated when it is proposed, before it runs (nst.run._prepare).
+        return []
+    if None in first:
+        o = parsed[first.index(None)]
+        raise InputError(o.get_key_element(), "a range to sample from needs a sweeper that samples (hydra/sweeper=optuna); "
+                                              "the basic sweeper takes lists of values: a,b,c")
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     # Later keys win, as in BasicSweeper.sweep (config params first, then the command line).
     return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
@@ -94,6 +104,11 @@ def check(argv: list[str]) -> int:
             load_inputs(settings)
             seen_files.add(files)
     return len(trials)
+
+
+def settings_for(overrides: list[str]):
+    """The validated settings of one trial from its overrides, as a script or test wants them."""
+    return settings_from_dict(OmegaConf.to_container(_compose(list(overrides)), resolve=True))
 
 
 def _compose(overrides: list[str], hydra_config: bool = False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import socket
 from collections import OrderedDict
@@ -160,6 +161,19 @@ def get_weights_spec(arch: str, weights: str) -> WeightsSpec:
     return spec
 
 
+def _conv_params(spec: WeightsSpec, arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    # The Caffe file is read and dequantised once per process: every batch of a sweep builds its own
+    # extractor. (torchvision's cache file is read each time: TORCH_HOME may change between calls.)
+    if spec.name != "caffe":
+        return spec.load(arch)
+    return _caffe_params(arch)
+
+
+@functools.lru_cache(maxsize=None)
+def _caffe_params(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return WEIGHTS["caffe"].load(arch)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -172,7 +186,7 @@ class FeatureExtractor(nn.Module):
         self.spec, self.layers = spec, list(dict.fromkeys(layers))
         table = layer_table(arch)
         deepest = max(layer_names(arch).index(name) for name in self.layers)
-        params = iter(spec.load(arch))
+        params = iter(_conv_params(spec, arch))
         modules: OrderedDict[str, nn.Module] = OrderedDict()
         in_ch = 3
         for name, kind, ch in table[: deepest + 1]:

@@ -62,6 +62,18 @@ def load_image(key: str, value: str) -> Image.Image:
         raise InputError(key, f"'{path}' could not be decoded ({_first_line(e)}); is it truncated or corrupt?") from None
 
 
+def oriented_size(key: str, value: str) -> tuple[int, int]:
+    """(width, height) as load_image will return it, from the file's header alone (no decoding)."""
+    path = resolve_image_path(key, value)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            # EXIF orientations 5-8 are rotations by 90 degrees: load_image swaps the sides
+            return (h, w) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise InputError(key, f"'{path}' is not an image file PIL can read") from None
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Grey, palette, RGBA/LA (composited on white), CMYK and 16/32-bit images become 8-bit RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

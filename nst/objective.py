@@ -6,6 +6,7 @@ are [B] tensors, so compatible sweep points can share one pass.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -96,8 +97,17 @@ class Objective:
                 feats = extractor(style)
                 self.style_targets = {l: gram(feats[l], normalise=spec.style_form != "paper").detach() for l in spec.style_layers}
 
+    def reweighted(self, *, content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor) -> Objective:
+        """The same targets under other loss weights: trials of a batch with the same images and layers share them."""
+        other = copy.copy(self)
+        other.content_weight, other.style_weight, other.tv_weight = content_weight, style_weight, tv_weight
+        return other
+
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.extractor(image)
+        return self.terms(self.extractor(image), image)
+
+    def terms(self, feats: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terms from features already extracted (a batch extracts once for all its trials)."""
         zero = image.new_zeros(image.shape[0])
         terms: dict[str, torch.Tensor] = {}
         content = zero

@@ -1,12 +1,17 @@
 """Entry point: `python -m nst.run [key=value ...]` runs one transfer; `-m` runs a sweep.
 
-Orchestration only: compose (Hydra), validate, run each trial into its folder, report.
+Orchestration only: compose (Hydra), validate, hand the trials to the batched runner (`nst.batch`),
+report. A sweep goes through the project's launcher (`hydra/launcher=nst`, in hydra_plugins/), which
+hands the compatible trials of a sweep to `run_jobs` together; a single run, or a job of a launcher
+that runs one job at a time (`hydra/launcher=basic`), is a batch of one through the same runner.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -16,11 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from nst import cli
 from nst.errors import InputError
+from nst.outcome import OUTPUTS, outcome, read_summary
 
 log = logging.getLogger("nst")
 cli.register_resolvers()
-
-_state: dict = {"failed": [], "skipped": 0, "out": set()}
 
 
 def trial_overrides() -> list[str]:
@@ -28,57 +32,131 @@ def trial_overrides() -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("sweep=", "sweep_name="))]
 
 
-@hydra.main(version_base=cli.VERSION_BASE, config_path="../conf", config_name="config")
-def app(cfg: DictConfig) -> None:
+class _CurrentJob:
+    """The job Hydra is running right now, as a batch of one."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def activate(self):
+        return contextlib.nullcontext(self)
+
+
+def _task(cfg: DictConfig) -> None:
+    run_jobs([_CurrentJob(cfg)])
+
+
+def run_jobs(jobs: list) -> list:
+    """Several trials as one unit of work. Each is prepared with its own Hydra job active (resume
+    check, validation, sinks), then they run together, then each reports into its own log.
+    A trial records its failure in its files and returns: a failed trial never stops a sweep."""
+    from nst.batch import run_trials
+
+    prepared = []
+    for job in jobs:
+        with job.activate():
+            trial = _prepare(job.cfg)
+        if trial is not None:
+            prepared.append((job, trial))
+    summaries = run_trials([t for _, t in prepared], max_batch=max(1, len(prepared))) if prepared else []
+    for (job, trial), summary in zip(prepared, summaries):
+        with job.activate():
+            _report(trial, summary)
+    return [None] * len(jobs)
+
+
+def batch_key(cfg: DictConfig) -> tuple:
+    """The launcher's grouping: trials with equal keys can share a pass (raises InputError on bad input)."""
+    from nst.batch import group_key
+    from nst.settings import settings_from_dict
+
+    return group_key(settings_from_dict(OmegaConf.to_container(cfg, resolve=True)))
+
+
+def batch_size(cfgs: list[DictConfig]) -> int:
+    """hydra.launcher.max_batch=auto: from the device's free memory and what one trial costs."""
+    from nst.batch import auto_batch_size
+    from nst.settings import settings_from_dict
+
+    try:
+        return auto_batch_size([settings_from_dict(OmegaConf.to_container(c, resolve=True)) for c in cfgs])
+    except InputError:
+        return 1  # each trial then reports its own error
+
+
+# The launcher reads these from the undecorated task function Hydra hands it.
+_task.run_batch = run_jobs
+_task.batch_key = batch_key
+_task.batch_size = batch_size
+# An absolute path: Hydra resolves a relative one against the package when the entry point is not
+# `python -m nst.run` (the nst-run script, an import), and conf/ lives beside the package.
+app = hydra.main(version_base=cli.VERSION_BASE, config_path=str(cli.CONF_DIR), config_name="config")(_task)
+
+
+def _prepare(cfg: DictConfig):
+    """The trial of the active Hydra job, or None when it needs no run (resumed) or cannot run (recorded)."""
+    from nst.batch import Trial
     from nst.settings import load_inputs, settings_from_dict
-    from nst.sinks import FileSink, ProgressSink
-    from nst.trial import run_trial, write_json_atomic
+    from nst.trial import write_json_atomic
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    _state["out"].add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir))
+    OUTPUTS.add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir.resolve()))
     overrides = trial_overrides()
     label = ",".join(overrides) or "defaults"
     resolved = OmegaConf.to_container(cfg, resolve=True)
     record = {"label": label, "overrides": overrides, "config": resolved, "job_num": hc.job.num if multirun else None}
 
-    previous = _read_summary(run_dir)
+    previous = read_summary(run_dir)
     if previous.get("status") == "completed" and previous.get("config") == resolved:
         # Resume: re-running a sweep into its folder skips what already completed with this config.
-        _state["skipped"] += 1
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
-        return
+        return None
 
     try:
         settings = settings_from_dict(resolved)
         inputs = load_inputs(settings)
     except InputError as e:
-        write_json_atomic(run_dir / "summary.json", {**record, "status": "failed", "error": str(e)})
-        _fail(label, str(e), run_dir)
-        return
-
+        # Validated when the trial is proposed: a sweeper that proposes trials as it goes (Optuna)
+        # meets bad input here, not up front.
+        write_json_atomic(run_dir / "summary.json", {**record, "status": "failed", "error": str(e), "finished_unix": time.time()})
+        log.error(f"{label}: failed: {e}")
+        return None
     record["settings"] = settings.to_dict()
-    sinks = [FileSink(run_dir, log_every=settings.log_every, frame_every=settings.frame_every, steps=settings.steps),
-             ProgressSink(settings.steps, label if multirun else "nst")]
-    if resolved["logger"]["name"] == "wandb":
-        from nst import wandb_sink
+    sweep_dir = Path(hc.sweep.dir) if multirun else None
 
-        effective = {"content_weight": settings.content_weight, "style_weight": settings.style_weight, "tv_weight": settings.tv_weight}
-        run = wandb_sink.start(resolved["wandb"], run_dir=run_dir, files_root=Path(hc.sweep.dir) if multirun else run_dir,
-                               name=label, group=Path(hc.sweep.dir).name if multirun else None, job_type="trial",
-                               config={**resolved, "effective": effective}, tags=wandb_tags(resolved))
-        if run is not None:
-            sinks.append(wandb_sink.WandbSink(run, run_dir=run_dir, log_every=settings.log_every,
-                                              frame_every=settings.frame_every, steps=settings.steps))
-    summary = run_trial(settings, inputs, run_dir, sinks=sinks, record=record)
+    def open_sinks(position: int) -> list:
+        from nst.sinks import FileSink, ProgressSink
+
+        sinks = [FileSink(run_dir, log_every=settings.log_every, frame_every=settings.frame_every, steps=settings.steps),
+                 ProgressSink(settings.steps, label if multirun else "nst", position)]
+        if resolved["logger"]["name"] == "wandb":
+            from nst import wandb_sink
+
+            effective = {"content_weight": settings.content_weight, "style_weight": settings.style_weight, "tv_weight": settings.tv_weight}
+            run = wandb_sink.start(resolved["wandb"], run_dir=run_dir, files_root=sweep_dir or run_dir, name=label,
+                                   group=sweep_dir.name if sweep_dir else None, job_type="trial",
+                                   config={**resolved, "effective": effective}, tags=wandb_tags(resolved))
+            if run is not None:
+                sinks.append(wandb_sink.WandbSink(run, run_dir=run_dir, log_every=settings.log_every,
+                                                  frame_every=settings.frame_every, steps=settings.steps))
+        return sinks
+
+    return Trial(settings, inputs, run_dir, open_sinks, record)
+
+
+def _report(trial, summary: dict) -> None:
+    label = summary.get("label", "trial")
     if summary["status"] == "completed":
-        final = summary["final"]
-        log.info(f"{label}: done in {summary['wall_time']:.1f}s, {summary['evals_per_second']:.2f} evals/s on "
+        final, batch = summary["final"], summary.get("batch") or {}
+        shared = f" (batch of {batch['size']})" if batch.get("size", 1) > 1 else ""
+        log.info(f"{label}: done in {summary['wall_time']:.1f}s{shared}, {summary['evals_per_second']:.2f} evals/s on "
                  f"{summary['device']}; total {final['total']:.4g} (content {final['content']:.4g}, style {final['style']:.4g})"
-                 f" -> {run_dir / 'final.png'}")
+                 f" -> {trial.run_dir / 'final.png'}")
     else:
-        _fail(label, summary.get("error", "unknown error"), run_dir)
+        detail = f" (traceback: {trial.run_dir / 'error.log'})" if (trial.run_dir / "error.log").exists() else ""
+        log.error(f"{label}: failed: {summary.get('error', 'unknown error')}{detail}")
 
 
 def wandb_tags(resolved: dict) -> list[str]:
@@ -86,23 +164,9 @@ def wandb_tags(resolved: dict) -> list[str]:
             resolved["optimizer"]["name"], *list(resolved["wandb"].get("tags") or [])]
 
 
-def _read_summary(run_dir: Path) -> dict:
-    import json
-
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _fail(label: str, error: str, run_dir: Path) -> None:
-    _state["failed"].append(label)
-    detail = f" (traceback: {run_dir / 'error.log'})" if (run_dir / "error.log").exists() else ""
-    log.error(f"{label}: failed: {error}{detail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    started = time.time()
     try:
         cli.check(argv)
     except InputError as e:
@@ -111,20 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app()
     except KeyboardInterrupt:
-        outs = " ".join(sorted(_state["out"]))
-        print(f"nst: interrupted; the trial that was running left no summary.json or final.png. To resume a sweep, "
+        outs = " ".join(sorted(OUTPUTS))
+        print(f"nst: interrupted; the trials that were running left no summary.json or final.png. To resume a sweep, "
               f"run the same command with hydra.sweep.dir=<its folder> ({outs})", file=sys.stderr)
         return 130
     finally:
         from nst.wandb_sink import teardown
 
         teardown()
-    if _state["skipped"]:
-        print(f"resumed: {_state['skipped']} trial(s) had already completed with the same config and were skipped")
-    for out in sorted(_state["out"]):
+    result = outcome(OUTPUTS, started)
+    if result.skipped:
+        print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
+    for out in sorted(OUTPUTS):
         print(f"outputs: {out}")
-    if _state["failed"]:
-        print(f"nst: {len(_state['failed'])} trial(s) failed: {'; '.join(_state['failed'])}", file=sys.stderr)
+    if result.failed:
+        print(f"nst: {len(result.failed)} trial(s) failed: {'; '.join(result.failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -176,9 +176,23 @@ def check_device_name(device: str) -> None:
         raise InputError("device", f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N")
 
 
+def check_image_size(s: Settings, content_size: tuple[int, int]) -> None:
+    """Every pooling layer halves the image: one side must not reach 0 before the deepest layer
+    used, by the trial or by the standardised metrics (conv5_1, after four poolings)."""
+    w, h = images.target_size(*content_size, s.long_side)
+    names = features.layer_names(s.arch)
+    deepest = max(names.index(n) for n in (*s.objective.content_layers, *s.objective.style_layers, "conv5_1"))
+    need = 2 ** sum(1 for n in names[:deepest] if n.startswith("pool"))
+    if min(w, h) < need:
+        key = "size" if s.scale == 1 else "scale"
+        raise InputError(key, f"the image would be {w}x{h} px; its short side must be at least {need} px for the "
+                              f"network's poolings (raise size, or use a squarer image)")
+
+
 def load_inputs(s: Settings) -> dict:
     """Open and decode every input image (raising InputError for a bad file). Returns PIL images."""
     out = {"content": images.load_image("content", s.content)}
+    check_image_size(s, out["content"].size)
     if s.objective.style_layers:
         out["style"] = images.load_image("style", s.style)
     if s.init == "image":

@@ -34,11 +34,11 @@ class FileSink:
         n = rec.evaluation
         if due(n, self.log_every, self.steps):
             row = {"evaluation": n, "wall_time": round(rec.wall_time, 4)}
-            row.update({k: v[0] for k, v in rec.values.items()})  # B = 1 for a run
+            row.update(rec.values)
             self._metrics.write(json.dumps(row) + "\n")
             self._metrics.flush()
         if due(n, self.frame_every, self.steps):
-            save_atomic(to_pil(rec.image[:1]), self.frames_dir / f"{n:0{self.width}d}.png")
+            save_atomic(to_pil(rec.image), self.frames_dir / f"{n:0{self.width}d}.png")
 
     def close(self, summary: dict) -> None:
         self._metrics.close()
@@ -47,14 +47,16 @@ class FileSink:
 class ProgressSink:
     """A progress bar of evaluations, with the current total loss."""
 
-    def __init__(self, steps: int, label: str):
+    def __init__(self, steps: int, label: str, position: int = 0):
         disable = os.environ.get("NST_PROGRESS", "") == "0"
-        self.bar = tqdm(total=steps, desc=label, unit="eval", dynamic_ncols=True, file=sys.stderr, disable=disable, leave=True)
+        # one bar per trial of a batch, each on its own line
+        self.bar = tqdm(total=steps, desc=label, unit="eval", dynamic_ncols=True, file=sys.stderr, disable=disable,
+                        leave=True, position=position)
 
     def on_step(self, rec: StepRecord) -> None:
         self.bar.update(rec.evaluation - self.bar.n)
         if rec.evaluation == 1 or rec.evaluation % 5 == 0:
-            self.bar.set_postfix_str(f"loss {rec.values['total'][0]:.4g}", refresh=False)
+            self.bar.set_postfix_str(f"loss {rec.values['total']:.4g}", refresh=False)
 
     def close(self, summary: dict) -> None:
         self.bar.close()

@@ -1,24 +1,16 @@
-"""One style transfer, from validated settings to a run folder. No Hydra here."""
+"""What every trial needs before it runs: its device, its determinism, its input tensors; atomic JSON. No Hydra here."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
-import time
-import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from nst import images
 from nst.errors import InputError
-from nst.features import FeatureExtractor, get_weights_spec
-from nst.metrics import standard_metrics
-from nst.objective import Objective
-from nst.optimize import optimise
 from nst.settings import Settings
 
 
@@ -73,86 +65,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _peak_memory(device: torch.device) -> tuple[float, str]:
+def peak_memory(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     # ru_maxrss is the process's high-water mark (KiB on Linux): in a multirun it covers earlier trials too.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
-
-
-def run_trial(s: Settings, inputs: dict, run_dir: Path, *, sinks: list, record: dict | None = None) -> dict:
-    """Run one transfer into `run_dir`; never raises. Returns (and writes) the summary.
-
-    `sinks` have on_step(record) and close(summary); they are closed in `finally` whatever happens.
-    `record` is merged into summary.json (e.g. the resolved config and the trial's overrides).
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("error.log", "animation.gif"):  # left by an earlier attempt of this trial (resume)
-        (run_dir / stale).unlink(missing_ok=True)
-    summary: dict = {"status": "running", "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(record or {})}
-    t0 = time.perf_counter()
-    device = None
-    try:
-        device = resolve_device(s.device)
-        summary["device"] = str(device)
-        summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-        set_determinism(s.deterministic, device)
-        torch.manual_seed(s.seed)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        tensors = prepare(s, inputs, device)
-        summary["image_size"] = list(tensors["content"].shape[-1:-3:-1])  # [W, H]
-        spec = get_weights_spec(s.arch, s.weights)
-        extractor = FeatureExtractor(s.arch, spec, list(s.objective.content_layers + s.objective.style_layers), s.pooling, device)
-        weight = lambda v: torch.tensor([v], device=device, dtype=torch.float32)  # noqa: E731  [B=1]
-        objective = Objective(extractor, s.objective, content=tensors["content"], style=tensors.get("style"),
-                              content_weight=weight(s.content_weight), style_weight=weight(s.style_weight), tv_weight=weight(s.tv_weight))
-
-        def on_step(rec):
-            if rec.evaluation == 1 and device.type == "cuda":
-                # cuDNN autotuning tries workspace-hungry algorithms in the first evaluation; the
-                # steady-state peak (what a size or batch costs) is measured from here on.
-                torch.cuda.reset_peak_memory_stats(device)
-            for sink in sinks:
-                sink.on_step(rec)
-
-        t_opt = time.perf_counter()
-        final, evaluations = optimise(objective, tensors["init"], steps=s.steps, spec=s.optimizer, on_step=on_step)
-        opt_time = time.perf_counter() - t_opt
-        with torch.no_grad():
-            # The terms of the image actually saved (the last evaluation may precede a final step).
-            final_terms = {k: v[0] for k, v in _floats(objective(final)).items()}
-        summary["metrics"] = standard_metrics(final, tensors["content"], tensors.get("style"))
-        images.save_atomic(images.to_pil(final), run_dir / "final.png")
-        images.save_animation(run_dir / "frames", run_dir / "animation.gif")
-        summary.update(status="completed", final=final_terms, evaluations=evaluations, optimisation_time=round(opt_time, 3),
-                       evals_per_second=round(evaluations / opt_time, 3) if opt_time > 0 else None)
-    except BaseException as e:  # noqa: BLE001 - a trial records every failure, Ctrl-C included
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}" if not isinstance(e, InputError) else str(e))
-        if not isinstance(e, InputError):
-            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        if isinstance(e, KeyboardInterrupt):
-            summary["status"] = "interrupted"
-            raise
-    finally:
-        summary["wall_time"] = round(time.perf_counter() - t0, 3)
-        summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if device is not None:
-            summary["peak_memory_mb"], summary["peak_memory_kind"] = _peak_memory(device)
-            summary["peak_memory_mb"] = round(summary["peak_memory_mb"], 1)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()  # hand a failed (e.g. out-of-memory) trial's blocks to the next trial
-        for sink in sinks:
-            try:
-                sink.close(summary)
-            except Exception as e:  # noqa: BLE001 - a broken sink must not hide the trial's result
-                summary.setdefault("sink_errors", []).append(f"{type(sink).__name__}: {e}")
-        if summary["status"] != "interrupted":  # an interrupted trial leaves no summary: it is re-run on resume
-            write_json_atomic(run_dir / "summary.json", summary)
-    return summary
-
-
-def _floats(terms: dict[str, torch.Tensor]) -> dict[str, list[float]]:
-    return {k: v.detach().float().cpu().tolist() for k, v in terms.items()}
-

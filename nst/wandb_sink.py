@@ -93,7 +93,9 @@ def start(opts: dict, *, run_dir: Path, files_root: Path, name: str, group: str 
 
     def init(m: str):
         settings = wandb.Settings(init_timeout=float(opts.get("init_timeout", 60)), console="off", silent=True)
-        return wandb.init(mode=m, settings=settings, **kwargs)
+        # create_new: the trials of a batch each keep a live run in this process; every call logs to
+        # its own run object, never through the module-level wandb.log.
+        return wandb.init(mode=m, settings=settings, reinit="create_new", **kwargs)
 
     try:
         return init(mode)
@@ -127,14 +129,14 @@ class WandbSink:
         row: dict = {}
         try:
             if due(n, self.log_every, self.steps):
-                row.update({f"loss/{k}": v[0] for k, v in rec.values.items()})
+                row.update({f"loss/{k}": v for k, v in rec.values.items()})
                 row["evals_per_second"] = n / rec.wall_time if rec.wall_time > 0 else None
             if due(n, self.frame_every, self.steps):
                 import wandb
 
                 from nst.images import to_pil
 
-                row["frame"] = wandb.Image(to_pil(rec.image[:1]), caption=f"evaluation {n}")
+                row["frame"] = wandb.Image(to_pil(rec.image), caption=f"evaluation {n}")
             if row:
                 row["evaluation"] = n
                 self.run.log(row)

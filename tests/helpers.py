@@ -3,21 +3,34 @@ import math
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 from PIL import Image
 
 from nst import cli
-from nst.settings import settings_from_dict
 
 
 def settings(*overrides: str):
     GlobalHydra.instance().clear()
-    cli.register_resolvers()
-    with initialize_config_dir(config_dir=str(cli.CONF_DIR), version_base=cli.VERSION_BASE, job_name="nst"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
+    return cli.settings_for(list(overrides))
+
+
+def trial(s, run_dir: Path, *, frame_every: int = 10, sinks=None):
+    """A Trial for the runner, with a file sink (or the given sinks)."""
+    from nst.batch import Trial
+    from nst.settings import load_inputs
+    from nst.sinks import FileSink
+
+    run_dir = Path(run_dir)
+    open_sinks = (lambda pos: list(sinks)) if sinks is not None else \
+        (lambda pos: [FileSink(run_dir, log_every=1, frame_every=frame_every, steps=s.steps)])
+    return Trial(s, load_inputs(s), run_dir, open_sinks)
+
+
+def run_alone(s, run_dir: Path, **kw) -> dict:
+    """One trial as a batch of one, the way a single run goes."""
+    from nst.batch import run_batch
+
+    return run_batch([trial(s, run_dir, **kw)])[0]
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

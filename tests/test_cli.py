@@ -23,6 +23,7 @@ def test_single_run(run_nst, tmp_path):
     for name in ("final.png", "metrics.jsonl", "summary.json", ".hydra/config.yaml", "frames/8.png"):
         assert (run_dir / name).exists(), name
     assert summary(run_dir)["status"] == "completed"
+    assert summary(run_dir)["batch"]["size"] == 1  # a single run is a batch of one through the same runner
 
 
 def test_style_weight_sweep_one_folder_per_trial_and_style_loss_falls(run_nst, tmp_path):
@@ -57,6 +58,7 @@ BAD = {
     "content_layers=[pool6]": "content_layers: unknown layer 'pool6'",
     "size=0": "size: must be positive",
     "size=-5": "size: must be positive",
+    "size=16": "size: the image would be 16x12 px; its short side must be at least 16 px",
     "steps=0": "steps: must be positive",
     "style_weight=-1": "style_weight: must be zero or positive",
     "content_weight=-0.1": "content_weight: must be zero or positive",

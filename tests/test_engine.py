@@ -3,21 +3,16 @@
 import json
 import math
 
-import pytest
 import torch
 from PIL import Image
 
-from helpers import psnr, read_jsonl, settings
+from helpers import psnr, read_jsonl, run_alone, settings
 from nst import images
-from nst.settings import load_inputs
-from nst.sinks import FileSink
-from nst.trial import run_trial
 
 
 def _run(tmp_path, *overrides):
     s = settings("device=cpu", *overrides)
-    sink = FileSink(tmp_path, log_every=1, frame_every=10, steps=s.steps)
-    summary = run_trial(s, load_inputs(s), tmp_path, sinks=[sink])
+    summary = run_alone(s, tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     return s, summary
 
@@ -70,15 +65,13 @@ def test_same_seed_same_result(tmp_path):
     assert finals[0] == finals[1]
 
 
-def test_a_non_finite_loss_fails_the_trial_with_a_clear_error():
-    from nst.optimize import NonFiniteLoss, OptimizerSpec, optimise
-
-    def objective(x):
-        bad = (x * float("nan")).flatten(1).sum(1)  # [B]
-        return {"total": bad}
-
-    with pytest.raises(NonFiniteLoss, match="evaluation 1"):
-        optimise(objective, torch.rand(1, 3, 4, 4), steps=3, spec=OptimizerSpec("adam", 0.1), on_step=lambda r: None)
+def test_a_non_finite_loss_fails_the_trial_with_a_clear_error(tmp_path):
+    # style_weight 1e38 times a style term of order 1 overflows float32 at the first evaluation
+    s = settings("device=cpu", "size=32", "steps=5", "init=noise", "style_weight=1e38")
+    summary = run_alone(s, tmp_path)
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith("the loss became inf at evaluation 1; lower the loss weights")
+    assert not (tmp_path / "final.png").exists() and not (tmp_path / "error.log").exists()
 
 
 def test_large_un_normalised_losses_stay_finite_under_lbfgs(tmp_path):

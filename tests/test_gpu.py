@@ -3,10 +3,7 @@
 import pytest
 import torch
 
-from helpers import read_jsonl, settings
-from nst.settings import load_inputs
-from nst.sinks import FileSink
-from nst.trial import run_trial
+from helpers import read_jsonl, run_alone, settings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -16,7 +13,7 @@ def test_cuda_run_matches_cpu_objective(tmp_path):
     for device in ("cpu", "cuda"):
         s = settings(f"device={device}", "size=64", "steps=5", "init=content_noise", "seed=1")
         d = tmp_path / device
-        summary = run_trial(s, load_inputs(s), d, sinks=[FileSink(d, log_every=1, frame_every=5, steps=5)])
+        summary = run_alone(s, d, frame_every=5)
         assert summary["status"] == "completed", summary.get("error")
         firsts[device] = read_jsonl(d / "metrics.jsonl")[0]
         if device == "cuda":

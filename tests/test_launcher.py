@@ -38,6 +38,18 @@ APP = APP_DIR / "toy_app.py"
 # ---------------------------------------------------------------------------------------------
 # Part 1: Hydra's suites (as Hydra's tests/test_basic_launcher.py runs them for the basic launcher)
 
+@pytest.fixture(autouse=True)
+def _unset_version_base():
+    """Hydra's suites assume no version_base was set in this process (legacy chdir=True); other
+    test files compose with version_base 1.3, which Hydra keeps in a process-wide singleton."""
+    from hydra.version import _UNSPECIFIED_, VersionBase
+
+    vb = VersionBase.instance()
+    saved, vb.version_base = vb.version_base, _UNSPECIFIED_
+    yield
+    vb.version_base = saved
+
+
 @pytest.mark.parametrize("launcher_name, overrides", [("nst", []), ("nst", ["hydra.launcher.max_batch=1"])])
 class TestNstLauncher(LauncherTestSuite):
     pass

@@ -29,6 +29,9 @@ def test_two_trial_multirun_logs_trials_and_an_aggregate_in_one_group(run_nst, t
     files = sorted(sweep.rglob("*.wandb"))
     assert len(files) == 3
     runs = {f: run_record(f) for f in files}
+    # the two trials shared one batch (one process, two live W&B runs) and still have a run each
+    batches = [summary(d)["batch"] for d in sorted(p for p in sweep.iterdir() if (p / "summary.json").exists())]
+    assert [b["size"] for b in batches] == [2, 2] and batches[0]["id"] == batches[1]["id"]
     assert {r["run_group"] for r in runs.values()} == {sweep.name}
     assert sorted(r["job_type"] for r in runs.values()) == ["aggregate", "trial", "trial"]
     for f, rec in runs.items():

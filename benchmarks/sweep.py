@@ -1,0 +1,100 @@
+"""Wall time of the same sweep run batched and one trial at a time, in this process.
+
+    python benchmarks/sweep.py                       # CPU: six trials at 64 px; GPU: every preset below
+    python benchmarks/sweep.py --preset ablations --device cuda
+    python benchmarks/sweep.py --preset six --steps 40 --max-batch 3
+
+Presets: `six` (style_weight 1e3 ... 1e8 at 64 px), `ablations` (all eleven sweeps in sweeps/ at
+128 px, 200 evaluations: 78 trials), `eight512` (eight style weights at 512 px, 500 evaluations).
+Both modes go through the same runner (nst.batch) with the same trials and the same file sink
+(metrics.jsonl, frames, final.png, summary.json, in a temporary folder); "one at a time" runs each
+trial as a batch of one, as `hydra/launcher=basic` does. Hydra's own per-job overhead (composing
+configs, writing .hydra/) is the same in both and left out. A warm-up trial runs first (weights
+loaded, cuDNN tuned), so neither mode pays that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nst import cli
+from nst.batch import Trial, run_batch, run_trials
+from nst.settings import load_inputs
+from nst.sinks import FileSink
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def preset(name: str, steps: int | None) -> list[list[str]]:
+    """Each trial's overrides."""
+    if name == "six":
+        common = ["size=64", f"steps={steps or 30}"]
+        return [[*common, f"style_weight=1e{e}"] for e in range(3, 9)]
+    if name == "eight512":
+        common = ["size=512", f"steps={steps or 500}"]
+        return [[*common, f"style_weight=1e{e}"] for e in range(2, 10)]
+    if name == "ablations":
+        trials = []
+        for f in sorted((ROOT / "sweeps").glob("*.yaml")):
+            trials += cli.expand_trials([f"+sweep={f.stem}", "size=128", f"steps={steps or 200}"], multirun=True)
+        return trials
+    raise SystemExit(f"unknown preset {name!r}; allowed: six, ablations, eight512")
+
+
+def make_trials(overrides: list[list[str]], device: str, folder: Path) -> list[Trial]:
+    trials = []
+    for i, o in enumerate(overrides):
+        s = cli.settings_for([*o, f"device={device}", "logger=none"])
+        run_dir = folder / str(i)
+        sinks = (lambda pos, d=run_dir, s=s: [FileSink(d, log_every=s.log_every, frame_every=s.frame_every, steps=s.steps)])
+        trials.append(Trial(s, load_inputs(s), run_dir, sinks))
+    return trials
+
+
+def timed(fn) -> tuple[float, list[dict]]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out
+
+
+def bench(name: str, device: str, steps: int | None, max_batch: int | None) -> None:
+    overrides = preset(name, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = make_trials([overrides[0][:1] + ["steps=3"]], device, Path(tmp) / "warm")
+        run_batch(warm)
+        alone_s, alone = timed(lambda: [run_batch([t])[0] for t in make_trials(overrides, device, Path(tmp) / "alone")])
+        batched_s, batched = timed(lambda: run_trials(make_trials(overrides, device, Path(tmp) / "batched"), max_batch))
+    failed = sum(s["status"] != "completed" for s in alone + batched)
+    sizes = sorted({s["batch"]["id"]: s["batch"]["size"] for s in batched}.values(), reverse=True)
+    evals = sum(s.get("evaluations") or 0 for s in batched)
+    print(f"{name}: {len(overrides)} trials, {evals} evaluations, device {device}; batches of {sizes}"
+          f"{f'; {failed} FAILED' if failed else ''}")
+    print(f"  one at a time: {alone_s:8.2f} s")
+    print(f"  batched:       {batched_s:8.2f} s   speed-up {alone_s / batched_s:5.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--preset", nargs="+", default=None, help="six | ablations | eight512 (default: six on the CPU, all on a GPU)")
+    ap.add_argument("--steps", type=int, default=None, help="evaluations per trial (default: the preset's)")
+    ap.add_argument("--max-batch", type=int, default=None, help="largest batch (default: auto, as the launcher)")
+    args = ap.parse_args()
+    presets = args.preset or (["six", "ablations", "eight512"] if args.device.startswith("cuda") else ["six"])
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {args.device} ({name}), fp32, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for p in presets:
+        bench(p, args.device, args.steps, args.max_batch)
+
+
+if __name__ == "__main__":
+    main()

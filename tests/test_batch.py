@@ -1,0 +1,150 @@
+"""The batched runner with the real VGG-19 at 32 px: trials sharing a pass give what they give alone,
+and failures (a non-finite loss, a broken sink, running out of memory) stay with their trial."""
+
+import pytest
+import torch
+
+from helpers import read_jsonl, run_alone, settings, trial
+from nst import batch
+
+BASE = ("device=cpu", "size=32", "steps=10")
+# Six trials of one image shape that differ in everything a batch lets differ: loss weights, layer
+# sets, loss forms, optimiser hyper-parameters, images, init, noise, seed and evaluation budget.
+LBFGS_TRIALS = [
+    ("style_weight=1e3",),
+    ("style_weight=1e6", "seed=1", "init=content_noise", "init.noise_ratio=0.3"),
+    ("layers=style2", "loss.style=paper", "loss.content=paper"),
+    ("optimizer.lr=0.5", "steps=7"),
+    ("optimizer.line_search=false", "optimizer.history_size=5", "steps=12"),
+    ("style=the_scream", "content_weight=1e3", "tv_weight=10", "init=noise", "seed=4"),
+]
+ADAM_TRIALS = [
+    ("optimizer=adam", "optimizer.lr=0.02"),
+    ("optimizer=adam", "optimizer.lr=0.05", "optimizer.betas=[0.5,0.9]", "steps=6"),
+    ("optimizer=adam", "style_weight=1e6", "init=noise", "seed=2", "style_layers=[conv1_1,conv3_1]"),
+]
+
+
+def _close(a: float, b: float, rel: float) -> bool:
+    # batched convolutions differ from batch-of-one ones in the last bits: a term that is exactly 0
+    # alone (content loss at the content image) can be 1e-8 in a batch
+    return abs(a - b) <= rel * max(abs(a), abs(b)) + 1e-6
+
+
+def _together_and_alone(tmp_path, trials):
+    ss = [settings(*BASE, *o) for o in trials]
+    together = batch.run_trials([trial(s, tmp_path / "batched" / str(i)) for i, s in enumerate(ss)], max_batch=len(ss))
+    alone = [run_alone(s, tmp_path / "alone" / str(i)) for i, s in enumerate(ss)]
+    return ss, together, alone
+
+
+@pytest.mark.parametrize("trials", [LBFGS_TRIALS, ADAM_TRIALS], ids=["lbfgs", "adam"])
+def test_trials_in_one_batch_give_what_they_give_alone(tmp_path, trials):
+    ss, together, alone = _together_and_alone(tmp_path, trials)
+    assert len({t["batch"]["id"] for t in together}) == 1
+    assert [t["batch"]["size"] for t in together] == [len(ss)] * len(ss)
+    assert [t["batch"]["position"] for t in together] == list(range(len(ss)))
+    assert all(a["batch"]["size"] == 1 for a in alone)
+    for i, (t, a, s) in enumerate(zip(together, alone, ss)):
+        assert t["status"] == a["status"] == "completed", (i, t.get("error"), a.get("error"))
+        assert t["evaluations"] == a["evaluations"] <= s.steps, i  # each its own budget
+        assert t["stop_reason"] == a["stop_reason"], i
+        rows_t = read_jsonl(tmp_path / "batched" / str(i) / "metrics.jsonl")
+        rows_a = read_jsonl(tmp_path / "alone" / str(i) / "metrics.jsonl")
+        assert len(rows_t) == len(rows_a) == t["evaluations"]
+        # the first evaluation sees the same start and the same targets: equal up to float noise
+        # (content is left out: at the content image it is 0 alone and float noise in a batch)
+        for key in ("style", "tv", "total"):
+            assert _close(rows_t[0][key], rows_a[0][key], 1e-5), (i, key, rows_t[0][key], rows_a[0][key])
+        for key, value in a["metrics"].items():
+            assert _close(t["metrics"][key], value, 0.02), (i, key, t["metrics"][key], value)
+        assert _close(t["final"]["total"], a["final"]["total"], 0.02), i
+    # the trials really differ: different budgets and different losses
+    assert len({t["evaluations"] for t in together}) > 1
+    assert len({round(t["final"]["total"], 6) for t in together}) == len(ss)
+
+
+def test_incompatible_trials_go_to_separate_batches(tmp_path):
+    ss = [settings(*BASE), settings(*BASE, "style_weight=1e6"), settings("device=cpu", "size=40", "steps=3"),
+          settings(*BASE, "optimizer=adam", "steps=3"), settings(*BASE, "pooling=max", "steps=3")]
+    out = batch.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)])
+    assert all(o["status"] == "completed" for o in out)
+    ids = [o["batch"]["id"] for o in out]
+    assert ids[0] == ids[1] and len(set(ids)) == 4  # same shape and optimiser share; size, optimiser, pooling split
+    assert [o["batch"]["size"] for o in out] == [2, 2, 1, 1, 1]
+    assert out[2]["image_size"] == [40, 30] and out[0]["image_size"] == [32, 24]
+
+
+def test_max_batch_cuts_a_group(tmp_path):
+    ss = [settings(*BASE, f"seed={i}", "steps=2") for i in range(5)]
+    out = batch.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
+    assert [o["batch"]["size"] for o in out] == [2, 2, 2, 2, 1]
+    assert [o["batch"]["position"] for o in out] == [0, 1, 0, 1, 0]
+    assert len({o["batch"]["id"] for o in out}) == 3
+
+
+def test_a_non_finite_trial_leaves_its_batch_and_the_others_go_on(tmp_path):
+    good = [settings(*BASE, "style_weight=1e3"), settings(*BASE, "style_weight=1e5", "seed=2", "init=noise")]
+    bad = settings(*BASE, "init=noise", "style_weight=1e38")  # overflows float32 at the first evaluation
+    out = batch.run_trials([trial(good[0], tmp_path / "0"), trial(bad, tmp_path / "bad"), trial(good[1], tmp_path / "1")])
+    assert out[1]["status"] == "failed" and out[1]["batch"]["size"] == 3
+    assert out[1]["error"].startswith("the loss became inf at evaluation 1; lower the loss weights or the learning rate")
+    assert not (tmp_path / "bad" / "final.png").exists()
+    for i, s in enumerate(good):
+        alone = run_alone(s, tmp_path / f"alone{i}")
+        assert out[2 * i]["status"] == "completed"
+        assert out[2 * i]["evaluations"] == alone["evaluations"]
+        assert _close(out[2 * i]["final"]["total"], alone["final"]["total"], 0.02)
+
+
+def test_a_broken_sink_fails_only_its_trial(tmp_path):
+    class Broken:
+        def on_step(self, rec):
+            if rec.evaluation == 3:
+                raise OSError("disk full")
+
+        def close(self, summary):
+            pass
+
+    ss = [settings(*BASE, "steps=5"), settings(*BASE, "steps=5", "seed=1")]
+    out = batch.run_trials([trial(ss[0], tmp_path / "0", sinks=[Broken()]), trial(ss[1], tmp_path / "1")])
+    assert out[0]["status"] == "failed" and out[0]["error"] == "OSError: disk full"
+    assert "disk full" in (tmp_path / "0" / "error.log").read_text()
+    assert out[1]["status"] == "completed" and out[1]["evaluations"] == 5
+
+
+def _oom_above(monkeypatch, limit: int):
+    """Make the network raise CUDA's out-of-memory error for batches of more than `limit` images."""
+    forward = batch.FeatureExtractor.forward
+    seen = []
+
+    def limited(self, image):
+        seen.append(image.shape[0])
+        if image.shape[0] > limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (a batch of {image.shape[0]})")
+        return forward(self, image)
+
+    monkeypatch.setattr(batch.FeatureExtractor, "forward", limited)
+    return seen
+
+
+def test_out_of_memory_splits_the_batch_and_retries_both_halves(tmp_path, monkeypatch):
+    ss = [settings(*BASE, f"style_weight=1e{3 + i}", "steps=4") for i in range(4)]
+    seen = _oom_above(monkeypatch, 2)
+    out = batch.run_trials([trial(s, tmp_path / str(i), frame_every=2) for i, s in enumerate(ss)], max_batch=4)
+    assert 4 in seen and max(n for n in seen if n != 4) == 2  # tried 4, then ran halves of 2
+    assert all(o["status"] == "completed" for o in out)
+    assert [o["batch"]["size"] for o in out] == [2, 2, 2, 2] and len({o["batch"]["id"] for o in out}) == 1
+    for i in range(4):  # the retry rewrote the trial's files from the start
+        rows = read_jsonl(tmp_path / str(i) / "metrics.jsonl")
+        assert [r["evaluation"] for r in rows] == [1, 2, 3, 4]
+        assert sorted(p.name for p in (tmp_path / str(i) / "frames").iterdir()) == ["1.png", "2.png", "4.png"]
+
+
+def test_a_trial_out_of_memory_even_alone_fails_with_one_line_saying_what_to_lower(tmp_path, monkeypatch):
+    _oom_above(monkeypatch, 0)
+    out = batch.run_trials([trial(settings(*BASE, f"seed={i}"), tmp_path / str(i)) for i in range(2)])
+    for o in out:
+        assert o["status"] == "failed"
+        assert o["error"].startswith("out of memory even alone: 32x24 px on ")
+        assert "lower `size` or `optimizer.history_size`" in o["error"] and "\n" not in o["error"]
