@@ -51,7 +51,7 @@ def make_trials(overrides: list[list[str]], device: str, folder: Path) -> list[T
     for i, o in enumerate(overrides):
         s = cli.settings_for([*o, f"device={device}", "logger=none"])
         run_dir = folder / str(i)
-        sinks = (lambda pos, d=run_dir, s=s: [FileSink(d, log_every=s.log_every, frame_every=s.frame_every, steps=s.steps)])
+        sinks = (lambda pos, d=run_dir, s=s: [FileSink(d, log_every=s.log_every, frame_every=s.frame_every, steps=s.total_steps)])
         trials.append(Trial(s, load_inputs(s), run_dir, sinks))
     return trials
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from nst import images
 from nst.batch_opt import BatchAdam, BatchLBFGS
@@ -34,7 +35,7 @@ from nst.features import FeatureExtractor, get_weights_spec, layer_names, layer_
 from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimize import NonFiniteLoss, StepRecord
-from nst.settings import Settings
+from nst.settings import Settings, content_size
 from nst.trial import peak_memory, prepare, resolve_device, set_determinism, write_json_atomic
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
@@ -53,13 +54,15 @@ class Trial:
 
 
 def image_size(s: Settings) -> tuple[int, int]:
-    """(W, H) of the trial's images, from the content file's header (nothing decoded)."""
-    return images.target_size(*images.oriented_size("content", s.content), s.long_side)
+    """(W, H) of the trial's output, from the content file's header (nothing decoded)."""
+    return images.target_size(*content_size(s, images.oriented_size("content", s.content)), s.long_side)
 
 
 def group_key(s: Settings) -> tuple:
-    """What the trials of one batch must share: one network, one image shape, one device, one optimiser kind."""
-    return (s.arch, s.weights, s.pooling, image_size(s), s.device, s.deterministic, s.optimizer.name)
+    """What the trials of one batch must share: one network, one image shape (at every pyramid
+    level), one device, one optimiser kind."""
+    return (s.arch, s.weights, s.pooling, image_size(s), s.pyramid_levels, s.pyramid_factor, s.device, s.deterministic,
+            s.optimizer.name)
 
 
 def auto_batch_size(settings: list[Settings]) -> int:
@@ -148,10 +151,18 @@ class _Live:
     sinks: list
     t0: float
     objective: Objective | None = None
-    tensors: dict | None = None
-    evaluations: int = 0
-    scale: float | None = None  # L-BFGS: 1/|total at the first evaluation| (see _scales)
+    tensors: dict | None = None  # this level's images (nst.trial.prepare)
+    evaluations: int = 0  # over every level
+    level_evaluations: int = 0
+    scale: float | None = None  # L-BFGS: 1/|total at the level's first evaluation| (see _scales)
+    carry: torch.Tensor | None = None  # a coarser level's result, the next level's start
     done: bool = False
+
+    def present(self, x: torch.Tensor) -> torch.Tensor:
+        """The image as saved: for color=luminance, the optimised luminance with the photograph's colours."""
+        if self.trial.settings.color == "luminance":
+            return images.with_chroma_of(x, self.tensors["photo"])
+        return x
 
 
 def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: str, fail_with: str | None = None):
@@ -180,8 +191,12 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         running = [i for i in idxs if not live[i].done]
         if not running:
             return [], None
-        device = _setup(live, running)
-        _optimise(live, running, device)
+        device, extractor = _network(live, running)
+        levels = live[running[0]].trial.settings.pyramid_levels  # the same in a batch (group_key)
+        for level in range(levels):
+            _setup_level(live, [i for i in running if not live[i].done], extractor, device, level)
+            if any(not live[i].done for i in running):
+                _optimise(live, [i for i in running if not live[i].done], device, level, last=level == levels - 1)
     except torch.OutOfMemoryError as e:
         unfinished = [i for i in idxs if not live[i].done]
         for i in unfinished:
@@ -203,8 +218,8 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
     return [], None
 
 
-def _setup(live: dict[int, _Live], running: list[int]) -> torch.device:
-    """Device, one extractor to the deepest layer any trial needs, and each trial's targets."""
+def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, FeatureExtractor]:
+    """The device and one extractor to the deepest layer any trial of the batch needs."""
     s0 = live[running[0]].trial.settings
     device = resolve_device(s0.device)
     set_determinism(s0.deterministic, device)
@@ -215,39 +230,60 @@ def _setup(live: dict[int, _Live], running: list[int]) -> torch.device:
     for i in running:
         s = live[i].trial.settings
         layers += list(s.objective.content_layers + s.objective.style_layers)
+        live[i].summary["device"] = str(device)
+        live[i].summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     spec = get_weights_spec(s0.arch, s0.weights)
-    extractor = FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device)
+    return device, FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device)
+
+
+def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureExtractor, device: torch.device,
+                 level: int) -> None:
+    """Each trial's images, start and targets at this pyramid level."""
     targets: dict[tuple, Objective] = {}
     for i in running:
-        lv, s = live[i], live[i].trial.settings
-        lv.summary["device"] = str(device)
-        lv.summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-        lv.tensors = prepare(s, lv.trial.inputs, device)
-        lv.summary["image_size"] = list(lv.tensors["content"].shape[-1:-3:-1])  # [W, H]
-        # Trials with the same images and objective share their targets (computed once).
-        key = (s.content, s.style, s.style_size, s.objective)
-        weights = {k: torch.tensor([getattr(s, k)], device=device, dtype=torch.float32)  # [1]: this trial's
-                   for k in ("content_weight", "style_weight", "tv_weight")}
-        if key not in targets:
-            targets[key] = Objective(extractor, s.objective, content=lv.tensors["content"], style=lv.tensors.get("style"), **weights)
-        lv.objective = targets[key].reweighted(**weights)
-    shapes = {tuple(live[i].tensors["init"].shape) for i in running}
-    assert len(shapes) == 1, f"trials of different image sizes in one batch: {shapes}"
-    return device
+        try:
+            _setup_trial(live[i], targets, extractor, device, level)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a trial whose images or targets cannot be made fails alone
+            _fail(live[i], e)
+    shapes = {tuple(live[i].tensors["init"].shape) for i in running if not live[i].done}
+    assert len(shapes) <= 1, f"trials of different image sizes in one batch: {shapes}"
 
 
-def _optimise(live: dict[int, _Live], running: list[int], device: torch.device) -> None:
+def _setup_trial(lv: _Live, targets: dict, extractor: FeatureExtractor, device: torch.device, level: int) -> None:
+    """One trial's images, start and targets at this level; trials with the same images and objective share targets."""
+    s = lv.trial.settings
+    lv.tensors = prepare(s, lv.trial.inputs, device, s.level_long_sides()[level])
+    if lv.carry is not None:
+        # coarse to fine: start from the previous level's result, upsampled
+        size = lv.tensors["photo"].shape[-2:]
+        lv.tensors["init"] = F.interpolate(lv.carry, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        lv.carry = None
+    lv.level_evaluations, lv.scale = 0, None
+    key = (s.content, s.style, s.style_blend, s.style_size, s.style_scale, s.crop, s.color, s.objective)
+    weights = {k: torch.tensor([getattr(s, k)], device=device, dtype=torch.float32)  # [1]: this trial's
+               for k in ("content_weight", "style_weight", "tv_weight")}
+    if key not in targets:
+        targets[key] = Objective(extractor, s.objective, content=lv.tensors["content"], style=lv.tensors["styles"],
+                                 style_blend=s.style_blend, **weights)
+    lv.objective = targets[key].reweighted(**weights)
+
+
+def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, level: int, last: bool) -> None:
+    """One pyramid level (the only one, by default) of every running trial of the batch."""
     settings = [live[i].trial.settings for i in running]
+    budgets = [s.level_steps[level] for s in settings]
     x0 = torch.cat([live[i].tensors["init"] for i in running]).clamp_(0, 1)  # [k,3,H,W]
     kind = settings[0].optimizer.name
     if kind == "lbfgs":
-        # One torch.optim.LBFGS step() per trial with max_iter = max_eval = steps (see nst.batch_opt).
-        opt = BatchLBFGS(x0, lr=[s.optimizer.lr for s in settings], max_iter=[s.steps for s in settings],
-                         max_eval=[s.steps for s in settings], history_size=[s.optimizer.history_size for s in settings],
+        # One torch.optim.LBFGS step() per trial and level with max_iter = max_eval = its budget (see nst.batch_opt).
+        opt = BatchLBFGS(x0, lr=[s.optimizer.lr for s in settings], max_iter=budgets, max_eval=budgets,
+                         history_size=[s.optimizer.history_size for s in settings],
                          line_search=[s.optimizer.line_search for s in settings])
     else:
         opt = BatchAdam(x0, lr=[s.optimizer.lr for s in settings], betas=[s.optimizer.betas for s in settings],
-                        max_iter=[s.steps for s in settings])
+                        max_iter=budgets)
     extractor = live[running[0]].objective.extractor
     state_peak = 0
     start = time.perf_counter()
@@ -286,11 +322,13 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device) 
         failed: dict[int, BaseException] = {}
         for j, lv in enumerate(who):
             lv.evaluations += 1
+            lv.level_evaluations += 1
             if not finite[j]:
                 failed[j] = NonFiniteLoss(f"the loss became {totals[j]} at evaluation {lv.evaluations}; "
                                           "lower the loss weights or the learning rate")
                 continue
-            rec = StepRecord(lv.evaluations, now, per_trial[j], x[j:j + 1].detach())
+            rec = StepRecord(lv.evaluations, now, per_trial[j], lv.present(x[j:j + 1].detach()),
+                             level if lv.trial.settings.pyramid_levels > 1 else None)
             try:
                 for sink in lv.sinks:
                     sink.on_step(rec)
@@ -308,16 +346,24 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device) 
             _fail(who[j], e, traceback_too=False)
         opt.tell([t * sc for t, sc in zip(totals, scales)], grads)  # rows of dropped trials are ignored
         for j, lv in enumerate(who):
-            if lv.evaluations >= lv.trial.settings.steps and asked[j][0] in opt.running:
+            if lv.level_evaluations >= budgets[asked[j][0]] and asked[j][0] in opt.running:
                 # torch's line search may evaluate once past max_eval; `steps` is a hard budget here,
                 # and the trial keeps its last accepted iterate.
                 opt.drop(asked[j][0], "evaluation budget")
         state_peak = max(state_peak, opt.state_bytes())
         for p, final, reason in opt.finished():
             lv = live[running[p]]
-            if not lv.done:
-                lv.summary["optimizer_state_mb"] = round(state_peak / 2**20, 1)  # the whole batch's, at its peak
-                _complete(lv, final, reason, time.perf_counter() - start, device)
+            if lv.done:
+                continue
+            final = final.detach().reshape(lv.tensors["init"].shape).clamp(0, 1)  # [1,3,H,W]
+            lv.summary.setdefault("levels", []).append({"size": list(final.shape[-1:-3:-1]), "evaluations": lv.level_evaluations,
+                                                        "stop_reason": reason})
+            lv.summary["optimizer_state_mb"] = max(lv.summary.get("optimizer_state_mb", 0), round(state_peak / 2**20, 1))
+            lv.summary["optimisation_time"] = round(lv.summary.get("optimisation_time", 0) + time.perf_counter() - start, 3)
+            if last:
+                _complete(lv, final, reason, device)
+            else:
+                lv.carry = final
 
 
 def _scales(who: list[_Live], totals: list[float], kind: str) -> list[float]:
@@ -334,17 +380,20 @@ def _scales(who: list[_Live], totals: list[float], kind: str) -> list[float]:
     return out
 
 
-def _complete(lv: _Live, final: torch.Tensor, reason: str, opt_time: float, device: torch.device) -> None:
+def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device) -> None:
     """Save the finished trial's image, metrics and summary; close its sinks."""
     run_dir = lv.trial.run_dir
     try:
-        final = final.detach().reshape(lv.tensors["init"].shape).clamp(0, 1)  # [1,3,H,W]
         with torch.no_grad():
-            # The terms of the image actually saved (the last evaluation may precede a final step).
+            # The terms of the image actually optimised (the last evaluation may precede a final step).
             final_terms = {k: float(v[0]) for k, v in lv.objective(final).items()}
-        lv.summary["metrics"] = standard_metrics(final, lv.tensors["content"], lv.tensors.get("style"))
+        final = lv.present(final)
+        s = lv.trial.settings
+        lv.summary["image_size"] = list(final.shape[-1:-3:-1])  # [W, H]
+        lv.summary["metrics"] = standard_metrics(final, lv.tensors["photo"], lv.tensors["plain_styles"], s.style_blend)
         images.save_atomic(images.to_pil(final), run_dir / "final.png")
         images.save_animation(run_dir / "frames", run_dir / "animation.gif")
+        opt_time = lv.summary["optimisation_time"]
         lv.summary.update(status="completed", final=final_terms, evaluations=lv.evaluations, stop_reason=reason,
                           optimisation_time=round(opt_time, 3),
                           evals_per_second=round(lv.evaluations / opt_time, 3) if opt_time > 0 else None)

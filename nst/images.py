@@ -111,6 +111,65 @@ def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize(size, Image.LANCZOS)
 
 
+def crop_square(img: Image.Image) -> Image.Image:
+    """The largest centred square."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+# Colour, on tensors [B,3,H,W] RGB in [0,1]. YCbCr is the full-range BT.601 form (as JPEG's).
+def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 0.5 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return torch.stack([y, cb, cr], 1)
+
+
+def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    y, cb, cr = x[:, 0], x[:, 1] - 0.5, x[:, 2] - 0.5
+    return torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """The luminance as a grey RGB image [B,3,H,W] (what the network sees in luminance-only transfer)."""
+    return rgb_to_ycbcr(x)[:, :1].expand(-1, 3, -1, -1).contiguous()
+
+
+def match_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Grey style image whose luminance has the content's mean and standard deviation (Gatys et al. 2017)."""
+    ys, yc = rgb_to_ycbcr(style)[:, :1], rgb_to_ycbcr(content)[:, :1]
+    y = (ys - ys.mean()) / ys.std().clamp_min(1e-6) * yc.std() + yc.mean()
+    return y.clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
+
+
+def with_chroma_of(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """x's luminance with the reference's chroma (Cb, Cr): the content's colours kept."""
+    ref = rgb_to_ycbcr(reference)
+    return ycbcr_to_rgb(torch.cat([rgb_to_ycbcr(x)[:, :1], ref[:, 1:]], 1)).clamp(0, 1)
+
+
+def match_colors(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The style image recoloured so that its pixels' mean and covariance are the content's
+    (the linear colour transfer of Gatys et al. 2017, symmetric square roots)."""
+    def stats(x):
+        p = x[0].flatten(1).double()  # [3,N]
+        mu = p.mean(1, keepdim=True)
+        return p, mu, torch.cov(p) + 1e-5 * torch.eye(3, dtype=p.dtype, device=p.device)
+
+    def sqrtm(c, power):
+        vals, vecs = torch.linalg.eigh(c)
+        return vecs @ torch.diag(vals.clamp_min(1e-10) ** power) @ vecs.T
+
+    ps, mu_s, cov_s = stats(style)
+    _, mu_c, cov_c = stats(content)
+    a = sqrtm(cov_c, 0.5) @ sqrtm(cov_s, -0.5)  # [3,3]
+    out = (a @ (ps - mu_s) + mu_c).reshape(style.shape[1:])
+    return out.unsqueeze(0).to(style.dtype).clamp(0, 1)
+
+
 def to_tensor(img: Image.Image, device: torch.device) -> torch.Tensor:
     a = np.asarray(img, dtype=np.uint8)  # [H,W,3]
     t = torch.from_numpy(a.copy()).permute(2, 0, 1).unsqueeze(0).contiguous()  # [1,3,H,W]
@@ -141,9 +200,13 @@ def save_animation(frames_dir: Path, out: Path, *, side: int = 320) -> bool:
     if not frames:
         return False
     pics = []
+    with Image.open(frames[-1]) as im:
+        last = im.size  # coarse-to-fine runs have smaller early frames: all are shown at the final size
     for p in frames:
         with Image.open(p) as im:
             pic = im.convert("RGB")
+        if pic.size != last:
+            pic = pic.resize(last, Image.LANCZOS)
         pic.thumbnail((side, side))
         pics.append(pic)
     durations = [400] * (len(pics) - 1) + [1500]  # hold the result

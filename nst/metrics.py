@@ -55,8 +55,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def standard_metrics(final: torch.Tensor, content: torch.Tensor, style: torch.Tensor | None) -> dict[str, float]:
-    """final, content: [1,3,H,W]; style: [1,3,h,w] or None. All in [0,1], on one device."""
+def standard_metrics(final: torch.Tensor, content: torch.Tensor, style: torch.Tensor | None,
+                     style_blend: tuple[float, ...] = (1.0,)) -> dict[str, float]:
+    """final, content: [1,3,H,W]; style: [1,3,h,w], a list of them (blended by style_blend), or None.
+    All in [0,1], on one device."""
     ev = _evaluator(final.device)
     f_final, f_content = ev(final), ev(content)
     out = {
@@ -64,7 +66,9 @@ def standard_metrics(final: torch.Tensor, content: torch.Tensor, style: torch.Te
         "psnr": psnr(final, content),
         "ssim": ssim(final.float(), content.float()),
     }
-    if style is not None:
-        f_style = ev(style)
-        out["style_distance"] = float(sum(style_term(f_final[l], gram(f_style[l], True), "mse") for l in STYLE_LAYERS) / len(STYLE_LAYERS))
+    if style is not None and len(style):
+        styles = [style] if isinstance(style, torch.Tensor) else list(style)
+        feats = [ev(s) for s in styles]
+        target = {l: sum(w * gram(f[l], True) for f, w in zip(feats, style_blend)) for l in STYLE_LAYERS}
+        out["style_distance"] = float(sum(style_term(f_final[l], target[l], "mse") for l in STYLE_LAYERS) / len(STYLE_LAYERS))
     return out

@@ -81,8 +81,9 @@ def tv_term(x: torch.Tensor) -> torch.Tensor:
 class Objective:
     """Keeps the targets; called on images [B,3,H,W], returns named [B] terms, weighted in one place."""
 
-    def __init__(self, extractor, spec: ObjectiveSpec, *, content: torch.Tensor | None, style: torch.Tensor | None,
-                 content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor):
+    def __init__(self, extractor, spec: ObjectiveSpec, *, content: torch.Tensor | None, style: torch.Tensor | list | None,
+                 content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor,
+                 style_blend: tuple[float, ...] = (1.0,)):
         self.extractor, self.spec = extractor, spec
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         with torch.no_grad():
@@ -94,8 +95,14 @@ class Objective:
             self.style_targets = {}
             if spec.style_layers:
                 assert style is not None, "style layers need a style image"
-                feats = extractor(style)
-                self.style_targets = {l: gram(feats[l], normalise=spec.style_form != "paper").detach() for l in spec.style_layers}
+                styles = [style] if isinstance(style, torch.Tensor) else list(style)
+                assert len(styles) == len(style_blend), (len(styles), style_blend)
+                # Several style images: their Gram matrices blended by weight (the weights sum to 1).
+                for image, w in zip(styles, style_blend):
+                    feats = extractor(image)
+                    for l in spec.style_layers:
+                        g = w * gram(feats[l], normalise=spec.style_form != "paper").detach()
+                        self.style_targets[l] = self.style_targets[l] + g if l in self.style_targets else g
 
     def reweighted(self, *, content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor) -> Objective:
         """The same targets under other loss weights: trials of a batch with the same images and layers share them."""

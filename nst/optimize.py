@@ -28,7 +28,8 @@ class StepRecord:
     evaluation: int  # 1-based count of this trial's objective evaluations (one forward + backward each)
     wall_time: float  # seconds since the optimisation started
     values: dict[str, float]  # every loss term of this trial at this evaluation (one host transfer per batch)
-    image: torch.Tensor  # [1,3,H,W], the image that was evaluated; copy it to keep it
+    image: torch.Tensor  # [1,3,H,W], the image that was evaluated (as it is saved); copy it to keep it
+    level: int | None = None  # the pyramid level (coarse to fine, from 0), when there are several
 
 
 class NonFiniteLoss(FloatingPointError):

@@ -129,8 +129,9 @@ def _prepare(cfg: DictConfig):
     def open_sinks(position: int) -> list:
         from nst.sinks import FileSink, ProgressSink
 
-        sinks = [FileSink(run_dir, log_every=settings.log_every, frame_every=settings.frame_every, steps=settings.steps),
-                 ProgressSink(settings.steps, label if multirun else "nst", position)]
+        steps = settings.total_steps  # every pyramid level's evaluations
+        sinks = [FileSink(run_dir, log_every=settings.log_every, frame_every=settings.frame_every, steps=steps),
+                 ProgressSink(steps, label if multirun else "nst", position)]
         if resolved["logger"]["name"] == "wandb":
             from nst import wandb_sink
 
@@ -140,7 +141,7 @@ def _prepare(cfg: DictConfig):
                                    config={**resolved, "effective": effective}, tags=wandb_tags(resolved))
             if run is not None:
                 sinks.append(wandb_sink.WandbSink(run, run_dir=run_dir, log_every=settings.log_every,
-                                                  frame_every=settings.frame_every, steps=settings.steps))
+                                                  frame_every=settings.frame_every, steps=steps))
         return sinks
 
     return Trial(settings, inputs, run_dir, open_sinks, record)

@@ -14,17 +14,28 @@ from nst.objective import CONTENT_FORMS, STYLE_FORMS, ObjectiveSpec, layer_weigh
 from nst.optimize import OPTIMIZERS, OptimizerSpec
 
 INITS = ("content", "noise", "content_noise", "image")
+NOISES = ("uniform", "gaussian")
 STYLE_SIZES = ("match", "keep_aspect")
+CROPS = ("none", "square")
+COLORS = ("none", "luminance", "histogram")
+MAX_LEVELS = 6
 MAX_SIDE = 8192
 
 
 @dataclass(frozen=True)
 class Settings:
     content: str
-    style: str
+    style: tuple[str, ...]  # one or more style images
+    style_blend: tuple[float, ...]  # one weight per style, summing to 1
     size: int  # long side of the output before `scale`
     scale: float
     style_size: str
+    style_scale: float  # the style image at this multiple of the content's size
+    crop: str  # "none" | "square": centre crop of every input before resizing
+    color: str  # "none" | "luminance" | "histogram"
+    pyramid_levels: int  # coarse-to-fine levels (1: off)
+    pyramid_factor: float  # size ratio between consecutive levels
+    pyramid_steps: tuple[int, ...]  # budgets of the coarser levels, coarse to fine (levels - 1 numbers)
     arch: str
     weights: str
     pooling: str
@@ -34,6 +45,7 @@ class Settings:
     tv_weight: float
     optimizer: OptimizerSpec
     init: str
+    noise: str  # "uniform" | "gaussian" white noise
     noise_ratio: float
     init_path: str | None
     steps: int
@@ -46,6 +58,20 @@ class Settings:
     @property
     def long_side(self) -> int:
         return max(1, round(self.size * self.scale))
+
+    def level_long_sides(self) -> list[int]:
+        """The long side of each pyramid level, coarse to fine (one level when the pyramid is off)."""
+        n = self.pyramid_levels
+        return [max(1, round(self.long_side / self.pyramid_factor ** (n - 1 - i))) for i in range(n)]
+
+    @property
+    def level_steps(self) -> tuple[int, ...]:
+        return (*self.pyramid_steps, self.steps)
+
+    @property
+    def total_steps(self) -> int:
+        """Evaluations over every level: what the progress bar and the sinks count to."""
+        return sum(self.level_steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +151,30 @@ def settings_from_dict(d: dict) -> Settings:
             raise InputError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
         optimizer = OptimizerSpec("adam", lr=_number(d, "optimizer.lr", positive=True), betas=(float(betas[0]), float(betas[1])))
 
+    style = _get(d, "style")
+    styles = [style] if isinstance(style, str) else style
+    if not isinstance(styles, (list, tuple)) or not styles or not all(isinstance(x, str) and x for x in styles):
+        raise InputError("style", f"must be an image (a bundled name or a path) or a list of them, got {style!r}")
+    blend = _get(d, "style_blend")
+    if blend is None:
+        blend = [1.0] * len(styles)
+    if not isinstance(blend, (list, tuple)) or len(blend) != len(styles) or \
+            not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in blend) or sum(blend) <= 0:
+        raise InputError("style_blend", f"must be null or {len(styles)} non-negative number(s) with a positive sum, one per "
+                                        f"style image, got {blend!r}")
+    levels = _number(d, "pyramid.levels", positive=True, integer=True, maximum=MAX_LEVELS)
+    factor = _number(d, "pyramid.factor", positive=True)
+    if factor <= 1:
+        raise InputError("pyramid.factor", f"must be greater than 1, got {factor!r}")
+    steps = _number(d, "steps", positive=True, integer=True)
+    coarse = _get(d, "pyramid.steps")
+    if coarse is None:
+        coarse = [steps] * (levels - 1)
+    if not isinstance(coarse, (list, tuple)) or len(coarse) != levels - 1 or \
+            not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in coarse):
+        raise InputError("pyramid.steps", f"must be null or {levels - 1} positive whole number(s), the budgets of the "
+                                          f"coarser levels from coarse to fine, got {coarse!r}")
+
     init = _choice(d, "init.kind", INITS)
     noise_ratio = _number(d, "init.noise_ratio", non_negative=True, maximum=1)
     init_path = _get(d, "init.path")
@@ -133,13 +183,19 @@ def settings_from_dict(d: dict) -> Settings:
 
     content_weight = _number(d, "content_weight", non_negative=True, allow_none=True)
     style_weight = _number(d, "style_weight", non_negative=True, allow_none=True)
-    steps = _number(d, "steps", positive=True, integer=True)
     settings = Settings(
         content=str(_get(d, "content")),
-        style=str(_get(d, "style")),
+        style=tuple(styles),
+        style_blend=tuple(float(w) / float(sum(blend)) for w in blend),  # normalised: style_weight keeps its meaning
         size=_number(d, "size", positive=True, integer=True, maximum=MAX_SIDE),
         scale=_number(d, "scale", positive=True),
         style_size=_choice(d, "style_size", STYLE_SIZES),
+        style_scale=_number(d, "style_scale", positive=True),
+        crop=_choice(d, "crop", CROPS),
+        color=_choice(d, "color", COLORS),
+        pyramid_levels=levels,
+        pyramid_factor=factor,
+        pyramid_steps=tuple(coarse),
         arch=arch,
         weights=weights,
         pooling=_choice(d, "pooling", list(features.POOLING)),
@@ -150,6 +206,7 @@ def settings_from_dict(d: dict) -> Settings:
         tv_weight=_number(d, "tv_weight", non_negative=True),
         optimizer=optimizer,
         init=init,
+        noise=_choice(d, "init.noise", NOISES),
         noise_ratio=noise_ratio,
         init_path=str(init_path) if init_path else None,
         steps=steps,
@@ -161,6 +218,9 @@ def settings_from_dict(d: dict) -> Settings:
     )
     if settings.long_side > MAX_SIDE:
         raise InputError("scale", f"size x scale = {settings.long_side} px exceeds the limit of {MAX_SIDE} px")
+    if settings.long_side * settings.style_scale > MAX_SIDE:
+        raise InputError("style_scale", f"the style image would be {settings.long_side * settings.style_scale:.0f} px, "
+                                        f"over the limit of {MAX_SIDE} px")
     check_device_name(settings.device)
     logger = _choice(d, "logger.name", ("wandb", "none"))
     if logger == "wandb":
@@ -176,25 +236,48 @@ def check_device_name(device: str) -> None:
         raise InputError("device", f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N")
 
 
-def check_image_size(s: Settings, content_size: tuple[int, int]) -> None:
-    """Every pooling layer halves the image: one side must not reach 0 before the deepest layer
-    used, by the trial or by the standardised metrics (conv5_1, after four poolings)."""
-    w, h = images.target_size(*content_size, s.long_side)
-    names = features.layer_names(s.arch)
-    deepest = max(names.index(n) for n in (*s.objective.content_layers, *s.objective.style_layers, "conv5_1"))
-    need = 2 ** sum(1 for n in names[:deepest] if n.startswith("pool"))
+def content_size(s: Settings, size: tuple[int, int]) -> tuple[int, int]:
+    """The content image's (width, height) after the crop, before resizing."""
+    return (min(size), min(size)) if s.crop == "square" else size
+
+
+def _poolings_before(arch: str, layers) -> int:
+    names = features.layer_names(arch)
+    deepest = max(names.index(n) for n in layers)
+    return sum(1 for n in names[:deepest] if n.startswith("pool"))
+
+
+def check_image_size(s: Settings, size: tuple[int, int], style_sizes: list[tuple[int, int]] = ()) -> None:
+    """Every pooling layer halves the image: no side may reach 0 before the deepest layer used, by
+    the trial or by the standardised metrics (conv5_1, after four poolings), at the coarsest
+    pyramid level; nor may a style image's before the deepest style layer."""
+    w, h = images.target_size(*content_size(s, size), s.level_long_sides()[0])
+    coarsest = " at the coarsest level" if s.pyramid_levels > 1 else ""
+    need = 2 ** _poolings_before(s.arch, (*s.objective.content_layers, *s.objective.style_layers, "conv5_1"))
     if min(w, h) < need:
-        key = "size" if s.scale == 1 else "scale"
-        raise InputError(key, f"the image would be {w}x{h} px; its short side must be at least {need} px for the "
-                              f"network's poolings (raise size, or use a squarer image)")
+        key = "pyramid.levels" if s.pyramid_levels > 1 else "size" if s.scale == 1 else "scale"
+        raise InputError(key, f"the image would be {w}x{h} px{coarsest}; its short side must be at least {need} px for "
+                              f"the network's poolings (raise size, or use a squarer image)")
+    if not s.objective.style_layers:
+        return
+    need = 2 ** _poolings_before(s.arch, s.objective.style_layers)
+    for sw, sh in style_sizes:
+        if s.crop == "square":
+            sw = sh = min(sw, sh)
+        base = (w, h) if s.style_size == "match" else images.size_at_pixel_count(sw, sh, w * h)
+        if min(base) * s.style_scale < need:
+            raise InputError("style_scale", f"the style image would be about {base[0] * s.style_scale:.0f}x"
+                                            f"{base[1] * s.style_scale:.0f} px{coarsest}; its short side must be at least "
+                                            f"{need} px for the style layers (raise style_scale or size)")
 
 
 def load_inputs(s: Settings) -> dict:
-    """Open and decode every input image (raising InputError for a bad file). Returns PIL images."""
+    """Open and decode every input image (raising InputError for a bad file). Returns PIL images:
+    content, style (a list, one per style image), init (for init=image)."""
     out = {"content": images.load_image("content", s.content)}
-    check_image_size(s, out["content"].size)
     if s.objective.style_layers:
-        out["style"] = images.load_image("style", s.style)
+        out["style"] = [images.load_image("style" if len(s.style) == 1 else f"style[{i}]", name) for i, name in enumerate(s.style)]
+    check_image_size(s, out["content"].size, [img.size for img in out.get("style", [])])
     if s.init == "image":
         out["init"] = images.load_image("init.path", s.init_path)
     return out

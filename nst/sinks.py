@@ -34,6 +34,8 @@ class FileSink:
         n = rec.evaluation
         if due(n, self.log_every, self.steps):
             row = {"evaluation": n, "wall_time": round(rec.wall_time, 4)}
+            if rec.level is not None:
+                row["level"] = rec.level
             row.update(rec.values)
             self._metrics.write(json.dumps(row) + "\n")
             self._metrics.flush()

@@ -22,7 +22,7 @@ def trial(s, run_dir: Path, *, frame_every: int = 10, sinks=None):
 
     run_dir = Path(run_dir)
     open_sinks = (lambda pos: list(sinks)) if sinks is not None else \
-        (lambda pos: [FileSink(run_dir, log_every=1, frame_every=frame_every, steps=s.steps)])
+        (lambda pos: [FileSink(run_dir, log_every=1, frame_every=frame_every, steps=s.total_steps)])
     return Trial(s, load_inputs(s), run_dir, open_sinks)
 
 

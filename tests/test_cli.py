@@ -71,6 +71,13 @@ BAD = {
     "device=tpu": "device: unknown device 'tpu'",
     "stlye_weight=1": "stlye_weight: is not a config key; did you mean 'style_weight'?",
     "+sweep=nope": "sweep: unknown choice 'nope'",
+    "style_blend=[1,2]": "style_blend: must be null or 1 non-negative number(s)",
+    "color=sepia": "color: unknown value 'sepia'; allowed: none, luminance, histogram",
+    "crop=circle": "crop: unknown value 'circle'; allowed: none, square",
+    "pyramid.steps=[5]": "pyramid.steps: must be null or 0 positive whole number(s)",
+    "pyramid.factor=1": "pyramid.factor: must be greater than 1",
+    "init.noise=pink": "init.noise: unknown value 'pink'; allowed: uniform, gaussian",
+    "style=[starry_night,nope.jpg]": "style[1]: no such file 'nope.jpg'",
 }
 
 
