@@ -36,7 +36,8 @@ from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimize import NonFiniteLoss, StepRecord
 from nst.settings import Settings, content_size
-from nst.trial import peak_memory, prepare, resolve_device, set_determinism, write_json_atomic
+from nst.trial import (peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
+                       write_json_atomic)
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
 
@@ -61,8 +62,8 @@ def image_size(s: Settings) -> tuple[int, int]:
 def group_key(s: Settings) -> tuple:
     """What the trials of one batch must share: one network, one image shape (at every pyramid
     level), one device, one optimiser kind."""
-    return (s.arch, s.weights, s.pooling, image_size(s), s.pyramid_levels, s.pyramid_factor, s.device, s.deterministic,
-            s.optimizer.name)
+    return (s.arch, s.weights, s.pooling, image_size(s), s.pyramid_levels, s.pyramid_factor, s.device, s.precision,
+            s.deterministic, s.optimizer.name)
 
 
 def auto_batch_size(settings: list[Settings]) -> int:
@@ -222,6 +223,8 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
     """The device and one extractor to the deepest layer any trial of the batch needs."""
     s0 = live[running[0]].trial.settings
     device = resolve_device(s0.device)
+    precision = resolve_precision(s0.precision, device)
+    set_precision(precision, device)
     set_determinism(s0.deterministic, device)
     torch.manual_seed(s0.seed)
     if device.type == "cuda":
@@ -230,10 +233,10 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
     for i in running:
         s = live[i].trial.settings
         layers += list(s.objective.content_layers + s.objective.style_layers)
-        live[i].summary["device"] = str(device)
+        live[i].summary["device"], live[i].summary["precision"] = str(device), precision
         live[i].summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     spec = get_weights_spec(s0.arch, s0.weights)
-    return device, FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device)
+    return device, FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device, precision)
 
 
 def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureExtractor, device: torch.device,

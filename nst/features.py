@@ -180,8 +180,12 @@ def _caffe_params(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
 class FeatureExtractor(nn.Module):
     """VGG truncated after the deepest requested layer, frozen; returns {layer name: [B,C,h,w]}."""
 
-    def __init__(self, arch: str, spec: WeightsSpec, layers: list[str], pooling: str, device: torch.device):
+    def __init__(self, arch: str, spec: WeightsSpec, layers: list[str], pooling: str, device: torch.device,
+                 precision: str = "fp32"):
         super().__init__()
+        # bf16: the convolutions run in bfloat16 under autocast; what comes out is cast back to
+        # float32 by the objective (Gram matrices, losses and the optimiser stay float32).
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         check_layers("layers", arch, layers)
         self.spec, self.layers = spec, list(dict.fromkeys(layers))
         table = layer_table(arch)
@@ -208,6 +212,12 @@ class FeatureExtractor(nn.Module):
         self.eval()
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.autocast_dtype is not None:
+            with torch.autocast(image.device.type, dtype=self.autocast_dtype):
+                return self._forward(image)
+        return self._forward(image)
+
+    def _forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.spec.preprocess(image)  # [B,3,H,W] RGB [0,1] -> the weights' own input space
         wanted, out = set(self.layers), {}
         for name, module in self.net.named_children():

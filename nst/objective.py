@@ -42,10 +42,13 @@ def layer_weights(key: str, layers: list[str], weights: list[float] | None) -> t
 
 
 def gram(features: torch.Tensor, normalise: bool) -> torch.Tensor:
-    """[B,C,H,W] -> [B,C,C], in float32 (a half-precision Gram overflows: fp16 max is 65504)."""
+    """[B,C,H,W] -> [B,C,C], in float32 whatever the network's precision: a half-precision Gram
+    overflows (fp16 max is 65504), and a bfloat16 one keeps 8 bits of mantissa over sums of
+    thousands of products. Under autocast the product must opt out to stay float32."""
     b, c, h, w = features.shape
     f = features.float().reshape(b, c, h * w)  # [B,C,M], M = H*W
-    g = f @ f.transpose(1, 2)  # [B,C,C]
+    with torch.autocast(f.device.type, enabled=False):
+        g = f @ f.transpose(1, 2)  # [B,C,C]
     # Departure from Gatys et al. (by default): normalising by C*H*W makes the style loss
     # comparable across layers and image sizes; the paper's form uses the raw Gram.
     return g / (c * h * w) if normalise else g

@@ -17,6 +17,7 @@ INITS = ("content", "noise", "content_noise", "image")
 NOISES = ("uniform", "gaussian")
 STYLE_SIZES = ("match", "keep_aspect")
 CROPS = ("none", "square")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 COLORS = ("none", "luminance", "histogram")
 MAX_LEVELS = 6
 MAX_SIDE = 8192
@@ -53,6 +54,7 @@ class Settings:
     log_every: int
     seed: int
     device: str
+    precision: str  # "auto" | "fp32" | "tf32" | "bf16" (resolved per device by nst.trial.resolve_precision)
     deterministic: bool
 
     @property
@@ -214,6 +216,7 @@ def settings_from_dict(d: dict) -> Settings:
         log_every=_number(d, "log_every", positive=True, integer=True),
         seed=_number(d, "seed", integer=True),
         device=str(_get(d, "device")),
+        precision=_choice(d, "precision", PRECISIONS),
         deterministic=bool(_get(d, "deterministic")),
     )
     if settings.long_side > MAX_SIDE:
@@ -222,12 +225,20 @@ def settings_from_dict(d: dict) -> Settings:
         raise InputError("style_scale", f"the style image would be {settings.long_side * settings.style_scale:.0f} px, "
                                         f"over the limit of {MAX_SIDE} px")
     check_device_name(settings.device)
+    if settings.precision == "tf32" and (settings.device == "cpu" or settings.device == "auto" and not _cuda()):
+        raise InputError("precision", "tf32 is a GPU mode (TensorFloat-32 tensor cores); on the CPU use fp32 or bf16")
     logger = _choice(d, "logger.name", ("wandb", "none"))
     if logger == "wandb":
         from nst.wandb_sink import check_options
 
         check_options(_get(d, "wandb"))
     return settings
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check_device_name(device: str) -> None:

@@ -27,6 +27,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", index)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: tf32 on a GPU (PyTorch's own default for convolutions there), fp32 on the CPU."""
+    if precision == "auto":
+        return "tf32" if device.type == "cuda" else "fp32"
+    if precision == "tf32" and device.type != "cuda":
+        raise InputError("precision", "tf32 is a GPU mode (TensorFloat-32 tensor cores); on the CPU use fp32 or bf16")
+    return precision
+
+
+def set_precision(precision: str, device: torch.device) -> None:
+    if device.type == "cuda":
+        # fp32 means fp32: cuDNN would otherwise use TF32 tensor cores for convolutions by default
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
 def set_determinism(deterministic: bool, device: torch.device) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

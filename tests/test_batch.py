@@ -66,12 +66,14 @@ def test_trials_in_one_batch_give_what_they_give_alone(tmp_path, trials):
 
 def test_incompatible_trials_go_to_separate_batches(tmp_path):
     ss = [settings(*BASE), settings(*BASE, "style_weight=1e6"), settings("device=cpu", "size=40", "steps=3"),
-          settings(*BASE, "optimizer=adam", "steps=3"), settings(*BASE, "pooling=max", "steps=3")]
+          settings(*BASE, "optimizer=adam", "steps=3"), settings(*BASE, "pooling=max", "steps=3"),
+          settings(*BASE, "precision=bf16", "steps=3")]
     out = batch.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)])
     assert all(o["status"] == "completed" for o in out)
     ids = [o["batch"]["id"] for o in out]
-    assert ids[0] == ids[1] and len(set(ids)) == 4  # same shape and optimiser share; size, optimiser, pooling split
-    assert [o["batch"]["size"] for o in out] == [2, 2, 1, 1, 1]
+    # same shape and optimiser share; size, optimiser, pooling and precision split
+    assert ids[0] == ids[1] and len(set(ids)) == 5
+    assert [o["batch"]["size"] for o in out] == [2, 2, 1, 1, 1, 1]
     assert out[2]["image_size"] == [40, 30] and out[0]["image_size"] == [32, 24]
 
 

@@ -77,6 +77,7 @@ BAD = {
     "pyramid.steps=[5]": "pyramid.steps: must be null or 0 positive whole number(s)",
     "pyramid.factor=1": "pyramid.factor: must be greater than 1",
     "init.noise=pink": "init.noise: unknown value 'pink'; allowed: uniform, gaussian",
+    "precision=fp16": "precision: unknown value 'fp16'; allowed: auto, fp32, tf32, bf16",
     "style=[starry_night,nope.jpg]": "style[1]: no such file 'nope.jpg'",
 }
 

@@ -3,11 +3,13 @@
 import json
 import math
 
+import pytest
 import torch
 from PIL import Image
 
 from helpers import psnr, read_jsonl, run_alone, settings
 from nst import images
+from nst.errors import InputError
 
 
 def _run(tmp_path, *overrides):
@@ -80,3 +82,20 @@ def test_large_un_normalised_losses_stay_finite_under_lbfgs(tmp_path):
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert all(math.isfinite(r["total"]) for r in rows)
     assert summary["final"]["total"] < rows[0]["total"] * 1.01
+
+
+def test_every_precision_the_cpu_has_runs_and_tf32_is_refused(tmp_path):
+    firsts = {}
+    for precision in ("fp32", "bf16"):
+        s = settings("device=cpu", "size=32", "steps=4", "init=content_noise", f"precision={precision}")
+        summary = run_alone(s, tmp_path / precision)
+        assert summary["status"] == "completed" and summary["precision"] == precision, summary.get("error")
+        rows = read_jsonl(tmp_path / precision / "metrics.jsonl")
+        assert all(math.isfinite(r["total"]) for r in rows)
+        firsts[precision] = rows[0]
+    # bfloat16 convolutions keep about 3 significant digits: the same losses, roughly
+    for key in ("content", "style", "total"):
+        assert abs(firsts["bf16"][key] - firsts["fp32"][key]) <= 0.05 * firsts["fp32"][key], key
+    assert settings("device=cpu").precision == "auto"
+    with pytest.raises(InputError, match="precision: tf32 is a GPU mode"):
+        settings("device=cpu", "precision=tf32")

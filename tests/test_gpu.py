@@ -22,3 +22,14 @@ def test_cuda_run_matches_cpu_objective(tmp_path):
     # the first evaluation sees the same seeded start on both devices (TF32 convolutions: loose tolerance)
     for key in ("content", "style", "total"):
         assert firsts["cuda"][key] == pytest.approx(firsts["cpu"][key], rel=2e-2), key
+
+
+def test_bf16_on_the_gpu_stays_close_to_fp32(tmp_path):
+    metrics = {}
+    for precision in ("fp32", "bf16"):
+        s = settings("device=cuda", "size=128", "steps=50", f"precision={precision}")
+        summary = run_alone(s, tmp_path / precision)
+        assert summary["status"] == "completed" and summary["precision"] == precision, summary.get("error")
+        metrics[precision] = summary["metrics"]
+    for key in ("content_distance", "style_distance", "psnr", "ssim"):
+        assert metrics["bf16"][key] == pytest.approx(metrics["fp32"][key], rel=0.05), key
