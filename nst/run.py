@@ -196,4 +196,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run from the imported module, not from this `__main__` copy of it: the task function and its
+    # hooks then live in `nst.run` in every process, which is what a worker process or a SLURM task
+    # unpickles them as.
+    from nst.run import main as _main
+
+    sys.exit(_main())
