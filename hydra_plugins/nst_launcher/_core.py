@@ -13,8 +13,14 @@ one `@hydra.main` wraps) say how to batch:
   batch_size(cfgs: list) -> int             largest batch for one group, used when max_batch=auto
 Without `run_batch` every job runs alone through the task function, as with Hydra's basic launcher.
 
-`execute_batch` takes only plain, picklable arguments (plus `Singleton.get_state()` when it runs
-in another process), so a batch can later be shipped to a worker or a SLURM job unchanged.
+Where the batches run is the launcher's setting: in this process, in one worker process per GPU
+(`_pool.py`), or as the tasks of a SLURM job array through submitit (`_slurm.py`). Elsewhere, a
+batch travels as one cloudpickled payload (`dump_batch`) and comes back as its JobReturns
+(`run_payload`). When a batch is lost (its worker process died, its SLURM task failed), its jobs are
+ended in this process with the optional hook
+  lost_batch(jobs, error, since) -> list      one value per job, as run_batch would have returned;
+                                              since: time.time() when the batch was handed out
+and without it, each job fails with the error.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
 from contextlib import contextmanager
 from pathlib import Path
 from textwrap import dedent
-from typing import Any, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -167,9 +174,9 @@ def effective_chdir(config: DictConfig, warn: bool = False) -> bool:
     return bool(chdir)
 
 
-def launch(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig, max_batch: Any,
-           job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
-    """Launcher.launch: compose every job, plan the batches, run them in order of their first job."""
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
+    """Launcher.launch: compose every job, plan the batches, run them (here, in workers or as SLURM tasks)."""
+    hydra_context, task_function, config = launcher.hydra_context, launcher.task_function, launcher.config
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -185,22 +192,54 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
             sweep_config.hydra.job.num = idx
         items.append((idx, sweep_config))
 
-    batches = plan_batches(task_function, items, max_batch)
-    log.info(f"nst launcher: {len(items)} jobs in {len(batches)} batches (max_batch={max_batch})")
-    for (idx, _), overrides in zip(items, job_overrides):
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+    if launcher.cluster is not None:
+        from . import _slurm
 
-    returns: Dict[int, JobReturn] = {}
-    for number, batch in enumerate(batches, 1):
-        log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]}")
-        for (idx, _), ret in zip(batch, execute_batch(hydra_context, task_function, batch)):
-            returns[idx] = ret
+        runner: Any = _slurm.SlurmRunner(launcher)
+    elif launcher.workers is not None:
+        from . import _pool
+
+        runner = _pool.PoolRunner(launcher.workers, hydra_context, task_function)
+    else:
+        runner = None
+    try:
+        spread = runner.parallel if runner is not None else 1
+        sizer = runner.batch_size if runner is not None else None
+        batches = plan_batches(task_function, items, launcher.max_batch, sizer=sizer, spread=spread)
+        where = f" {runner.describe()}" if runner is not None else ""
+        log.info(f"nst launcher: {len(items)} jobs in {len(batches)} batches (max_batch={launcher.max_batch}){where}")
+        for (idx, _), overrides in zip(items, job_overrides):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+
+        returns: Dict[int, JobReturn] = {}
+        if runner is None:
+            for number, batch in enumerate(batches, 1):
+                log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]}")
+                for (idx, _), ret in zip(batch, execute_batch(hydra_context, task_function, batch)):
+                    returns[idx] = ret
+        else:
+            for batch, rets in runner.run(batches):
+                for (idx, _), ret in zip(batch, rets):
+                    returns[idx] = ret
+    finally:
+        if runner is not None:
+            runner.close()
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     # In the order of job_overrides: sweepers pair returns with their trials by position.
     return [returns[idx] for idx, _ in items]
 
 
-def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any) -> List[List[Item]]:
-    """Group jobs by batch_key, cut groups into chunks of at most the limit, order by first job."""
+Sizer = Callable[[Callable[[list], int], List[DictConfig]], int]
+
+
+def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any,
+                 sizer: Optional[Sizer] = None, spread: int = 1) -> List[List[Item]]:
+    """Group jobs by batch_key, cut groups into chunks of at most the limit, order by first job.
+
+    With max_batch=auto, `sizer(batch_size, task_cfgs)` calls the hook where the batches will run
+    (None: here), and a group is cut into at least `spread` batches when it has that many jobs, so
+    that no worker idles while another runs one large batch.
+    """
     if getattr(task_function, "run_batch", None) is None:
         return [[item] for item in items]  # nothing can run several jobs at once
     batch_key = getattr(task_function, "batch_key", None)
@@ -226,20 +265,25 @@ def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any)
 
     batches: List[List[Item]] = []
     for group in groups.values():
-        limit = max_batch if max_batch != "auto" else _auto_limit(task_function, group)
+        if max_batch != "auto":
+            limit = max_batch
+        else:
+            limit = _auto_limit(task_function, group, sizer)
+            limit = max(1, min(limit, -(-len(group) // max(1, spread))))  # ceil(len / spread)
         batches += [group[i:i + limit] for i in range(0, len(group), limit)]
     batches.sort(key=lambda batch: batch[0][0])
     return batches
 
 
-def _auto_limit(task_function: TaskFunction, group: List[Item]) -> int:
+def _auto_limit(task_function: TaskFunction, group: List[Item], sizer: Optional[Sizer] = None) -> int:
     batch_size = getattr(task_function, "batch_size", None)
     if batch_size is None:
         return AUTO_BATCH
     if len(group) == 1:
         return 1
     try:
-        limit = batch_size([_task_cfg(config) for _, config in group])
+        cfgs = [_task_cfg(config) for _, config in group]
+        limit = sizer(batch_size, cfgs) if sizer is not None else batch_size(cfgs)
         if type(limit) is not int or limit < 1:
             raise ValueError(f"batch_size returned {limit!r}, not an integer >= 1")
         return limit
@@ -256,10 +300,13 @@ def _task_cfg(config: DictConfig) -> DictConfig:
 
 
 def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: List[Item],
-                  singleton_state: Optional[Dict[Any, Any]] = None) -> List[JobReturn]:
+                  singleton_state: Optional[Dict[Any, Any]] = None, lost: Optional[BaseException] = None,
+                  since: float = 0.0) -> List[JobReturn]:
     """Run one batch: start every job, one call for all, end every job. JobReturns in batch order.
 
     In another process, pass `Singleton.get_state()` from the launching process as singleton_state.
+    lost: the batch ran elsewhere and was lost with this error (handed out at `since`): its jobs
+    are ended here with what the task function's `lost_batch` hook says (without it, the error).
     """
     if singleton_state is not None:
         Singleton.set_state(singleton_state)
@@ -276,7 +323,7 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
     try:
         for job in jobs:
             job._start(hydra_context, task_function)
-        values = _call(task_function, jobs)
+        values = _call(task_function, jobs) if lost is None else _lost(task_function, jobs, lost, since)
         return [job._end(hydra_context, value) for job, value in zip(jobs, values)]
     finally:
         HydraConfig.instance().cfg = hydra_cfg
@@ -307,3 +354,61 @@ def _call(task_function: TaskFunction, jobs: List[BatchJob]) -> List[Any]:
         # One crash (say, out of memory for the whole batch) fails this batch; the sweep goes on.
         log.error(f"batch {[job.idx for job in jobs]} failed: {e!r}")
         return [e] * len(jobs)
+
+
+def _lost(task_function: TaskFunction, jobs: List[BatchJob], error: BaseException, since: float) -> List[Any]:
+    lost_batch = getattr(task_function, "lost_batch", None)
+    if lost_batch is not None:
+        try:
+            values = list(lost_batch(jobs, error, since))
+            if len(values) == len(jobs):
+                return values
+            log.error(f"lost_batch returned {len(values)} values for {len(jobs)} jobs")
+        except Exception as e:
+            log.error(f"lost_batch failed for batch {[job.idx for job in jobs]}: {e!r}")
+    return [error] * len(jobs)
+
+
+class BatchLost(RuntimeError):
+    """A batch that ran elsewhere and did not come back (a dead worker process, a failed SLURM task)."""
+
+
+# ------------------------------------------------------------------------------------ elsewhere
+
+
+def dump_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: List[Item]) -> bytes:
+    """One batch as a payload for another process: cloudpickle, as Hydra's joblib and submitit
+    launchers ship jobs (Hydra's singletons hold lambdas, which pickle cannot carry)."""
+    import cloudpickle
+
+    return cloudpickle.dumps((hydra_context, task_function, batch, Singleton.get_state()))
+
+
+def run_payload(payload: bytes) -> bytes:
+    """In a worker process or a SLURM task: run one batch from `dump_batch`; its JobReturns, pickled."""
+    import cloudpickle
+
+    hydra_context, task_function, batch, state = cloudpickle.loads(payload)
+    returns = execute_batch(hydra_context, task_function, batch, singleton_state=state)
+    for ret in returns:
+        value = ret._return_value
+        if isinstance(value, BaseException):
+            try:
+                pickle.loads(cloudpickle.dumps(value))
+            except Exception:  # an exception that cannot travel back: its text does
+                ret._return_value = RuntimeError(f"{type(value).__name__}: {value}")
+    return cloudpickle.dumps(returns)
+
+
+def load_returns(data: bytes) -> List[JobReturn]:
+    import cloudpickle
+
+    return cloudpickle.loads(data)
+
+
+def end_lost_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: List[Item],
+                   error: BaseException, since: float) -> List[JobReturn]:
+    """In this process, for a batch that was lost elsewhere."""
+    log.error(f"batch {[idx for idx, _ in batch]} was lost: {error}")
+    return execute_batch(hydra_context, task_function, batch, lost=error, since=since)
+
