@@ -1,4 +1,5 @@
-"""Aggregate a sweep folder into results.csv, grid.png, curves.png, per-trial animations and report.html.
+"""Aggregate a sweep folder into results.csv, grid.png, curves.png, per-trial animations and report.html
+(and, for a search, objective.png).
 
 Reads only files (each trial's summary.json, metrics.jsonl, frames/ and .hydra/), so a sweep can be
 re-aggregated, compared and published without W&B and without re-running anything.
@@ -43,7 +44,7 @@ def _overrides(path: Path, summary: dict) -> dict[str, str]:
     out = {}
     for item in items:
         key, _, value = str(item).partition("=")
-        if key.lstrip("+~") in ("sweep", "sweep_name"):
+        if key.lstrip("+~") in ("sweep", "sweep_name", "search"):
             continue
         out[key.lstrip("+~")] = value
     return out
@@ -97,6 +98,8 @@ def results_table(trials: list[Trial], axes) -> pd.DataFrame:
             rec[m] = (s.get("metrics") or {}).get(m)
         for key in ("evaluations", "wall_time", "evals_per_second", "peak_memory_mb", "device"):
             rec[key] = s.get(key)
+        if any(x.summary.get("objective") for x in trials):
+            rec["objective"] = (s.get("objective") or {}).get("value")
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
@@ -242,6 +245,68 @@ def make_curves(trials: list[Trial], axes, path: Path) -> None:
     plt.close(fig)
 
 
+# -------------------------------------------------------------------------------------- objective
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        v = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _log_scale(values: list[float]) -> bool:
+    return bool(values) and min(values) > 0 and max(values) >= 100 * min(values)
+
+
+def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
+    """A search: its objective against the trial number (with the best so far) and against each
+    searched value. False when no trial recorded an objective (a grid)."""
+    scored = [(t, t.summary["objective"]["value"]) for t in trials
+              if t.status == "completed" and (t.summary.get("objective") or {}).get("value") is not None]
+    if not scored:
+        return False
+    import os
+
+    os.environ.setdefault("MPLCONFIGDIR", str(path.parent / ".matplotlib"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    name = scored[0][0].summary["objective"].get("name", "objective")
+    searched = [k for k, _ in axes if all(_number(t.overrides.get(k)) is not None for t, _ in scored)]
+    fig, axs = plt.subplots(1, 1 + len(searched), figsize=(4.4 * (1 + len(searched)), 3.6), squeeze=False)
+    ys = [v for _, v in scored]
+    ax = axs[0][0]
+    ax.plot([t.num for t, _ in scored], ys, "o", label="trial")
+    best, steps = math.inf, []
+    for t, v in scored:
+        best = min(best, v)
+        steps.append((t.num, best))
+    ax.step(*zip(*steps), where="post", label="best so far")
+    ax.set_xlabel("trial number")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title(name)
+    ax.legend(fontsize=8, frameon=False)
+    for ax, key in zip(axs[0][1:], searched):
+        xs = [_number(t.overrides.get(key)) for t, _ in scored]
+        ax.plot(xs, ys, "o")
+        if _log_scale(xs):  # type: ignore[arg-type]
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_title(f"{name} against {key}")
+    for ax in axs[0]:
+        if _log_scale(ys):
+            ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 # ------------------------------------------------------------------------------------- animations
 
 
@@ -282,6 +347,23 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _search_section(sweep_dir: Path, trials: list[Trial]) -> str:
+    scored = [t for t in trials if t.status == "completed" and (t.summary.get("objective") or {}).get("value") is not None]
+    if not scored:
+        return ""
+    e = html.escape
+    best = min(scored, key=lambda t: t.summary["objective"]["value"])
+    found = sweep_dir / "optimization_results.yaml"
+    sweeper = f"<p>The sweeper's result (<a href='{found.name}'>{found.name}</a>):</p><pre>{e(found.read_text())}</pre>" \
+        if found.exists() else ""
+    return f"""<h2>Search</h2>
+<p>Objective <code>{e(best.summary["objective"].get("name", ""))}</code>, lowest in trial {e(best.path.name)}:
+{best.summary["objective"]["value"]:.6g}. {len(scored)} of {len(trials)} trials scored.</p>
+{sweeper}
+<img src="objective.png" alt="objective against trial number and searched values">
+"""
+
+
 def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes, animations: dict[str, Path]) -> Path:
     keys = [k for k, _ in axes]
     e = html.escape
@@ -312,7 +394,7 @@ figcaption {{ font-size: 12px; }}
 <p>{len(trials)} trials; swept: {e(", ".join(f"{k} ({len(v)})" for k, v in axes) or "nothing")}.
 {sum(t.status == "completed" for t in trials)} completed, {sum(t.status != "completed" for t in trials)} failed or unfinished.</p>
 <p>Command: <code>{e(command)}</code></p>
-<h2>Final images</h2>
+{_search_section(sweep_dir, trials)}<h2>Final images</h2>
 <img src="grid.png" alt="comparison grid">
 <h2>Loss curves</h2>
 <img src="curves.png" alt="loss curves">
@@ -345,6 +427,8 @@ def aggregate(sweep_dir: Path, annotate: list[str] | None = None, sort_by: str |
     table.to_csv(out["results"], index=False)
     make_grid(trials, axes, annotate, sort_by).save(out["grid"])
     make_curves(trials, axes, out["curves"])
+    if make_objective_plot(trials, axes, sweep_dir / "objective.png"):
+        out["objective"] = sweep_dir / "objective.png"
     animations = {t.path.name: a for t in trials if (a := make_animation(t)) is not None}
     out["report"] = write_report(sweep_dir, table, trials, axes, animations)
     return out

@@ -15,6 +15,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nst.errors import InputError
+from nst.search import OBJECTIVES
+from nst.search import check as check_objective
 from nst.settings import load_inputs, settings_from_dict
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -53,7 +55,8 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
 
 
 def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of every trial, exactly as Hydra's basic sweeper will build them."""
+    """The override list of every trial, exactly as Hydra's basic sweeper will build them; for a
+    search, whose trials are proposed as it goes, the part of the command that every trial shares."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -73,9 +76,10 @@ def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
              for o in parsed]
     cfg = _compose([o for o in first if o is not None], hydra_config=True)
     if cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
-        # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: each of its
-        # trials is validated when it is proposed, before it runs (nst.run._prepare).
-        return []
+        # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: what the command
+        # fixes is checked here, and each trial again when it is proposed (nst.run._prepare).
+        check_search(cfg)
+        return [[o.input_line for o in parsed if not o.is_sweep_override()]]
     if None in first:
         o = parsed[first.index(None)]
         raise InputError(o.get_key_element(), "a range to sample from needs a sweeper that samples (hydra/sweeper=optuna); "
@@ -83,6 +87,32 @@ def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     # Later keys win, as in BasicSweeper.sweep (config params first, then the command line).
     return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
+
+
+def check_search(cfg) -> None:
+    """A search needs an objective to report to its sweeper, and storage that works here."""
+    if cfg.get("objective") is None:
+        raise InputError("objective", f"a search ({cfg.hydra.sweeper._target_.rsplit('.', 1)[-1]}) minimises the trials' "
+                                      f"objective, and none is set: objective={' | '.join(OBJECTIVES)}, "
+                                      "or a ready search: +search=adam_lr (README: Scaling out)")
+    storage = cfg.hydra.sweeper.get("storage")
+    if storage is not None:
+        import sqlalchemy
+
+        # optuna 2.10 fails on its first database query with SQLAlchemy 2 (a bare AssertionError)
+        if int(sqlalchemy.__version__.split(".")[0]) >= 2:
+            raise InputError("hydra.sweeper.storage", f"optuna {_version('optuna')} (pinned below 3 by hydra-optuna-sweeper) "
+                                                      f"cannot use database storage with SQLAlchemy {sqlalchemy.__version__}; "
+                                                      "leave it null (the study is kept in memory)")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
 
 
 def check(argv: list[str]) -> int:
@@ -99,6 +129,7 @@ def check(argv: list[str]) -> int:
         except Exception as e:  # noqa: BLE001
             raise InputError(_key_of(e), _first_line(e)) from None
         settings = settings_from_dict(resolved)
+        check_objective(resolved.get("objective"), resolved.get("target_psnr"))
         files = (settings.content, settings.style if settings.objective.style_layers else None, settings.init_path)
         if files not in seen_files:  # decode each distinct set of inputs once
             load_inputs(settings)
@@ -128,6 +159,8 @@ def describe(e: Exception) -> InputError:
     """One line for a Hydra/OmegaConf composition error."""
     msg = str(e)
     m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
+    if m and m.group(1) == "hydra/sweeper" and m.group(2) == "optuna":
+        return InputError("hydra/sweeper", "optuna needs the Optuna sweeper plugin: pip install nst[search]")
     if m:
         group, option = m.groups()
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

@@ -4,12 +4,17 @@ Orchestration only: compose (Hydra), validate, hand the trials to the batched ru
 report. A sweep goes through the project's launcher (`hydra/launcher=nst`, in hydra_plugins/), which
 hands the compatible trials of a sweep to `run_jobs` together; a single run, or a job of a launcher
 that runs one job at a time (`hydra/launcher=basic`), is a batch of one through the same runner.
+The launcher may run a batch in a worker process or a SLURM task; everything the submitting
+process reports (exit status, resume count, the sweep report) is read from the trials' files.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -29,7 +34,8 @@ cli.register_resolvers()
 
 def trial_overrides() -> list[str]:
     """The overrides that define this trial (what it is labelled by), without the sweep selector."""
-    return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("sweep=", "sweep_name="))]
+    return [o for o in HydraConfig.get().overrides.task
+            if not o.lstrip("+~").startswith(("sweep=", "sweep_name=", "search="))]
 
 
 class _CurrentJob:
@@ -42,27 +48,106 @@ class _CurrentJob:
         return contextlib.nullcontext(self)
 
 
-def _task(cfg: DictConfig) -> None:
-    run_jobs([_CurrentJob(cfg)])
+class TrialFailed(RuntimeError):
+    """What a search's sweeper gets back for a failed trial (the trial's files say the same)."""
+
+
+def _task(cfg: DictConfig):
+    (value,) = run_jobs([_CurrentJob(cfg)])
+    if isinstance(value, BaseException):
+        raise value  # a failed trial of a search, under a launcher that runs one job at a time
+    return value
 
 
 def run_jobs(jobs: list) -> list:
     """Several trials as one unit of work. Each is prepared with its own Hydra job active (resume
     check, validation, sinks), then they run together, then each reports into its own log.
-    A trial records its failure in its files and returns: a failed trial never stops a sweep."""
+
+    A trial records its result, or its failure, in its files. Returns one value per job: its
+    objective (None when no `objective` is set); for a failed trial None in a grid (so that Hydra's
+    basic sweeper never stops a sweep before its report) and a TrialFailed in a search (so that the
+    sweeper counts it as failed)."""
     from nst.batch import run_trials
 
+    _teardown_at_exit()
+    values: list = [None] * len(jobs)
     prepared = []
-    for job in jobs:
+    for n, job in enumerate(jobs):
         with job.activate():
-            trial = _prepare(job.cfg)
-        if trial is not None:
-            prepared.append((job, trial))
-    summaries = run_trials([t for _, t in prepared], max_batch=max(1, len(prepared))) if prepared else []
-    for (job, trial), summary in zip(prepared, summaries):
+            trial, summary = _prepare(job.cfg)
+            if trial is None:
+                values[n] = _result(summary)
+            else:
+                prepared.append((n, job, trial))
+    summaries = run_trials([t for _, _, t in prepared], max_batch=max(1, len(prepared))) if prepared else []
+    for (n, job, trial), summary in zip(prepared, summaries):
         with job.activate():
             _report(trial, summary)
-    return [None] * len(jobs)
+            values[n] = _result(summary)
+    return values
+
+
+def lost_batch(jobs: list, error: BaseException, since: float) -> list:
+    """The launcher lost these trials' batch (a worker process died, a SLURM task failed): each
+    that has no result from it is recorded as failed with the error, so that resume runs it again.
+    Returns what run_jobs would have."""
+    from nst.trial import write_json_atomic
+
+    values = []
+    for job in jobs:
+        with job.activate():
+            run_dir, record = _record(job.cfg)
+            previous = read_summary(run_dir)
+            same = previous.get("config") == record["config"]
+            # A result this batch wrote before it was lost stands (a minute's slack for the clocks of
+            # other machines), and so does a completed one with this config, as for resume.
+            ours = same and previous.get("finished_unix", 0) >= since - 60
+            if (previous.get("status") == "completed" and same) or (previous.get("status") == "failed" and ours):
+                values.append(_result(previous))
+                continue
+            summary = {**record, "status": "failed", "error": str(error), "finished_unix": time.time()}
+            write_json_atomic(run_dir / "summary.json", summary)
+            log.error(f"{record['label']}: failed: {error}")
+            values.append(_result(summary))
+    return values
+
+
+def _result(summary: dict):
+    """What run_jobs returns for the active job's trial, from its summary (see run_jobs). A completed
+    trial's objective is also written into its summary.json, for the sweep report."""
+    from nst import search
+    from nst.trial import write_json_atomic
+
+    config = summary.get("config") or {}
+    name = config.get("objective")
+    if summary.get("status") != "completed":
+        return TrialFailed(f"{summary.get('label', 'trial')}: {summary.get('error', 'unknown error')}") if _searching() else None
+    if name is None:
+        return None
+    value = search.value(name, summary, config.get("target_psnr"))
+    if summary.get("objective") != {"name": name, "value": value}:
+        summary["objective"] = {"name": name, "value": value}
+        write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / "summary.json", summary)
+    return value
+
+
+def _searching() -> bool:
+    """A sweeper that reads the trials' results (Optuna), rather than Hydra's basic grid sweeper."""
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and hc.sweeper.get("_target_") != cli.BASIC_SWEEPER
+
+
+_registered = False
+
+
+def _teardown_at_exit() -> None:
+    # A worker process or a SLURM task ends without main(): stop its W&B service when it exits.
+    global _registered
+    if not _registered:
+        from nst.wandb_sink import teardown
+
+        atexit.register(teardown)
+        _registered = True
 
 
 def batch_key(cfg: DictConfig) -> tuple:
@@ -88,41 +173,59 @@ def batch_size(cfgs: list[DictConfig]) -> int:
 _task.run_batch = run_jobs
 _task.batch_key = batch_key
 _task.batch_size = batch_size
+_task.lost_batch = lost_batch
 # An absolute path: Hydra resolves a relative one against the package when the entry point is not
 # `python -m nst.run` (the nst-run script, an import), and conf/ lives beside the package.
 app = hydra.main(version_base=cli.VERSION_BASE, config_path=str(cli.CONF_DIR), config_name="config")(_task)
 
 
+def _record(cfg: DictConfig) -> tuple[Path, dict]:
+    """The active Hydra job's folder, and what its summary.json starts with."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = trial_overrides()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    process = {"host": socket.gethostname(), "pid": os.getpid()}  # which worker or SLURM task ran it
+    for key, var in (("cuda_visible_devices", "CUDA_VISIBLE_DEVICES"), ("slurm_job_id", "SLURM_JOB_ID")):
+        if os.environ.get(var) is not None:
+            process[key] = os.environ[var]
+    return run_dir, {"label": ",".join(overrides) or "defaults", "overrides": overrides, "config": resolved,
+                     "job_num": hc.job.num if multirun else None, "process": process}
+
+
 def _prepare(cfg: DictConfig):
-    """The trial of the active Hydra job, or None when it needs no run (resumed) or cannot run (recorded)."""
+    """(the trial of the active Hydra job, None), or (None, its summary) when it needs no run
+    (completed before: resume) or cannot run (its failure recorded)."""
     from nst.batch import Trial
     from nst.settings import load_inputs, settings_from_dict
     from nst.trial import write_json_atomic
 
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    run_dir, record = _record(cfg)
     OUTPUTS.add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir.resolve()))
-    overrides = trial_overrides()
-    label = ",".join(overrides) or "defaults"
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    record = {"label": label, "overrides": overrides, "config": resolved, "job_num": hc.job.num if multirun else None}
+    label, resolved = record["label"], record["config"]
 
     previous = read_summary(run_dir)
     if previous.get("status") == "completed" and previous.get("config") == resolved:
         # Resume: re-running a sweep into its folder skips what already completed with this config.
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
-        return None
+        return None, previous
 
     try:
+        from nst import search
+
         settings = settings_from_dict(resolved)
+        search.check(resolved.get("objective"), resolved.get("target_psnr"))
         inputs = load_inputs(settings)
     except InputError as e:
         # Validated when the trial is proposed: a sweeper that proposes trials as it goes (Optuna)
         # meets bad input here, not up front.
-        write_json_atomic(run_dir / "summary.json", {**record, "status": "failed", "error": str(e), "finished_unix": time.time()})
+        summary = {**record, "status": "failed", "error": str(e), "finished_unix": time.time()}
+        write_json_atomic(run_dir / "summary.json", summary)
         log.error(f"{label}: failed: {e}")
-        return None
+        return None, summary
     record["settings"] = settings.to_dict()
     sweep_dir = Path(hc.sweep.dir) if multirun else None
 
@@ -144,7 +247,7 @@ def _prepare(cfg: DictConfig):
                                                   frame_every=settings.frame_every, steps=steps))
         return sinks
 
-    return Trial(settings, inputs, run_dir, open_sinks, record)
+    return Trial(settings, inputs, run_dir, open_sinks, record), None
 
 
 def _report(trial, summary: dict) -> None:

@@ -1,0 +1,46 @@
+"""What a search minimises: one number per finished trial, read from its summary.
+
+`objective` in the config names it (null: a grid needs none); each trial records its value in
+summary.json (`objective`), the app returns it to the sweeper (Optuna), and the sweep report plots
+it from the files.
+"""
+
+from __future__ import annotations
+
+import math
+
+from nst.errors import InputError
+
+# A result that misses the PSNR target scores above every result that meets it (style distances
+# are many orders of magnitude smaller), and the further it misses, the worse.
+MISSED_TARGET = 1e12
+
+
+def final_loss(summary: dict, target_psnr: float) -> float:
+    """The weighted total loss of the saved image (as the optimiser saw it)."""
+    return float(summary["final"]["total"])
+
+
+def style_distance_at_psnr(summary: dict, target_psnr: float) -> float:
+    """The standardised style distance, for a result that keeps PSNR >= target_psnr against the photograph."""
+    metrics = summary["metrics"]
+    short = target_psnr - float(metrics["psnr"])
+    if short > 0:
+        return MISSED_TARGET * (1 + short)
+    return float(metrics["style_distance"])
+
+
+OBJECTIVES = {"final_loss": final_loss, "style_distance_at_psnr": style_distance_at_psnr}
+
+
+def check(name, target_psnr) -> None:
+    if name is not None and name not in OBJECTIVES:
+        raise InputError("objective", f"unknown objective {name!r}; allowed: null, {', '.join(OBJECTIVES)}")
+    if name == "style_distance_at_psnr" and (isinstance(target_psnr, bool) or not isinstance(target_psnr, (int, float))
+                                             or not math.isfinite(target_psnr)):
+        raise InputError("target_psnr", f"must be a number of dB, got {target_psnr!r}")
+
+
+def value(name: str, summary: dict, target_psnr: float) -> float:
+    """The objective of a completed trial."""
+    return OBJECTIVES[name](summary, float(target_psnr))
