@@ -102,7 +102,7 @@ def test_style_scale_crop_and_gaussian_noise():
 
 
 def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
-    base = ("device=cpu", "size=32", "steps=6")
+    base = ("device=cpu", "size=32", "steps=4")
     trials = [(), ("color=luminance",), ("color=histogram",), ("style=[starry_night,the_scream]", "style_blend=[3,1]"),
               ("style_scale=0.75", "style_layers=[conv1_1,conv2_1,conv3_1]"), ("init=noise", "init.noise=gaussian")]
     ss = [settings(*base, *o) for o in trials]
@@ -114,7 +114,7 @@ def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
         for key, value in alone["metrics"].items():
             assert t["metrics"][key] == pytest.approx(value, rel=0.02, abs=1e-6), (i, key)
     # the pyramid and the crop change image sizes: their trials go to batches of their own
-    base = ("device=cpu", "size=48", "steps=4")
+    base = ("device=cpu", "size=48", "steps=3")
     ss = [settings(*base), settings(*base, "pyramid.levels=2", "pyramid.steps=[2]"), settings(*base, "crop=square")]
     out = batch.run_trials([trial(s, tmp_path / "c" / str(i)) for i, s in enumerate(ss)])
     assert len({o["batch"]["id"] for o in out}) == 3 and all(o["status"] == "completed" for o in out)
