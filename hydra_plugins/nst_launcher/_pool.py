@@ -57,9 +57,17 @@ class _Worker:
         return future
 
     def death(self) -> str:
+        code = None
         if self.process is not None:
-            self.process.join(5)  # reap it: its exit code is known only then
-        code = getattr(self.process, "exitcode", None)
+            # Reap it: its exit code is known only then. The pool's own thread may be reaping it at
+            # the same moment (our waitpid then fails and reads as "still running"), so ask again
+            # until its code is recorded.
+            deadline = time.monotonic() + 5
+            while True:
+                self.process.join(0.05)
+                code = self.process.exitcode
+                if code is not None or time.monotonic() > deadline:
+                    break
         if code is None:
             return "worker process died"
         if code < 0:
