@@ -1,111 +1,227 @@
-"""Objective evaluations per second of the default setup (VGG-19, Caffe weights, paper layers).
+"""Objective evaluations per second of the default setup (VGG-19, Caffe weights, paper layers), the
+FLOP rate they achieve and how it compares with the device's peak.
 
-Prints each configuration's rate and its ratio to the baseline measured first in this process:
-    python benchmarks/throughput.py [--device cuda] [--sizes 256 512 1024] [--evals 20] [--loop]
-On a GPU it also measures the CPU at the baseline size, for the GPU/CPU ratio. --loop times the
-whole optimisation loop (each optimiser, with and without the run's file sink) against bare
-forward+backward evaluations at the first size.
+    python benchmarks/throughput.py [--device cuda] [--sizes 256 512 1024] [--precisions fp32 tf32 bf16]
+                                    [--batch 1] [--evals 10] [--loop] [--loop-evals 30] [--json PATH]
+
+One row per size and precision: the bare evaluation (forward to the deepest layer, the objective,
+backward to the image, of a [B,3,H,W] batch), in evaluations per second per image; the FLOPs of one
+evaluation (nst.features.evaluation_flops: the convolutions, forward and input-gradient backward);
+the TFLOP/s achieved; and its fraction of the device's dense peak at that precision (known GPUs only:
+'unknown' for others, n/a on the CPU). --loop adds a row per optimiser (L-BFGS as configured by
+default, history 100 with line search; Adam), without and with the run's file sink
+(metrics.jsonl, frames): the runner's whole loop (run_batch, B trials in one batch), as a ratio to
+the bare evaluation at the same size and precision. On the CPU every row also has its ratio to a
+plain fp32 batch-1 bare evaluation at the same size, measured first in the same process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from nst import cli, images
-from nst.batch import Trial, run_batch
-from nst.features import FeatureExtractor, get_weights_spec
-from nst.objective import Objective, ObjectiveSpec, layer_weights
-from nst.settings import load_inputs
+from nst import cli
+from nst.batch import Trial, image_size, run_batch
+from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, layer_names
+from nst.objective import Objective
+from nst.settings import Settings, load_inputs
 from nst.sinks import FileSink
+from nst.trial import prepare, resolve_device, resolve_precision, set_determinism, set_precision
 
-CONTENT, STYLE = ["conv4_2"], ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+# Dense (no sparsity) peak TFLOP/s per precision, from the vendors' data sheets. The first entry
+# whose key is in torch.cuda.get_device_name() wins; None: a variant whose peak we do not list.
+_H100_SXM = {"bf16": 989.0, "tf32": 494.7, "fp32": 66.9}
+GPU_PEAKS: list[tuple[str, dict[str, float] | None]] = [
+    ("NVL", None),
+    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    ("H100 SXM", _H100_SXM),
+    ("H100 80GB HBM3", _H100_SXM),  # how the SXM5 part names itself
+    ("H200", _H100_SXM),  # the H100 SXM's compute with more memory
+    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+]
+
+LOOPS = {  # config overrides per optimiser
+    "lbfgs": ["optimizer=lbfgs", "optimizer.history_size=100", "optimizer.line_search=true"],
+    "adam": ["optimizer=adam"],
+}
 
 
-def build(device: torch.device, size: int):
-    spec = get_weights_spec("vgg19", "caffe")
-    ex = FeatureExtractor("vgg19", spec, CONTENT + STYLE, "avg", device)
-    img = images.load_image("content", "tubingen")
-    w, h = images.target_size(*img.size, size)
-    x0 = images.to_tensor(images.resize(img, (w, h)), device)
-    one = torch.ones(1, device=device)
-    obj = Objective(ex, ObjectiveSpec(tuple(CONTENT), tuple(STYLE), layer_weights("", STYLE, None), "mse", "mse"),
-                    content=x0, style=x0.flip(-1), content_weight=one, style_weight=one, tv_weight=0 * one)
-    return obj, x0
+def device_peaks(device: torch.device) -> dict[str, float] | None:
+    """Dense peak TFLOP/s by precision, or None where not known (every CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks for key, peaks in GPU_PEAKS if key in name), None)
 
 
-def rate(device: torch.device, size: int, evals: int) -> float:
-    obj, x0 = build(device, size)
-    x = x0.clone().requires_grad_(True)
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def settings(device: str, size: int, precision: str, *overrides: str) -> Settings:
+    return cli.settings_for([f"device={device}", f"size={size}", f"precision={precision}", "logger=none", *overrides])
+
+
+def deepest_layer(s: Settings) -> str:
+    names = layer_names(s.arch)
+    return max(s.objective.content_layers + s.objective.style_layers, key=names.index)
+
+
+def bare_rate(s: Settings, batch: int, evals: int) -> float:
+    """Images per second of bare evaluations: forward, objective and backward of a [batch,3,H,W] tensor."""
+    device = resolve_device(s.device)
+    precision = resolve_precision(s.precision, device)
+    set_precision(precision, device)
+    set_determinism(s.deterministic, device)
+    layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
+    ex = FeatureExtractor(s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device, precision)
+    t = prepare(s, load_inputs(s), device)
+    weights = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
+    obj = Objective(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **weights)
+    x = t["init"].expand(batch, -1, -1, -1).clone().requires_grad_(True)
 
     def step():
         x.grad = None
         obj(x)["total"].sum().backward()
 
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(3):  # warm-up (cuDNN autotuning, allocator)
         step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
-    t = time.perf_counter()
+    start = time.perf_counter()
     for _ in range(evals):
         step()
     sync()
-    return evals / (time.perf_counter() - t)
+    return batch * evals / (time.perf_counter() - start)
 
 
-LOOPS = {  # config overrides per optimiser
-    "lbfgs (history 100, line search)": ["optimizer=lbfgs", "optimizer.history_size=100", "optimizer.line_search=true"],
-    "lbfgs (history 20, line search)": ["optimizer=lbfgs", "optimizer.history_size=20", "optimizer.line_search=true"],
-    "lbfgs (history 100, fixed steps)": ["optimizer=lbfgs", "optimizer.history_size=100", "optimizer.line_search=false"],
-    "adam": ["optimizer=adam", "optimizer.lr=0.02"],
-}
-
-
-def loop_rate(device: torch.device, size: int, evals: int, overrides: list[str], with_files: bool) -> float:
-    """Evaluations per second of the runner's optimisation loop (one trial), optionally with the file sink."""
+def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, with_files: bool) -> float:
+    """Evaluations per second (per image) of the runner's optimisation loop: `batch` trials in one batch,
+    with the file sink or none."""
     with tempfile.TemporaryDirectory() as tmp:
-        def trial(steps: int) -> Trial:
-            s = cli.settings_for([f"device={device}", f"size={size}", f"steps={steps}", "logger=none", *overrides])
-            sinks = (lambda pos: [FileSink(Path(tmp), log_every=1, frame_every=50, steps=steps)]) if with_files else (lambda pos: [])
-            return Trial(s, load_inputs(s), Path(tmp), sinks)
+        def trials(steps: int) -> list[Trial]:
+            s = cli.settings_for([*base, f"steps={steps}", *overrides])
+            inputs = load_inputs(s)
+            out = []
+            for i in range(batch):
+                run_dir = Path(tmp) / f"{steps}_{i}"
+                sinks = (lambda pos, d=run_dir: [FileSink(d, log_every=1, frame_every=50, steps=steps)]) if with_files \
+                    else (lambda pos: [])
+                out.append(Trial(s, inputs, run_dir, sinks))
+            return out
 
-        run_batch([trial(3)])  # warm-up
-        summary = run_batch([trial(evals)])[0]
-        assert summary["status"] == "completed", summary.get("error")
-        return summary["evaluations"] / summary["optimisation_time"]
+        run_batch(trials(3))  # warm-up
+        summaries = run_batch(trials(evals))
+        for summary in summaries:
+            assert summary["status"] == "completed", summary.get("error")
+        return sum(x["evaluations"] for x in summaries) / max(x["optimisation_time"] for x in summaries)
+
+
+def row(size: int, wh: tuple[int, int], precision: str, batch: int, what: str, rate: float, flops: int,
+        peaks: dict[str, float] | None, bare: float, baseline: float | None) -> dict:
+    tflops = rate * flops / 1e12
+    peak = peaks.get(precision) if peaks else None
+    return {"size": size, "width": wh[0], "height": wh[1], "precision": precision, "batch": batch, "what": what,
+            "evals_per_s": rate, "gflop_per_eval": flops / 1e9, "tflops": tflops, "peak_tflops": peak,
+            "fraction_of_peak": tflops / peak if peak else None, "ratio_to_bare": rate / bare,
+            "ratio_to_fp32_batch1": rate / baseline if baseline else None}
+
+
+HEADER = (f"{'size':>5} {'W x H':^9} {'prec':>4} {'B':>3}  {'what':<18} {'evals/s':>9} {'GFLOP/eval':>10} "
+          f"{'TFLOP/s':>8} {'of peak':>8} {'vs bare':>7}")
+
+
+def format_row(r: dict, cpu: bool, peak_note: str) -> str:
+    peak = f"{100 * r['fraction_of_peak']:7.2f}%" if r["fraction_of_peak"] is not None else f"{peak_note:>8}"
+    line = (f"{r['size']:>5} {r['width']:>4}x{r['height']:<4} {r['precision']:>4} {r['batch']:>3}  {r['what']:<18} "
+            f"{r['evals_per_s']:9.2f} {r['gflop_per_eval']:10.2f} {r['tflops']:8.4f} {peak} {r['ratio_to_bare']:7.3f}")
+    if cpu:
+        line += f" {r['ratio_to_fp32_batch1']:10.3f}"
+    return line
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    ap.add_argument("--evals", type=int, default=10)
-    ap.add_argument("--loop", action="store_true", help="also time the whole optimisation loop per optimiser, "
-                    "as a ratio to bare forward+backward evaluations at the first size")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="long sides in px")
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "tf32", "bf16"],
+                    help="default: fp32 tf32 bf16 on a GPU, fp32 bf16 on the CPU")
+    ap.add_argument("--batch", type=int, default=1, help="images per evaluation (and trials per loop batch)")
+    ap.add_argument("--evals", type=int, default=10, help="timed bare evaluations per row")
+    ap.add_argument("--loop", action="store_true", help="also time the runner's optimisation loop per optimiser, "
+                    "without and with the file sink, as a ratio to the bare evaluation")
+    ap.add_argument("--loop-evals", type=int, default=30, help="evaluations per timed loop")
+    ap.add_argument("--json", type=Path, help="also write the rows here as JSON")
     args = ap.parse_args()
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    base = None
+    cpu = device.type == "cpu"
+    precisions = args.precisions or (["fp32", "bf16"] if cpu else ["fp32", "tf32", "bf16"])
+    peaks = device_peaks(device)
+    peak_note = "n/a" if cpu else "unknown"
+    name = device_name(device)
+    s0 = settings(args.device, args.sizes[0], "fp32")
+    deepest = deepest_layer(s0)
+    print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+          f"{s0.arch} {s0.weights} weights, {s0.pooling} pooling, layers to {deepest}; batch {args.batch}")
+    if peaks:
+        print("dense peak TFLOP/s: " + ", ".join(f"{p} {v:g}" for p, v in peaks.items()))
+    else:
+        print("peak: n/a on the CPU" if cpu else f"peak unknown for {name}: no fraction of peak")
+    print("evals/s and GFLOP/eval are per image; FLOPs: convolutions, forward + input-gradient backward; "
+          "lbfgs: history 100, line search"
+          + ("; last column: ratio to a plain fp32 batch-1 bare evaluation at the same size" if cpu else ""))
+    if cpu and "tf32" in precisions:
+        print("note: tf32 skipped: a GPU mode (TensorFloat-32 tensor cores), an error on the CPU")
+        precisions = [p for p in precisions if p != "tf32"]
+    print(HEADER + (f" {'vs fp32 b1':>10}" if cpu else ""))
+    rows: list[dict] = []
+
+    def emit(r: dict) -> None:
+        rows.append(r)
+        print(format_row(r, cpu, peak_note), flush=True)
+
     for size in args.sizes:
-        r = rate(device, size, args.evals)
-        base = base or r
-        print(f"{device.type:>4} long side {size:>5}px: {r:8.2f} evals/s   ratio to {args.sizes[0]}px baseline: {r / base:6.3f}")
-    if args.loop:
-        size = args.sizes[0]
-        for name, overrides in LOOPS.items():
-            for with_files in (False, True):
-                r = loop_rate(device, size, max(args.evals, 30), overrides, with_files)
-                what = f"{name}{' + metrics.jsonl/frames' if with_files else ''}"
-                print(f"loop {size}px {what:<52}: {r:8.2f} evals/s   ratio to bare evaluations: {r / base:6.3f}")
-    if device.type == "cuda":
-        cpu = rate(torch.device("cpu"), args.sizes[0], max(2, args.evals // 5))
-        print(f" cpu long side {args.sizes[0]:>5}px: {cpu:8.2f} evals/s   GPU/CPU speed-up at {args.sizes[0]}px: {base / cpu:6.1f}x")
+        wh = image_size(settings(args.device, size, "fp32"))
+        flops = evaluation_flops(s0.arch, deepest, *wh)
+        baseline = None
+        if cpu:  # the plain fp32 batch-1 evaluation, first: every CPU row's yardstick
+            baseline = bare_rate(settings(args.device, size, "fp32"), 1, args.evals)
+            if not ("fp32" in precisions and args.batch == 1):
+                emit(row(size, wh, "fp32", 1, "bare", baseline, flops, peaks, baseline, baseline))
+        for precision in precisions:
+            s = settings(args.device, size, precision)
+            assert image_size(s) == wh
+            plain = precision == "fp32" and args.batch == 1 and baseline is not None
+            bare = baseline if plain else bare_rate(s, args.batch, args.evals)
+            emit(row(size, wh, precision, args.batch, "bare", bare, flops, peaks, bare, baseline))
+            if not args.loop:
+                continue
+            base = [f"device={args.device}", f"size={size}", f"precision={precision}", "logger=none"]
+            for kind, overrides in LOOPS.items():
+                for with_files in (False, True):
+                    r = loop_rate(base, overrides, args.batch, args.loop_evals, with_files)
+                    what = f"{kind} loop{' + files' if with_files else ''}"
+                    emit(row(size, wh, precision, args.batch, what, r, flops, peaks, bare, baseline))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "arch": s0.arch, "weights": s0.weights, "pooling": s0.pooling, "deepest_layer": deepest,
+            "batch": args.batch, "evals": args.evals, "loop_evals": args.loop_evals if args.loop else None,
+            "peak_tflops": peaks, "rows": rows}, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":
