@@ -155,7 +155,7 @@ class _Live:
     tensors: dict | None = None  # this level's images (nst.trial.prepare)
     evaluations: int = 0  # over every level
     level_evaluations: int = 0
-    scale: float | None = None  # L-BFGS: 1/|total at the level's first evaluation| (see _scales)
+    scale: float | None = None  # L-BFGS: 1/|total at the level's first evaluation| (see _optimise)
     carry: torch.Tensor | None = None  # a coarser level's result, the next level's start
     done: bool = False
 
@@ -304,31 +304,60 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
         feats = extractor(x)
         terms = [lv.objective.terms({name: f[j:j + 1] for name, f in feats.items()}, x[j:j + 1]) for j, lv in enumerate(who)]
         names = [list(t) for t in terms]
-        # One host transfer per tick for every term of every trial (the optimisers need the totals anyway).
-        flat = torch.cat([torch.stack([t[n].detach().float().reshape(()) for n in ns]) for t, ns in zip(terms, names)])
-        values, at = flat.tolist(), 0
+        loss = torch.stack([t["total"].reshape(()) for t in terms])  # [k]
+        finite = torch.isfinite(loss.detach())
+        # L-BFGS's strong-Wolfe search squares directional derivatives in float32; with large losses
+        # (the paper's un-normalised sums, big weights) they overflow and the step turns NaN. L-BFGS
+        # therefore minimises total / |total at the level's first evaluation|: a constant factor per
+        # trial, so the same minimiser, with its arithmetic kept in range. Adam is left unscaled (it
+        # is scale-invariant but for its epsilon). Records always carry the unscaled terms. A trial's
+        # first scale is taken here on the device, so that nothing waits for the host before backward.
+        known = _to_device([lv.scale if lv.scale is not None else math.nan for lv in who], device)  # [k]
+        if kind == "lbfgs":
+            first_scale = torch.where(loss.detach() != 0, 1 / loss.detach().abs(), 1.0)
+        else:
+            first_scale = torch.ones_like(known)
+        scales = torch.where(torch.isnan(known), first_scale, known)
+        # Trials are independent images, so the gradient of the weighted sum is each trial's own
+        # gradient (times its scale); a non-finite trial is left out (weight 0), its row is not used.
+        (torch.where(finite, loss, 0.0) * torch.where(finite, scales, 0.0)).sum().backward()
+        grads = x.grad  # [k,3,H,W]
+        measured = opt.measure(grads)  # what the optimiser's decisions need from the gradients, [k, c] or None
+        # The tick's one host transfer: every term of every trial, their scales and the optimiser's measures.
+        parts = [torch.stack([t[n].detach().float().reshape(()) for n in ns]) for t, ns in zip(terms, names)]
+        parts.append(scales.detach().float())
+        if measured is not None:
+            parts.append(measured.float().reshape(-1))
+        values, at = torch.cat(parts).tolist(), 0
         per_trial: list[dict[str, float]] = []
         for ns in names:
             per_trial.append(dict(zip(ns, values[at:at + len(ns)])))
             at += len(ns)
+        scale_values, at = values[at:at + len(who)], at + len(who)
+        measures = None
+        if measured is not None:
+            c = measured.shape[1]
+            measures = [values[at + j * c: at + (j + 1) * c] for j in range(len(who))]
         totals = [v["total"] for v in per_trial]
-        finite = [math.isfinite(v) for v in totals]
-        scales = _scales(who, totals, kind)
-        if any(finite):
-            weights = torch.tensor([sc if ok else 0.0 for sc, ok in zip(scales, finite)], device=device)
-            loss = torch.stack([t["total"].reshape(()) for t in terms])  # [k]
-            # Trials are independent images, so the gradient of the weighted sum is each trial's own
-            # gradient (times its scale); a non-finite trial is left out, its row stays zero.
-            (torch.where(torch.tensor(finite, device=device), loss, 0.0) * weights).sum().backward()
-        grads = x.grad if x.grad is not None else torch.zeros_like(x)
+        for lv, sc, total in zip(who, scale_values, totals):
+            if lv.scale is None and math.isfinite(total):
+                lv.scale = sc
         now = time.perf_counter() - start
         failed: dict[int, BaseException] = {}
         for j, lv in enumerate(who):
+            if not math.isfinite(totals[j]):
+                failed[j] = NonFiniteLoss(f"the loss became {totals[j]} at evaluation {lv.evaluations + 1}; "
+                                          "lower the loss weights or the learning rate")
+                # A failed trial leaves the batch with its error (before its optimiser sees a NaN); the others go on.
+                opt.drop(asked[j][0], "failed")
+        # rows of dropped trials are ignored; an evaluation the optimiser voids is not counted (nst.batch_opt)
+        void = set(opt.tell([t * sc for t, sc in zip(totals, scale_values)], grads, measures))
+        for j, lv in enumerate(who):
+            if asked[j][0] in void:
+                continue
             lv.evaluations += 1
             lv.level_evaluations += 1
-            if not finite[j]:
-                failed[j] = NonFiniteLoss(f"the loss became {totals[j]} at evaluation {lv.evaluations}; "
-                                          "lower the loss weights or the learning rate")
+            if j in failed:
                 continue
             rec = StepRecord(lv.evaluations, now, per_trial[j], lv.present(x[j:j + 1].detach()),
                              level if lv.trial.settings.pyramid_levels > 1 else None)
@@ -338,16 +367,14 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
             except Exception as e:  # noqa: BLE001 - a failing sink fails its own trial only
                 failed[j] = e
                 (lv.trial.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+                opt.drop(asked[j][0], "failed")
         if first and device.type == "cuda":
             # cuDNN autotuning tries workspace-hungry algorithms in the first evaluation; the
             # steady-state peak (what a size or batch costs) is measured from here on.
             torch.cuda.reset_peak_memory_stats(device)
             first = False
         for j, e in failed.items():
-            # A failed trial leaves the batch with its error (before its optimiser sees a NaN); the others go on.
-            opt.drop(asked[j][0], "failed")
             _fail(who[j], e, traceback_too=False)
-        opt.tell([t * sc for t, sc in zip(totals, scales)], grads)  # rows of dropped trials are ignored
         for j, lv in enumerate(who):
             if lv.level_evaluations >= budgets[asked[j][0]] and asked[j][0] in opt.running:
                 # torch's line search may evaluate once past max_eval; `steps` is a hard budget here,
@@ -369,18 +396,12 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
                 lv.carry = final
 
 
-def _scales(who: list[_Live], totals: list[float], kind: str) -> list[float]:
-    # L-BFGS's strong-Wolfe search squares directional derivatives in float32; with large losses
-    # (the paper's un-normalised sums, big weights) they overflow and the step turns NaN. L-BFGS
-    # therefore minimises total / |total at the first evaluation|: a constant factor per trial, so
-    # the same minimiser, with its arithmetic kept in range. Adam is left unscaled (it is
-    # scale-invariant but for its epsilon). Records always carry the unscaled terms.
-    out = []
-    for lv, total in zip(who, totals):
-        if lv.scale is None and math.isfinite(total):
-            lv.scale = 1.0 / abs(total) if (kind == "lbfgs" and total != 0) else 1.0
-        out.append(lv.scale if lv.scale is not None else 1.0)
-    return out
+def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
+    """A float32 vector from the host, without waiting: a plain host-to-GPU copy synchronises the stream."""
+    t = torch.tensor(values, dtype=torch.float32)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device) -> None:

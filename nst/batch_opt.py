@@ -22,14 +22,19 @@ trials, a different algorithm (DESIGN.md "Sweeps as batches").
   torch.optim.LBFGS up to float noise (0-dim float32 tensors such as gtd, ys, t stay tensors).
 Not kept: state across several `step()` calls (a trial is one call), `maximize`, parameter lists.
 
-`BatchLBFGS` and `BatchAdam` drive B trials with one interface: ask() the (trial, point) pairs to
-evaluate, tell() their losses and gradients, drop() a trial, collect finished() ones.
+`PerTrialLBFGS` drives B such generators (the reference). `BatchLBFGS` is the same algorithm
+vectorised across the trials of a batch, which the runner uses (see its docstring for what differs).
+The drivers share one interface: ask() the (trial, point) pairs to evaluate; measure() the
+gradients on the device (what the optimiser needs to know on the host, for the caller to bring over
+in its one transfer of the tick); tell() the losses, gradients and measures, which returns the
+trials whose evaluation did not count; drop() a trial; collect finished() ones.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,7 +44,8 @@ LBFGSGen = Generator[Tensor, tuple[float, Tensor], str]
 
 
 def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
-    # verbatim from torch/optim/lbfgs.py: arguments mix Python floats and 0-dim tensors
+    # verbatim from torch/optim/lbfgs.py: arguments mix Python floats and 0-dim tensors (the
+    # vectorised optimiser passes floats only; `** 0.5` is torch's `.sqrt()` and math.sqrt for them)
     if bounds is not None:
         xmin_bound, xmax_bound = bounds
     else:
@@ -47,7 +53,7 @@ def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
     d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
     d2_square = d1**2 - g1 * g2
     if d2_square >= 0:
-        d2 = d2_square.sqrt()
+        d2 = d2_square**0.5
         if x1 <= x2:
             min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
         else:
@@ -56,17 +62,15 @@ def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
     return (xmin_bound + xmax_bound) / 2.0
 
 
-def _strong_wolfe(x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, max_ls=25):
-    """torch's `_strong_wolfe`; each `obj_func(x, t, d)` is `yield x.add(d, alpha=t)`.
+def _wolfe_search(first, t, f, g, gtd, d_norm, c1=1e-4, c2=0.9, tolerance_change=1e-9, max_ls=25):
+    """torch's `_strong_wolfe` over step sizes: yields the next t to evaluate and is sent
+    (f_new, gtd_new, g_new) for it; `first` is that triple for the first t, already evaluated.
 
-    Returns (f, g, t, evaluations) of the low end of the final bracket.
+    The g's are carried, never read: torch's flat gradients in the port, the vectorised optimiser's
+    records of an evaluation. Returns (f, g, t, evaluations) of the low end of the final bracket.
     """
-    d_norm = d.abs().max()
-    g = g.clone(memory_format=torch.contiguous_format)
-    # a fresh tensor per trial point: the caller may clamp it, and x must stay x_init
-    f_new, g_new = yield x.add(d, alpha=t)
+    f_new, gtd_new, g_new = first
     ls_func_evals = 1
-    gtd_new = g_new.dot(d)
 
     # bracket an interval containing a point satisfying the Wolfe criteria
     t_prev, f_prev, g_prev, gtd_prev = 0, f, g, gtd
@@ -74,30 +78,23 @@ def _strong_wolfe(x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, ma
     ls_iter = 0
     while ls_iter < max_ls:
         if f_new > (f + c1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
-            bracket, bracket_f = [t_prev, t], [f_prev, f_new]
-            bracket_g = [g_prev, g_new.clone(memory_format=torch.contiguous_format)]
-            bracket_gtd = [gtd_prev, gtd_new]
+            bracket, bracket_f, bracket_g, bracket_gtd = [t_prev, t], [f_prev, f_new], [g_prev, g_new], [gtd_prev, gtd_new]
             break
         if abs(gtd_new) <= -c2 * gtd:
             bracket, bracket_f, bracket_g = [t], [f_new], [g_new]
             done = True
             break
         if gtd_new >= 0:
-            bracket, bracket_f = [t_prev, t], [f_prev, f_new]
-            bracket_g = [g_prev, g_new.clone(memory_format=torch.contiguous_format)]
-            bracket_gtd = [gtd_prev, gtd_new]
+            bracket, bracket_f, bracket_g, bracket_gtd = [t_prev, t], [f_prev, f_new], [g_prev, g_new], [gtd_prev, gtd_new]
             break
         # extrapolate
         min_step = t + 0.01 * (t - t_prev)
         max_step = t * 10
         tmp = t
         t = _cubic_interpolate(t_prev, f_prev, gtd_prev, t, f_new, gtd_new, bounds=(min_step, max_step))
-        t_prev, f_prev = tmp, f_new
-        g_prev = g_new.clone(memory_format=torch.contiguous_format)
-        gtd_prev = gtd_new
-        f_new, g_new = yield x.add(d, alpha=t)
+        t_prev, f_prev, g_prev, gtd_prev = tmp, f_new, g_new, gtd_new
+        f_new, gtd_new, g_new = yield t
         ls_func_evals += 1
-        gtd_new = g_new.dot(d)
         ls_iter += 1
 
     # budget spent while bracketing (bracket_gtd stays unset, as in torch: zoom cannot run)
@@ -125,16 +122,13 @@ def _strong_wolfe(x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, ma
         else:
             insuf_progress = False
 
-        f_new, g_new = yield x.add(d, alpha=t)
+        f_new, gtd_new, g_new = yield t
         ls_func_evals += 1
-        gtd_new = g_new.dot(d)
         ls_iter += 1
 
         if f_new > (f + c1 * t * gtd) or f_new >= bracket_f[low_pos]:
             # Armijo fails or not lower than the low end: new high end
-            bracket[high_pos], bracket_f[high_pos] = t, f_new
-            bracket_g[high_pos] = g_new.clone(memory_format=torch.contiguous_format)
-            bracket_gtd[high_pos] = gtd_new
+            bracket[high_pos], bracket_f[high_pos], bracket_g[high_pos], bracket_gtd[high_pos] = t, f_new, g_new, gtd_new
             low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[1] else (1, 0)
         else:
             if abs(gtd_new) <= -c2 * gtd:
@@ -143,12 +137,45 @@ def _strong_wolfe(x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, ma
                 # old high becomes new low
                 bracket[high_pos], bracket_f[high_pos] = bracket[low_pos], bracket_f[low_pos]
                 bracket_g[high_pos], bracket_gtd[high_pos] = bracket_g[low_pos], bracket_gtd[low_pos]
-            bracket[low_pos], bracket_f[low_pos] = t, f_new
-            bracket_g[low_pos] = g_new.clone(memory_format=torch.contiguous_format)
-            bracket_gtd[low_pos] = gtd_new
+            bracket[low_pos], bracket_f[low_pos], bracket_g[low_pos], bracket_gtd[low_pos] = t, f_new, g_new, gtd_new
 
     # the low end, not necessarily the last point evaluated
     return bracket_f[low_pos], bracket_g[low_pos], bracket[low_pos], ls_func_evals
+
+
+def _strong_wolfe(x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, max_ls=25):
+    """torch's `_strong_wolfe`; each `obj_func(x, t, d)` is `yield x.add(d, alpha=t)`.
+
+    Returns (f, g, t, evaluations) of the low end of the final bracket.
+    """
+    d_norm = d.abs().max()
+    g = g.clone(memory_format=torch.contiguous_format)
+    # a fresh tensor per trial point: the caller may clamp it, and x must stay x_init. The gradients
+    # sent back are fresh tensors too, so torch's defensive clones of them are not needed.
+    f_new, g_new = yield x.add(d, alpha=t)
+    search = _wolfe_search((f_new, g_new.dot(d), g_new), t, f, g, gtd, d_norm, c1, c2, tolerance_change, max_ls)
+    try:
+        t = next(search)
+        while True:
+            f_new, g_new = yield x.add(d, alpha=t)
+            t = search.send((f_new, g_new.dot(d), g_new))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _stop_reason(last_iter, budget_spent, opt_cond, step, loss_change, tolerance_change) -> str:
+    """torch's stop conditions after an iteration, in its order ("" to go on)."""
+    if last_iter:
+        return "max_iter"
+    if budget_spent:
+        return "max_eval"
+    if opt_cond:
+        return "gradient tolerance"
+    if step <= tolerance_change:
+        return "step tolerance"
+    if loss_change < tolerance_change:
+        return "loss change tolerance"
+    return ""
 
 
 def _lbfgs(x: Tensor, state: dict[str, Any], *, lr, max_iter, max_eval, history_size, line_search,
@@ -230,21 +257,9 @@ def _lbfgs(x: Tensor, state: dict[str, Any], *, lr, max_iter, max_eval, history_
                 ls_func_evals = 1
         current_evals += ls_func_evals
 
-        # stop conditions, in torch's order
-        if n_iter == max_iter:
-            reason = "max_iter"
-            break
-        if current_evals >= max_eval:
-            reason = "max_eval"
-            break
-        if opt_cond:
-            reason = "gradient tolerance"
-            break
-        if d.mul(t).abs().max() <= tolerance_change:
-            reason = "step tolerance"
-            break
-        if abs(loss - prev_loss) < tolerance_change:
-            reason = "loss change tolerance"
+        reason = _stop_reason(n_iter == max_iter, current_evals >= max_eval, opt_cond,
+                              d.mul(t).abs().max(), abs(loss - prev_loss), tolerance_change)
+        if reason:
             break
     return reason
 
@@ -302,8 +317,13 @@ class _Batch:
         return grads.detach().reshape(k, -1)  # [k, n]
 
 
-class BatchLBFGS(_Batch):
-    """B trials, each its own `lbfgs()` generator over its own flat copy of x0[i]."""
+class PerTrialLBFGS(_Batch):
+    """B trials, each its own `lbfgs()` generator over its own flat copy of x0[i].
+
+    The reference: every point equals torch.optim.LBFGS's bit for bit, at the price of torch's
+    own cost (a kernel and a host sync per history pair and per line-search decision, per trial).
+    The runner uses the vectorised `BatchLBFGS`, which is tested against this one.
+    """
 
     def __init__(self, x0: Tensor, *, lr, max_iter, max_eval, history_size, line_search):
         super().__init__(x0)
@@ -324,7 +344,10 @@ class BatchLBFGS(_Batch):
         self._asked = list(self._running)
         return [(i, self._pending[i].view(self._shape)) for i in self._asked]
 
-    def tell(self, losses: Sequence[float], grads: Tensor) -> None:
+    def measure(self, grads: Tensor) -> None:
+        return None  # nothing to measure ahead of tell()
+
+    def tell(self, losses: Sequence[float], grads: Tensor, measured: Any = None) -> list[int]:
         flat = self._check_tell(losses, grads)
         asked, self._asked = self._asked, []
         for j, i in enumerate(asked):
@@ -334,6 +357,7 @@ class BatchLBFGS(_Batch):
                 self._pending[i] = self._gens[i].send((float(losses[j]), flat[j].clone()))
             except StopIteration as stop:
                 self._end(i, stop.value)
+        return []  # every evaluation counts
 
     def drop(self, i: int, reason: str) -> None:
         if i in self._gens:  # a trial that already finished is not reported twice
@@ -402,7 +426,10 @@ class BatchAdam(_Batch):
         # views: an in-place change by the caller (a clamp) persists, as on torch's parameter
         return [(i, self._param[r].view(self._shape)) for r, i in enumerate(self._rows)]
 
-    def tell(self, losses: Sequence[float], grads: Tensor) -> None:
+    def measure(self, grads: Tensor) -> None:
+        return None  # nothing to measure ahead of tell()
+
+    def tell(self, losses: Sequence[float], grads: Tensor, measured: Any = None) -> list[int]:
         g = self._check_tell(losses, grads)
         if self._asked != self._rows:
             raise RuntimeError("tell() without a matching ask()")
@@ -428,6 +455,7 @@ class BatchAdam(_Batch):
         for r, i in enumerate(self._rows):
             if i in self._running and self._steps[i] >= self._max_iter[i]:
                 self._finish(i, self._param[r].clone(), "max_iter")
+        return []  # every evaluation counts
 
     def drop(self, i: int, reason: str) -> None:
         if i in self._running:
@@ -437,3 +465,271 @@ class BatchAdam(_Batch):
         self._compact()
         return self._exp_avg.nbytes + self._exp_avg_sq.nbytes
 
+
+
+# --------------------------------------------------------------------------------------------------
+# The vectorised L-BFGS the runner uses
+
+class _Eval(NamedTuple):
+    """One evaluation as a trial's L-BFGS sees it: the loss, scalars measured from the gradient on
+    the device (all trials at once, brought to the host in one transfer per tick) and the gradient."""
+
+    f: float
+    gtd: float  # g . d, with d the trial's current direction
+    gmax: float  # max |g|
+    gsum: float  # sum |g|
+    yd: float  # (g - g_x) . d, with g_x the gradient at the current iterate x
+    yy: float  # |g - g_x|^2
+    dmax: float  # max |d|
+    gtd_x: float  # g_x . d: the directional derivative of the current direction at x
+    g: Tensor  # [n], a row of the tick's gradients
+
+
+MEASURES = len(_Eval._fields) - 2  # the scalars measure() returns per row
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """[k, n] . [k, n] -> [k], one batched product."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+class BatchLBFGS(_Batch):
+    """The L-BFGS of `lbfgs()` (one torch.optim.LBFGS step() per trial, each trial its own history,
+    step sizes, line search and stopping tests) vectorised across the trials of a batch.
+
+    What the runner does per tick, and what it costs, whatever the history size:
+    - measure(): for all asked points at once, the few scalars the host-side decisions need (g.d,
+      max|g|, sum|g|, y.d, y.y, max|d|, g_x.d) as batched products, returned as one [k, 7] tensor that
+      the caller brings to the host together with the losses: one transfer per tick, no other sync.
+    - the strong-Wolfe search and the stopping tests run on those Python floats, per trial, as in
+      torch (same branches, same order, same constants);
+    - a new direction is the two-loop recursion done in coefficient space: history S, Y held as
+      [B, m, n] tensors, their products s_i.y_j and y_i.y_j kept as small [B, m, m] matrices (float64),
+      updated with one product of the new pair against the history; the two loops become two
+      unit-triangular solves on [m] vectors, and the direction is d = -H0 g - H0 Y'a + S'c, two
+      matrix-vector products. Two passes over the history per iteration instead of torch's 4m dot
+      and axpy kernels with a host sync each (`q.add_(y, alpha=-al[i])` reads the tensor al[i]).
+    - points x + t d, the step and the history update are a few kernels per trial, launched without
+      waiting.
+    Differences from `lbfgs()`, all at float-rounding level: dot products are batched (another
+    summation order), y.s is t * (y.d), the scalars are Python doubles rather than 0-dim float32
+    tensors, and the recursion's dot products are formed from the stored products. Torch's descent
+    test (g.d > -tolerance_change, before the first point of an iteration) is answered by the
+    measures of that point's evaluation, so when it fails, that evaluation is void: tell() returns
+    those trials and the caller must not count them. The direction of an iteration without an
+    evaluation (the last one, without a line search) is tested with one transfer at the trial's end.
+    """
+
+    def __init__(self, x0: Tensor, *, lr, max_iter, max_eval, history_size, line_search,
+                 tolerance_grad=1e-7, tolerance_change=1e-9):
+        super().__init__(x0)
+        b = x0.shape[0]
+        hyper = {name: _per_trial(v, b, name) for name, v in dict(
+            lr=lr, max_iter=max_iter, max_eval=max_eval, history_size=history_size, line_search=line_search).items()}
+        flat = x0.detach().reshape(b, -1)
+        n, m = flat.shape[1], max(int(v) for v in hyper["history_size"])
+        self._m = [int(v) for v in hyper["history_size"]]
+        self._X = flat.clone(memory_format=torch.contiguous_format)  # [B, n] the iterates
+        self._D = torch.zeros_like(self._X)  # [B, n] the current directions
+        self._Gx = torch.zeros_like(self._X)  # [B, n] the gradients at the iterates
+        self._S = flat.new_empty((b, m, n))  # [B, m, n] s = t d, ring buffers of history_size slots
+        self._Y = flat.new_empty((b, m, n))  # [B, m, n] y = g_new - g_x
+        # stored products (float64): SY[i, a, b] = s_a . y_b, YY[i, a, b] = y_a . y_b, ro = 1 / (y.s)
+        self._SY = torch.zeros((b, m, m), dtype=torch.float64, device=flat.device)
+        self._YY = torch.zeros_like(self._SY)
+        self._ro = torch.zeros((b, m), dtype=torch.float64, device=flat.device)
+        self._count, self._head = [0] * b, [0] * b  # pairs stored; the slot the next pair goes to
+        self._void: set[int] = set()
+        self._index_cache: dict[tuple[int, ...], Tensor] = {}
+        self._gens: dict[int, Generator] = {}
+        self._pending: dict[int, Tensor] = {}  # trial -> the [n] point to evaluate
+        self._tol = (tolerance_grad, tolerance_change)
+        for i in range(b):
+            self._gens[i] = self._trial(i, **{name: v[i] for name, v in hyper.items()})
+            self._pending[i] = self._point(i, next(self._gens[i]))
+
+    # -- the driver's interface
+
+    def ask(self) -> list[tuple[int, Tensor]]:
+        self._asked = list(self._running)
+        return [(i, self._pending[i].view(self._shape)) for i in self._asked]
+
+    def measure(self, grads: Tensor) -> Tensor:
+        """The [k, 7] measures of the asked points' gradients (device; in the order of ask())."""
+        k = len(self._asked)
+        G = grads.detach().reshape(k, -1)
+        idx = self._index(self._asked)
+        D = self._D if idx is None else self._D.index_select(0, idx)
+        Gx = self._Gx if idx is None else self._Gx.index_select(0, idx)
+        Y = G - Gx
+        inf = float("inf")
+        return torch.stack([_rowdot(G, D), torch.linalg.vector_norm(G, inf, dim=1), torch.linalg.vector_norm(G, 1, dim=1),
+                            _rowdot(Y, D), _rowdot(Y, Y), torch.linalg.vector_norm(D, inf, dim=1), _rowdot(Gx, D)], 1)
+
+    def tell(self, losses: Sequence[float], grads: Tensor, measured: Sequence[Sequence[float]] | None = None) -> list[int]:
+        """Hand each trial its evaluation; returns the trials whose evaluation was void (see the class)."""
+        G = self._check_tell(losses, grads)
+        if measured is None:
+            measured = self.measure(grads).tolist()
+        asked, self._asked = self._asked, []
+        void = []
+        for j, i in enumerate(asked):
+            if i not in self._gens:  # dropped after ask(): its row is ignored
+                continue
+            ev = _Eval(float(losses[j]), *map(float, measured[j]), g=G[j])
+            try:
+                request = self._gens[i].send(ev)
+            except StopIteration as stop:
+                self._end(i, stop.value)
+            else:
+                self._pending[i] = self._point(i, request)
+            if i in self._void:
+                void.append(i)
+                self._void.discard(i)
+        return void
+
+    def drop(self, i: int, reason: str) -> None:
+        if i in self._gens:  # a trial that already finished is not reported twice
+            self._gens[i].close()
+            self._end(i, reason)
+
+    def state_bytes(self) -> int:
+        """The optimiser's memory while trials run: iterates, directions, gradients, history, pending points."""
+        if not self._gens:
+            return 0
+        pending = sum(p.nbytes for i, p in self._pending.items() if p.data_ptr() != self._X[i].data_ptr())
+        return sum(t.nbytes for t in (self._X, self._D, self._Gx, self._S, self._Y, self._SY, self._YY)) + pending
+
+    # -- device work, per trial, launched without waiting
+
+    def _end(self, i: int, reason: str) -> None:
+        del self._gens[i], self._pending[i]
+        self._finish(i, self._X[i].clone(), reason)
+        if not self._gens:  # free the history with the last trial
+            self._S = self._Y = self._X[:0]
+
+    def _index(self, rows: list[int]) -> Tensor | None:
+        """Rows of the [B, ...] tensors: None for all of them in order, else a cached index tensor
+        (made once per set of running trials; the set changes only when a trial leaves)."""
+        if rows == list(range(self._X.shape[0])):
+            return None
+        key = tuple(rows)
+        if key not in self._index_cache:
+            self._index_cache[key] = torch.tensor(rows, dtype=torch.long, device=self._X.device)
+        return self._index_cache[key]
+
+    def _point(self, i: int, t: float | None) -> Tensor:
+        # None: x itself (a caller's in-place clamp persists, as on torch's parameter); else x + t d, new
+        return self._X[i] if t is None else torch.add(self._X[i], self._D[i], alpha=t)
+
+    def _direction(self, i: int, g: Tensor, t: float, ys: float | None, h_diag: float) -> None:
+        """torch's direction update: store (s, y) if its curvature y.s passed (`ys`), g_x = g, and d = -H g."""
+        m = self._m[i]
+        if ys is not None:
+            slot = self._head[i]
+            torch.sub(g, self._Gx[i], out=self._Y[i, slot])
+            torch.mul(self._D[i], t, out=self._S[i, slot])
+            self._head[i] = (slot + 1) % m
+            self._count[i] = min(self._count[i] + 1, m)
+        self._Gx[i].copy_(g)
+        c = self._count[i]
+        if c == 0:
+            torch.neg(g, out=self._D[i])
+            return
+        S, Y = self._S[i, :c], self._Y[i, :c]  # [c, n], slot order
+        if ys is not None:
+            w = torch.stack([g, self._Y[i, slot], self._S[i, slot]], 1)  # [n, 3]
+            ms, my = (S @ w).double(), (Y @ w).double()  # [c, 3]: s_a . (g, y_new, s_new), y_a . (...)
+            self._SY[i, slot, :c] = my[:, 2]  # s_new . y_a
+            self._SY[i, :c, slot] = ms[:, 1]  # s_a . y_new
+            self._YY[i, slot, :c] = my[:, 1]
+            self._YY[i, :c, slot] = my[:, 1]
+            self._ro[i, slot] = 1.0 / ys
+            sg, yg = ms[:, 0], my[:, 0]
+        else:
+            sg, yg = (S @ g).double(), (Y @ g).double()
+        # oldest first: slots in order, or rolled once the ring is full
+        shift = self._head[i] if c == m else 0
+        order = (lambda v, dims=(0,): torch.roll(v, [-shift] * len(dims), dims)) if shift else (lambda v, dims=(0,): v)
+        a = order(self._SY[i, :c, :c], (0, 1))  # [c, c] s_a . y_b, a, b oldest first
+        yy = order(self._YY[i, :c, :c], (0, 1))
+        ro = order(self._ro[i, :c])
+        sg, yg = order(sg), order(yg)
+        # first loop, newest to oldest: al_a = ro_a s_a.(-g - sum_{b newer} al_b y_b)
+        upper = torch.triu(a, 1) * ro[:, None]
+        al = torch.linalg.solve_triangular(upper, (-ro * sg)[:, None], upper=True, unitriangular=True)[:, 0]
+        # r0 = H0 q, q = -g - Y'al;  y_a . r0 = H0 (-y_a.g - sum_b al_b y_a.y_b)
+        yr0 = h_diag * (-yg - yy @ al)
+        # second loop, oldest to newest: be_a = ro_a y_a.(r0 + sum_{b older} (al_b - be_b) s_b)
+        lower = torch.tril(a.T, -1)  # [a, b] = y_a . s_b for b older than a
+        rhs = ro * (yr0 + lower @ al)
+        be = torch.linalg.solve_triangular(lower * ro[:, None], rhs[:, None], upper=False, unitriangular=True)[:, 0]
+        coef = al - be
+        if shift:  # back to slot order
+            al, coef = torch.roll(al, shift), torch.roll(coef, shift)
+        d = self._D[i]
+        torch.mv(S.T, coef.to(d.dtype), out=d)  # S'c
+        d.addmv_(Y.T, al.to(d.dtype), alpha=-h_diag)  # - H0 Y'al
+        d.add_(g, alpha=-h_diag)  # - H0 g
+
+    # -- each trial's decisions, on the host: `lbfgs()` with its tensors replaced by measures
+
+    def _trial(self, i: int, *, lr, max_iter, max_eval, history_size, line_search) -> Generator:
+        """Yields None (evaluate x) or t (evaluate x + t d); is sent an _Eval; returns why it stopped."""
+        tolerance_grad, tolerance_change = self._tol
+        X, D = self._X[i], self._D[i]
+        ev = yield None  # torch: orig_loss = closure()
+        loss, current_evals = ev.f, 1
+        if ev.gmax <= tolerance_grad:
+            return "gradient tolerance"
+        self._Gx[i].copy_(ev.g)
+        flat = ev  # the evaluation whose gradient is g_x
+        t, h_diag, reason, n_iter = 0.0, 1.0, "max_iter", 0
+        while n_iter < max_iter:
+            n_iter += 1
+            if n_iter == 1:
+                torch.neg(self._Gx[i], out=D)
+            else:
+                ys = t * flat.yd  # y.s with s = t d
+                if ys > 1e-10:  # curvature condition; otherwise the pair is skipped
+                    h_diag = ys / flat.yy
+                self._direction(i, flat.g, t, ys if ys > 1e-10 else None, h_diag)
+            prev_loss = loss
+            t = min(1.0, 1.0 / flat.gsum) * lr if n_iter == 1 else lr
+
+            if not line_search and n_iter == max_iter:
+                # torch steps without evaluating after its last iteration: no evaluation to carry the
+                # descent test, so it is read from the device (once, at the trial's end)
+                if float(self._Gx[i].dot(D)) > -tolerance_change:
+                    return "no descent direction"
+                X.add_(D, alpha=t)
+                return "max_iter"
+            ev = yield t  # the first point of the iteration, x + t d
+            if ev.gtd_x > -tolerance_change:  # torch tests before evaluating: this evaluation is void
+                self._void.add(i)
+                reason = "no descent direction"
+                break
+            if line_search:
+                # gradients travel through the search as the _Eval of their evaluation
+                search = _wolfe_search((ev.f, ev.gtd, ev), t, loss, flat, ev.gtd_x, ev.dmax,
+                                       tolerance_change=tolerance_change, max_ls=max_eval - current_evals)
+                try:
+                    t = next(search)
+                    while True:
+                        new = yield t
+                        t = search.send((new.f, new.gtd, new))
+                except StopIteration as stop:
+                    loss, flat, t, ls_func_evals = stop.value
+                X.add_(D, alpha=t)
+                opt_cond = flat.gmax <= tolerance_grad
+            else:
+                X.copy_(self._pending[i])  # x + t d as the caller left it (clamped in place)
+                loss, flat, ls_func_evals = ev.f, ev, 1
+                opt_cond = ev.gmax <= tolerance_grad
+            current_evals += ls_func_evals
+
+            reason = _stop_reason(n_iter == max_iter, current_evals >= max_eval, opt_cond, t * ev.dmax,
+                                  abs(loss - prev_loss), tolerance_change)
+            if reason:
+                break
+        return reason
