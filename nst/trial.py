@@ -38,8 +38,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def set_precision(precision: str, device: torch.device) -> None:
     if device.type == "cuda":
-        # fp32 means fp32: cuDNN would otherwise use TF32 tensor cores for convolutions by default
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        # fp32 means fp32: cuDNN would otherwise use TF32 tensor cores for convolutions by default.
+        # tf32 is for the network's convolutions only: matrix products (the Gram matrices, the
+        # optimiser's history products) stay fp32 whatever the precision.
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def set_determinism(deterministic: bool, device: torch.device) -> None:
