@@ -91,7 +91,10 @@ def trial_bytes(s: Settings) -> int:
     # x2 for the gradients flowing back through them, x1.5 for the allocator's slack
     activations = int(4 * acts * 2 * 1.5)
     if s.optimizer.name == "lbfgs":
-        state = (2 * s.optimizer.history_size + 8) * n * 4  # (s, y) pairs plus d, g, line-search points
+        # nst.batch_opt.BatchLBFGS: the history (s, y) [m, n] each, x, d, g_x, the pending point and
+        # the tick's gradient; the batch holds max history_size slots for every trial, and
+        # auto_batch_size takes the largest trial's cost for each, so that is counted.
+        state = (2 * s.optimizer.history_size + 5) * n * 4
     else:
         state = 4 * n * 4  # x, two moments, gradient
     return activations + state
@@ -288,7 +291,7 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
         opt = BatchAdam(x0, lr=[s.optimizer.lr for s in settings], betas=[s.optimizer.betas for s in settings],
                         max_iter=budgets)
     extractor = live[running[0]].objective.extractor
-    state_peak = 0
+    state_peak = history_peak = 0
     start = time.perf_counter()
     first = True
     while opt.running:
@@ -381,6 +384,7 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
                 # and the trial keeps its last accepted iterate.
                 opt.drop(asked[j][0], "evaluation budget")
         state_peak = max(state_peak, opt.state_bytes())
+        history_peak = max(history_peak, opt.history_bytes())
         for p, final, reason in opt.finished():
             lv = live[running[p]]
             if lv.done:
@@ -388,7 +392,8 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
             final = final.detach().reshape(lv.tensors["init"].shape).clamp(0, 1)  # [1,3,H,W]
             lv.summary.setdefault("levels", []).append({"size": list(final.shape[-1:-3:-1]), "evaluations": lv.level_evaluations,
                                                         "stop_reason": reason})
-            lv.summary["optimizer_state_mb"] = max(lv.summary.get("optimizer_state_mb", 0), round(state_peak / 2**20, 1))
+            lv.summary["optimizer_state_mb"] = max(lv.summary.get("optimizer_state_mb", 0), round(state_peak / 2**20, 3))
+            lv.summary["optimizer_history_mb"] = max(lv.summary.get("optimizer_history_mb", 0), round(history_peak / 2**20, 3))
             lv.summary["optimisation_time"] = round(lv.summary.get("optimisation_time", 0) + time.perf_counter() - start, 3)
             if last:
                 _complete(lv, final, reason, device)

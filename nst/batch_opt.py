@@ -377,6 +377,9 @@ class PerTrialLBFGS(_Batch):
             total += sum(t.nbytes for t in tensors if t is not None)
         return total
 
+    def history_bytes(self) -> int:
+        return sum(t.nbytes for i in self._gens for t in (*self._state[i].get("old_dirs", []), *self._state[i].get("old_stps", [])))
+
 
 class BatchAdam(_Batch):
     """B trials of elementwise Adam, vectorised: moments [k, n] and hyper-parameters [k, 1] for the k running."""
@@ -464,6 +467,9 @@ class BatchAdam(_Batch):
     def state_bytes(self) -> int:
         self._compact()
         return self._exp_avg.nbytes + self._exp_avg_sq.nbytes
+
+    def history_bytes(self) -> int:
+        return 0  # Adam keeps no history
 
 
 
@@ -599,6 +605,10 @@ class BatchLBFGS(_Batch):
             return 0
         pending = sum(p.nbytes for i, p in self._pending.items() if p.data_ptr() != self._X[i].data_ptr())
         return sum(t.nbytes for t in (self._X, self._D, self._Gx, self._S, self._Y, self._SY, self._YY)) + pending
+
+    def history_bytes(self) -> int:
+        """The history's share of state_bytes(): s and y, [B, m, n] each."""
+        return self._S.nbytes + self._Y.nbytes if self._gens else 0
 
     # -- device work, per trial, launched without waiting
 

@@ -85,6 +85,21 @@ def test_max_batch_cuts_a_group(tmp_path):
     assert len({o["batch"]["id"] for o in out}) == 3
 
 
+def test_summary_reports_the_optimiser_history_next_to_its_state_and_the_auto_batch_counts_it(tmp_path):
+    ss = [settings(*BASE, "steps=3", "optimizer.history_size=7"), settings(*BASE, "steps=3", "optimizer.history_size=3")]
+    out = batch.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
+    w, h = batch.image_size(ss[0])
+    # s and y, [B, m, n] float32 each, with m the batch's largest history_size
+    history = 2 * 2 * 7 * (3 * w * h) * 4 / 2**20
+    for o in out:
+        assert o["optimizer_history_mb"] == round(history, 3) > 0
+        assert o["optimizer_state_mb"] > o["optimizer_history_mb"]
+    adam = batch.run_trials([trial(settings(*BASE, "steps=2", "optimizer=adam"), tmp_path / "adam")])[0]
+    assert adam["optimizer_history_mb"] == 0 and adam["optimizer_state_mb"] > 0
+    # the automatic batch size prices a trial's history: a longer one costs more
+    assert batch.trial_bytes(ss[0]) - batch.trial_bytes(ss[1]) == 2 * 4 * 3 * w * h * 4
+
+
 def test_a_non_finite_trial_leaves_its_batch_and_the_others_go_on(tmp_path):
     good = [settings(*BASE, "style_weight=1e3"), settings(*BASE, "style_weight=1e5", "seed=2", "init=noise")]
     bad = settings(*BASE, "init=noise", "style_weight=1e38")  # overflows float32 at the first evaluation
