@@ -495,8 +495,8 @@ MEASURES = len(_Eval._fields) - 2  # the scalars measure() returns per row
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """[k, n] . [k, n] -> [k], one batched product."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    """[k, n] . [k, n] -> [k] in one kernel (on 2 CPU cores 10x faster than the same as a bmm)."""
+    return torch.linalg.vecdot(a, b)
 
 
 class BatchLBFGS(_Batch):
@@ -505,7 +505,7 @@ class BatchLBFGS(_Batch):
 
     What the runner does per tick, and what it costs, whatever the history size:
     - measure(): for all asked points at once, the few scalars the host-side decisions need (g.d,
-      max|g|, sum|g|, y.d, y.y, max|d|, g_x.d) as batched products, returned as one [k, 7] tensor that
+      max|g|, sum|g|, y.d, y.y, max|d|, g_x.d) as row-wise reductions, returned as one [k, 7] tensor that
       the caller brings to the host together with the losses: one transfer per tick, no other sync.
     - the strong-Wolfe search and the stopping tests run on those Python floats, per trial, as in
       torch (same branches, same order, same constants);
@@ -538,6 +538,8 @@ class BatchLBFGS(_Batch):
         self._X = flat.clone(memory_format=torch.contiguous_format)  # [B, n] the iterates
         self._D = torch.zeros_like(self._X)  # [B, n] the current directions
         self._Gx = torch.zeros_like(self._X)  # [B, n] the gradients at the iterates
+        self._dir = flat.new_zeros((b, 2))  # [B, 2] max|d| and g_x.d, taken when d is set (once per iteration)
+        self._fresh = set(range(b))  # trials waiting for their first evaluation (the only one whose sum|g| is used)
         self._S = flat.new_empty((b, m, n))  # [B, m, n] s = t d, ring buffers of history_size slots
         self._Y = flat.new_empty((b, m, n))  # [B, m, n] y = g_new - g_x
         # stored products (float64): SY[i, a, b] = s_a . y_b, YY[i, a, b] = y_a . y_b, ro = 1 / (y.s)
@@ -567,10 +569,13 @@ class BatchLBFGS(_Batch):
         idx = self._index(self._asked)
         D = self._D if idx is None else self._D.index_select(0, idx)
         Gx = self._Gx if idx is None else self._Gx.index_select(0, idx)
+        direction = self._dir if idx is None else self._dir.index_select(0, idx)  # [k, 2]
         Y = G - Gx
-        inf = float("inf")
-        return torch.stack([_rowdot(G, D), torch.linalg.vector_norm(G, inf, dim=1), torch.linalg.vector_norm(G, 1, dim=1),
-                            _rowdot(Y, D), _rowdot(Y, Y), torch.linalg.vector_norm(D, inf, dim=1), _rowdot(Gx, D)], 1)
+        # abs().amax() rather than vector_norm(inf): the latter is 15x slower on the CPU
+        G_abs = G.abs()
+        gsum = G_abs.sum(1) if self._fresh.intersection(self._asked) else G.new_zeros(k)
+        return torch.stack([_rowdot(G, D), G_abs.amax(1), gsum, _rowdot(Y, D), _rowdot(Y, Y),
+                            direction[:, 0], direction[:, 1]], 1)
 
     def tell(self, losses: Sequence[float], grads: Tensor, measured: Sequence[Sequence[float]] | None = None) -> list[int]:
         """Hand each trial its evaluation; returns the trials whose evaluation was void (see the class)."""
@@ -583,6 +588,7 @@ class BatchLBFGS(_Batch):
             if i not in self._gens:  # dropped after ask(): its row is ignored
                 continue
             ev = _Eval(float(losses[j]), *map(float, measured[j]), g=G[j])
+            self._fresh.discard(i)
             try:
                 request = self._gens[i].send(ev)
             except StopIteration as stop:
@@ -645,10 +651,12 @@ class BatchLBFGS(_Batch):
         c = self._count[i]
         if c == 0:
             torch.neg(g, out=self._D[i])
+            self._directed(i)
             return
         S, Y = self._S[i, :c], self._Y[i, :c]  # [c, n], slot order
         if ys is not None:
-            w = torch.stack([g, self._Y[i, slot], self._S[i, slot]], 1)  # [n, 3]
+            # [3, n], used transposed: S @ [n, 3]-contiguous is 2.7x slower on the CPU
+            w = torch.stack([g, self._Y[i, slot], self._S[i, slot]]).T
             ms, my = (S @ w).double(), (Y @ w).double()  # [c, 3]: s_a . (g, y_new, s_new), y_a . (...)
             self._SY[i, slot, :c] = my[:, 2]  # s_new . y_a
             self._SY[i, :c, slot] = ms[:, 1]  # s_a . y_new
@@ -681,6 +689,13 @@ class BatchLBFGS(_Batch):
         torch.mv(S.T, coef.to(d.dtype), out=d)  # S'c
         d.addmv_(Y.T, al.to(d.dtype), alpha=-h_diag)  # - H0 Y'al
         d.add_(g, alpha=-h_diag)  # - H0 g
+        self._directed(i)
+
+    def _directed(self, i: int) -> None:
+        """Take max|d| and g_x.d of a new direction, for the measures of the iteration's evaluations."""
+        d = self._D[i]
+        self._dir[i, 0] = d.abs().amax()
+        self._dir[i, 1] = self._Gx[i].dot(d)
 
     # -- each trial's decisions, on the host: `lbfgs()` with its tensors replaced by measures
 
@@ -699,6 +714,7 @@ class BatchLBFGS(_Batch):
             n_iter += 1
             if n_iter == 1:
                 torch.neg(self._Gx[i], out=D)
+                self._directed(i)
             else:
                 ys = t * flat.yd  # y.s with s = t d
                 if ys > 1e-10:  # curvature condition; otherwise the pair is skipped
@@ -710,7 +726,7 @@ class BatchLBFGS(_Batch):
             if not line_search and n_iter == max_iter:
                 # torch steps without evaluating after its last iteration: no evaluation to carry the
                 # descent test, so it is read from the device (once, at the trial's end)
-                if float(self._Gx[i].dot(D)) > -tolerance_change:
+                if float(self._dir[i, 1]) > -tolerance_change:
                     return "no descent direction"
                 X.add_(D, alpha=t)
                 return "max_iter"
