@@ -1,0 +1,177 @@
+"""The default precision for a kind of device: the fastest one whose results match fp32's.
+
+    python benchmarks/precision.py                  # GPU: 512 px, 500 evaluations; CPU: 64 px, 20
+    python benchmarks/precision.py --device cpu --size 64 --steps 20 --precisions fp32 bf16 --json PATH
+
+Per precision (default: fp32 tf32 bf16 on a GPU; fp32 bf16 on the CPU, where tf32 is an error and
+is skipped), the five trials of sweeps/style_weight.yaml (style_weight 1e3 ... 1e7) run as one
+batch through the runner (nst.batch.run_batch, logger=none, the file sink, all in a temporary
+folder), after a warm-up batch of the same trials at --warmup evaluations (cuDNN tunes its
+algorithms per precision). fp32 always runs, first: the yardstick, measured in the same process.
+
+Speed: the batch's optimisation time is the MAX of its trials' `optimisation_time` (they start
+together, so it is when the last one finished; a sum would count every shared pass five times);
+evaluations/s are all the trials' evaluations over that time; both also as ratios to fp32.
+Quality: for every trial and every standardised metric (nst.metrics: content_distance,
+style_distance, psnr, ssim), |m - m_fp32| / |m_fp32| against the same trial at fp32; the worst one
+per precision, and whether it is within --tolerance (default 2 %).
+
+The last line, "default for <device kind>: <precision>", names the precision with the most
+evaluations/s among those whose trials all completed within tolerance (fp32 always qualifies).
+Ranking by evaluations/s rather than time keeps a precision whose optimiser merely stopped sooner
+from looking faster. The project's `precision=auto` (nst.trial.resolve_precision) should be set from
+this line on each kind of GPU; on the CPU the project keeps fp32 whatever this prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+
+from nst import cli
+from nst.batch import image_size, run_batch
+from sweep import make_trials  # benchmarks/, this script's folder
+from throughput import device_name
+
+SWEEP = "style_weight"
+
+
+def sweep_overrides(size: int, steps: int, precision: str) -> list[list[str]]:
+    """Each trial's overrides: the sweep file's grid at this size, budget and precision."""
+    return cli.expand_trials([f"+sweep={SWEEP}", f"size={size}", f"steps={steps}", f"precision={precision}"],
+                             multirun=True)
+
+
+def relative_difference(value: float, reference: float) -> float:
+    """|value - reference| / |reference|; 0 when equal (infinite PSNRs included), inf when undefined."""
+    if value == reference:
+        return 0.0
+    if not (math.isfinite(value) and math.isfinite(reference)) or reference == 0:
+        return math.inf
+    return abs(value - reference) / abs(reference)
+
+
+def run_precision(precision: str, args, folder: Path) -> list[dict]:
+    """The sweep's trials at this precision, as one batch; their summaries in the sweep's order."""
+    if args.warmup:
+        run_batch(make_trials(sweep_overrides(args.size, args.warmup, precision), args.device, folder / f"warm_{precision}"))
+    trials = make_trials(sweep_overrides(args.size, args.steps, precision), args.device, folder / precision)
+    summaries = run_batch(trials)
+    for t, s in zip(trials, summaries):
+        s["style_weight"] = t.settings.style_weight
+    return summaries
+
+
+def row(precision: str, summaries: list[dict], reference: list[dict], base: dict | None, tolerance: float) -> dict:
+    """One precision's speed and its trials' metric differences to the same trials at fp32."""
+    done = [s for s in summaries if s["status"] == "completed"]
+    evaluations = sum(s["evaluations"] for s in done)
+    seconds = max((s["optimisation_time"] for s in done), default=0.0)
+    rate = evaluations / seconds if seconds > 0 else 0.0
+    trials, worst = [], (math.inf if len(done) < len(summaries) else 0.0, None, None)
+    for s, ref in zip(summaries, reference):
+        diffs = {}
+        if s["status"] == "completed":
+            diffs = {k: relative_difference(s["metrics"].get(k, math.nan), v) for k, v in ref["metrics"].items()}
+            for k, d in diffs.items():
+                if d > worst[0]:
+                    worst = (d, k, s["style_weight"])
+        trials.append({"style_weight": s["style_weight"], "status": s["status"], "error": s.get("error"),
+                       "evaluations": s.get("evaluations"), "optimisation_time": s.get("optimisation_time"),
+                       "stop_reason": s.get("stop_reason"), "metrics": s.get("metrics"),
+                       "metric_diffs": {k: _finite(d) for k, d in diffs.items()}})
+    within = worst[0] <= tolerance
+    return {"precision": precision, "completed": len(done), "trials": len(summaries),
+            "batch_sizes": sorted({s["batch"]["id"]: s["batch"]["size"] for s in summaries}.values(), reverse=True),
+            "evaluations": evaluations, "optimisation_time_s": seconds, "evals_per_s": rate,
+            "time_vs_fp32": seconds / base["optimisation_time_s"] if base else 1.0,
+            "evals_per_s_vs_fp32": rate / base["evals_per_s"] if base else 1.0,
+            "worst_metric_diff": _finite(worst[0]), "worst_metric": worst[1], "worst_style_weight": worst[2],
+            "within_tolerance": within, "per_trial": trials}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON has no inf: null is "undefined or failed"
+
+
+HEADER = (f"{'prec':<5} {'done':>5} {'batch':>5} {'evals':>6} {'time s':>8} {'evals/s':>8} {'time/fp32':>9} "
+          f"{'speed/fp32':>10} {'worst diff':>10}  {'where':<24} {'within':>6}")
+
+
+def format_row(r: dict) -> str:
+    if r["completed"] < r["trials"]:
+        diff = "failed"
+    else:
+        diff = "inf" if r["worst_metric_diff"] is None else f"{100 * r['worst_metric_diff']:9.3f}%"
+    where = f"{r['worst_metric']} @ {r['worst_style_weight']:g}" if r["worst_metric"] else "-"
+    batch = "+".join(map(str, r["batch_sizes"]))
+    return (f"{r['precision']:<5} {r['completed']:>2}/{r['trials']:<2} {batch:>5} {r['evaluations']:>6} "
+            f"{r['optimisation_time_s']:8.2f} {r['evals_per_s']:8.2f} {r['time_vs_fp32']:9.3f} "
+            f"{r['evals_per_s_vs_fp32']:10.3f} {diff:>10}  {where:<24} {'yes' if r['within_tolerance'] else 'NO':>6}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "tf32", "bf16"],
+                    help="default: fp32 tf32 bf16 on a GPU, fp32 bf16 on the CPU (fp32 always runs, first)")
+    ap.add_argument("--size", type=int, help="long side in px (default: 512 on a GPU, 64 on the CPU)")
+    ap.add_argument("--steps", type=int, help="evaluations per trial (default: 500 on a GPU, 20 on the CPU)")
+    ap.add_argument("--warmup", type=int, default=3, help="evaluations per trial of the untimed warm-up batch "
+                    "run before each precision's (0: none)")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="largest relative metric difference to fp32")
+    ap.add_argument("--json", type=Path, help="also write the rows here as JSON")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cpu = device.type == "cpu"
+    args.size = args.size or (64 if cpu else 512)
+    args.steps = args.steps or (20 if cpu else 500)
+    precisions = list(dict.fromkeys(["fp32", *(args.precisions or (["fp32", "bf16"] if cpu else ["fp32", "tf32", "bf16"]))]))
+    name = device_name(device)
+    kind = "cpu" if cpu else name
+    s0 = cli.settings_for(sweep_overrides(args.size, args.steps, "fp32")[0] + [f"device={args.device}", "logger=none"])
+    wh = image_size(s0)
+    weights = [float(o[0].split("=", 1)[1]) for o in sweep_overrides(args.size, args.steps, "fp32")]
+    print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+          f"sweep {SWEEP}: style_weight {', '.join(f'{w:g}' for w in weights)} as one batch, {s0.arch} {s0.weights}, "
+          f"{wh[0]}x{wh[1]} px, {args.steps} evaluations, {s0.optimizer.name}")
+    print(f"time: the batch's optimisation time (max over its trials); speed/fp32: evaluations/s over fp32's; "
+          f"worst diff: largest |m - m_fp32| / |m_fp32| of any standardised metric of any trial; tolerance "
+          f"{100 * args.tolerance:g} %")
+    if cpu and "tf32" in precisions:
+        print("note: tf32 skipped: a GPU mode (TensorFloat-32 tensor cores), an error on the CPU")
+        precisions.remove("tf32")
+    print(HEADER)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        reference: list[dict] = []
+        for precision in precisions:
+            summaries = run_precision(precision, args, Path(tmp))
+            if precision == "fp32":
+                failed = [s for s in summaries if s["status"] != "completed"]
+                if failed:
+                    raise SystemExit(f"fp32, the yardstick, failed at style_weight={failed[0]['style_weight']:g}: "
+                                     f"{failed[0].get('error')}")
+                reference = summaries
+            rows.append(row(precision, summaries, reference, rows[0] if rows else None, args.tolerance))
+            print(format_row(rows[-1]), flush=True)
+    qualified = [r for r in rows if r["within_tolerance"]]
+    best = max(qualified, key=lambda r: r["evals_per_s"])["precision"]
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": str(device), "device_name": name, "device_kind": kind, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "sweep": SWEEP, "style_weights": weights, "size": args.size,
+            "width": wh[0], "height": wh[1], "steps": args.steps, "warmup": args.warmup, "tolerance": args.tolerance,
+            "time": "max of the trials' optimisation_time", "rows": rows, "default": best}, indent=2), encoding="utf-8")
+    if cpu:
+        print("(the project keeps fp32 on the CPU whatever this measures)")
+    print(f"default for {kind}: {best}")
+
+
+if __name__ == "__main__":
+    main()
