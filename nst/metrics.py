@@ -58,7 +58,16 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> float:
 def standard_metrics(final: torch.Tensor, content: torch.Tensor, style: torch.Tensor | None,
                      style_blend: tuple[float, ...] = (1.0,)) -> dict[str, float]:
     """final, content: [1,3,H,W]; style: [1,3,h,w], a list of them (blended by style_blend), or None.
-    All in [0,1], on one device."""
+    All in [0,1], on one device. Scored in fp32 whatever the trial's precision (TF32 off meanwhile)."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        return _standard_metrics(final, content, style, style_blend)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def _standard_metrics(final, content, style, style_blend) -> dict[str, float]:
     ev = _evaluator(final.device)
     f_final, f_content = ev(final), ev(content)
     out = {
