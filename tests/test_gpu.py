@@ -1,4 +1,4 @@
-"""The CUDA path (skipped where there is no GPU): same objective values as the CPU, GPU summary fields."""
+"""The CUDA path (skipped where there is no GPU): same objective values as the CPU, GPU summary fields, bf16 near fp32, the vectorised L-BFGS on the device."""
 
 import pytest
 import torch
@@ -33,3 +33,36 @@ def test_bf16_on_the_gpu_stays_close_to_fp32(tmp_path):
         metrics[precision] = summary["metrics"]
     for key in ("content_distance", "style_distance", "psnr", "ssim"):
         assert metrics["bf16"][key] == pytest.approx(metrics["fp32"][key], rel=0.05), key
+
+
+def test_the_vectorised_lbfgs_on_the_gpu_asks_for_the_cpu_points():
+    """The optimiser's device path (float64, so rounding stays below the tolerance): Rosenbrock trials of
+    different history sizes and line-search modes ask for the same points on cuda as on the CPU."""
+    from nst.batch_opt import BatchLBFGS
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(4, 6, generator=gen, dtype=torch.float64) * 2 - 1.2)
+    hyper = dict(lr=1.0, max_iter=30, max_eval=60, history_size=[100, 5, 3, 10], line_search=[True, True, False, True])
+
+    def drive(device):
+        opt = BatchLBFGS(x0.to(device), **hyper)
+        points = {i: [] for i in range(4)}
+        while opt.running:
+            asked = opt.ask()
+            x = torch.stack([p for _, p in asked])
+            for i, p in asked:
+                points[i].append(p.cpu().clone())
+            x0_, x1 = x[:, :-1], x[:, 1:]
+            f = (100 * (x1 - x0_**2) ** 2 + (1 - x0_) ** 2).sum(1)
+            g = torch.zeros_like(x)
+            g[:, :-1] += -400 * x0_ * (x1 - x0_**2) - 2 * (1 - x0_)
+            g[:, 1:] += 200 * (x1 - x0_**2)
+            for i in opt.tell(f.tolist(), g):
+                points[i].pop()
+            opt.finished()
+        return points
+
+    cpu, cuda = drive("cpu"), drive("cuda")
+    for i in range(4):
+        assert len(cpu[i]) == len(cuda[i]) > 5
+        assert max(float((a - b).abs().max()) for a, b in zip(cpu[i], cuda[i])) < 1e-6
