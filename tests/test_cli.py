@@ -93,14 +93,30 @@ def bad_files(tmp_path):
     _bomb(tmp_path / "bomb.png")
 
 
-@pytest.mark.parametrize("override", list(BAD))
-def test_bad_input_gets_one_line_and_exit_2_before_any_work(run_nst, tmp_path, bad_files, override):
-    r = run_nst(override)
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, r.stderr
+def _assert_one_line_error(code: int, stderr: str, override: str, folder: Path) -> None:
+    assert code == 2, (code, stderr)
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("nst: error: " + BAD[override]), lines[0]
-    assert not (tmp_path / "outputs").exists()  # nothing ran, nothing was written
+    assert not (folder / "outputs").exists()  # nothing ran, nothing was written
+
+
+@pytest.mark.parametrize("override", list(BAD))
+def test_bad_input_gets_one_line_and_exit_2_before_any_work(tmp_path, bad_files, monkeypatch, capsys, override):
+    # main() is what `python -m nst.run` runs and exits with; in this process, each case costs no
+    # interpreter and torch start-up (the subprocess test below runs a few of them as a user does)
+    from nst.run import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main([override])
+    _assert_one_line_error(code, capsys.readouterr().err, override, tmp_path)
+
+
+# one of each kind: an image file, a setting's value, a key Hydra does not know
+@pytest.mark.parametrize("override", ["content=trunc.jpg", "size=16", "stlye_weight=1"])
+def test_bad_input_from_the_command_line(run_nst, tmp_path, bad_files, override):
+    r = run_nst(override)
+    _assert_one_line_error(r.returncode, r.stderr, override, tmp_path)
 
 
 def test_bad_value_in_one_trial_of_a_sweep_stops_the_sweep_before_it_starts(run_nst, tmp_path):
