@@ -27,12 +27,28 @@ def nst_env(tmp: Path) -> dict:
     return env
 
 
+def run_in(cwd: Path, *args: str, module: str = "nst.run", timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m <module> args...` in a subprocess with `cwd` as the working folder."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=nst_env(cwd),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture
 def run_nst(tmp_path):
     """Run `python -m <module> args...` in a subprocess with tmp_path as the working folder."""
 
     def run(*args: str, module: str = "nst.run", timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=nst_env(tmp_path),
-                              capture_output=True, text=True, timeout=timeout)
+        return run_in(tmp_path, *args, module=module, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def failing_trial_sweep(tmp_path_factory):
+    """One real sweep, with the default logger (W&B offline), whose first trial fails (no cuda:99
+    here) and whose second completes: (its folder, the finished process). Read, never changed, by
+    the tests of what a failed trial leaves (test_cli, test_sweeps, test_wandb, test_report_browser)."""
+    cwd = tmp_path_factory.mktemp("failing_trial_sweep")
+    r = run_in(cwd, "-m", "device=cuda:99,cpu", "size=32", "steps=4", "frame_every=2")
+    (sweep,) = list((cwd / "outputs" / "sweeps").iterdir())
+    return sweep, r

@@ -9,10 +9,14 @@ from helpers import summary
 TINY = ["size=32", "steps=8", "device=cpu", "frame_every=4"]
 
 
+def _trials_of(sweep: Path) -> list[Path]:
+    return sorted((d for d in sweep.iterdir() if d.is_dir() and (d / ".hydra").is_dir()), key=lambda d: int(d.name.split("_")[0]))
+
+
 def _trial_dirs(tmp_path: Path) -> list[Path]:
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1
-    return sorted((d for d in sweeps[0].iterdir() if d.is_dir() and (d / ".hydra").is_dir()), key=lambda d: int(d.name.split("_")[0]))
+    return _trials_of(sweeps[0])
 
 
 def test_single_run(run_nst, tmp_path):
@@ -39,10 +43,10 @@ def test_style_weight_sweep_one_folder_per_trial_and_style_loss_falls(run_nst, t
     assert style[0] > style[1] > style[2], style
 
 
-def test_a_failing_trial_does_not_stop_the_others(run_nst, tmp_path):
-    r = run_nst("-m", "device=cuda:99,cpu", *TINY[:2])
+def test_a_failing_trial_does_not_stop_the_others(failing_trial_sweep):
+    sweep, r = failing_trial_sweep  # -m device=cuda:99,cpu: the failing trial runs first
     assert r.returncode == 1
-    failed, ok = (summary(d) for d in _trial_dirs(tmp_path))
+    failed, ok = (summary(d) for d in _trials_of(sweep))
     assert failed["status"] == "failed" and "cuda:99" in failed["error"]
     assert ok["status"] == "completed"
     assert "1 trial(s) failed" in r.stderr and "Traceback" not in r.stderr

@@ -105,17 +105,16 @@ def test_resume_runs_only_what_is_missing(sweep, run_nst):
     assert not {after[t.path.name] for t in trials[1:3]} & set(batches.values())
 
 
-def test_a_failed_trial_is_a_marked_cell(run_nst, tmp_path):
-    r = run_nst("-m", "device=cpu,cuda:99", "size=32", "steps=4")
+def test_a_failed_trial_is_a_marked_cell(failing_trial_sweep):
+    d, r = failing_trial_sweep  # -m device=cuda:99,cpu
     assert r.returncode == 1
-    d = _sweep_dir(tmp_path)
     table = pd.read_csv(d / "results.csv")
-    assert list(table["status"]) == ["completed", "failed"]
-    assert "cuda:99" in table["error"].iloc[1]
+    assert list(table["status"]) == ["failed", "completed"]
+    assert "cuda:99" in table["error"].iloc[0]
     grid = Image.open(d / "grid.png").convert("RGB")
     box = aggregate._cell_box(aggregate.load_trials(d))
-    # the second cell is the grey "failed" cell with its red cross
-    pixels = [grid.getpixel((x, y)) for x in range(grid.width // 2, grid.width) for y in range(0, grid.height, 3)]
+    # the first cell is the grey "failed" cell with its red cross
+    pixels = [grid.getpixel((x, y)) for x in range(0, grid.width // 2) for y in range(0, grid.height, 3)]
     assert (235, 235, 235) in pixels and any(p[0] > 150 and p[1] < 80 for p in pixels)
     assert box[0] <= grid.width
 

@@ -66,13 +66,12 @@ def test_two_trial_multirun_logs_trials_and_an_aggregate_in_one_group(run_nst, t
     assert "wandb-core" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
-def test_failed_trial_run_ends_with_non_zero_exit_code(run_nst, tmp_path):
-    r = run_nst("-m", "device=cpu,cuda:99", "size=32", "steps=3")
+def test_failed_trial_run_ends_with_non_zero_exit_code(failing_trial_sweep):
+    sweep, r = failing_trial_sweep  # -m device=cuda:99,cpu
     assert r.returncode == 1
-    (sweep,) = list((tmp_path / "outputs" / "sweeps").iterdir())
     by_trial = {f.parents[2].name.split("_")[0]: inspect(f) for f in sweep.glob("*/wandb/*/*.wandb")}
-    assert by_trial["0"]["exit_code"] == 0
-    assert by_trial["1"]["exit_code"] != 0 and by_trial["1"]["summary"]["status"] == "failed"
+    assert by_trial["0"]["exit_code"] != 0 and by_trial["0"]["summary"]["status"] == "failed"
+    assert by_trial["1"]["exit_code"] == 0
 
 
 def test_disabled_writes_no_wandb_files(run_nst, tmp_path):
