@@ -2,12 +2,14 @@
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import run_in
 from nst import aggregate
 
 SWEEP = ["-m", "pooling=max,avg", "style_weight=1e3,1e6", "size=32", "steps=6", "frame_every=2", "device=cpu"]
@@ -18,11 +20,20 @@ def _sweep_dir(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.fixture
-def sweep(run_nst, tmp_path):
-    r = run_nst(*SWEEP)
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The two-axis sweep, run once for the tests below; those that change its folder change a copy."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    r = run_in(cwd, *SWEEP)
     assert r.returncode == 0, r.stderr
-    return _sweep_dir(tmp_path), r
+    return _sweep_dir(cwd), r
+
+
+@pytest.fixture
+def sweep_copy(sweep, tmp_path) -> Path:
+    d = tmp_path / sweep[0].name
+    shutil.copytree(sweep[0], d)
+    return d
 
 
 def _referenced(report: Path) -> list[str]:
@@ -61,8 +72,8 @@ def test_two_axis_sweep_aggregates(sweep):
     assert "sweep report:" in r.stderr + r.stdout
 
 
-def test_report_rebuilds_the_same_outputs_from_the_folder_alone(sweep, run_nst):
-    d, _ = sweep
+def test_report_rebuilds_the_same_outputs_from_the_folder_alone(sweep_copy, run_nst):
+    d = sweep_copy
     before = {n: (d / n).read_bytes() for n in ("results.csv", "grid.png", "report.html")}
     for n in ("results.csv", "grid.png", "curves.png", "report.html"):
         (d / n).unlink()
@@ -80,8 +91,8 @@ def test_report_errors(run_nst, tmp_path):
     assert r.returncode == 2 and "no trial folders" in r.stderr
 
 
-def test_resume_runs_only_what_is_missing(sweep, run_nst):
-    d, _ = sweep
+def test_resume_runs_only_what_is_missing(sweep_copy, run_nst):
+    d = sweep_copy
     trials = aggregate.load_trials(d)
     # one trial never finished, one failed: both must run again; the other two are skipped
     (trials[1].path / "summary.json").unlink()
