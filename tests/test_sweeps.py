@@ -147,10 +147,13 @@ def test_an_interrupted_sweep_leaves_no_half_written_files_and_resumes(tmp_path)
 
     import conftest
 
-    args = ["-m", "style_weight=1e3,1e5", "size=48", "steps=100", "device=cpu", "logger=none"]
+    # 40 evaluations of the batch take seconds: the signal, sent within 0.2 s of the first row, finds it running
+    args = ["-m", "style_weight=1e3,1e5", "size=48", "steps=40", "device=cpu", "logger=none"]
     env = conftest.nst_env(tmp_path)
+    # Ctrl-C's default action even where pytest itself runs with SIGINT ignored (started in the background)
     proc = subprocess.Popen([sys.executable, "-m", "nst.run", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     metrics = []
     while time.time() < deadline and not metrics:  # wait until the first trial is optimising
