@@ -18,8 +18,8 @@ def inspect(run_file: Path, *, records: bool = False):
     return [json.loads(l) for l in out.splitlines() if l.strip()] if records else json.loads(out)
 
 
-def run_record(run_file: Path) -> dict:
-    return next(r["run"] for r in inspect(run_file, records=True) if r["type"] == "run")
+def run_record(records: list) -> dict:
+    return next(r["run"] for r in records if r["type"] == "run")
 
 
 def test_two_trial_multirun_logs_trials_and_an_aggregate_in_one_group(run_nst, tmp_path):
@@ -28,7 +28,10 @@ def test_two_trial_multirun_logs_trials_and_an_aggregate_in_one_group(run_nst, t
     (sweep,) = list((tmp_path / "outputs" / "sweeps").iterdir())
     files = sorted(sweep.rglob("*.wandb"))
     assert len(files) == 3
-    runs = {f: run_record(f) for f in files}
+    # each run file read once as records and once as its summary (each read is a `wandb` process)
+    records = {f: inspect(f, records=True) for f in files}
+    summaries = {f: inspect(f) for f in files}
+    runs = {f: run_record(records[f]) for f in files}
     # the two trials shared one batch (one process, two live W&B runs) and still have a run each
     batches = [summary(d)["batch"] for d in sorted(p for p in sweep.iterdir() if (p / "summary.json").exists())]
     assert [b["size"] for b in batches] == [2, 2] and batches[0]["id"] == batches[1]["id"]
@@ -42,12 +45,12 @@ def test_two_trial_multirun_logs_trials_and_an_aggregate_in_one_group(run_nst, t
         s = summary(trial_dir)
         assert rec["display_name"] == s["label"]
         # the W&B config is the composed config (plus the effective loss weights)
-        config = inspect(f)["config"]
+        config = summaries[f]["config"]
         for key, value in s["config"].items():
             assert config[key] == value, key
         assert config["effective"]["style_weight"] == s["settings"]["style_weight"]
         # history: every loss term, per layer, at the logged evaluation counts
-        history = [r["history"]["item"] for r in inspect(f, records=True) if r["type"] == "history"]
+        history = [r["history"]["item"] for r in records[f] if r["type"] == "history"]
         losses = {h["evaluation"]: h for h in history if "loss/total" in h}
         local = read_jsonl(trial_dir / "metrics.jsonl")
         assert sorted(losses) == [row["evaluation"] for row in local] == list(range(1, 7))
@@ -56,12 +59,12 @@ def test_two_trial_multirun_logs_trials_and_an_aggregate_in_one_group(run_nst, t
             assert losses[row["evaluation"]]["loss/content/conv4_2"] == pytest.approx(row["content/conv4_2"])
         frames = [h["evaluation"] for h in history if h.get("frame._type") == "image-file"]
         assert frames == [1, 3, 6]
-        final = inspect(f)
+        final = summaries[f]
         assert final["exit_code"] == 0 and final["summary"]["status"] == "completed"
         assert final["summary"]["final"]["_type"] == "image-file"
         assert final["summary"]["metrics/psnr"] == pytest.approx(s["metrics"]["psnr"])
     agg = next(f for f, rec in runs.items() if rec["job_type"] == "aggregate")
-    agg_summary = inspect(agg)["summary"]
+    agg_summary = summaries[agg]["summary"]
     assert agg_summary["grid"]["_type"] == "image-file" and agg_summary["results"]["nrows"] == 2
     assert "wandb-core" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
