@@ -78,9 +78,11 @@ def test_failed_trial_run_ends_with_non_zero_exit_code(failing_trial_sweep):
 
 
 def test_disabled_writes_no_wandb_files(run_nst, tmp_path):
-    for args in (["wandb.mode=disabled"], ["logger=none"]):
-        r = run_nst(*args, "size=32", "steps=2", "device=cpu", f"hydra.run.dir=out_{args[0].split('=')[0]}")
-        assert r.returncode == 0, r.stderr
+    # one sweep: a trial with logger=none, one with W&B disabled, and the sweep's aggregate (disabled)
+    r = run_nst("-m", "logger=none,wandb", "wandb.mode=disabled", "size=32", "steps=2", "device=cpu", "hydra.sweep.dir=out")
+    assert r.returncode == 0, r.stderr
+    assert [summary(d)["config"]["logger"]["name"] for d in sorted((tmp_path / "out").glob("[01]_*"))] == ["none", "wandb"]
+    assert (tmp_path / "out" / "report.html").exists()
     assert list(tmp_path.rglob("*.wandb")) == [] and not list(tmp_path.rglob("wandb"))
 
 
