@@ -122,8 +122,10 @@ def test_slurm_launcher_on_submitits_local_executor(tmp_path):
 
 def test_a_lost_slurm_task_fails_its_batch_and_the_sweep_exits_1(tmp_path):
     # job 0's task dies (as if the node killed it); job 1's trial fails on its own, inside its task
+    # the lost task's missing result is waited for 2 s, not submitit's 15 (scaling_callbacks.ResultWait)
     r = run(tmp_path, "style_weight=1e3,1e38", *TINY, "hydra/launcher=slurm", "hydra.launcher.cluster=local",
-            "hydra.launcher.max_batch=1", *fail_job("KillWorker", 0), "hydra.sweep.dir=out")
+            "hydra.launcher.max_batch=1", *fail_job("KillWorker", 0), "+hydra.callbacks.wait._target_=scaling_callbacks.ResultWait",
+            "+hydra.callbacks.wait.seconds=2", "hydra.sweep.dir=out")
     assert r.returncode == 1
     lost, inf = trials(tmp_path / "out")
     assert lost["status"] == "failed" and lost["error"].startswith("local task ")
