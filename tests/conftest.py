@@ -52,3 +52,16 @@ def failing_trial_sweep(tmp_path_factory):
     r = run_in(cwd, "-m", "device=cuda:99,cpu", "size=32", "steps=4", "frame_every=2")
     (sweep,) = list((cwd / "outputs" / "sweeps").iterdir())
     return sweep, r
+
+
+@pytest.fixture(scope="session")
+def style_weight_sweep(tmp_path_factory):
+    """One real three-trial sweep of the style weight, with the default logger (W&B offline):
+    (its folder, the finished process, `ps -eo args` just after it ended). Read, never changed, by
+    test_cli (a folder per trial, the style loss falls as the weight rises) and test_wandb (the
+    trials' and the aggregate's W&B runs)."""
+    cwd = tmp_path_factory.mktemp("style_weight_sweep")
+    r = run_in(cwd, "-m", "style_weight=1e2,1e4,1e6", "size=32", "steps=6", "frame_every=3", "device=cpu")
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    (sweep,) = list((cwd / "outputs" / "sweeps").iterdir())
+    return sweep, r, ps

@@ -13,12 +13,6 @@ def _trials_of(sweep: Path) -> list[Path]:
     return sorted((d for d in sweep.iterdir() if d.is_dir() and (d / ".hydra").is_dir()), key=lambda d: int(d.name.split("_")[0]))
 
 
-def _trial_dirs(tmp_path: Path) -> list[Path]:
-    sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
-    assert len(sweeps) == 1
-    return _trials_of(sweeps[0])
-
-
 def test_single_run(run_nst, tmp_path):
     r = run_nst(*TINY)
     assert r.returncode == 0, r.stderr
@@ -30,10 +24,10 @@ def test_single_run(run_nst, tmp_path):
     assert summary(run_dir)["batch"]["size"] == 1  # a single run is a batch of one through the same runner
 
 
-def test_style_weight_sweep_one_folder_per_trial_and_style_loss_falls(run_nst, tmp_path):
-    r = run_nst("-m", "style_weight=1e2,1e4,1e6", "size=32", "steps=15", "device=cpu")
+def test_style_weight_sweep_one_folder_per_trial_and_style_loss_falls(style_weight_sweep):
+    sweep, r, _ = style_weight_sweep  # -m style_weight=1e2,1e4,1e6, 6 evaluations each
     assert r.returncode == 0, r.stderr
-    dirs = _trial_dirs(tmp_path)
+    dirs = _trials_of(sweep)
     assert len(dirs) == 3
     summaries = [summary(d) for d in dirs]
     assert all(s["status"] == "completed" for s in summaries)
