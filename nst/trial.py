@@ -48,7 +48,9 @@ def set_precision(precision: str, device: torch.device) -> None:
 def set_determinism(deterministic: bool, device: torch.device) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        # each call imports torch._inductor (about 1.8 s per process): only when the setting changes
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
