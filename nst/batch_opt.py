@@ -32,7 +32,6 @@ trials whose evaluation did not count; drop() a trial; collect finished() ones.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator, Sequence
 from typing import Any, NamedTuple
 
@@ -472,7 +471,6 @@ class BatchAdam(_Batch):
         return 0  # Adam keeps no history
 
 
-
 # --------------------------------------------------------------------------------------------------
 # The vectorised L-BFGS the runner uses
 
@@ -489,9 +487,6 @@ class _Eval(NamedTuple):
     dmax: float  # max |d|
     gtd_x: float  # g_x . d: the directional derivative of the current direction at x
     g: Tensor  # [n], a row of the tick's gradients
-
-
-MEASURES = len(_Eval._fields) - 2  # the scalars measure() returns per row
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -553,7 +548,7 @@ class BatchLBFGS(_Batch):
         self._pending: dict[int, Tensor] = {}  # trial -> the [n] point to evaluate
         self._tol = (tolerance_grad, tolerance_change)
         for i in range(b):
-            self._gens[i] = self._trial(i, **{name: v[i] for name, v in hyper.items()})
+            self._gens[i] = self._trial(i, **{name: v[i] for name, v in hyper.items() if name != "history_size"})
             self._pending[i] = self._point(i, next(self._gens[i]))
 
     # -- the driver's interface
@@ -699,7 +694,7 @@ class BatchLBFGS(_Batch):
 
     # -- each trial's decisions, on the host: `lbfgs()` with its tensors replaced by measures
 
-    def _trial(self, i: int, *, lr, max_iter, max_eval, history_size, line_search) -> Generator:
+    def _trial(self, i: int, *, lr, max_iter, max_eval, line_search) -> Generator:
         """Yields None (evaluate x) or t (evaluate x + t d); is sent an _Eval; returns why it stopped."""
         tolerance_grad, tolerance_change = self._tol
         X, D = self._X[i], self._D[i]
