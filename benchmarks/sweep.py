@@ -3,6 +3,7 @@
     python benchmarks/sweep.py                       # CPU: six trials at 64 px; GPU: every preset below
     python benchmarks/sweep.py --preset ablations --device cuda
     python benchmarks/sweep.py --preset six --steps 40 --max-batch 3
+    python benchmarks/sweep.py --preset six ablations --steps 2 --size 32 --limit 3 --json PATH  # a quick try-out
 
 Presets: `six` (style_weight 1e3 ... 1e8 at 64 px), `ablations` (all eleven sweeps in sweeps/ at
 128 px, 200 evaluations: 78 trials), `eight512` (eight style weights at 512 px, 500 evaluations).
@@ -16,6 +17,7 @@ loaded, cuDNN tuned), so neither mode pays that.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,22 +28,23 @@ from nst import cli
 from nst.batch import Trial, run_batch, run_trials
 from nst.settings import load_inputs
 from nst.sinks import FileSink
+from nst.trial import resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def preset(name: str, steps: int | None) -> list[list[str]]:
-    """Each trial's overrides."""
+def preset(name: str, steps: int | None, size: int | None = None) -> list[list[str]]:
+    """Each trial's overrides (`size`, `steps`: instead of the preset's own)."""
     if name == "six":
-        common = ["size=64", f"steps={steps or 30}"]
+        common = [f"size={size or 64}", f"steps={steps or 30}"]
         return [[*common, f"style_weight=1e{e}"] for e in range(3, 9)]
     if name == "eight512":
-        common = ["size=512", f"steps={steps or 500}"]
+        common = [f"size={size or 512}", f"steps={steps or 500}"]
         return [[*common, f"style_weight=1e{e}"] for e in range(2, 10)]
     if name == "ablations":
         trials = []
         for f in sorted((ROOT / "sweeps").glob("*.yaml")):
-            trials += cli.expand_trials([f"+sweep={f.stem}", "size=128", f"steps={steps or 200}"], multirun=True)
+            trials += cli.expand_trials([f"+sweep={f.stem}", f"size={size or 128}", f"steps={steps or 200}"], multirun=True)
         return trials
     raise SystemExit(f"unknown preset {name!r}; allowed: six, ablations, eight512")
 
@@ -66,10 +69,13 @@ def timed(fn) -> tuple[float, list[dict]]:
     return time.perf_counter() - t, out
 
 
-def bench(name: str, device: str, steps: int | None, max_batch: int | None) -> None:
-    overrides = preset(name, steps)
+def bench(name: str, device: str, steps: int | None, max_batch: int | None, size: int | None = None,
+          limit: int | None = None) -> dict:
+    overrides = preset(name, steps, size)[:limit]
     with tempfile.TemporaryDirectory() as tmp:
-        warm = make_trials([overrides[0][:1] + ["steps=3"]], device, Path(tmp) / "warm")
+        # the first trial at 3 evaluations: its size, so cuDNN tunes for the shapes that are timed
+        warm = make_trials([[o for o in overrides[0] if not o.startswith("steps=")] + ["steps=3"]], device,
+                           Path(tmp) / "warm")
         run_batch(warm)
         alone_s, alone = timed(lambda: [run_batch([t])[0] for t in make_trials(overrides, device, Path(tmp) / "alone")])
         batched_s, batched = timed(lambda: run_trials(make_trials(overrides, device, Path(tmp) / "batched"), max_batch))
@@ -79,7 +85,10 @@ def bench(name: str, device: str, steps: int | None, max_batch: int | None) -> N
     print(f"{name}: {len(overrides)} trials, {evals} evaluations, device {device}; batches of {sizes}"
           f"{f'; {failed} FAILED' if failed else ''}")
     print(f"  one at a time: {alone_s:8.2f} s")
-    print(f"  batched:       {batched_s:8.2f} s   speed-up {alone_s / batched_s:5.2f}x")
+    print(f"  batched:       {batched_s:8.2f} s   speed-up {alone_s / batched_s:5.2f}x", flush=True)
+    return {"preset": name, "trials": len(overrides), "evaluations": evals, "batch_sizes": sizes,
+            "failed": failed, "one_at_a_time_s": round(alone_s, 3), "batched_s": round(batched_s, 3),
+            "speedup": round(alone_s / batched_s, 3)}
 
 
 def main() -> None:
@@ -88,12 +97,21 @@ def main() -> None:
     ap.add_argument("--preset", nargs="+", default=None, help="six | ablations | eight512 (default: six on the CPU, all on a GPU)")
     ap.add_argument("--steps", type=int, default=None, help="evaluations per trial (default: the preset's)")
     ap.add_argument("--max-batch", type=int, default=None, help="largest batch (default: auto, as the launcher)")
+    ap.add_argument("--size", type=int, default=None, help="long side in px (default: the preset's)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N trials of each preset (a quick try-out)")
+    ap.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = ap.parse_args()
     presets = args.preset or (["six", "ablations", "eight512"] if args.device.startswith("cuda") else ["six"])
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device: {args.device} ({name}), fp32, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    for p in presets:
-        bench(p, args.device, args.steps, args.max_batch)
+    # the trials' own precision=auto, as the device resolves it
+    precision = resolve_precision(cli.settings_for([f"device={args.device}", "logger=none"]).precision,
+                                  torch.device(args.device))
+    print(f"device: {args.device} ({name}), precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    rows = [bench(p, args.device, args.steps, args.max_batch, args.size, args.limit) for p in presets]
+    if args.json:
+        args.json.write_text(json.dumps({"device": args.device, "device_name": name, "torch": torch.__version__,
+                                         "threads": torch.get_num_threads(), "precision": precision,
+                                         "presets": rows}, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +32,7 @@ from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, l
 from nst.objective import Objective
 from nst.settings import Settings, load_inputs
 from nst.sinks import FileSink
-from nst.trial import prepare, resolve_device, resolve_precision, set_determinism, set_precision
+from nst.trial import cpu_bf16_units, cpu_model, prepare, resolve_device, resolve_precision, set_determinism, set_precision
 
 # Dense (no sparsity) peak TFLOP/s per precision, from the vendors' data sheets. The first entry
 # whose key is in torch.cuda.get_device_name() wins; None: a variant whose peak we do not list.
@@ -61,15 +61,7 @@ def device_peaks(device: torch.device) -> dict[str, float] | None:
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def settings(device: str, size: int, precision: str, *overrides: str) -> Settings:
@@ -81,14 +73,16 @@ def deepest_layer(s: Settings) -> str:
     return max(s.objective.content_layers + s.objective.style_layers, key=names.index)
 
 
-def bare_rate(s: Settings, batch: int, evals: int) -> float:
-    """Images per second of bare evaluations: forward, objective and backward of a [batch,3,H,W] tensor."""
+def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: int = 0) -> float:
+    """Images per second of bare evaluations: forward, objective and backward of a [batch,3,H,W] tensor
+    (nhwc: the network in the channels-last layout; profile: print that many of the costliest operators)."""
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
     set_precision(precision, device)
     set_determinism(s.deterministic, device)
     layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
-    ex = FeatureExtractor(s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device, precision)
+    ex = FeatureExtractor(s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device, precision,
+                          channels_last=nhwc)
     t = prepare(s, load_inputs(s), device)
     weights = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
     obj = Objective(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **weights)
@@ -106,12 +100,25 @@ def bare_rate(s: Settings, batch: int, evals: int) -> float:
     for _ in range(evals):
         step()
     sync()
-    return batch * evals / (time.perf_counter() - start)
+    rate = batch * evals / (time.perf_counter() - start)
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            for _ in range(2):
+                step()
+            sync()
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"-- profile: {precision}{' nhwc' if nhwc else ''}, 2 evaluations --")
+        print(prof.key_averages().table(sort_by=key, row_limit=profile, max_name_column_width=40))
+    return rate
 
 
-def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, with_files: bool) -> float:
+def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, with_files: bool, nhwc: bool = False) -> float:
     """Evaluations per second (per image) of the runner's optimisation loop: `batch` trials in one batch,
-    with the file sink or none."""
+    with the file sink or none (nhwc: the network in the channels-last layout)."""
+    os.environ["NST_CHANNELS_LAST"] = "1" if nhwc else "0"  # read by the runner (nst.trial.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         def trials(steps: int) -> list[Trial]:
             s = cli.settings_for([*base, f"steps={steps}", *overrides])
@@ -141,13 +148,13 @@ def row(size: int, wh: tuple[int, int], precision: str, batch: int, what: str, r
             "ratio_to_fp32_batch1": rate / baseline if baseline else None}
 
 
-HEADER = (f"{'size':>5} {'W x H':^9} {'prec':>4} {'B':>3}  {'what':<18} {'evals/s':>9} {'GFLOP/eval':>10} "
+HEADER = (f"{'size':>5} {'W x H':^9} {'prec':>4} {'B':>3}  {'what':<23} {'evals/s':>9} {'GFLOP/eval':>10} "
           f"{'TFLOP/s':>8} {'of peak':>8} {'vs bare':>7}")
 
 
 def format_row(r: dict, cpu: bool, peak_note: str) -> str:
     peak = f"{100 * r['fraction_of_peak']:7.2f}%" if r["fraction_of_peak"] is not None else f"{peak_note:>8}"
-    line = (f"{r['size']:>5} {r['width']:>4}x{r['height']:<4} {r['precision']:>4} {r['batch']:>3}  {r['what']:<18} "
+    line = (f"{r['size']:>5} {r['width']:>4}x{r['height']:<4} {r['precision']:>4} {r['batch']:>3}  {r['what']:<23} "
             f"{r['evals_per_s']:9.2f} {r['gflop_per_eval']:10.2f} {r['tflops']:8.4f} {peak} {r['ratio_to_bare']:7.3f}")
     if cpu:
         line += f" {r['ratio_to_fp32_batch1']:10.3f}"
@@ -165,6 +172,10 @@ def main() -> None:
     ap.add_argument("--loop", action="store_true", help="also time the runner's optimisation loop per optimiser, "
                     "without and with the file sink, as a ratio to the bare evaluation")
     ap.add_argument("--loop-evals", type=int, default=30, help="evaluations per timed loop")
+    ap.add_argument("--layouts", nargs="+", choices=["nchw", "nhwc"], default=["nchw"],
+                    help="the network's memory layout: nchw (contiguous) and/or nhwc (channels-last); default nchw")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="print the N costliest operators of each bare evaluation row (torch.profiler)")
     ap.add_argument("--json", type=Path, help="also write the rows here as JSON")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -175,8 +186,12 @@ def main() -> None:
     name = device_name(device)
     s0 = settings(args.device, args.sizes[0], "fp32")
     deepest = deepest_layer(s0)
+    bf16_units = cpu_bf16_units() if cpu else None
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
           f"{s0.arch} {s0.weights} weights, {s0.pooling} pooling, layers to {deepest}; batch {args.batch}")
+    if cpu:
+        print(f"CPU bf16 units: {bf16_units or 'none (bf16 is emulated)'}; precision=auto here: "
+              f"{resolve_precision('auto', device)}")
     if peaks:
         print("dense peak TFLOP/s: " + ", ".join(f"{p} {v:g}" for p, v in peaks.items()))
     else:
@@ -205,20 +220,24 @@ def main() -> None:
         for precision in precisions:
             s = settings(args.device, size, precision)
             assert image_size(s) == wh
-            plain = precision == "fp32" and args.batch == 1 and baseline is not None
-            bare = baseline if plain else bare_rate(s, args.batch, args.evals)
-            emit(row(size, wh, precision, args.batch, "bare", bare, flops, peaks, bare, baseline))
-            if not args.loop:
-                continue
-            base = [f"device={args.device}", f"size={size}", f"precision={precision}", "logger=none"]
-            for kind, overrides in LOOPS.items():
-                for with_files in (False, True):
-                    r = loop_rate(base, overrides, args.batch, args.loop_evals, with_files)
-                    what = f"{kind} loop{' + files' if with_files else ''}"
-                    emit(row(size, wh, precision, args.batch, what, r, flops, peaks, bare, baseline))
+            for layout in args.layouts:
+                nhwc = layout == "nhwc"
+                tag = " nhwc" if nhwc else ""
+                plain = precision == "fp32" and args.batch == 1 and baseline is not None and not nhwc
+                bare = baseline if plain and not args.profile else bare_rate(s, args.batch, args.evals, nhwc, args.profile)
+                emit(row(size, wh, precision, args.batch, f"bare{tag}", bare, flops, peaks, bare, baseline))
+                if not args.loop:
+                    continue
+                base = [f"device={args.device}", f"size={size}", f"precision={precision}", "logger=none"]
+                for kind, overrides in LOOPS.items():
+                    for with_files in (False, True):
+                        r = loop_rate(base, overrides, args.batch, args.loop_evals, with_files, nhwc)
+                        what = f"{kind} loop{' + files' if with_files else ''}{tag}"
+                        emit(row(size, wh, precision, args.batch, what, r, flops, peaks, bare, baseline))
     if args.json:
         args.json.write_text(json.dumps({
             "device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_bf16": bf16_units, "auto": resolve_precision("auto", device),
             "arch": s0.arch, "weights": s0.weights, "pooling": s0.pooling, "deepest_layer": deepest,
             "batch": args.batch, "evals": args.evals, "loop_evals": args.loop_evals if args.loop else None,
             "peak_tflops": peaks, "rows": rows}, indent=2), encoding="utf-8")

@@ -36,7 +36,7 @@ from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimize import NonFiniteLoss, StepRecord
 from nst.settings import Settings, content_size
-from nst.trial import (peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
+from nst.trial import (channels_last, peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
                        write_json_atomic)
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
@@ -239,7 +239,8 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
         live[i].summary["device"], live[i].summary["precision"] = str(device), precision
         live[i].summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     spec = get_weights_spec(s0.arch, s0.weights)
-    return device, FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device, precision)
+    return device, FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device, precision,
+                                    channels_last=channels_last(device, precision))
 
 
 def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureExtractor, device: torch.device,

@@ -27,13 +27,63 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", index)
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first value of a field of /proc/cpuinfo (Linux), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or "cpu"
+
+
+CPU_BF16_UNITS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names, fastest first
+
+
+def cpu_bf16_units() -> str | None:
+    """The CPU's bfloat16 arithmetic units, as /proc/cpuinfo names them: 'amx_bf16' (Intel AMX tiles,
+    Sapphire Rapids and later), 'avx512_bf16' (bf16 dot products in AVX-512), or None (bf16 is then
+    emulated in fp32 arithmetic, no faster). NST_CPU_BF16 overrides what is read (one of those names,
+    or 'none'): for tests, and for a CPU whose flags are hidden from this process."""
+    forced = os.environ.get("NST_CPU_BF16")
+    if forced is not None:
+        forced = forced.strip().lower()
+        if forced not in (*CPU_BF16_UNITS, "none"):
+            raise InputError("NST_CPU_BF16", f"'{forced}' is not one of {', '.join(CPU_BF16_UNITS)}, none")
+        return None if forced == "none" else forced
+    flags = set((_cpuinfo("flags") or "").split())  # not Linux: none, so no bf16 units are assumed
+    return next((unit for unit in CPU_BF16_UNITS if unit in flags), None)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: tf32 on a GPU (PyTorch's own default for convolutions there), fp32 on the CPU."""
+    """auto: tf32 on a GPU (see the README's Speed section for the measurement behind it); on the CPU,
+    bf16 where the CPU has AMX-BF16 units (several times fp32's matrix rate there) and fp32 elsewhere
+    (without them bf16 is emulated and no faster; avx512_bf16 alone is not measured, so fp32)."""
     if precision == "auto":
-        return "tf32" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "tf32"
+        return "bf16" if cpu_bf16_units() == "amx_bf16" else "fp32"
     if precision == "tf32" and device.type != "cuda":
         raise InputError("precision", "tf32 is a GPU mode (TensorFloat-32 tensor cores); on the CPU use fp32 or bf16")
     return precision
+
+
+def channels_last(device: torch.device, precision: str) -> bool:
+    """Whether the network runs in the channels-last (NHWC) layout: NST_CHANNELS_LAST=1/0 forces it
+    (benchmarks compare both); otherwise where it was measured to be faster (README "Speed")."""
+    forced = os.environ.get("NST_CHANNELS_LAST", "auto").strip().lower()
+    if forced in ("1", "true", "on"):
+        return True
+    if forced in ("0", "false", "off"):
+        return False
+    return False
 
 
 def set_precision(precision: str, device: torch.device) -> None:

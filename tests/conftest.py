@@ -7,6 +7,10 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 ROOT = Path(__file__).resolve().parent.parent
+# precision=auto reads the CPU's bf16 units (bf16 on AMX-BF16 CPUs, fp32 elsewhere); the suite pins
+# it to fp32 so that its figures do not depend on the CPU a run lands on (test_precision_auto
+# overrides it). Subprocesses inherit it.
+os.environ.setdefault("NST_CPU_BF16", "none")
 
 
 @pytest.fixture(autouse=True)
