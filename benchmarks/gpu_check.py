@@ -73,6 +73,7 @@ class Part:
 class Context:
     dry: bool
     work: Path  # scratch folder (temporary)
+    opts: argparse.Namespace  # --sweep-presets, --sweep-steps, --precision-steps, --layouts, --no-loops
     py: str = sys.executable
 
     def json_path(self, name: str) -> Path:
@@ -105,8 +106,9 @@ def _throughput_cmd(c: Context) -> list[str]:
         args = ["--device", "cpu", "--sizes", "32", "--precisions", "fp32", "--evals", "1", "--loop-evals", "2"]
     else:
         args = ["--device", "cuda", "--sizes", "512", "--precisions", "fp32", "tf32", "bf16", "--evals", "30",
-                "--loop-evals", "60", "--layouts", "nchw", "nhwc"]
-    return [c.py, str(BENCH / "throughput.py"), *args, "--loop", "--json", str(c.json_path("throughput"))]
+                "--loop-evals", "60", "--layouts", *c.opts.layouts, "--bf16-autocast"]
+    loop = [] if c.opts.no_loops else ["--loop"]
+    return [c.py, str(BENCH / "throughput.py"), *args, *loop, "--json", str(c.json_path("throughput"))]
 
 
 def _throughput_read(c: Context, rec: dict) -> None:
@@ -124,7 +126,7 @@ def _throughput_read(c: Context, rec: dict) -> None:
 
 def _precision_cmd(c: Context) -> list[str]:
     args = ["--device", "cpu", "--size", "32", "--steps", "3", "--warmup", "0", "--precisions", "fp32"] if c.dry \
-        else ["--device", "cuda"]
+        else ["--device", "cuda", *(["--steps", str(c.opts.precision_steps)] if c.opts.precision_steps else [])]
     return [c.py, str(BENCH / "precision.py"), *args, "--json", str(c.json_path("precision"))]
 
 
@@ -141,8 +143,9 @@ def _precision_read(c: Context, rec: dict) -> None:
 
 
 def _sweep_cmd(c: Context) -> list[str]:
-    args = ["--device", "cpu", "--steps", "1", "--size", "32", "--limit", "3"] if c.dry else ["--device", "cuda"]
-    return [c.py, str(BENCH / "sweep.py"), "--preset", "six", "ablations", "eight512", *args,
+    args = ["--device", "cpu", "--steps", "1", "--size", "32", "--limit", "3"] if c.dry else \
+        ["--device", "cuda", *(["--steps", str(c.opts.sweep_steps)] if c.opts.sweep_steps else [])]
+    return [c.py, str(BENCH / "sweep.py"), "--preset", *c.opts.sweep_presets, *args,
             "--json", str(c.json_path("sweep"))]
 
 
@@ -246,7 +249,7 @@ def inner_oom_split(out: Path) -> None:
     trials = make_trials([["size=512", "steps=5", f"style_weight=1e{e}"] for e in range(2, 10)], "cuda", out / "oom")
     per_trial = trial_bytes(trials[0].settings)
     cap = 600 * 2**20 + 3 * per_trial  # the network, its workspace, about three trials
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), 0)
     t = time.perf_counter()
     summaries = run_trials(trials, max_batch=8)
     split_s = time.perf_counter() - t
@@ -429,6 +432,13 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="on the CPU: tiny sizes; parts that need CUDA are skipped")
     ap.add_argument("--budget", type=float, default=480, help="seconds for all parts together (default 480)")
     ap.add_argument("--only", nargs="+", choices=[p.name for p in PARTS], help="run these parts only")
+    ap.add_argument("--sweep-presets", nargs="+", default=["six", "ablations", "eight512"],
+                    choices=["six", "ablations", "eight512"], help="the sweep part's presets (default: all three)")
+    ap.add_argument("--sweep-steps", type=int, help="evaluations per sweep trial instead of each preset's own")
+    ap.add_argument("--precision-steps", type=int, help="evaluations per precision trial instead of 500")
+    ap.add_argument("--layouts", nargs="+", default=["nchw"], choices=["nchw", "nhwc"],
+                    help="the throughput part's layouts on the GPU (default nchw: nhwc won no loop there)")
+    ap.add_argument("--no-loops", action="store_true", help="the throughput part without the optimiser loops")
     ap.add_argument("--inner", choices=["oom_split", "host_cpu"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -442,11 +452,12 @@ def main() -> None:
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; on the CPU run it with --dry-run")
     start = time.perf_counter()
-    report = {"dry_run": args.dry_run, "budget_s": args.budget, "environment": environment(), "parts": []}
+    report = {"dry_run": args.dry_run, "budget_s": args.budget, "environment": environment(), "parts": [],
+              "settings": {k: os.environ[k] for k in ("NST_CUDNN_BENCHMARK", "NST_CHANNELS_LAST") if k in os.environ}}
     print(f"GPU check{' (dry run)' if args.dry_run else ''}: {report['environment']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nst_gpu_check_") as tmp, \
             open(args.out / "gpu_check.log", "w", encoding="utf-8") as log:
-        c = Context(dry=args.dry_run, work=Path(tmp))
+        c = Context(dry=args.dry_run, work=Path(tmp), opts=args)
         chosen = [p for p in PARTS if not args.only or p.name in args.only]
         for n, part in enumerate(chosen, 1):
             left = args.budget - (time.perf_counter() - start)

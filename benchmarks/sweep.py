@@ -28,7 +28,7 @@ from nst import cli
 from nst.batch import Trial, run_batch, run_trials
 from nst.settings import load_inputs
 from nst.sinks import FileSink
-from nst.trial import resolve_precision
+from nst.trial import cudnn_autotune, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,6 +106,8 @@ def main() -> None:
     # the trials' own precision=auto, as the device resolves it
     precision = resolve_precision(cli.settings_for([f"device={args.device}", "logger=none"]).precision,
                                   torch.device(args.device))
+    if args.device.startswith("cuda"):
+        print(f"cuDNN autotuning (cudnn.benchmark): {'on' if cudnn_autotune() else 'off'}")
     print(f"device: {args.device} ({name}), precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     rows = [bench(p, args.device, args.steps, args.max_batch, args.size, args.limit) for p in presets]
     if args.json:

@@ -32,7 +32,7 @@ from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, l
 from nst.objective import Objective
 from nst.settings import Settings, load_inputs
 from nst.sinks import FileSink
-from nst.trial import cpu_bf16_units, cpu_model, prepare, resolve_device, resolve_precision, set_determinism, set_precision
+from nst.trial import cpu_bf16_units, cpu_model, cudnn_autotune, prepare, resolve_device, resolve_precision, set_determinism, set_precision
 
 # Dense (no sparsity) peak TFLOP/s per precision, from the vendors' data sheets. The first entry
 # whose key is in torch.cuda.get_device_name() wins; None: a variant whose peak we do not list.
@@ -73,7 +73,7 @@ def deepest_layer(s: Settings) -> str:
     return max(s.objective.content_layers + s.objective.style_layers, key=names.index)
 
 
-def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: int = 0) -> float:
+def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: int = 0, autocast: bool = False) -> float:
     """Images per second of bare evaluations: forward, objective and backward of a [batch,3,H,W] tensor
     (nhwc: the network in the channels-last layout; profile: print that many of the costliest operators)."""
     device = resolve_device(s.device)
@@ -82,7 +82,7 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
     set_determinism(s.deterministic, device)
     layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
     ex = FeatureExtractor(s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device, precision,
-                          channels_last=nhwc)
+                          channels_last=nhwc, bf16_autocast=autocast)
     t = prepare(s, load_inputs(s), device)
     weights = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
     obj = Objective(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **weights)
@@ -174,6 +174,8 @@ def main() -> None:
     ap.add_argument("--loop-evals", type=int, default=30, help="evaluations per timed loop")
     ap.add_argument("--layouts", nargs="+", choices=["nchw", "nhwc"], default=["nchw"],
                     help="the network's memory layout: nchw (contiguous) and/or nhwc (channels-last); default nchw")
+    ap.add_argument("--bf16-autocast", action="store_true",
+                    help="also time bf16's bare evaluation under autocast (weights cast at every call), the former path")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="print the N costliest operators of each bare evaluation row (torch.profiler)")
     ap.add_argument("--json", type=Path, help="also write the rows here as JSON")
@@ -192,6 +194,8 @@ def main() -> None:
     if cpu:
         print(f"CPU bf16 units: {bf16_units or 'none (bf16 is emulated)'}; precision=auto here: "
               f"{resolve_precision('auto', device)}")
+    if not cpu:
+        print(f"cuDNN autotuning (cudnn.benchmark): {'on' if cudnn_autotune() else 'off'}")
     if peaks:
         print("dense peak TFLOP/s: " + ", ".join(f"{p} {v:g}" for p, v in peaks.items()))
     else:
@@ -226,6 +230,9 @@ def main() -> None:
                 plain = precision == "fp32" and args.batch == 1 and baseline is not None and not nhwc
                 bare = baseline if plain and not args.profile else bare_rate(s, args.batch, args.evals, nhwc, args.profile)
                 emit(row(size, wh, precision, args.batch, f"bare{tag}", bare, flops, peaks, bare, baseline))
+                if precision == "bf16" and args.bf16_autocast:
+                    r = bare_rate(s, args.batch, args.evals, nhwc, args.profile, autocast=True)
+                    emit(row(size, wh, precision, args.batch, f"bare autocast{tag}", r, flops, peaks, r, baseline))
                 if not args.loop:
                     continue
                 base = [f"device={args.device}", f"size={size}", f"precision={precision}", "logger=none"]
@@ -237,7 +244,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_bf16": bf16_units, "auto": resolve_precision("auto", device),
+            "cpu_bf16": bf16_units, "auto": resolve_precision("auto", device), "cudnn_benchmark": cudnn_autotune(),
             "arch": s0.arch, "weights": s0.weights, "pooling": s0.pooling, "deepest_layer": deepest,
             "batch": args.batch, "evals": args.evals, "loop_evals": args.loop_evals if args.loop else None,
             "peak_tflops": peaks, "rows": rows}, indent=2), encoding="utf-8")

@@ -210,14 +210,21 @@ class FeatureExtractor(nn.Module):
     """VGG truncated after the deepest requested layer, frozen; returns {layer name: [B,C,h,w]}."""
 
     def __init__(self, arch: str, spec: WeightsSpec, layers: list[str], pooling: str, device: torch.device,
-                 precision: str = "fp32", channels_last: bool = False):
+                 precision: str = "fp32", channels_last: bool = False, bf16_autocast: bool = False):
         super().__init__()
         # channels_last: activations and weights in NHWC layout (oneDNN's and cuDNN's native one for
         # bf16); the same arithmetic, other kernels. nst.trial.channels_last says when it is used.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # bf16: the convolutions run in bfloat16 under autocast; what comes out is cast back to
-        # float32 by the objective (Gram matrices, losses and the optimiser stay float32).
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        # bf16: the network's weights are stored in bfloat16 and the (preprocessed) image is cast to
+        # it once, so convolutions, ReLUs and poolings run in bfloat16 with float32 accumulation;
+        # what comes out is cast back to float32 by the objective (Gram matrices, losses and the
+        # optimiser stay float32). The same arithmetic as autocast, without autocast's casting of
+        # every weight at every call (its cache skips weights that need no gradient): the CPU
+        # profile in README "Speed" shows those copies. bf16_autocast keeps the autocast path, for
+        # benchmarks/throughput.py --bf16-autocast to compare.
+        bf16 = precision == "bf16"
+        self.autocast_dtype = torch.bfloat16 if bf16 and bf16_autocast else None
+        self.dtype = torch.bfloat16 if bf16 and not bf16_autocast else torch.float32
         check_layers("layers", arch, layers)
         self.spec, self.layers = spec, list(dict.fromkeys(layers))
         table = layer_table(arch)
@@ -240,7 +247,7 @@ class FeatureExtractor(nn.Module):
                 # Gatys et al. replace max by average pooling; `pooling` picks either.
                 modules[name] = POOLING[pooling](kernel_size=2, stride=2)
         self.net = nn.Sequential(modules)
-        self.net.to(memory_format=self.memory_format)
+        self.net.to(dtype=self.dtype, memory_format=self.memory_format)
         self.requires_grad_(False)  # backward then computes only the image gradient
         self.eval()
 
@@ -252,7 +259,7 @@ class FeatureExtractor(nn.Module):
 
     def _forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.spec.preprocess(image)  # [B,3,H,W] RGB [0,1] -> the weights' own input space
-        x = x.contiguous(memory_format=self.memory_format)
+        x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
         wanted, out = set(self.layers), {}
         for name, module in self.net.named_children():
             x = module(x)

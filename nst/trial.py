@@ -102,7 +102,16 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
         # each call imports torch._inductor (about 1.8 s per process): only when the setting changes
         torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic and cudnn_autotune()
+
+
+def cudnn_autotune() -> bool:
+    """cuDNN's autotuning (torch.backends.cudnn.benchmark): NST_CUDNN_BENCHMARK=1/0 forces it (the
+    benchmarks compare both); otherwise as measured (README "Speed")."""
+    forced = os.environ.get("NST_CUDNN_BENCHMARK", "auto").strip().lower()
+    if forced in ("0", "false", "off"):
+        return False
+    return True
 
 
 def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | None = None) -> dict:
