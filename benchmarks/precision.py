@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -73,13 +74,13 @@ def run_noise(args, folder: Path) -> tuple[list[dict], str]:
     What that moves is the float-noise floor a precision is judged against."""
     trials = make_trials(sweep_overrides(args.size, args.steps, "fp32"), args.device, folder / "fp32_noise")
     if args.device == "cpu":
-        threads = torch.get_num_threads()
+        threads = int(os.environ["NST_CPU_THREADS"])  # main() pins it for every batch
         other = 1 if threads > 1 else 2
-        torch.set_num_threads(other)
+        os.environ["NST_CPU_THREADS"] = str(other)  # read by the runner (nst.trial.cpu_threads)
         try:
             summaries = run_batch(trials)
         finally:
-            torch.set_num_threads(threads)
+            os.environ["NST_CPU_THREADS"] = str(threads)
         how = f"fp32 on {other} thread(s) instead of {threads}"
     else:
         summaries = [run_batch([t])[0] for t in trials]
@@ -153,6 +154,8 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     cpu = device.type == "cpu"
+    if cpu:  # every batch on the same threads (not the runner's idle-core rule), but the noise run's
+        os.environ.setdefault("NST_CPU_THREADS", str(torch.get_num_threads()))
     args.size = args.size or (64 if cpu else 512)
     args.steps = args.steps or (20 if cpu else 500)
     precisions = list(dict.fromkeys(["fp32", *(args.precisions or (["fp32", "bf16"] if cpu else ["fp32", "tf32", "bf16"]))]))

@@ -107,7 +107,8 @@ def main() -> None:
     precision = resolve_precision(cli.settings_for([f"device={args.device}", "logger=none"]).precision,
                                   torch.device(args.device))
     if args.device.startswith("cuda"):
-        print(f"cuDNN autotuning (cudnn.benchmark): {'on' if cudnn_autotune() else 'off'}")
+        print(f"cuDNN autotuning (cudnn.benchmark): batch of one {'on' if cudnn_autotune(1) else 'off'}, "
+              f"larger batches {'on' if cudnn_autotune(2) else 'off'}")
     print(f"device: {args.device} ({name}), precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     rows = [bench(p, args.device, args.steps, args.max_batch, args.size, args.limit) for p in presets]
     if args.json:

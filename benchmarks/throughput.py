@@ -79,7 +79,7 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
     set_precision(precision, device)
-    set_determinism(s.deterministic, device)
+    set_determinism(s.deterministic, device, batch)
     layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
     ex = FeatureExtractor(s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device, precision,
                           channels_last=nhwc, bf16_autocast=autocast)
@@ -195,7 +195,8 @@ def main() -> None:
         print(f"CPU bf16 units: {bf16_units or 'none (bf16 is emulated)'}; precision=auto here: "
               f"{resolve_precision('auto', device)}")
     if not cpu:
-        print(f"cuDNN autotuning (cudnn.benchmark): {'on' if cudnn_autotune() else 'off'}")
+        print(f"cuDNN autotuning (cudnn.benchmark): batch of one {'on' if cudnn_autotune(1) else 'off'}, "
+              f"larger batches {'on' if cudnn_autotune(2) else 'off'}")
     if peaks:
         print("dense peak TFLOP/s: " + ", ".join(f"{p} {v:g}" for p, v in peaks.items()))
     else:
@@ -244,7 +245,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_bf16": bf16_units, "auto": resolve_precision("auto", device), "cudnn_benchmark": cudnn_autotune(),
+            "cpu_bf16": bf16_units, "auto": resolve_precision("auto", device), "cudnn_benchmark": {"batch_of_one": cudnn_autotune(1), "larger": cudnn_autotune(2)},
             "arch": s0.arch, "weights": s0.weights, "pooling": s0.pooling, "deepest_layer": deepest,
             "batch": args.batch, "evals": args.evals, "loop_evals": args.loop_evals if args.loop else None,
             "peak_tflops": peaks, "rows": rows}, indent=2), encoding="utf-8")

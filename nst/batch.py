@@ -36,7 +36,7 @@ from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimize import NonFiniteLoss, StepRecord
 from nst.settings import Settings, content_size
-from nst.trial import (channels_last, peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
+from nst.trial import (channels_last, cpu_threads, peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
                        write_json_atomic)
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
@@ -125,6 +125,14 @@ def run_trials(trials: list[Trial], max_batch: int | None = None) -> list[dict]:
 
 def run_batch(trials: list[Trial]) -> list[dict]:
     """Run compatible trials as one batch (see group_key); returns their summaries in order."""
+    threads = torch.get_num_threads()
+    try:
+        return _run_batch(trials)
+    finally:
+        torch.set_num_threads(threads)  # a CPU batch chose its own (nst.trial.cpu_threads)
+
+
+def _run_batch(trials: list[Trial]) -> list[dict]:
     batch_id = uuid.uuid4().hex[:8]
     summaries: list[dict | None] = [None] * len(trials)
     todo = [list(range(len(trials)))]
@@ -228,7 +236,9 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
     device = resolve_device(s0.device)
     precision = resolve_precision(s0.precision, device)
     set_precision(precision, device)
-    set_determinism(s0.deterministic, device)
+    set_determinism(s0.deterministic, device, len(running))
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())  # the cores idle now: threads waiting on a busy core stall the batch
     torch.manual_seed(s0.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -237,6 +247,8 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
         s = live[i].trial.settings
         layers += list(s.objective.content_layers + s.objective.style_layers)
         live[i].summary["device"], live[i].summary["precision"] = str(device), precision
+        if device.type == "cpu":
+            live[i].summary["cpu_threads"] = torch.get_num_threads()
         live[i].summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     spec = get_weights_spec(s0.arch, s0.weights)
     return device, FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device, precision,

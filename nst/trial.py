@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import time
 from pathlib import Path
 
 import torch
@@ -63,27 +64,66 @@ def cpu_bf16_units() -> str | None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: tf32 on a GPU (see the README's Speed section for the measurement behind it); on the CPU,
-    bf16 where the CPU has AMX-BF16 units (several times fp32's matrix rate there) and fp32 elsewhere
-    (without them bf16 is emulated and no faster; avx512_bf16 alone is not measured, so fp32)."""
+    """auto: tf32 on a GPU, fp32 on the CPU whatever its bf16 units. Both as measured (README "Speed"):
+    on an H200 bf16 was no faster than tf32 (bare evaluation at 512x384: 6.3 against 5.1 ms); on an
+    Intel Xeon with AMX-BF16 (2 threads) bf16 evaluated 1.8-2.2x faster than fp32 but moved the
+    standardised metrics 9.5 % from fp32's, beyond that run's float-noise floor of 5.3 %
+    (benchmarks/precision.py, 64 px, 30 evaluations), so there it is offered (precision=bf16; the log
+    says so), not chosen."""
     if precision == "auto":
-        if device.type == "cuda":
-            return "tf32"
-        return "bf16" if cpu_bf16_units() == "amx_bf16" else "fp32"
+        return "tf32" if device.type == "cuda" else "fp32"
     if precision == "tf32" and device.type != "cuda":
         raise InputError("precision", "tf32 is a GPU mode (TensorFloat-32 tensor cores); on the CPU use fp32 or bf16")
     return precision
 
 
 def channels_last(device: torch.device, precision: str) -> bool:
-    """Whether the network runs in the channels-last (NHWC) layout: NST_CHANNELS_LAST=1/0 forces it
-    (benchmarks compare both); otherwise where it was measured to be faster (README "Speed")."""
+    """Whether the network runs in the channels-last (NHWC) layout: for bf16 on the CPU, where oneDNN's
+    bf16 kernels want it (Intel Xeon with AMX-BF16, 2 threads, 256x192: 6.4 against 5.2 evaluations/s).
+    Elsewhere it won nothing measurable (fp32 on that CPU +3 %, on an AMD EPYC -1.5 %; an H200's tf32
+    bare evaluation +5 % with its optimiser loops unchanged, its bf16 slower), README "Speed".
+    NST_CHANNELS_LAST=1/0 forces it (the benchmarks compare both)."""
     forced = os.environ.get("NST_CHANNELS_LAST", "auto").strip().lower()
     if forced in ("1", "true", "on"):
         return True
     if forced in ("0", "false", "off"):
         return False
-    return False
+    return device.type == "cpu" and precision == "bf16"
+
+
+_THREADS = torch.get_num_threads()  # the process's own limit (OMP_NUM_THREADS, a worker's share of the cores)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for the next batch on the CPU: the cores idle just now (sampled from /proc/stat
+    over 0.2 s), at least 1 and at most the process's limit. With all its threads busy-waiting on a
+    core another process holds, torch ran a 4-trial batch 2x slower with 2 threads than with 1 against
+    a busy Python loop, and up to 7x slower against another torch job (2 cores, benchmarks/threads.py);
+    on an idle machine 2 threads are 1.6x faster. NST_CPU_THREADS=N forces N."""
+    forced = os.environ.get("NST_CPU_THREADS", "auto").strip().lower()
+    if forced != "auto":
+        if not forced.isdigit() or int(forced) < 1:
+            raise InputError("NST_CPU_THREADS", f"'{forced}' is not 'auto' or a number of threads >= 1")
+        return int(forced)
+    if _THREADS == 1:
+        return 1
+    try:
+        busy0, total0 = _cpu_ticks()
+        time.sleep(0.2)
+        busy1, total1 = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return _THREADS  # no /proc/stat (not Linux): the process's limit
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    idle = (os.cpu_count() or cores) * (1 - (busy1 - busy0) / max(1, total1 - total0))  # idle cores, machine-wide
+    return max(1, min(_THREADS, cores, round(idle)))
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat's first line."""
+    with open("/proc/stat", encoding="ascii") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return sum(v) - idle, sum(v)
 
 
 def set_precision(precision: str, device: torch.device) -> None:
@@ -95,23 +135,29 @@ def set_precision(precision: str, device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def set_determinism(deterministic: bool, device: torch.device) -> None:
+def set_determinism(deterministic: bool, device: torch.device, batch_size: int = 1) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if torch.are_deterministic_algorithms_enabled() != deterministic:
         # each call imports torch._inductor (about 1.8 s per process): only when the setting changes
         torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic and cudnn_autotune()
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic and cudnn_autotune(batch_size)
 
 
-def cudnn_autotune() -> bool:
-    """cuDNN's autotuning (torch.backends.cudnn.benchmark): NST_CUDNN_BENCHMARK=1/0 forces it (the
-    benchmarks compare both); otherwise as measured (README "Speed")."""
+def cudnn_autotune(batch_size: int = 1) -> bool:
+    """Whether cuDNN times its algorithms for each new input shape (torch.backends.cudnn.benchmark).
+    Measured on an H200 (torch 2.11, tf32, README "Speed"): for a batch of one, whose shape never
+    changes, autotuning is worth it (bare evaluation at 512x384: 6.2 ms against 6.8 ms with cuDNN's
+    heuristics; six 64 px trials one at a time: 6.6 s against 7.6 s). A batch shrinks as its trials
+    finish, and every new size is tuned again: six trials batched took 7.7 s with autotuning and 4.5 s
+    without. So: on for a batch of one, off for larger batches. NST_CUDNN_BENCHMARK=1/0 forces it."""
     forced = os.environ.get("NST_CUDNN_BENCHMARK", "auto").strip().lower()
+    if forced in ("1", "true", "on"):
+        return True
     if forced in ("0", "false", "off"):
         return False
-    return True
+    return batch_size == 1
 
 
 def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | None = None) -> dict:
