@@ -43,7 +43,7 @@ def preset(name: str, steps: int | None, size: int | None = None) -> list[list[s
         return [[*common, f"style_weight=1e{e}"] for e in range(2, 10)]
     if name == "ablations":
         trials = []
-        for f in sorted((ROOT / "sweeps").glob("*.yaml")):
+        for f in sorted((cli.CONF_DIR / "sweep").glob("*.yaml")):
             trials += cli.expand_trials([f"+sweep={f.stem}", f"size={size or 128}", f"steps={steps or 200}"], multirun=True)
         return trials
     raise SystemExit(f"unknown preset {name!r}; allowed: six, ablations, eight512")

@@ -19,7 +19,9 @@ from nst.search import OBJECTIVES
 from nst.search import check as check_objective
 from nst.settings import load_inputs, settings_from_dict
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The configs ship inside the package (nst/conf; the ready sweeps are its sweep/ group, also reached as
+# sweeps/ from a clone), so that an installed wheel runs from any folder.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 VERSION_BASE = "1.3"
 _UID = uuid.uuid4().hex[:6]
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"

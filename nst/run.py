@@ -190,7 +190,7 @@ _task.batch_key = batch_key
 _task.batch_size = batch_size
 _task.lost_batch = lost_batch
 # An absolute path: Hydra resolves a relative one against the package when the entry point is not
-# `python -m nst.run` (the nst-run script, an import), and conf/ lives beside the package.
+# `python -m nst.run` (the console scripts, `python -m nst`: an import); conf/ is nst/conf.
 app = hydra.main(version_base=cli.VERSION_BASE, config_path=str(cli.CONF_DIR), config_name="config")(_task)
 
 

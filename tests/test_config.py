@@ -10,7 +10,7 @@ from nst.settings import settings_from_dict
 
 CONF = cli.CONF_DIR
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "optimizer", "init", "layers", "logger")}
-SWEEPS = sorted(p.stem for p in (CONF.parent / "sweeps").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 
 
 def _compose(overrides, hydra_config=False):

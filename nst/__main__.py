@@ -1,0 +1,6 @@
+"""`python -m nst`: the app, as `python -m nst.run` and the `nst` command."""
+
+from nst.run import main
+
+if __name__ == "__main__":
+    main()
