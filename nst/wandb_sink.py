@@ -164,6 +164,13 @@ class WandbSink:
                         "peak_memory_mb", "peak_memory_kind", "device", "device_name"):
                 if summary.get(key) is not None:
                     flat[key] = summary[key]
+            objective = (summary.get("config") or {}).get("objective")
+            if ok and objective:
+                # what a search minimises, as summary.json will record it (nst.run._result)
+                from nst import search
+
+                flat["objective"] = search.value(objective, summary, summary["config"].get("target_psnr"))
+                flat["objective_name"] = objective
             self.run.summary.update(flat)
         except Exception as e:  # noqa: BLE001
             warn_once("close", f"W&B could not record the run's results ({type(e).__name__}: {e})")
@@ -191,8 +198,12 @@ def log_aggregate(opts: dict, sweep_dir: Path, outputs: dict, *, group: str, con
         import wandb
 
         table = pd.read_csv(outputs["results"])
+        data = table.astype(object).where(table.notna(), None)
+        # each trial's final image beside its values, metrics and objective (none for a failed trial)
+        finals = [sweep_dir / str(name) / "final.png" for name in data["trial"]]
+        data.insert(1, "image", [wandb.Image(str(f)) if f.exists() else None for f in finals])
         run.log({"grid": wandb.Image(str(outputs["grid"])), "curves": wandb.Image(str(outputs["curves"])),
-                 "results": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))})
+                 "results": wandb.Table(columns=list(data.columns), data=data.values.tolist())})
     except Exception as e:  # noqa: BLE001
         exit_code = 1
         warn_once("aggregate", f"W&B could not log the sweep's aggregate ({type(e).__name__}: {e})")

@@ -64,12 +64,14 @@ def failing_trial_sweep(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def style_weight_sweep(tmp_path_factory):
-    """One real three-trial sweep of the style weight, with the default logger (W&B offline):
+    """One real three-trial sweep of the style weight, with the default logger (W&B offline) and an
+    objective (as a search's trials have):
     (its folder, the finished process, `ps -eo args` just after it ended). Read, never changed, by
     test_cli (a folder per trial, the style loss falls as the weight rises) and test_wandb (the
     trials' and the aggregate's W&B runs)."""
     cwd = tmp_path_factory.mktemp("style_weight_sweep")
-    r = run_in(cwd, "-m", "style_weight=1e2,1e4,1e6", "size=32", "steps=6", "frame_every=3", "device=cpu")
+    r = run_in(cwd, "-m", "style_weight=1e2,1e4,1e6", "size=32", "steps=6", "frame_every=3", "device=cpu",
+               "objective=final_loss")
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     (sweep,) = list((cwd / "outputs" / "sweeps").iterdir())
     return sweep, r, ps

@@ -62,9 +62,26 @@ def test_a_multirun_logs_trials_and_an_aggregate_in_one_group(style_weight_sweep
         assert final["exit_code"] == 0 and final["summary"]["status"] == "completed"
         assert final["summary"]["final"]["_type"] == "image-file"
         assert final["summary"]["metrics/psnr"] == pytest.approx(s["metrics"]["psnr"])
+        # the trial's objective (what a search minimises), as its summary.json has it
+        assert final["summary"]["objective"] == pytest.approx(s["objective"]["value"])
+        assert final["summary"]["objective_name"] == s["objective"]["name"] == "final_loss"
     agg = next(f for f, rec in runs.items() if rec["job_type"] == "aggregate")
     agg_summary = summaries[agg]["summary"]
     assert agg_summary["grid"]["_type"] == "image-file" and agg_summary["results"]["nrows"] == 3
+    # the results table, as W&B keeps it offline: a run_table artifact whose files are staged in the
+    # sweep folder (named by absolute path, for `wandb sync`): an image column, one final image per trial
+    (artifact,) = [r["artifact"] for r in records[agg] if r["type"] == "artifact" and r["artifact"]["name"].endswith("-results")]
+    staged = {c["path"]: Path(c["local_path"]) for c in artifact["manifest"]["contents"]}
+    # the test's WANDB_DATA_DIR (conftest.nst_env) beside outputs/; by default the sweep's wandb/.data
+    assert all(p.is_relative_to(sweep.parents[2] / ".wandb-data") and p.exists() for p in staged.values())
+    table = json.loads(staged["results.table.json"].read_text())
+    columns = table["columns"]
+    assert columns[:2] == ["trial", "image"] and {"style_weight", "objective", "psnr"} <= set(columns)
+    assert len(table["data"]) == 3
+    for row in table["data"]:
+        image = row[columns.index("image")]
+        assert image["_type"] == "image-file"
+        assert staged[image["path"]].read_bytes() == (sweep / row[columns.index("trial")] / "final.png").read_bytes()
     assert "wandb-core" not in ps  # the sweep's process left no W&B service running
 
 
