@@ -36,7 +36,7 @@ from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimize import NonFiniteLoss, StepRecord
 from nst.settings import Settings, content_size
-from nst.trial import (channels_last, cpu_threads, peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
+from nst.trial import (channels_last, cpu_threads, lbfgs_products_on_host, peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
                        write_json_atomic)
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
@@ -300,7 +300,8 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
         # One torch.optim.LBFGS step() per trial and level with max_iter = max_eval = its budget (see nst.batch_opt).
         opt = BatchLBFGS(x0, lr=[s.optimizer.lr for s in settings], max_iter=budgets, max_eval=budgets,
                          history_size=[s.optimizer.history_size for s in settings],
-                         line_search=[s.optimizer.line_search for s in settings])
+                         line_search=[s.optimizer.line_search for s in settings],
+                         small_on_host=lbfgs_products_on_host(device))
     else:
         opt = BatchAdam(x0, lr=[s.optimizer.lr for s in settings], betas=[s.optimizer.betas for s in settings],
                         max_iter=budgets)

@@ -98,6 +98,18 @@ def channels_last(device: torch.device, precision: str) -> bool:
     return device.type == "cpu" and precision == "bf16"
 
 
+def lbfgs_products_on_host(device: torch.device) -> bool:
+    """Whether the vectorised L-BFGS keeps its float64 history products on the host
+    (nst.batch_opt.BatchLBFGS, small_on_host): on Apple's GPU, which has no float64. Elsewhere they
+    stay on the device. NST_LBFGS_HOST_PRODUCTS=1/0 forces it (the tests take that path on the CPU)."""
+    forced = os.environ.get("NST_LBFGS_HOST_PRODUCTS", "auto").strip().lower()
+    if forced in ("1", "true", "on"):
+        return True
+    if forced in ("0", "false", "off"):
+        return False
+    return device.type == "mps"
+
+
 _THREADS = torch.get_num_threads()  # the process's own limit (OMP_NUM_THREADS, a worker's share of the cores)
 
 
