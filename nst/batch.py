@@ -36,7 +36,7 @@ from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimize import NonFiniteLoss, StepRecord
 from nst.settings import Settings, content_size
-from nst.trial import (channels_last, cpu_threads, peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
+from nst.trial import (channels_last, cpu_threads, lbfgs_products_on_host, peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
                        write_json_atomic)
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
@@ -67,7 +67,8 @@ def group_key(s: Settings) -> tuple:
 
 
 def auto_batch_size(settings: list[Settings]) -> int:
-    """max_batch=auto: on the CPU a small fixed number; on a GPU what its free memory holds."""
+    """max_batch=auto: on the CPU a small fixed number; on a CUDA GPU what its free memory holds.
+    Apple's GPU (mps) shares the machine's memory and reports no free figure: the CPU's number."""
     s = settings[0]
     device = resolve_device(s.device)
     if device.type != "cuda":
@@ -214,7 +215,7 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         for i in unfinished:
             _close_sinks(live[i], {**live[i].summary, "status": "retried"})
         if device is not None:
-            torch.cuda.empty_cache()
+            _empty_cache(device)
         return unfinished, str(e).splitlines()[0]
     except BaseException as e:  # noqa: BLE001 - every unfinished trial records the failure, Ctrl-C included
         for i in idxs:
@@ -225,8 +226,8 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
     finally:
         for i in idxs:
             summaries[i] = live[i].summary
-        if device is not None and device.type == "cuda":
-            torch.cuda.empty_cache()  # hand this batch's blocks to the next one
+        if device is not None:
+            _empty_cache(device)  # hand this batch's blocks to the next one
     return [], None
 
 
@@ -249,7 +250,7 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
         live[i].summary["device"], live[i].summary["precision"] = str(device), precision
         if device.type == "cpu":
             live[i].summary["cpu_threads"] = torch.get_num_threads()
-        live[i].summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+        live[i].summary["device_name"] = _memory_of(device)[0]
     spec = get_weights_spec(s0.arch, s0.weights)
     return device, FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device, precision,
                                     channels_last=channels_last(device, precision))
@@ -299,7 +300,8 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
         # One torch.optim.LBFGS step() per trial and level with max_iter = max_eval = its budget (see nst.batch_opt).
         opt = BatchLBFGS(x0, lr=[s.optimizer.lr for s in settings], max_iter=budgets, max_eval=budgets,
                          history_size=[s.optimizer.history_size for s in settings],
-                         line_search=[s.optimizer.line_search for s in settings])
+                         line_search=[s.optimizer.line_search for s in settings],
+                         small_on_host=lbfgs_products_on_host(device))
     else:
         opt = BatchAdam(x0, lr=[s.optimizer.lr for s in settings], betas=[s.optimizer.betas for s in settings],
                         max_iter=budgets)
@@ -417,8 +419,10 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
 def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
     """A float32 vector from the host, without waiting: a plain host-to-GPU copy synchronises the stream."""
     t = torch.tensor(values, dtype=torch.float32)
-    if device.type != "cuda":
+    if device.type == "cpu":
         return t
+    if device.type != "cuda":
+        return t.to(device)  # mps: pinned memory is CUDA's
     return t.pin_memory().to(device, non_blocking=True)
 
 
@@ -488,9 +492,24 @@ def _now() -> str:
 
 
 def _memory_of(device: torch.device) -> tuple[str, int]:
+    """The device's name and its memory in bytes."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory
-    return _cpu_name(), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if device.type == "mps":
+        # unified memory: Metal's recommended working set is what the GPU may use (older torch: all of it)
+        try:
+            return f"Apple MPS ({_cpu_name()})", torch.mps.recommended_max_memory()
+        except (AttributeError, RuntimeError):
+            return f"Apple MPS ({_cpu_name()})", physical
+    return _cpu_name(), physical
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 def _cpu_name() -> str:

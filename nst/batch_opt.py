@@ -519,10 +519,17 @@ class BatchLBFGS(_Batch):
     measures of that point's evaluation, so when it fails, that evaluation is void: tell() returns
     those trials and the caller must not count them. The direction of an iteration without an
     evaluation (the last one, without a line search) is tested with one transfer at the trial's end.
+
+    small_on_host: keep the [B, m, m] products, 1/(y.s) and the triangular solves in float64 on the
+    CPU instead of on x0's device, for a device without float64 (Apple's MPS; nst.trial.
+    lbfgs_products_on_host). The arithmetic is the same float64; what it costs is two small copies
+    per new direction: the new products ([c, 6] float32, c <= history_size) to the host, which waits
+    for the device's queued work (a sync per trial and iteration, where the device path has none), and
+    the [2, c] coefficients back. On the CPU the copies are no-ops, so the path can be tested there.
     """
 
     def __init__(self, x0: Tensor, *, lr, max_iter, max_eval, history_size, line_search,
-                 tolerance_grad=1e-7, tolerance_change=1e-9):
+                 tolerance_grad=1e-7, tolerance_change=1e-9, small_on_host: bool = False):
         super().__init__(x0)
         b = x0.shape[0]
         hyper = {name: _per_trial(v, b, name) for name, v in dict(
@@ -538,9 +545,11 @@ class BatchLBFGS(_Batch):
         self._S = flat.new_empty((b, m, n))  # [B, m, n] s = t d, ring buffers of history_size slots
         self._Y = flat.new_empty((b, m, n))  # [B, m, n] y = g_new - g_x
         # stored products (float64): SY[i, a, b] = s_a . y_b, YY[i, a, b] = y_a . y_b, ro = 1 / (y.s)
-        self._SY = torch.zeros((b, m, m), dtype=torch.float64, device=flat.device)
+        self._on_host = bool(small_on_host)
+        small = torch.device("cpu") if self._on_host else flat.device
+        self._SY = torch.zeros((b, m, m), dtype=torch.float64, device=small)
         self._YY = torch.zeros_like(self._SY)
-        self._ro = torch.zeros((b, m), dtype=torch.float64, device=flat.device)
+        self._ro = torch.zeros((b, m), dtype=torch.float64, device=small)
         self._count, self._head = [0] * b, [0] * b  # pairs stored; the slot the next pair goes to
         self._void: set[int] = set()
         self._index_cache: dict[tuple[int, ...], Tensor] = {}
@@ -652,7 +661,7 @@ class BatchLBFGS(_Batch):
         if ys is not None:
             # [3, n], used transposed: S @ [n, 3]-contiguous is 2.7x slower on the CPU
             w = torch.stack([g, self._Y[i, slot], self._S[i, slot]]).T
-            ms, my = (S @ w).double(), (Y @ w).double()  # [c, 3]: s_a . (g, y_new, s_new), y_a . (...)
+            ms, my = self._products(S @ w, Y @ w)  # [c, 3]: s_a . (g, y_new, s_new), y_a . (...)
             self._SY[i, slot, :c] = my[:, 2]  # s_new . y_a
             self._SY[i, :c, slot] = ms[:, 1]  # s_a . y_new
             self._YY[i, slot, :c] = my[:, 1]
@@ -660,7 +669,7 @@ class BatchLBFGS(_Batch):
             self._ro[i, slot] = 1.0 / ys
             sg, yg = ms[:, 0], my[:, 0]
         else:
-            sg, yg = (S @ g).double(), (Y @ g).double()
+            sg, yg = self._products(S @ g, Y @ g)
         # oldest first: slots in order, or rolled once the ring is full
         shift = self._head[i] if c == m else 0
         order = (lambda v, dims=(0,): torch.roll(v, [-shift] * len(dims), dims)) if shift else (lambda v, dims=(0,): v)
@@ -681,10 +690,23 @@ class BatchLBFGS(_Batch):
         if shift:  # back to slot order
             al, coef = torch.roll(al, shift), torch.roll(coef, shift)
         d = self._D[i]
-        torch.mv(S.T, coef.to(d.dtype), out=d)  # S'c
-        d.addmv_(Y.T, al.to(d.dtype), alpha=-h_diag)  # - H0 Y'al
+        if self._on_host:  # one copy to the device, in d's dtype (cast on the host: the device has no float64)
+            coef, al = torch.stack([coef, al]).to(d.dtype).to(d.device).unbind(0)
+        else:
+            coef, al = coef.to(d.dtype), al.to(d.dtype)
+        torch.mv(S.T, coef, out=d)  # S'c
+        d.addmv_(Y.T, al, alpha=-h_diag)  # - H0 Y'al
         d.add_(g, alpha=-h_diag)  # - H0 g
         self._directed(i)
+
+    def _products(self, s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Products with the history from the device, in float64 where the stored ones live: with
+        small_on_host, both in one copy to the host, cast there (the device may have no float64)."""
+        if not self._on_host:
+            return s.double(), y.double()
+        k = s.shape[-1] if s.dim() > 1 else 1
+        both = torch.cat([s.reshape(s.shape[0], k), y.reshape(y.shape[0], k)], 1).cpu().double()  # [c, 2k]
+        return both[:, :k].reshape(s.shape), both[:, k:].reshape(y.shape)
 
     def _directed(self, i: int) -> None:
         """Take max|d| and g_x.d of a new direction, for the measures of the iteration's evaluations."""

@@ -155,7 +155,9 @@ def match_colors(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """The style image recoloured so that its pixels' mean and covariance are the content's
     (the linear colour transfer of Gatys et al. 2017, symmetric square roots)."""
     def stats(x):
-        p = x[0].flatten(1).double()  # [3,N]
+        # float64 on the host for a device without it (Apple's MPS); where it is, on the device
+        p = x[0].flatten(1)
+        p = (p.cpu() if p.device.type == "mps" else p).double()  # [3,N]
         mu = p.mean(1, keepdim=True)
         return p, mu, torch.cov(p) + 1e-5 * torch.eye(3, dtype=p.dtype, device=p.device)
 
@@ -167,7 +169,7 @@ def match_colors(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     _, mu_c, cov_c = stats(content)
     a = sqrtm(cov_c, 0.5) @ sqrtm(cov_s, -0.5)  # [3,3]
     out = (a @ (ps - mu_s) + mu_c).reshape(style.shape[1:])
-    return out.unsqueeze(0).to(style.dtype).clamp(0, 1)
+    return out.unsqueeze(0).to(style.dtype).to(style.device).clamp(0, 1)
 
 
 def to_tensor(img: Image.Image, device: torch.device) -> torch.Tensor:

@@ -225,8 +225,9 @@ def settings_from_dict(d: dict) -> Settings:
         raise InputError("style_scale", f"the style image would be {settings.long_side * settings.style_scale:.0f} px, "
                                         f"over the limit of {MAX_SIDE} px")
     check_device_name(settings.device)
-    if settings.precision == "tf32" and (settings.device == "cpu" or settings.device == "auto" and not _cuda()):
-        raise InputError("precision", "tf32 is a GPU mode (TensorFloat-32 tensor cores); on the CPU use fp32 or bf16")
+    check_device_here(settings.device)
+    if settings.precision == "tf32" and (settings.device in ("cpu", "mps") or settings.device == "auto" and not _cuda()):
+        raise InputError("precision", TF32_OFF_CUDA)
     logger = _choice(d, "logger.name", ("wandb", "none"))
     if logger == "wandb":
         from nst.wandb_sink import check_options
@@ -235,16 +236,35 @@ def settings_from_dict(d: dict) -> Settings:
     return settings
 
 
+TF32_OFF_CUDA = "tf32 is a GPU mode (TensorFloat-32 tensor cores, CUDA only); on the CPU or mps use fp32 or bf16"
+NO_MPS = "'mps' asked for, but MPS (Apple's GPU) is not available on this machine; use device=cpu or device=auto"
+
+
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
+def mps_available() -> bool:
+    import torch
+
+    return torch.backends.mps.is_available()
+
+
 def check_device_name(device: str) -> None:
-    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    ok = device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
     if not ok:
-        raise InputError("device", f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N")
+        raise InputError("device", f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+
+
+def check_device_here(device: str) -> None:
+    """device=mps fails up front where there is no MPS: Apple's GPU belongs to the Mac that runs the
+    command, and its trials run there (worker processes on the same machine; SLURM nodes are not
+    Macs), so what this process sees is what every trial would see. A CUDA device is left to each
+    trial (nst.trial.resolve_device), as before: SLURM nodes can have GPUs the submitting machine lacks."""
+    if device == "mps" and not mps_available():
+        raise InputError("device", NO_MPS)
 
 
 def content_size(s: Settings, size: tuple[int, int]) -> tuple[int, int]:

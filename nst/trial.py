@@ -12,14 +12,20 @@ import torch
 
 from nst import images
 from nst.errors import InputError
-from nst.settings import Settings
+from nst.settings import NO_MPS, TF32_OFF_CUDA, Settings, mps_available
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":  # CUDA, else Apple's GPU, else the CPU
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
+    if name == "mps":
+        if not mps_available():
+            raise InputError("device", NO_MPS)
+        return torch.device("mps")
     if not torch.cuda.is_available():
         raise InputError("device", f"'{name}' asked for, but no CUDA device is available here; use device=cpu or device=auto")
     index = int(name[5:]) if name.startswith("cuda:") else torch.cuda.current_device()
@@ -64,16 +70,17 @@ def cpu_bf16_units() -> str | None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: tf32 on a GPU, fp32 on the CPU whatever its bf16 units. Both as measured (README "Speed"):
+    """auto: tf32 on a CUDA GPU, fp32 on the CPU whatever its bf16 units. Both as measured (README "Speed"):
     on an H200 bf16 was no faster than tf32 (bare evaluation at 512x384: 6.3 against 5.1 ms); on an
     Intel Xeon with AMX-BF16 (2 threads) bf16 evaluated 1.8-2.2x faster than fp32 but moved the
     standardised metrics 9.5 % from fp32's, beyond that run's float-noise floor of 5.3 %
     (benchmarks/precision.py, 64 px, 30 evaluations), so there it is offered (precision=bf16; the log
-    says so), not chosen."""
+    says so), not chosen. On Apple's GPU (mps) auto is fp32: tf32 is CUDA's, and bf16 there is not
+    measured."""
     if precision == "auto":
         return "tf32" if device.type == "cuda" else "fp32"
     if precision == "tf32" and device.type != "cuda":
-        raise InputError("precision", "tf32 is a GPU mode (TensorFloat-32 tensor cores); on the CPU use fp32 or bf16")
+        raise InputError("precision", TF32_OFF_CUDA)
     return precision
 
 
@@ -89,6 +96,18 @@ def channels_last(device: torch.device, precision: str) -> bool:
     if forced in ("0", "false", "off"):
         return False
     return device.type == "cpu" and precision == "bf16"
+
+
+def lbfgs_products_on_host(device: torch.device) -> bool:
+    """Whether the vectorised L-BFGS keeps its float64 history products on the host
+    (nst.batch_opt.BatchLBFGS, small_on_host): on Apple's GPU, which has no float64. Elsewhere they
+    stay on the device. NST_LBFGS_HOST_PRODUCTS=1/0 forces it (the tests take that path on the CPU)."""
+    forced = os.environ.get("NST_LBFGS_HOST_PRODUCTS", "auto").strip().lower()
+    if forced in ("1", "true", "on"):
+        return True
+    if forced in ("0", "false", "off"):
+        return False
+    return device.type == "mps"
 
 
 _THREADS = torch.get_num_threads()  # the process's own limit (OMP_NUM_THREADS, a worker's share of the cores)
@@ -210,5 +229,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def peak_memory(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    if device.type == "mps":
+        # MPS keeps no peak: what the Metal driver holds for this process now (tensors and the
+        # allocator's cache), an upper bound of the live tensors. Missing in an older torch: RSS below.
+        try:
+            return torch.mps.driver_allocated_memory() / 2**20, "mps_driver_allocated"
+        except (AttributeError, RuntimeError):
+            pass
     # ru_maxrss is the process's high-water mark (KiB on Linux): in a multirun it covers earlier trials too.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
