@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[test,slurm,search]'
+	# the former Optuna sweeper plugin (it pinned optuna<3) would register hydra/sweeper=optuna too
+	$(PY) -m pip uninstall -q -y hydra-optuna-sweeper 2>/dev/null || true
 	touch $(STAMP)
 
 demo: install

@@ -97,24 +97,15 @@ def check_search(cfg) -> None:
         raise InputError("objective", f"a search ({cfg.hydra.sweeper._target_.rsplit('.', 1)[-1]}) minimises the trials' "
                                       f"objective, and none is set: objective={' | '.join(OBJECTIVES)}, "
                                       "or a ready search: +search=adam_lr (README: Scaling out)")
-    storage = cfg.hydra.sweeper.get("storage")
-    if storage is not None:
-        import sqlalchemy
-
-        # optuna 2.10 fails on its first database query with SQLAlchemy 2 (a bare AssertionError)
-        if int(sqlalchemy.__version__.split(".")[0]) >= 2:
-            raise InputError("hydra.sweeper.storage", f"optuna {_version('optuna')} (pinned below 3 by hydra-optuna-sweeper) "
-                                                      f"cannot use database storage with SQLAlchemy {sqlalchemy.__version__}; "
-                                                      "leave it null (the study is kept in memory)")
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "?"
+    sweeper = cfg.hydra.sweeper
+    if sweeper._target_.endswith("NstOptunaSweeper"):
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise InputError("hydra/sweeper", "optuna needs Optuna: pip install '.[search]' in a clone") from None
+        sampler = (sweeper.get("sampler") or {}).get("name", "tpe")
+        if sampler not in ("tpe", "random", "cmaes"):
+            raise InputError("hydra.sweeper.sampler.name", f"unknown sampler {sampler!r}; allowed: tpe, random, cmaes")
 
 
 def check(argv: list[str]) -> int:
@@ -162,7 +153,8 @@ def describe(e: Exception) -> InputError:
     msg = str(e)
     m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
     if m and m.group(1) == "hydra/sweeper" and m.group(2) == "optuna":
-        return InputError("hydra/sweeper", "optuna needs the Optuna sweeper plugin: pip install nst[search]")
+        return InputError("hydra/sweeper", "optuna needs the project's launcher plugins (hydra_plugins/ of this package) "
+                                           "on the path: install the package")
     if m:
         group, option = m.groups()
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

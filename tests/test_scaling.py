@@ -190,7 +190,7 @@ def test_a_search_reports_the_best_of_its_trials_own_results(tmp_path):
             "style_weight=choice(1e4,1e38)", *TINY, "hydra.sweep.dir=out")
     assert r.returncode == 1  # a trial failed
     assert "nst: 1 trial(s) failed: optimizer.lr=" in r.stderr
-    assert "Failed experiment: optimizer.lr=" in r.stdout + r.stderr  # Optuna counted it as failed
+    assert "Failed trial 0: " in r.stdout + r.stderr  # Optuna counted it as failed
     assert "alembic" not in r.stdout + r.stderr  # optuna's database layer keeps quiet
     s = trials(tmp_path / "out")
     assert [t["status"] for t in s] == ["failed", "completed", "completed", "completed"]
@@ -226,9 +226,9 @@ def test_ready_searches(search, objective, searched):
     with initialize_config_dir(config_dir=str(cli.CONF_DIR), version_base=cli.VERSION_BASE, job_name="nst"):
         cfg = compose(config_name="config", overrides=[f"+search={search}"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper._target_ == "hydra_plugins.nst_launcher.optuna_sweeper.NstOptunaSweeper"
     assert cfg.objective == objective and sweeper.params == searched and sweeper.direction == "minimize"
-    assert sweeper.storage is None  # in memory
+    assert sweeper.storage is None  # the journal file in the sweep folder
     assert (sweeper.n_trials, sweeper.n_jobs, sweeper.max_failure_rate, sweeper.sampler.seed) == (16, 4, 0.5, 0)
     assert cfg.optimizer.name == ("adam" if search == "adam_lr" else "lbfgs")
     assert cfg.hydra.launcher._target_.endswith("NstLauncher")
@@ -307,17 +307,16 @@ def test_slurm_settings(monkeypatch, tmp_path):
         assert str(e.value).startswith(message)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "submitit" else real(name, *a))
-    with pytest.raises(NstLauncherConfigError, match=r"^hydra/launcher=slurm needs submitit: pip install nst\[slurm\]$"):
+    with pytest.raises(NstLauncherConfigError, match=r"^hydra/launcher=slurm needs submitit: pip install '\.\[slurm\]' in a clone$"):
         check_slurm({**base, "cluster": "local"})
 
 
 @pytest.mark.parametrize("args, message", [
     (["-m", "hydra/sweeper=optuna", "style_weight=tag(log, interval(1e2, 1e8))"],
-     "objective: a search (OptunaSweeper) minimises the trials' objective, and none is set: "
+     "objective: a search (NstOptunaSweeper) minimises the trials' objective, and none is set: "
      "objective=final_loss | style_distance_at_psnr, or a ready search: +search=adam_lr (README: Scaling out)"),
-    (["-m", "+search=adam_lr", "hydra.sweeper.storage=sqlite:///study.db"],
-     "hydra.sweeper.storage: optuna 2.10.1 (pinned below 3 by hydra-optuna-sweeper) cannot use database storage with "
-     "SQLAlchemy "),
+    (["-m", "+search=adam_lr", "hydra.sweeper.sampler.name=grid"],
+     "hydra.sweeper.sampler.name: unknown sampler 'grid'; allowed: tpe, random, cmaes"),
     (["-m", "+search=adam_lr", "content=nowhere.jpg"], "content: "),  # what every trial shares is checked up front
     (["objective=lowest_loss"], "objective: unknown objective 'lowest_loss'; allowed: null, final_loss, style_distance_at_psnr"),
 ])
@@ -330,11 +329,19 @@ def test_search_errors_before_any_trial(args, message):
     assert str(e.value).startswith(message)
 
 
-def test_optuna_sweeper_missing_says_what_to_install():
+def test_optuna_missing_says_what_to_install(monkeypatch):
+    import builtins
+
     from nst import cli
+    from nst.errors import InputError
 
     e = cli.describe(Exception("In 'hydra/config': Could not find 'hydra/sweeper/optuna'\n\nAvailable options: basic"))
-    assert str(e) == "hydra/sweeper: optuna needs the Optuna sweeper plugin: pip install nst[search]"
+    assert str(e).startswith("hydra/sweeper: optuna needs the project's launcher plugins")
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "optuna" else real(name, *a, **k))
+    with pytest.raises(InputError, match=r"^hydra/sweeper: optuna needs Optuna: pip install '\.\[search\]' in a clone$"):
+        cli.check(["-m", "+search=adam_lr", "size=32", "logger=none"])
 
 
 def test_objectives():

@@ -150,7 +150,7 @@ def check_slurm(params: Dict[str, Any]) -> None:
     if cluster not in ("slurm", "local"):
         raise NstLauncherConfigError(f"hydra.launcher.cluster must be 'slurm' or 'local', got {cluster!r}")
     if importlib.util.find_spec("submitit") is None:
-        raise NstLauncherConfigError("hydra/launcher=slurm needs submitit: pip install nst[slurm]")
+        raise NstLauncherConfigError("hydra/launcher=slurm needs submitit: pip install '.[slurm]' in a clone")
     for key, (least, nullable) in _SLURM_NUMBERS.items():
         value = params.get(key)
         if not (_is_int(value, least) or (nullable and value is None)):

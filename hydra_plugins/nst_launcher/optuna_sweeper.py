@@ -1,0 +1,285 @@
+"""hydra/sweeper=optuna: an Optuna search through Optuna's ask-and-tell interface, its study kept in a
+journal file inside the sweep folder.
+
+Each round asks Optuna for `n_jobs` trials and hands them to the launcher together (the project's
+launcher runs them as one batch); each trial's objective (nst.search, returned by the app) is told
+back. The study lives in `<sweep dir>/optuna.journal` (Optuna's JournalStorage, file backend, with a
+lock that works on network file systems), or in the database a `storage` URL names. So:
+- the same command run again into the same sweep folder (hydra.sweep.dir) continues the search:
+  `n_trials` is the total, finished trials are not run again, and a trial that a killed command left
+  running on this machine is marked failed and proposed again (its parameters re-enqueued);
+- several commands (several SLURM jobs) can share one study: each asks under the journal's lock,
+  so together they run `n_trials` trials, none twice;
+- `optuna-dashboard <sweep dir>/optuna.journal` shows it.
+
+The search space keeps the syntax of Hydra's Optuna sweeper: `interval(a, b)` (float, or int when
+both ends are), `tag(log, interval(a, b))`, `choice(a, b, ...)`, `range(a, b[, step])`, from
+`hydra.sweeper.params` or sweep overrides on the command line; plain values are fixed.
+"""
+
+
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.errors import HydraException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "optuna.journal"
+SAMPLERS = ("tpe", "random", "cmaes")
+# Who ran a trial: a RUNNING trial whose owner is a dead process of this machine was lost.
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class SamplerConf:
+    name: str = "tpe"  # tpe | random | cmaes
+    seed: Optional[int] = 0
+
+
+@dataclass
+class NstOptunaSweeperConf:
+    _target_: str = "hydra_plugins.nst_launcher.optuna_sweeper.NstOptunaSweeper"
+    direction: str = "minimize"  # minimize | maximize
+    n_trials: int = 16  # the study's total, across every command that shares it
+    n_jobs: int = 4  # trials asked together, run as one batch
+    # a round fails the search when more than this fraction of its trials failed
+    max_failure_rate: float = 0.5
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    # null: the journal file <sweep dir>/optuna.journal; a path to another journal file; or a
+    # database URL (sqlite:///..., postgresql://...)
+    storage: Optional[str] = None
+    study_name: Optional[str] = None  # null: the sweep_name
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=NstOptunaSweeperConf, provider="nst")
+
+
+class SearchConfigError(HydraException, ValueError):
+    """A bad search setting: one line."""
+
+
+def distribution(override: Override):
+    """An Optuna distribution for one sweep override, or None for a plain value."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    key, value = override.get_key_element(), override.value()
+    if isinstance(value, IntervalSweep):
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if all(isinstance(v, int) for v in (start, stop, step)) and step > 0 and "log" not in value.tags:
+            return IntDistribution(start, stop - step, step=step)  # range's stop is exclusive
+        return CategoricalDistribution(list(override.sweep_iterator()))
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution(list(override.sweep_iterator()))
+    if override.is_sweep_override():
+        raise SearchConfigError(f"{key}: a search cannot sample {value!r}; use interval(), choice() or range()")
+    return None
+
+
+def search_space(parser: OverridesParser, params: Dict[str, str], arguments: List[str]) -> tuple[dict, List[str]]:
+    """(name -> distribution, the fixed overrides every trial gets): hydra.sweeper.params first, the
+    command line's overrides after (they win)."""
+    space: dict = {}
+    fixed: dict = {}
+    for override in parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)):
+        key = override.get_key_element()
+        dist = distribution(override)
+        space.pop(key, None), fixed.pop(key, None)
+        if dist is None:
+            fixed[key] = f"{key}={override.get_value_element_as_str()}"
+        else:
+            space[key] = dist
+    if not space:
+        raise SearchConfigError("hydra.sweeper.params: a search needs at least one parameter to sample, "
+                                "e.g. style_weight=tag(log,interval(1e2,1e8))")
+    return space, list(fixed.values())
+
+
+def make_sampler(conf: Any):
+    import optuna
+
+    name, seed = conf.get("name", "tpe"), conf.get("seed")
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    raise SearchConfigError(f"hydra.sweeper.sampler.name: unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+
+
+class _NoLock:
+    def acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def open_storage(storage: Optional[str], sweep_dir: Path):
+    """(Optuna storage, a lock that serialises asking between commands, where it lives)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    if storage and "://" in storage:
+        return optuna.storages.RDBStorage(storage), _NoLock(), storage  # the database's transactions
+    path = Path(storage).expanduser() if storage else sweep_dir / JOURNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the open lock creates a lock file with O_EXCL: it holds on network file systems, where flock may not
+    backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    return optuna.storages.JournalStorage(backend), JournalFileOpenLock(str(path) + ".ask"), str(path)
+
+
+def _alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's command: it cannot be checked from here, so it is left running
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_lost(study) -> List[int]:
+    """Trials left RUNNING by a command of this machine that has died: each is failed and its
+    parameters enqueued again (a trial marked `retry_of`). Returns their numbers."""
+    from optuna.trial import TrialState
+
+    lost = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _alive(t.user_attrs.get("owner", "")):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            lost.append(t.number)
+    return lost
+
+
+def counted(study) -> int:
+    """Trials that count towards n_trials: finished or running, less each lost one that a retry
+    (a trial marked `retry_of`, in whatever state) replaces."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    used = sum(t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+    return used - sum("retry_of" in t.user_attrs for t in trials)
+
+
+class NstOptunaSweeper(Sweeper):
+    def __init__(self, direction: str, n_trials: int, n_jobs: int, max_failure_rate: float, sampler: Any,
+                 storage: Optional[str], study_name: Optional[str], params: Optional[Dict[str, str]]) -> None:
+        super().__init__()
+        if direction not in ("minimize", "maximize"):
+            raise SearchConfigError(f"hydra.sweeper.direction: {direction!r}; allowed: minimize, maximize")
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+            if type(value) is not int or value < 1:
+                raise SearchConfigError(f"hydra.sweeper.{key} must be an integer >= 1, got {value!r}")
+        self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
+        self.max_failure_rate, self.sampler_conf = float(max_failure_rate), sampler
+        self.storage, self.study_name, self.params = storage, study_name, dict(params or {})
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        try:
+            import optuna
+        except ImportError as e:
+            raise SearchConfigError("hydra/sweeper=optuna needs Optuna: pip install '.[search]' in a clone") from e
+        from optuna.trial import TrialState
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        space, fixed = search_space(parser, self.params, arguments)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        storage, ask_lock, where = open_storage(self.storage, self.sweep_dir)
+        name = self.study_name or str(self.config.get("sweep_name") or "nst")
+        study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(self.sampler_conf),
+                                    direction=self.direction, load_if_exists=True)
+        lost = recover_lost(study)
+        done = counted(study)
+        log.info(f"Optuna {optuna.__version__} study '{name}' in {where}: {done} of {self.n_trials} trials counted"
+                 + (f"; trial(s) {', '.join(map(str, lost))} left running by a dead command: failed, proposed again"
+                    if lost else ""))
+        returns = []
+        while True:
+            ask_lock.acquire()
+            try:
+                left = self.n_trials - counted(study)
+                trials = [study.ask(space) for _ in range(min(self.n_jobs, left))] if left > 0 else []
+                for t in trials:
+                    t.set_user_attr("owner", OWNER)
+            finally:
+                ask_lock.release()
+            if not trials:
+                break
+            # what was sampled first: it names the trial's folder and label
+            batch = [[f"{k}={_value(v)}" for k, v in t.params.items()] + fixed for t in trials]
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            except BaseException:
+                for t in trials:  # interrupted: these trials did not finish; a later command proposes them again
+                    study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+                    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+                raise
+            failures = 0
+            for t, ret, overrides in zip(trials, results, batch):
+                value = ret._return_value  # the public .return_value raises for a failed job
+                if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
+                    study.tell(t, float(value))
+                else:
+                    study.tell(t, state=TrialState.FAIL)
+                    failures += 1
+                    log.warning(f"Failed trial {t.number}: {' '.join(overrides)}")
+            returns.append(results)
+            if failures > self.max_failure_rate * len(trials):
+                raise SearchConfigError(f"{failures} of {len(trials)} trials of a round failed (more than "
+                                        f"hydra.sweeper.max_failure_rate={self.max_failure_rate:g}); see their error.log")
+        self._write_results(study)
+        return returns
+
+    def _write_results(self, study) -> None:
+        from optuna.trial import TrialState
+
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        results: dict = {"name": "optuna", "study_name": study.study_name, "direction": self.direction,
+                         "n_trials": self.n_trials, "complete": len(complete),
+                         "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))}
+        if complete:
+            best = study.best_trial
+            results.update(best_trial=best.number, best_params=best.params, best_value=best.value)
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        if complete:
+            log.info(f"Best value {results['best_value']:.6g} (trial {results['best_trial']}): {results['best_params']}")
+
+
+def _value(v: Any) -> str:
+    """A sampled value as an override's text (floats in full precision)."""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)

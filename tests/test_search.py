@@ -1,0 +1,141 @@
+"""Searches that survive: the project's Optuna sweeper (hydra/sweeper=optuna) keeps its study in a
+journal file in the sweep folder, so a stopped search resumes to its total, a trial a killed command
+left running is failed and proposed again, and several commands share one study. Real searches in
+subprocesses, tiny images, the CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import nst_env
+from helpers import summary
+
+TINY = ["size=32", "steps=3", "device=cpu", "logger=none"]
+SEARCH = ["+search=adam_lr", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", *TINY, "hydra.sweep.dir=out"]
+
+
+def command(tmp: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "nst.run", "-m", *args]
+
+
+def run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(tmp, *args), cwd=tmp, env=nst_env(tmp), capture_output=True, text=True, timeout=600)
+
+
+def study(sweep: Path, name: str = "adam_lr") -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def states(s: optuna.Study) -> list[str]:
+    return [t.state.name for t in s.get_trials(deepcopy=False)]
+
+
+def completed_summaries(sweep: Path) -> list[dict]:
+    out = [summary(d) for d in sweep.iterdir() if (d / "summary.json").exists()]
+    return [s for s in out if s["status"] == "completed"]
+
+
+def assert_best_is_the_best_trial(sweep: Path) -> None:
+    done = completed_summaries(sweep)
+    best = min(done, key=lambda s: s["objective"]["value"])
+    found = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert found.best_value == best["objective"]["value"] == study(sweep).best_value
+    assert found.best_params["optimizer.lr"] == best["config"]["optimizer"]["lr"]
+
+
+def test_a_stopped_search_resumes_to_its_total(tmp_path):
+    # Ctrl-C once the first ask's two trials have finished: the trials then running are failed and
+    # enqueued again; the same command into the same folder ends with four finished trials.
+    proc = subprocess.Popen(command(tmp_path, *SEARCH), cwd=tmp_path, env=nst_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+
+    def told() -> int:
+        try:
+            return states(study(tmp_path / "out")).count("COMPLETE")
+        except (KeyError, FileNotFoundError, ValueError):  # no journal or study yet
+            return 0
+
+    while told() < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    first = study(tmp_path / "out")
+    complete_before = states(first).count("COMPLETE")
+    assert 2 <= complete_before <= 4
+    r = run(tmp_path, *SEARCH)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = study(tmp_path / "out")
+    assert states(s).count("COMPLETE") == 4  # the total, not 4 more
+    assert f"{complete_before} of 4 trials counted" in r.stdout + r.stderr or complete_before < 4
+    retried = [t for t in s.get_trials(deepcopy=False) if "retry_of" in t.user_attrs]
+    for t in retried:  # each stopped trial proposed again with its own parameters
+        assert t.params == s.trials[t.user_attrs["retry_of"]].params and t.state.name == "COMPLETE"
+    assert len(completed_summaries(tmp_path / "out")) == 4
+    assert_best_is_the_best_trial(tmp_path / "out")
+    # the same command once more runs nothing
+    r = run(tmp_path, *SEARCH)
+    assert r.returncode == 0 and states(study(tmp_path / "out")).count("COMPLETE") == 4
+
+
+def test_a_trial_a_killed_command_left_running_is_failed_and_proposed_again(tmp_path):
+    # a command that asked for a trial and died (its process is gone) before it told the result
+    journal = tmp_path / "out" / "optuna.journal"
+    journal.parent.mkdir()
+    code = f"""
+import optuna, os, socket
+from optuna.distributions import FloatDistribution
+storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend({str(journal)!r}))
+s = optuna.create_study(study_name="adam_lr", storage=storage, direction="minimize")
+t = s.ask({{"optimizer.lr": FloatDistribution(1e-3, 1.0, log=True)}})
+t.set_user_attr("owner", f"{{socket.gethostname()}}:{{os.getpid()}}")
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    lost = study(tmp_path / "out").trials[0]
+    assert lost.state.name == "RUNNING"
+    r = run(tmp_path, *[a for a in SEARCH if "n_trials" not in a], "hydra.sweeper.n_trials=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trial(s) 0 left running by a dead command: failed, proposed again" in r.stdout + r.stderr
+    s = study(tmp_path / "out")
+    assert states(s) == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert s.trials[1].user_attrs["retry_of"] == 0 and s.trials[1].params == lost.params
+    assert len(completed_summaries(tmp_path / "out")) == 2
+
+
+def test_two_commands_share_one_study_without_running_a_trial_twice(tmp_path):
+    args = [a for a in SEARCH if "n_jobs" not in a] + ["hydra.sweeper.n_jobs=1"]
+    procs = [subprocess.Popen(command(tmp_path, *args), cwd=tmp_path, env=nst_env(tmp_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    s = study(tmp_path / "out")
+    assert states(s) == ["COMPLETE"] * 4  # four trials in all, between the two commands
+    owners = {t.user_attrs["owner"] for t in s.trials}
+    assert len(owners) == 2  # both commands ran trials
+    folders = sorted(d.name.split("_")[0] for d in (tmp_path / "out").iterdir() if (d / "summary.json").exists())
+    assert folders == ["0", "1", "2", "3"]  # one folder per trial, each run once
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes"])
+def test_the_other_samplers_run(tmp_path, sampler):
+    r = run(tmp_path, *[a for a in SEARCH if "n_trials" not in a], "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.sampler.name={sampler}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert states(study(tmp_path / "out")) == ["COMPLETE", "COMPLETE"]
+
+
+def test_an_unknown_sampler_is_one_line_before_any_trial(tmp_path):
+    r = run(tmp_path, *SEARCH, "hydra.sweeper.sampler.name=grid")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "nst: error: hydra.sweeper.sampler.name: unknown sampler 'grid'; allowed: tpe, random, cmaes"
+    assert not (tmp_path / "out").exists()
