@@ -139,3 +139,28 @@ def test_an_unknown_sampler_is_one_line_before_any_trial(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == "nst: error: hydra.sweeper.sampler.name: unknown sampler 'grid'; allowed: tpe, random, cmaes"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_search_space_syntax_of_hydras_optuna_sweeper():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hydra_plugins.nst_launcher.optuna_sweeper import SearchConfigError, search_space
+
+    parser = OverridesParser.create()
+    space, fixed = search_space(parser, {"optimizer.lr": "tag(log, interval(1e-3, 1.0))", "size": "64"},
+                                ["seed=tag(int, interval(0, 9))", "pooling=choice(max, avg)", "steps=range(10, 40, 10)",
+                                 "style_weight=1e5", "size=32"])
+    assert space == {"optimizer.lr": FloatDistribution(1e-3, 1.0, log=True), "seed": IntDistribution(0, 9),
+                     "pooling": CategoricalDistribution(["max", "avg"]), "steps": IntDistribution(10, 30, step=10)}
+    assert fixed == ["style_weight=100000.0", "size=32"]  # the command line wins over hydra.sweeper.params
+    with pytest.raises(SearchConfigError, match="needs at least one parameter to sample"):
+        search_space(parser, {}, ["size=32"])
+
+
+def test_a_database_url_keeps_the_study_there(tmp_path):
+    r = run(tmp_path, *[a for a in SEARCH if "n_trials" not in a], "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = optuna.load_study(study_name="adam_lr", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert states(s) == ["COMPLETE", "COMPLETE"] and not (tmp_path / "out" / "optuna.journal").exists()

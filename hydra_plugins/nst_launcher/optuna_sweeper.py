@@ -12,8 +12,8 @@ lock that works on network file systems), or in the database a `storage` URL nam
   so together they run `n_trials` trials, none twice;
 - `optuna-dashboard <sweep dir>/optuna.journal` shows it.
 
-The search space keeps the syntax of Hydra's Optuna sweeper: `interval(a, b)` (float, or int when
-both ends are), `tag(log, interval(a, b))`, `choice(a, b, ...)`, `range(a, b[, step])`, from
+The search space keeps the syntax of Hydra's Optuna sweeper: `interval(a, b)` (floats),
+`tag(log, interval(a, b))`, `tag(int, interval(a, b))`, `choice(a, b, ...)`, `range(a, b[, step])`, from
 `hydra.sweeper.params` or sweep overrides on the command line; plain values are fixed.
 """
 
@@ -80,8 +80,8 @@ def distribution(override: Override):
     key, value = override.get_key_element(), override.value()
     if isinstance(value, IntervalSweep):
         log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
+        if "int" in value.tags:  # Hydra reads an interval's ends as floats
+            return IntDistribution(int(value.start), int(value.end), log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
