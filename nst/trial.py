@@ -84,17 +84,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def _switch(variable: str) -> bool | None:
+    """An on/off override from the environment (1/true/on, 0/false/off), or None: decide as measured."""
+    value = os.environ.get(variable, "auto").strip().lower()
+    if value in ("1", "true", "on"):
+        return True
+    if value in ("0", "false", "off"):
+        return False
+    return None
+
+
 def channels_last(device: torch.device, precision: str) -> bool:
     """Whether the network runs in the channels-last (NHWC) layout: for bf16 on the CPU, where oneDNN's
     bf16 kernels want it (Intel Xeon with AMX-BF16, 2 threads, 256x192: 6.4 against 5.2 evaluations/s).
     Elsewhere it won nothing measurable (fp32 on that CPU +3 %, on an AMD EPYC -1.5 %; an H200's tf32
     bare evaluation +5 % with its optimiser loops unchanged, its bf16 slower), README "Speed".
     NST_CHANNELS_LAST=1/0 forces it (the benchmarks compare both)."""
-    forced = os.environ.get("NST_CHANNELS_LAST", "auto").strip().lower()
-    if forced in ("1", "true", "on"):
-        return True
-    if forced in ("0", "false", "off"):
-        return False
+    forced = _switch("NST_CHANNELS_LAST")
+    if forced is not None:
+        return forced
     return device.type == "cpu" and precision == "bf16"
 
 
@@ -102,11 +110,9 @@ def lbfgs_products_on_host(device: torch.device) -> bool:
     """Whether the vectorised L-BFGS keeps its float64 history products on the host
     (nst.batch_opt.BatchLBFGS, small_on_host): on Apple's GPU, which has no float64. Elsewhere they
     stay on the device. NST_LBFGS_HOST_PRODUCTS=1/0 forces it (the tests take that path on the CPU)."""
-    forced = os.environ.get("NST_LBFGS_HOST_PRODUCTS", "auto").strip().lower()
-    if forced in ("1", "true", "on"):
-        return True
-    if forced in ("0", "false", "off"):
-        return False
+    forced = _switch("NST_LBFGS_HOST_PRODUCTS")
+    if forced is not None:
+        return forced
     return device.type == "mps"
 
 
@@ -171,11 +177,9 @@ def cudnn_autotune(batch_size: int = 1) -> bool:
     heuristics; six 64 px trials one at a time: 6.6 s against 7.6 s). A batch shrinks as its trials
     finish, and every new size is tuned again: six trials batched took 7.7 s with autotuning and 4.5 s
     without. So: on for a batch of one, off for larger batches. NST_CUDNN_BENCHMARK=1/0 forces it."""
-    forced = os.environ.get("NST_CUDNN_BENCHMARK", "auto").strip().lower()
-    if forced in ("1", "true", "on"):
-        return True
-    if forced in ("0", "false", "off"):
-        return False
+    forced = _switch("NST_CUDNN_BENCHMARK")
+    if forced is not None:
+        return forced
     return batch_size == 1
 
 
