@@ -301,7 +301,7 @@ def run_part(part: Part, c: Context, limit: float, log) -> dict:
     t = time.perf_counter()
     lines: list[str] = []
     proc = subprocess.Popen(part.command(c), cwd=c.work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, start_new_session=True)
+                            text=True, errors="replace", bufsize=1, start_new_session=True)
 
     def pump() -> None:  # the part's output, as it comes: echoed with the part's name, and logged
         assert proc.stdout is not None

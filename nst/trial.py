@@ -132,23 +132,34 @@ def cpu_threads() -> int:
         return int(forced)
     if _THREADS == 1:
         return 1
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
-        busy0, total0 = _cpu_ticks()
+        before = _cpu_ticks(cores)
         time.sleep(0.2)
-        busy1, total1 = _cpu_ticks()
+        after = _cpu_ticks(cores)
     except (OSError, ValueError, IndexError):
         return _THREADS  # no /proc/stat (not Linux): the process's limit
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    idle = (os.cpu_count() or cores) * (1 - (busy1 - busy0) / max(1, total1 - total0))  # idle cores, machine-wide
-    return max(1, min(_THREADS, cores, round(idle)))
+    # the idle share of each CPU this process may run on (a SLURM cpuset, taskset), summed
+    idle = sum(1 - (after[c][0] - before[c][0]) / max(1, after[c][1] - before[c][1]) for c in after)
+    return max(1, min(_THREADS, len(after), round(idle)))
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat's first line."""
+def _cpu_ticks(cores: list[int] | None) -> dict:
+    """{cpu: (busy, total) jiffies} from /proc/stat's per-CPU lines (the given CPUs, or all)."""
+    out = {}
     with open("/proc/stat", encoding="ascii") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]  # idle + iowait
-    return sum(v) - idle, sum(v)
+        for line in f:
+            name, *fields = line.split()
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            cpu = int(name[3:])
+            if cores is None or cpu in cores:
+                v = [int(x) for x in fields[:8]]  # guest time is already counted in user and nice
+                idle = v[3] + v[4]  # idle + iowait
+                out[cpu] = (sum(v) - idle, sum(v))
+    if not out:
+        raise ValueError("no per-CPU lines")
+    return out
 
 
 def set_precision(precision: str, device: torch.device) -> None:

@@ -153,7 +153,7 @@ def test_the_search_space_syntax_of_hydras_optuna_sweeper():
                                  "style_weight=1e5", "size=32"])
     assert space == {"optimizer.lr": FloatDistribution(1e-3, 1.0, log=True), "seed": IntDistribution(0, 9),
                      "pooling": CategoricalDistribution(["max", "avg"]), "steps": IntDistribution(10, 30, step=10)}
-    assert fixed == ["style_weight=100000.0", "size=32"]  # the command line wins over hydra.sweeper.params
+    assert fixed == ["style_weight=1e5", "size=32"]  # the command line wins over hydra.sweeper.params
     with pytest.raises(SearchConfigError, match="needs at least one parameter to sample"):
         search_space(parser, {}, ["size=32"])
 
@@ -164,3 +164,17 @@ def test_a_database_url_keeps_the_study_there(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     s = optuna.load_study(study_name="adam_lr", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert states(s) == ["COMPLETE", "COMPLETE"] and not (tmp_path / "out" / "optuna.journal").exists()
+
+
+def test_a_range_keeps_its_last_value_and_sampled_values_read_back_as_themselves():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import IntDistribution
+
+    from hydra_plugins.nst_launcher.optuna_sweeper import _value, search_space
+
+    parser = OverridesParser.create()
+    space, _ = search_space(parser, {}, ["seed=range(0, 10, 3)"])
+    assert space["seed"] == IntDistribution(0, 9, step=3)  # 0, 3, 6, 9
+    for v in [None, "max", "c,d", "e=f", "it's", "1", "null", "[1]", "with space", -3, 1e16, 0.1, True]:
+        (o,) = parser.parse_overrides([f"k={_value(v)}"])
+        assert o.value() == v and type(o.value()) is type(v), v

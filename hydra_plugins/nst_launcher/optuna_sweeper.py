@@ -86,7 +86,8 @@ def distribution(override: Override):
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
         if all(isinstance(v, int) for v in (start, stop, step)) and step > 0 and "log" not in value.tags:
-            return IntDistribution(start, stop - step, step=step)  # range's stop is exclusive
+            # range's stop is exclusive: the last value it yields
+            return IntDistribution(start, start + (stop - start - 1) // step * step, step=step)
         return CategoricalDistribution(list(override.sweep_iterator()))
     if isinstance(value, ChoiceSweep):
         return CategoricalDistribution(list(override.sweep_iterator()))
@@ -105,7 +106,7 @@ def search_space(parser: OverridesParser, params: Dict[str, str], arguments: Lis
         dist = distribution(override)
         space.pop(key, None), fixed.pop(key, None)
         if dist is None:
-            fixed[key] = f"{key}={override.get_value_element_as_str()}"
+            fixed[key] = override.input_line or f"{key}={override.get_value_element_as_str()}"
         else:
             space[key] = dist
     if not space:
@@ -114,10 +115,14 @@ def search_space(parser: OverridesParser, params: Dict[str, str], arguments: Lis
     return space, list(fixed.values())
 
 
-def make_sampler(conf: Any):
+def make_sampler(conf: Any, offset: int = 0):
+    """The sampler for one round. Its seed is offset by the trials the study already has (counted
+    under the ask lock): a resumed command, or a second command on a shared study, would otherwise
+    draw the same first proposals again; a new study's first round keeps the configured seed."""
     import optuna
 
     name, seed = conf.get("name", "tpe"), conf.get("seed")
+    seed = None if seed is None else int(seed) + offset
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -127,26 +132,22 @@ def make_sampler(conf: Any):
     raise SearchConfigError(f"hydra.sweeper.sampler.name: unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
 
-class _NoLock:
-    def acquire(self) -> bool:
-        return True
-
-    def release(self) -> None:
-        pass
-
-
 def open_storage(storage: Optional[str], sweep_dir: Path):
     """(Optuna storage, a lock that serialises asking between commands, where it lives)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+    # Counting, recovering and asking are serialised between the commands of one sweep folder by a
+    # lock file there (an open lock creates it with O_EXCL: it holds on network file systems, where
+    # flock may not), whatever the storage; so one round's trial numbers are consecutive.
+    # (a lock left by a killed command is broken after Optuna's 30 s grace period)
+    ask_lock = JournalFileOpenLock(str(sweep_dir / (JOURNAL + ".ask")))
     if storage and "://" in storage:
-        return optuna.storages.RDBStorage(storage), _NoLock(), storage  # the database's transactions
+        return optuna.storages.RDBStorage(storage), ask_lock, storage
     path = Path(storage).expanduser() if storage else sweep_dir / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the open lock creates a lock file with O_EXCL: it holds on network file systems, where flock may not
     backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-    return optuna.storages.JournalStorage(backend), JournalFileOpenLock(str(path) + ".ask"), str(path)
+    return optuna.storages.JournalStorage(backend), ask_lock, str(path)
 
 
 def _alive(owner: str) -> bool:
@@ -221,19 +222,24 @@ class NstOptunaSweeper(Sweeper):
         name = self.study_name or str(self.config.get("sweep_name") or "nst")
         study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(self.sampler_conf),
                                     direction=self.direction, load_if_exists=True)
-        lost = recover_lost(study)
-        done = counted(study)
-        log.info(f"Optuna {optuna.__version__} study '{name}' in {where}: {done} of {self.n_trials} trials counted"
-                 + (f"; trial(s) {', '.join(map(str, lost))} left running by a dead command: failed, proposed again"
-                    if lost else ""))
-        returns = []
+        log.info(f"Optuna {optuna.__version__} study '{name}' in {where}: {counted(study)} of {self.n_trials} "
+                 "trials counted")
+        returns, ran, failed = [], 0, 0
         while True:
             ask_lock.acquire()
             try:
+                # under the lock, each round: a command that died meanwhile (this machine) gives its
+                # trials back, and no two commands recover the same one
+                lost = recover_lost(study)
+                if lost:
+                    log.info(f"trial(s) {', '.join(map(str, lost))} left running by a dead command: failed, "
+                             "proposed again")
                 left = self.n_trials - counted(study)
-                trials = [study.ask(space) for _ in range(min(self.n_jobs, left))] if left > 0 else []
-                for t in trials:
-                    t.set_user_attr("owner", OWNER)
+                study.sampler = make_sampler(self.sampler_conf, offset=len(study.get_trials(deepcopy=False)))
+                trials = []
+                for _ in range(min(self.n_jobs, left)):
+                    trials.append(study.ask(space))
+                    trials[-1].set_user_attr("owner", OWNER)
             finally:
                 ask_lock.release()
             if not trials:
@@ -241,24 +247,36 @@ class NstOptunaSweeper(Sweeper):
             # what was sampled first: it names the trial's folder and label
             batch = [[f"{k}={_value(v)}" for k, v in t.params.items()] + fixed for t in trials]
             try:
-                results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+                results = []
+                # a job's number (its folder's prefix) is its trial's number: trials asked together are
+                # consecutive but for re-enqueued ones, so each consecutive run is one launch
+                for start, end in _runs([t.number for t in trials]):
+                    results += list(self.launcher.launch(batch[start:end], initial_job_idx=trials[start].number))
             except BaseException:
-                for t in trials:  # interrupted: these trials did not finish; a later command proposes them again
-                    study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
-                    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+                ask_lock.acquire()  # the retries' numbers are taken under the lock too
+                try:
+                    state = {x.number: x.state for x in study.get_trials(deepcopy=False)}
+                    for t in trials:  # interrupted: these did not finish; a later command proposes them again
+                        if state[t.number] == TrialState.RUNNING:
+                            study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+                            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+                finally:
+                    ask_lock.release()
                 raise
-            failures = 0
             for t, ret, overrides in zip(trials, results, batch):
                 value = ret._return_value  # the public .return_value raises for a failed job
+                ran += 1
                 if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
                     study.tell(t, float(value))
                 else:
                     study.tell(t, state=TrialState.FAIL)
-                    failures += 1
+                    failed += 1
                     log.warning(f"Failed trial {t.number}: {' '.join(overrides)}")
             returns.append(results)
-            if failures > self.max_failure_rate * len(trials):
-                raise SearchConfigError(f"{failures} of {len(trials)} trials of a round failed (more than "
+            # over every trial this command ran (a round's few trials alone would judge too early)
+            if failed > self.max_failure_rate * max(ran, self.n_jobs):
+                self._write_results(study)
+                raise SearchConfigError(f"{failed} of the {ran} trials run failed (more than "
                                         f"hydra.sweeper.max_failure_rate={self.max_failure_rate:g}); see their error.log")
         self._write_results(study)
         return returns
@@ -278,8 +296,29 @@ class NstOptunaSweeper(Sweeper):
             log.info(f"Best value {results['best_value']:.6g} (trial {results['best_trial']}): {results['best_params']}")
 
 
+def _runs(numbers: List[int]) -> List[tuple]:
+    """(start, end) index ranges of the consecutive runs in a list of trial numbers."""
+    runs, start = [], 0
+    for i in range(1, len(numbers) + 1):
+        if i == len(numbers) or numbers[i] != numbers[i - 1] + 1:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
 def _value(v: Any) -> str:
-    """A sampled value as an override's text (floats in full precision)."""
+    """A sampled value as an override's text that Hydra reads back as the same value: floats in full
+    precision, None as null, a string quoted where its bare text would read as something else."""
+    if v is None:
+        return "null"
     if isinstance(v, float):
         return repr(v)
+    if isinstance(v, str):
+        try:
+            (parsed,) = OverridesParser.create().parse_overrides([f"k={v}"])
+            if not parsed.is_sweep_override() and parsed.value() == v and isinstance(parsed.value(), str):
+                return v
+        except Exception:  # noqa: BLE001 - not valid bare: quoted below
+            pass
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return str(v)
