@@ -103,9 +103,11 @@ def check_search(cfg) -> None:
             import optuna  # noqa: F401
         except ImportError:
             raise InputError("hydra/sweeper", "optuna needs Optuna: pip install '.[search]' in a clone") from None
+        from hydra_plugins.nst_launcher.optuna_sweeper import SAMPLERS
+
         sampler = (sweeper.get("sampler") or {}).get("name", "tpe")
-        if sampler not in ("tpe", "random", "cmaes"):
-            raise InputError("hydra.sweeper.sampler.name", f"unknown sampler {sampler!r}; allowed: tpe, random, cmaes")
+        if sampler not in SAMPLERS:
+            raise InputError("hydra.sweeper.sampler.name", f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
 
 
 def check(argv: list[str]) -> int:
