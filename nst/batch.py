@@ -15,6 +15,7 @@ cannot run even alone fails with one line saying what to lower. Never a silent f
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -199,7 +200,7 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         for lv in live.values():
             if not lv.done:
                 _fail(lv, OutOfMemoryAlone(fail_with))
-    device = None
+    device, oom = None, None
     try:
         running = [i for i in idxs if not live[i].done]
         if not running:
@@ -214,9 +215,8 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         unfinished = [i for i in idxs if not live[i].done]
         for i in unfinished:
             _close_sinks(live[i], {**live[i].summary, "status": "retried"})
-        if device is not None:
-            _empty_cache(device)
-        return unfinished, str(e).splitlines()[0]
+            live[i].tensors = live[i].objective = live[i].carry = None
+        oom = (unfinished, str(e).splitlines()[0])
     except BaseException as e:  # noqa: BLE001 - every unfinished trial records the failure, Ctrl-C included
         for i in idxs:
             if not live[i].done:
@@ -226,9 +226,15 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
     finally:
         for i in idxs:
             summaries[i] = live[i].summary
+        if oom is not None:
+            # The failed attempt's memory is held in reference cycles (CUDA's error path): without the
+            # collector it outlives the attempt. On an H200 (benchmarks/gpu_check.py, oom_split) two of
+            # eight 512 px trials then failed "even alone" under a cap that holds four; with it all eight
+            # completed, in the same run.
+            gc.collect()
         if device is not None:
             _empty_cache(device)  # hand this batch's blocks to the next one
-    return [], None
+    return oom if oom is not None else ([], None)
 
 
 def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, FeatureExtractor]:

@@ -158,6 +158,36 @@ def test_out_of_memory_splits_the_batch_and_retries_both_halves(tmp_path, monkey
         assert sorted(p.name for p in (tmp_path / str(i) / "frames").iterdir()) == ["1.png", "2.png", "4.png"]
 
 
+def test_a_failed_attempt_frees_its_tensors_before_the_halves_run(tmp_path, monkeypatch):
+    """What the attempt that ran out of memory held (here: the image batch it evaluated) is gone before
+    the retry's first evaluation, or the halves would run out of memory too."""
+    import weakref
+
+    forward = batch.FeatureExtractor.forward
+    failed: list = []
+    alive_at_retry: list[bool] = []
+
+    def limited(self, image):
+        if image.shape[0] > 2:
+            failed.append(weakref.ref(image))
+            raise torch.OutOfMemoryError(f"CUDA out of memory (a batch of {image.shape[0]})")
+        if failed and not alive_at_retry:
+            alive_at_retry.append(failed[0]() is not None)
+        return forward(self, image)
+
+    monkeypatch.setattr(batch.FeatureExtractor, "forward", limited)
+    ss = [settings(*BASE, f"style_weight=1e{3 + i}", "steps=2") for i in range(4)]
+    import gc
+
+    gc.disable()  # the collector's own schedule must not be what frees them
+    try:
+        out = batch.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=4)
+    finally:
+        gc.enable()
+    assert all(o["status"] == "completed" for o in out)
+    assert alive_at_retry == [False]
+
+
 def test_a_trial_out_of_memory_even_alone_fails_with_one_line_saying_what_to_lower(tmp_path, monkeypatch):
     _oom_above(monkeypatch, 0)
     out = batch.run_trials([trial(settings(*BASE, f"seed={i}"), tmp_path / str(i)) for i in range(2)])
