@@ -89,6 +89,9 @@ class Objective:
                  style_blend: tuple[float, ...] = (1.0,)):
         self.extractor, self.spec = extractor, spec
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        # Whether any trial has a TV term, read once here (a host synchronisation when the weights are on a
+        # GPU) rather than at every evaluation.
+        self.tv_on = bool((tv_weight > 0).any())
         with torch.no_grad():
             self.content_targets = {}
             if spec.content_layers:
@@ -111,6 +114,7 @@ class Objective:
         """The same targets under other loss weights: trials of a batch with the same images and layers share them."""
         other = copy.copy(self)
         other.content_weight, other.style_weight, other.tv_weight = content_weight, style_weight, tv_weight
+        other.tv_on = bool((tv_weight > 0).any())  # once per batch, not per evaluation (see __init__)
         return other
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -131,7 +135,7 @@ class Objective:
             t = style_term(feats[layer], self.style_targets[layer], self.spec.style_form)
             terms[f"style/{layer}"] = t
             style = style + w * t
-        tv = tv_term(image) if bool((self.tv_weight > 0).any()) else zero
+        tv = tv_term(image) if self.tv_on else zero
         terms["content"], terms["style"], terms["tv"] = content, style, tv
         # The one place where the loss weights are applied.
         terms["total"] = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
