@@ -18,7 +18,11 @@ fails stops nothing:
   oom_split         a batch too large for a capped memory pool: split in halves and completed; a trial
                     too large even alone fails with one line
   two_workers       a real Hydra sweep on two worker processes sharing the one GPU
+  compile           the bare evaluation at 512x384 (tf32, bf16) under torch.compile, default mode and
+                    reduce-overhead (CUDA graphs), beside the eager one of the same run
   host_cpu          the host CPU with 2 threads: fp32 against bf16 (its model and bf16 units printed)
+  host_demo         the host CPU with 2 threads: `make demo`'s transfer (256 px, 150 evaluations) in fp32
+                    and in bf16, wall time and metrics of each
 
 --dry-run runs every part that does not need CUDA at tiny sizes on the CPU (so the commands, their
 options and the parsing of their results are checked before a GPU is at hand) and skips, by name,
@@ -73,7 +77,7 @@ class Part:
 class Context:
     dry: bool
     work: Path  # scratch folder (temporary)
-    opts: argparse.Namespace  # --sweep-presets, --sweep-steps, --precision-steps, --layouts, --no-loops
+    opts: argparse.Namespace  # --sweep-presets, --sweep-steps, --sweep-batched-only, --precision-steps, --layouts, --no-loops
     py: str = sys.executable
 
     def json_path(self, name: str) -> Path:
@@ -145,7 +149,8 @@ def _precision_read(c: Context, rec: dict) -> None:
 def _sweep_cmd(c: Context) -> list[str]:
     args = ["--device", "cpu", "--steps", "1", "--size", "32", "--limit", "3"] if c.dry else \
         ["--device", "cuda", *(["--steps", str(c.opts.sweep_steps)] if c.opts.sweep_steps else [])]
-    return [c.py, str(BENCH / "sweep.py"), "--preset", *c.opts.sweep_presets, *args,
+    only = ["--batched-only", *c.opts.sweep_batched_only] if c.opts.sweep_batched_only else []
+    return [c.py, str(BENCH / "sweep.py"), "--preset", *c.opts.sweep_presets, *args, *only,
             "--json", str(c.json_path("sweep"))]
 
 
@@ -199,6 +204,32 @@ def _workers_read(c: Context, rec: dict) -> None:
                       "results_csv": (sweep / "results.csv").exists()}
 
 
+def _compile_cmd(c: Context) -> list[str]:
+    return [c.py, str(BENCH / "throughput.py"), "--device", "cuda", "--sizes", "512", "--precisions", "tf32", "bf16",
+            "--evals", "30", "--compile", "default", "reduce-overhead", "--json", str(c.json_path("compile"))]
+
+
+def _compile_read(c: Context, rec: dict) -> None:
+    data = _load(c.json_path("compile"))
+    if data:
+        rec["figures"] = {"rows": {f"{r['precision']} {r['what']}": {
+            "evals_per_s": round(r["evals_per_s"], 2), "ms_per_eval": round(1000 / r["evals_per_s"], 3),
+            "tflops": round(r["tflops"], 2), "fraction_of_peak": r["fraction_of_peak"],
+            "ratio_to_bare": round(r["ratio_to_bare"], 3)} for r in data["rows"]}}
+        compiling = [line.strip() for line in rec.get("output", "").splitlines() if "torch.compile(" in line]
+        rec["figures"]["compiling"] = compiling
+
+
+def _host_demo_cmd(c: Context) -> list[str]:
+    return [c.py, str(Path(__file__).resolve()), "--inner", "host_demo", "--out", str(c.work)] + (["--dry-run"] if c.dry else [])
+
+
+def _host_demo_read(c: Context, rec: dict) -> None:
+    data = _load(c.json_path("host_demo"))
+    if data:
+        rec["figures"] = data
+
+
 def _host_cpu_cmd(c: Context) -> list[str]:
     return [c.py, str(Path(__file__).resolve()), "--inner", "host_cpu", "--out", str(c.work)] + (["--dry-run"] if c.dry else [])
 
@@ -225,8 +256,10 @@ PARTS = [
     Part("default_transfer", False, 60, _default_cmd, _default_read),
     Part("oom_split", True, 60, _oom_cmd, _oom_read),
     Part("two_workers", False, 90, _workers_cmd, _workers_read),
+    Part("compile", True, 200, _compile_cmd, _compile_read),
     # two threads, as on the project's 2-core machines
     Part("host_cpu", False, 90, _host_cpu_cmd, _host_cpu_read, env={"OMP_NUM_THREADS": "2"}),
+    Part("host_demo", False, 240, _host_demo_cmd, _host_demo_read, env={"OMP_NUM_THREADS": "2", "NST_CPU_THREADS": "2"}),
 ]
 
 
@@ -258,7 +291,8 @@ def inner_oom_split(out: Path) -> None:
     result = {
         "cap_mb": round(cap / 2**20), "trial_estimate_mb": round(per_trial / 2**20),
         "statuses": [s["status"] for s in summaries],
-        "batch_sizes": sorted({s["batch"]["id"]: s["batch"]["size"] for s in summaries}.values(), reverse=True),
+        # the size of the attempt each trial completed in (a split keeps the batch's id)
+        "batch_sizes": [s["batch"]["size"] for s in summaries],
         "seconds": round(split_s, 2),
         "alone_status": alone["status"], "alone_error": alone.get("error"),
     }
@@ -267,6 +301,34 @@ def inner_oom_split(out: Path) -> None:
     ok = all(s == "completed" for s in result["statuses"]) and max(result["batch_sizes"]) < 8 \
         and alone["status"] == "failed" and "out of memory even alone" in (alone.get("error") or "")
     sys.exit(0 if ok else 1)
+
+
+def inner_host_demo(out: Path, dry: bool) -> None:
+    """`make demo`'s transfer on the host CPU (two threads), fp32 then bf16 (bf16 only where the CPU has
+    bf16 units: emulated, it takes many minutes): the whole command's wall time, the optimisation's, and
+    the standardised metrics of each (to compare with the float-noise floor)."""
+    from nst.trial import cpu_bf16_units
+
+    units = cpu_bf16_units()
+    precisions = ["fp32"] + (["bf16"] if units and not dry else [])
+    size, steps = ("32", "2") if dry else ("256", "150")
+    result: dict = {"cpu_bf16": units, "size": int(size), "steps": int(steps)}
+    keys = ("status", "error", "precision", "image_size", "evaluations", "optimisation_time", "evals_per_second",
+            "wall_time", "stop_reason", "cpu_threads", "final_loss", "metrics")
+    rc = 0
+    for p in precisions:
+        run_dir = out / f"host_demo_{p}"
+        t = time.perf_counter()
+        rc |= subprocess.call([sys.executable, "-m", "nst.run", f"size={size}", f"steps={steps}", "device=cpu",
+                               f"precision={p}", "logger=none", f"hydra.run.dir={run_dir}"])
+        s = _load(run_dir / "summary.json") or {}
+        result[p] = {"end_to_end_s": round(time.perf_counter() - t, 2), **{k: s.get(k) for k in keys if k in s}}
+        print(f"host demo {p}: {json.dumps(result[p])}", flush=True)
+    if "bf16" in result and result["fp32"].get("optimisation_time") and result["bf16"].get("optimisation_time"):
+        result["bf16_speedup_optimisation"] = round(result["fp32"]["optimisation_time"] / result["bf16"]["optimisation_time"], 3)
+        result["bf16_speedup_end_to_end"] = round(result["fp32"]["end_to_end_s"] / result["bf16"]["end_to_end_s"], 3)
+    (out / "host_demo.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    sys.exit(rc)
 
 
 def inner_host_cpu(out: Path, dry: bool) -> None:
@@ -367,7 +429,7 @@ def summary_lines(report: dict) -> list[str]:
         f = rec.get("figures") or {}
         if rec["part"] == "gpu_tests" and f.get("pytest"):
             out.append(f"    {f['pytest']}")
-        elif rec["part"] in ("throughput", "host_cpu") and f.get("rows"):
+        elif rec["part"] in ("throughput", "host_cpu", "compile") and f.get("rows"):
             for key, r in f["rows"].items():
                 if isinstance(r, dict):
                     peak = f", {100 * r['fraction_of_peak']:.1f} % of peak" if r.get("fraction_of_peak") else ""
@@ -377,6 +439,8 @@ def summary_lines(report: dict) -> list[str]:
                     out.append(f"    {key:<24} {r:9.3f} evals/s")
             if rec["part"] == "host_cpu":
                 out.append(f"    CPU: {f.get('cpu')}, {f.get('threads')} threads, bf16 units: {f.get('bf16')}")
+            for line in f.get("compiling", []):
+                out.append(f"    {line}")
         elif rec["part"] == "precision" and f.get("rows"):
             out.append(f"    {f['size']} px, {f['steps']} evaluations; noise floor {_fmt(f.get('noise_floor'), '.4f')}; "
                        f"default: {f['default']}")
@@ -388,9 +452,18 @@ def summary_lines(report: dict) -> list[str]:
             for name in ("six", "ablations", "eight512"):
                 if name in f:
                     p = f[name]
-                    out.append(f"    {name:<10} {p['trials']:>3} trials  one at a time {p['one_at_a_time_s']:8.2f} s  "
-                               f"batched {p['batched_s']:7.2f} s  x{p['speedup']:.2f}  batches {p['batch_sizes']}"
+                    out.append(f"    {name:<10} {p['trials']:>3} trials  one at a time {_fmt(p['one_at_a_time_s']):>8} s  "
+                               f"batched {p['batched_s']:7.2f} s  x{_fmt(p['speedup'])}  batches {p['batch_sizes']}"
                                + (f"  {p['failed']} FAILED" if p["failed"] else ""))
+        elif rec["part"] == "host_demo" and f:
+            for p in ("fp32", "bf16"):
+                if p in f:
+                    r = f[p]
+                    out.append(f"    {p}: {r.get('status')}, {r.get('evaluations')} evaluations, optimisation "
+                               f"{_fmt(r.get('optimisation_time'))} s, end to end {_fmt(r.get('end_to_end_s'))} s, "
+                               f"threads {r.get('cpu_threads')}, metrics {r.get('metrics')}")
+            if "bf16_speedup_optimisation" in f:
+                out.append(f"    bf16 speed-up: optimisation x{f['bf16_speedup_optimisation']}, end to end x{f['bf16_speedup_end_to_end']}")
         elif rec["part"] in ("default_transfer", "oom_split", "two_workers") and f:
             out.append("    " + ", ".join(f"{k}={v}" for k, v in f.items() if v is not None))
     if not report["dry_run"]:
@@ -439,13 +512,25 @@ def main() -> None:
     ap.add_argument("--layouts", nargs="+", default=["nchw"], choices=["nchw", "nhwc"],
                     help="the throughput part's layouts on the GPU (default nchw: nhwc won no loop there)")
     ap.add_argument("--no-loops", action="store_true", help="the throughput part without the optimiser loops")
-    ap.add_argument("--inner", choices=["oom_split", "host_cpu"], help=argparse.SUPPRESS)
+    ap.add_argument("--sweep-batched-only", nargs="+", default=[], metavar="PRESET",
+                    help="sweep presets to run batched only (no one-at-a-time baseline)")
+    ap.add_argument("--limit", nargs="+", default=[], metavar="PART=SECONDS",
+                    help="a part's own time limit instead of its default")
+    ap.add_argument("--inner", choices=["oom_split", "host_cpu", "host_demo"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.inner == "oom_split":
         return inner_oom_split(args.out)
     if args.inner == "host_cpu":
         return inner_host_cpu(args.out, args.dry_run)
+    if args.inner == "host_demo":
+        return inner_host_demo(args.out, args.dry_run)
+    limits = {}
+    for item in args.limit:
+        name, _, seconds = item.partition("=")
+        if name not in {p.name for p in PARTS} or not seconds.replace(".", "", 1).isdigit():
+            ap.error(f"--limit {item!r}: expected PART=SECONDS with PART one of {', '.join(p.name for p in PARTS)}")
+        limits[name] = float(seconds)
 
     import torch
 
@@ -468,8 +553,9 @@ def main() -> None:
                 rec = {"part": part.name, "needs_cuda": part.needs_cuda, "status": "not run",
                        "reason": f"the {args.budget:.0f} s budget was spent"}
             else:
-                print(f"{head} (limit {min(part.limit_s, left):.0f} s, {time.perf_counter() - start:.0f} s in)", flush=True)
-                rec = run_part(part, c, min(part.limit_s, left), log)
+                limit = min(limits.get(part.name, part.limit_s), left)
+                print(f"{head} (limit {limit:.0f} s, {time.perf_counter() - start:.0f} s in)", flush=True)
+                rec = run_part(part, c, limit, log)
             print(f"{head}: {rec['status']}" + (f" ({rec['wall_s']:.1f} s)" if "wall_s" in rec else "")
                   + (f" - {rec['reason']}" if rec.get("reason") else ""), flush=True)
             report["parts"].append(rec)

@@ -70,25 +70,27 @@ def timed(fn) -> tuple[float, list[dict]]:
 
 
 def bench(name: str, device: str, steps: int | None, max_batch: int | None, size: int | None = None,
-          limit: int | None = None) -> dict:
+          limit: int | None = None, batched_only: bool = False) -> dict:
     overrides = preset(name, steps, size)[:limit]
     with tempfile.TemporaryDirectory() as tmp:
         # the first trial at 3 evaluations: its size, so cuDNN tunes for the shapes that are timed
         warm = make_trials([[o for o in overrides[0] if not o.startswith("steps=")] + ["steps=3"]], device,
                            Path(tmp) / "warm")
         run_batch(warm)
-        alone_s, alone = timed(lambda: [run_batch([t])[0] for t in make_trials(overrides, device, Path(tmp) / "alone")])
+        alone_s, alone = (None, []) if batched_only else \
+            timed(lambda: [run_batch([t])[0] for t in make_trials(overrides, device, Path(tmp) / "alone")])
         batched_s, batched = timed(lambda: run_trials(make_trials(overrides, device, Path(tmp) / "batched"), max_batch))
     failed = sum(s["status"] != "completed" for s in alone + batched)
     sizes = sorted({s["batch"]["id"]: s["batch"]["size"] for s in batched}.values(), reverse=True)
     evals = sum(s.get("evaluations") or 0 for s in batched)
     print(f"{name}: {len(overrides)} trials, {evals} evaluations, device {device}; batches of {sizes}"
           f"{f'; {failed} FAILED' if failed else ''}")
-    print(f"  one at a time: {alone_s:8.2f} s")
-    print(f"  batched:       {batched_s:8.2f} s   speed-up {alone_s / batched_s:5.2f}x", flush=True)
+    speedup = None if alone_s is None else alone_s / batched_s
+    print("  one at a time: " + ("not run (--batched-only)" if alone_s is None else f"{alone_s:8.2f} s"))
+    print(f"  batched:       {batched_s:8.2f} s" + ("" if speedup is None else f"   speed-up {speedup:5.2f}x"), flush=True)
     return {"preset": name, "trials": len(overrides), "evaluations": evals, "batch_sizes": sizes,
-            "failed": failed, "one_at_a_time_s": round(alone_s, 3), "batched_s": round(batched_s, 3),
-            "speedup": round(alone_s / batched_s, 3)}
+            "failed": failed, "one_at_a_time_s": None if alone_s is None else round(alone_s, 3),
+            "batched_s": round(batched_s, 3), "speedup": None if speedup is None else round(speedup, 3)}
 
 
 def main() -> None:
@@ -99,6 +101,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=None, help="largest batch (default: auto, as the launcher)")
     ap.add_argument("--size", type=int, default=None, help="long side in px (default: the preset's)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N trials of each preset (a quick try-out)")
+    ap.add_argument("--batched-only", nargs="+", default=[], metavar="PRESET",
+                    help="these presets run batched only (no one-at-a-time baseline: the ablations take minutes so)")
     ap.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = ap.parse_args()
     presets = args.preset or (["six", "ablations", "eight512"] if args.device.startswith("cuda") else ["six"])
@@ -110,7 +114,8 @@ def main() -> None:
         print(f"cuDNN autotuning (cudnn.benchmark): batch of one {'on' if cudnn_autotune(1) else 'off'}, "
               f"larger batches {'on' if cudnn_autotune(2) else 'off'}")
     print(f"device: {args.device} ({name}), precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    rows = [bench(p, args.device, args.steps, args.max_batch, args.size, args.limit) for p in presets]
+    rows = [bench(p, args.device, args.steps, args.max_batch, args.size, args.limit, p in args.batched_only)
+            for p in presets]
     if args.json:
         args.json.write_text(json.dumps({"device": args.device, "device_name": name, "torch": torch.__version__,
                                          "threads": torch.get_num_threads(), "precision": precision,

@@ -73,9 +73,12 @@ def deepest_layer(s: Settings) -> str:
     return max(s.objective.content_layers + s.objective.style_layers, key=names.index)
 
 
-def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: int = 0, autocast: bool = False) -> float:
+def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: int = 0, autocast: bool = False,
+              compile_mode: str | None = None) -> float:
     """Images per second of bare evaluations: forward, objective and backward of a [batch,3,H,W] tensor
-    (nhwc: the network in the channels-last layout; profile: print that many of the costliest operators)."""
+    (nhwc: the network in the channels-last layout; profile: print that many of the costliest operators;
+    compile_mode: the objective under torch.compile with that mode, "default", "reduce-overhead" (CUDA
+    graphs) or "max-autotune", its compile time printed and not counted)."""
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
     set_precision(precision, device)
@@ -87,15 +90,20 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
     weights = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
     obj = Objective(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **weights)
     x = t["init"].expand(batch, -1, -1, -1).clone().requires_grad_(True)
+    fn = obj if compile_mode is None else torch.compile(obj, mode=None if compile_mode == "default" else compile_mode,
+                                                        dynamic=False)
 
     def step():
         x.grad = None
-        obj(x)["total"].sum().backward()
+        fn(x)["total"].sum().backward()
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for _ in range(3):  # warm-up (cuDNN autotuning, allocator)
+    warm = time.perf_counter()
+    for _ in range(3 if compile_mode is None else 6):  # warm-up (cuDNN autotuning, allocator; compiling, graph capture)
         step()
     sync()
+    if compile_mode is not None:
+        print(f"   torch.compile(mode={compile_mode}): warm-up with compiling {time.perf_counter() - warm:.1f} s", flush=True)
     start = time.perf_counter()
     for _ in range(evals):
         step()
@@ -178,6 +186,10 @@ def main() -> None:
                     help="also time bf16's bare evaluation under autocast (weights cast at every call), the former path")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="print the N costliest operators of each bare evaluation row (torch.profiler)")
+    ap.add_argument("--compile", nargs="+", default=[], metavar="MODE",
+                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                    help="also time the bare evaluation with the objective under torch.compile in these modes "
+                         "(reduce-overhead: CUDA graphs); a mode that fails is reported and skipped")
     ap.add_argument("--json", type=Path, help="also write the rows here as JSON")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -234,6 +246,14 @@ def main() -> None:
                 if precision == "bf16" and args.bf16_autocast:
                     r = bare_rate(s, args.batch, args.evals, nhwc, args.profile, autocast=True)
                     emit(row(size, wh, precision, args.batch, f"bare autocast{tag}", r, flops, peaks, r, baseline))
+                for mode in args.compile:
+                    try:
+                        r = bare_rate(s, args.batch, args.evals, nhwc, compile_mode=mode)
+                    except Exception as e:  # noqa: BLE001 - a backend that cannot compile here is a finding, not a crash
+                        print(f"   torch.compile(mode={mode}) failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                              flush=True)
+                        continue
+                    emit(row(size, wh, precision, args.batch, f"bare compile {mode}{tag}", r, flops, peaks, bare, baseline))
                 if not args.loop:
                     continue
                 base = [f"device={args.device}", f"size={size}", f"precision={precision}", "logger=none"]

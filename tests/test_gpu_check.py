@@ -16,11 +16,11 @@ def test_the_gpu_check_dry_run_runs_every_cpu_part_and_names_the_cuda_ones(tmp_p
     report = json.loads((out / "gpu_check.json").read_text())
     parts = {p["part"]: p for p in report["parts"]}
     assert list(parts) == ["gpu_tests", "throughput", "precision", "sweep", "default_transfer", "oom_split",
-                           "two_workers", "host_cpu"]
-    for name in ("gpu_tests", "oom_split"):
+                           "two_workers", "compile", "host_cpu", "host_demo"]
+    for name in ("gpu_tests", "oom_split", "compile"):
         assert parts[name]["status"] == "skipped" and parts[name]["reason"] == "needs CUDA"
         assert f"- {name}: skipped - needs CUDA" in r.stdout
-    for name in ("throughput", "precision", "sweep", "default_transfer", "two_workers", "host_cpu"):
+    for name in ("throughput", "precision", "sweep", "default_transfer", "two_workers", "host_cpu", "host_demo"):
         assert parts[name]["status"] == "passed" and parts[name]["rc"] == 0, parts[name].get("output_tail")
         assert parts[name]["figures"], name  # its results were read back
     f = {name: parts[name]["figures"] for name in parts if "figures" in parts[name]}
@@ -31,6 +31,8 @@ def test_the_gpu_check_dry_run_runs_every_cpu_part_and_names_the_cuda_ones(tmp_p
     assert f["two_workers"]["trials"] == f["two_workers"]["completed"] == 4 and f["two_workers"]["results_csv"]
     assert "2 CPU worker processes" in f["two_workers"]["launcher"]
     assert {"fp32 bare 32x24", "bf16 bare nhwc 32x24"} <= set(f["host_cpu"]["rows"])
+    # the demo's transfer on the host CPU; bf16 only where the CPU has bf16 units (the suite pins none)
+    assert f["host_demo"]["fp32"]["status"] == "completed" and "bf16" not in f["host_demo"]
     # the summary: printed last and written beside the JSON and the parts' whole output
     summary = (out / "gpu_check.txt").read_text()
     assert summary.splitlines()[0].startswith("GPU check (dry run, CPU)") and summary.strip() in r.stdout
