@@ -275,7 +275,7 @@ def inner_oom_split(out: Path) -> None:
     sys.path.insert(0, str(BENCH))
     from sweep import make_trials
 
-    from nst.batch import run_trials, trial_bytes
+    from nst.runner import run_trials, trial_bytes
 
     device = torch.device("cuda")
     total = torch.cuda.get_device_properties(device).total_memory
@@ -307,7 +307,7 @@ def inner_host_demo(out: Path, dry: bool) -> None:
     """`make demo`'s transfer on the host CPU (two threads), fp32 then bf16 (bf16 only where the CPU has
     bf16 units: emulated, it takes many minutes): the whole command's wall time, the optimisation's, and
     the standardised metrics of each (to compare with the float-noise floor)."""
-    from nst.trial import cpu_bf16_units
+    from nst.device import cpu_bf16_units
 
     units = cpu_bf16_units()
     precisions = ["fp32"] + (["bf16"] if units and not dry else [])
@@ -337,7 +337,7 @@ def inner_host_cpu(out: Path, dry: bool) -> None:
     precision benchmark's verdict with its noise floor; a CPU without them gets a 64 px look only (bf16
     is emulated there and many times slower)."""
     sys.path.insert(0, str(BENCH))
-    from nst.trial import cpu_bf16_units, cpu_model
+    from nst.device import cpu_bf16_units, cpu_model
 
     units = cpu_bf16_units()
     print(f"host CPU: {cpu_model()}; bf16 units: {units or 'none'}", flush=True)
@@ -403,7 +403,7 @@ def run_part(part: Part, c: Context, limit: float, log) -> dict:
 def environment() -> dict:
     import torch
 
-    from nst.trial import _cpuinfo, cpu_model
+    from nst.device import _cpuinfo, cpu_model
 
     env = {"torch": torch.__version__, "python": platform.python_version(), "cuda_available": torch.cuda.is_available(),
            "host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),

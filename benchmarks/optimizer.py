@@ -1,6 +1,6 @@
 """The L-BFGS optimiser's own cost per evaluation, without the network: per-trial port vs vectorised.
 
-Drives both L-BFGS drivers of nst.batch_opt over B trials of image-sized problems (a separable
+Drives the runner's L-BFGS (nst.optimizers.BatchLBFGS) and the reference port (tests/lbfgs_oracle.py) over B trials of image-sized problems (a separable
 quartic whose curvatures span six decades, so L-BFGS needs its history and its line search for
 hundreds of iterations, as in a transfer) and prints the optimiser time per evaluation of each, and their ratio, measured in this
 process:
@@ -13,11 +13,16 @@ synchronisations: on a GPU the per-trial port syncs several times per history pa
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from nst.batch_opt import BatchLBFGS, PerTrialLBFGS
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the reference port lives with its tests
+from lbfgs_oracle import PerTrialLBFGS  # noqa: E402
+
+from nst.optimizers import BatchLBFGS  # noqa: E402
 
 
 def objective(x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

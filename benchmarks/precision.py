@@ -5,7 +5,7 @@
 
 Per precision (default: fp32 tf32 bf16 on a GPU; fp32 bf16 on the CPU, where tf32 is an error and
 is skipped), the five trials of sweeps/style_weight.yaml (style_weight 1e3 ... 1e7) run as one
-batch through the runner (nst.batch.run_batch, logger=none, the file sink, all in a temporary
+batch through the runner (nst.runner.run_batch, logger=none, the file sink, all in a temporary
 folder), after a warm-up batch of the same trials at --warmup evaluations (cuDNN tunes its
 algorithms per precision). fp32 always runs, first: the yardstick, measured in the same process.
 
@@ -19,7 +19,7 @@ per precision, and whether it is within --tolerance (default 2 %).
 The last line, "default for <device kind>: <precision>", names the precision with the most
 evaluations/s among those whose trials all completed within tolerance (fp32 always qualifies).
 Ranking by evaluations/s rather than time keeps a precision whose optimiser merely stopped sooner
-from looking faster. The project's `precision=auto` (nst.trial.resolve_precision) should be set from
+from looking faster. The project's `precision=auto` (nst.device.resolve_precision) should be set from
 this line on each kind of GPU; on the CPU the project keeps fp32 whatever this prints.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from nst import cli
-from nst.batch import image_size, run_batch
+from nst.runner import image_size, run_batch
 from sweep import make_trials  # benchmarks/, this script's folder
 from throughput import device_name
 
@@ -76,7 +76,7 @@ def run_noise(args, folder: Path) -> tuple[list[dict], str]:
     if args.device == "cpu":
         threads = int(os.environ["NST_CPU_THREADS"])  # main() pins it for every batch
         other = 1 if threads > 1 else 2
-        os.environ["NST_CPU_THREADS"] = str(other)  # read by the runner (nst.trial.cpu_threads)
+        os.environ["NST_CPU_THREADS"] = str(other)  # read by the runner (nst.device.cpu_threads)
         try:
             summaries = run_batch(trials)
         finally:

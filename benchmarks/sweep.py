@@ -7,7 +7,7 @@
 
 Presets: `six` (style_weight 1e3 ... 1e8 at 64 px), `ablations` (all eleven sweeps in sweeps/ at
 128 px, 200 evaluations: 78 trials), `eight512` (eight style weights at 512 px, 500 evaluations).
-Both modes go through the same runner (nst.batch) with the same trials and the same file sink
+Both modes go through the same runner (nst.runner) with the same trials and the same file sink
 (metrics.jsonl, frames, final.png, summary.json, in a temporary folder); "one at a time" runs each
 trial as a batch of one, as `hydra/launcher=basic` does. Hydra's own per-job overhead (composing
 configs, writing .hydra/) is the same in both and left out. A warm-up trial runs first (weights
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from nst import cli
-from nst.batch import Trial, run_batch, run_trials
+from nst.runner import Trial, run_batch, run_trials
 from nst.settings import load_inputs
 from nst.sinks import FileSink
-from nst.trial import cudnn_autotune, resolve_precision
+from nst.device import cudnn_autotune, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 

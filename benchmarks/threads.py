@@ -1,5 +1,5 @@
 """Intra-op threads on a shared CPU: a batch of four trials with all the process's threads, with one,
-and with the runner's rule (nst.trial.cpu_threads: the cores idle just before the batch), while the
+and with the runner's rule (nst.device.cpu_threads: the cores idle just before the batch), while the
 machine is idle, while a Python busy loop holds a core, and while another PyTorch job computes.
 
     python benchmarks/threads.py [--reps 3] [--cases idle pyloop torchjob] [--size 64] [--steps 30]
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from nst.batch import run_batch
+from nst.runner import run_batch
 from sweep import make_trials  # benchmarks/, this script's folder
 
 COMPETITORS = {

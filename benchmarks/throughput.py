@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 
 from nst import cli
-from nst.batch import Trial, image_size, run_batch
+from nst.runner import Trial, image_size, run_batch
 from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, layer_names
 from nst.objective import Objective
 from nst.settings import Settings, load_inputs
 from nst.sinks import FileSink
-from nst.trial import cpu_bf16_units, cpu_model, cudnn_autotune, prepare, resolve_device, resolve_precision, set_determinism, set_precision
+from nst.inputs import prepare
+from nst.device import cpu_bf16_units, cpu_model, cudnn_autotune, resolve_device, resolve_precision, set_determinism, set_precision
 
 # Dense (no sparsity) peak TFLOP/s per precision, from the vendors' data sheets. The first entry
 # whose key is in torch.cuda.get_device_name() wins; None: a variant whose peak we do not list.
@@ -126,7 +127,7 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
 def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, with_files: bool, nhwc: bool = False) -> float:
     """Evaluations per second (per image) of the runner's optimisation loop: `batch` trials in one batch,
     with the file sink or none (nhwc: the network in the channels-last layout)."""
-    os.environ["NST_CHANNELS_LAST"] = "1" if nhwc else "0"  # read by the runner (nst.trial.channels_last)
+    os.environ["NST_CHANNELS_LAST"] = "1" if nhwc else "0"  # read by the runner (nst.device.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         def trials(steps: int) -> list[Trial]:
             s = cli.settings_for([*base, f"steps={steps}", *overrides])

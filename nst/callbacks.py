@@ -13,7 +13,7 @@ log = logging.getLogger("nst")
 
 class AggregateSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from nst.outcome import OUTPUTS
+        from nst.records import OUTPUTS
 
         # The submitting process knows the sweep folder even when no trial runs in it (other launchers).
         OUTPUTS.add(str(Path(config.hydra.sweep.dir).resolve()))

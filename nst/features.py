@@ -213,7 +213,7 @@ class FeatureExtractor(nn.Module):
                  precision: str = "fp32", channels_last: bool = False, bf16_autocast: bool = False):
         super().__init__()
         # channels_last: activations and weights in NHWC layout (oneDNN's and cuDNN's native one for
-        # bf16); the same arithmetic, other kernels. nst.trial.channels_last says when it is used.
+        # bf16); the same arithmetic, other kernels. nst.device.channels_last says when it is used.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # bf16: the network's weights are stored in bfloat16 and the (preprocessed) image is cast to
         # it once, so convolutions, ReLUs and poolings run in bfloat16 with float32 accumulation;

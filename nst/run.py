@@ -1,6 +1,6 @@
 """Entry point: `python -m nst.run [key=value ...]` runs one transfer; `-m` runs a sweep.
 
-Orchestration only: compose (Hydra), validate, hand the trials to the batched runner (`nst.batch`),
+Orchestration only: compose (Hydra), validate, hand the trials to the batched runner (`nst.runner`),
 report. A sweep goes through the project's launcher (`hydra/launcher=nst`, in hydra_plugins/), which
 hands the compatible trials of a sweep to `run_jobs` together; a single run, or a job of a launcher
 that runs one job at a time (`hydra/launcher=basic`), is a batch of one through the same runner.
@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nst import cli
 from nst.errors import InputError
-from nst.outcome import OUTPUTS, outcome, read_summary
+from nst.records import OUTPUTS, outcome, read_summary
 
 log = logging.getLogger("nst")
 cli.register_resolvers()
@@ -67,7 +67,7 @@ def run_jobs(jobs: list) -> list:
     objective (None when no `objective` is set); for a failed trial None in a grid (so that Hydra's
     basic sweeper never stops a sweep before its report) and a TrialFailed in a search (so that the
     sweeper counts it as failed)."""
-    from nst.batch import run_trials
+    from nst.runner import run_trials
 
     _teardown_at_exit()
     values: list = [None] * len(jobs)
@@ -89,9 +89,9 @@ def run_jobs(jobs: list) -> list:
 
 
 def _bf16_hint(settings: list) -> None:
-    """On a CPU with AMX-BF16 units precision=auto stays fp32 (nst.trial.resolve_precision); say once
+    """On a CPU with AMX-BF16 units precision=auto stays fp32 (nst.device.resolve_precision); say once
     what precision=bf16 would offer there."""
-    from nst.trial import cpu_bf16_units, resolve_device
+    from nst.device import cpu_bf16_units, resolve_device
 
     try:
         on_cpu = any(s.precision == "auto" and resolve_device(s.device).type == "cpu" for s in settings)
@@ -106,7 +106,7 @@ def lost_batch(jobs: list, error: BaseException, since: float) -> list:
     """The launcher lost these trials' batch (a worker process died, a SLURM task failed): each
     that has no result from it is recorded as failed with the error, so that resume runs it again.
     Returns what run_jobs would have."""
-    from nst.trial import write_json_atomic
+    from nst.records import write_json_atomic
 
     values = []
     for job in jobs:
@@ -131,7 +131,7 @@ def _result(summary: dict):
     """What run_jobs returns for the active job's trial, from its summary (see run_jobs). A completed
     trial's objective is also written into its summary.json, for the sweep report."""
     from nst import search
-    from nst.trial import write_json_atomic
+    from nst.records import write_json_atomic
 
     config = summary.get("config") or {}
     name = config.get("objective")
@@ -167,7 +167,7 @@ def _teardown_at_exit() -> None:
 
 def batch_key(cfg: DictConfig) -> tuple:
     """The launcher's grouping: trials with equal keys can share a pass (raises InputError on bad input)."""
-    from nst.batch import group_key
+    from nst.runner import group_key
     from nst.settings import settings_from_dict
 
     return group_key(settings_from_dict(OmegaConf.to_container(cfg, resolve=True)))
@@ -175,7 +175,7 @@ def batch_key(cfg: DictConfig) -> tuple:
 
 def batch_size(cfgs: list[DictConfig]) -> int:
     """hydra.launcher.max_batch=auto: from the device's free memory and what one trial costs."""
-    from nst.batch import auto_batch_size
+    from nst.runner import auto_batch_size
     from nst.settings import settings_from_dict
 
     try:
@@ -212,9 +212,9 @@ def _record(cfg: DictConfig) -> tuple[Path, dict]:
 def _prepare(cfg: DictConfig):
     """(the trial of the active Hydra job, None), or (None, its summary) when it needs no run
     (completed before: resume) or cannot run (its failure recorded)."""
-    from nst.batch import Trial
+    from nst.runner import Trial
     from nst.settings import load_inputs, settings_from_dict
-    from nst.trial import write_json_atomic
+    from nst.records import write_json_atomic
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN

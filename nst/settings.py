@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from nst import features, images
 from nst.errors import InputError
 from nst.objective import CONTENT_FORMS, STYLE_FORMS, ObjectiveSpec, layer_weights
-from nst.optimize import OPTIMIZERS, OptimizerSpec
+from nst.optimizers import OPTIMIZERS, OptimizerSpec
 
 INITS = ("content", "noise", "content_noise", "image")
 NOISES = ("uniform", "gaussian")
@@ -54,7 +54,7 @@ class Settings:
     log_every: int
     seed: int
     device: str
-    precision: str  # "auto" | "fp32" | "tf32" | "bf16" (resolved per device by nst.trial.resolve_precision)
+    precision: str  # "auto" | "fp32" | "tf32" | "bf16" (resolved per device by nst.device.resolve_precision)
     deterministic: bool
 
     @property
@@ -262,7 +262,7 @@ def check_device_here(device: str) -> None:
     """device=mps fails up front where there is no MPS: Apple's GPU belongs to the Mac that runs the
     command, and its trials run there (worker processes on the same machine; SLURM nodes are not
     Macs), so what this process sees is what every trial would see. A CUDA device is left to each
-    trial (nst.trial.resolve_device), as before: SLURM nodes can have GPUs the submitting machine lacks."""
+    trial (nst.device.resolve_device), as before: SLURM nodes can have GPUs the submitting machine lacks."""
     if device == "mps" and not mps_available():
         raise InputError("device", NO_MPS)
 

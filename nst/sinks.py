@@ -1,16 +1,30 @@
-"""Sinks receive the optimisation's step records: local files and the progress bar (W&B lives in wandb_sink)."""
+"""Sinks receive the optimisation's step records: local files and the progress bar (W&B lives in wandb_sink).
+
+The runner knows nothing of files, W&B or progress bars: every counted evaluation of a trial becomes a
+StepRecord handed to each of that trial's sinks (`on_step`), and `close(summary)` ends them."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+import torch
+
 from nst.images import save_atomic, to_pil
-from nst.optimize import StepRecord
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    evaluation: int  # 1-based count of this trial's objective evaluations (one forward + backward each)
+    wall_time: float  # seconds since the optimisation started
+    values: dict[str, float]  # every loss term of this trial at this evaluation (one host transfer per batch)
+    image: torch.Tensor  # [1,3,H,W], the image that was evaluated (as it is saved); copy it to keep it
+    level: int | None = None  # the pyramid level (coarse to fine, from 0), when there are several
 
 
 def due(evaluation: int, every: int, steps: int) -> bool:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # it to fp32 so that its figures do not depend on the CPU a run lands on (test_precision_auto
 # overrides it). Subprocesses inherit it.
 os.environ.setdefault("NST_CPU_BF16", "none")
-# A CPU batch takes as many threads as cores are idle just before it (nst.trial.cpu_threads): other
+# A CPU batch takes as many threads as cores are idle just before it (nst.device.cpu_threads): other
 # tests running beside one would change its thread count, and with it its float rounding. The suite
 # pins the process's own count (test_threads tests the rule).
 os.environ.setdefault("NST_CPU_THREADS", str(len(os.sched_getaffinity(0))))

@@ -16,7 +16,7 @@ def settings(*overrides: str):
 
 def trial(s, run_dir: Path, *, frame_every: int = 10, sinks=None):
     """A Trial for the runner, with a file sink (or the given sinks)."""
-    from nst.batch import Trial
+    from nst.runner import Trial
     from nst.settings import load_inputs
     from nst.sinks import FileSink
 
@@ -28,7 +28,7 @@ def trial(s, run_dir: Path, *, frame_every: int = 10, sinks=None):
 
 def run_alone(s, run_dir: Path, **kw) -> dict:
     """One trial as a batch of one, the way a single run goes."""
-    from nst.batch import run_batch
+    from nst.runner import run_batch
 
     return run_batch([trial(s, run_dir, **kw)])[0]
 

@@ -6,11 +6,11 @@ import torch
 from PIL import Image
 
 from helpers import read_jsonl, run_alone, settings, trial
-from nst import batch, images
+from nst import images, runner
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.objective import Objective
 from nst.settings import load_inputs
-from nst.trial import prepare
+from nst.inputs import prepare
 
 CPU = torch.device("cpu")
 
@@ -106,7 +106,7 @@ def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
     trials = [(), ("color=luminance",), ("color=histogram",), ("style=[starry_night,the_scream]", "style_blend=[3,1]"),
               ("style_scale=0.75", "style_layers=[conv1_1,conv2_1,conv3_1]"), ("init=noise", "init.noise=gaussian")]
     ss = [settings(*base, *o) for o in trials]
-    together = batch.run_trials([trial(s, tmp_path / "b" / str(i)) for i, s in enumerate(ss)])
+    together = runner.run_trials([trial(s, tmp_path / "b" / str(i)) for i, s in enumerate(ss)])
     assert [t["batch"]["size"] for t in together] == [len(ss)] * len(ss)
     for i, (t, s) in enumerate(zip(together, ss)):
         alone = run_alone(s, tmp_path / "a" / str(i))
@@ -116,6 +116,6 @@ def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
     # the pyramid and the crop change image sizes: their trials go to batches of their own
     base = ("device=cpu", "size=48", "steps=3")
     ss = [settings(*base), settings(*base, "pyramid.levels=2", "pyramid.steps=[2]"), settings(*base, "crop=square")]
-    out = batch.run_trials([trial(s, tmp_path / "c" / str(i)) for i, s in enumerate(ss)])
+    out = runner.run_trials([trial(s, tmp_path / "c" / str(i)) for i, s in enumerate(ss)])
     assert len({o["batch"]["id"] for o in out}) == 3 and all(o["status"] == "completed" for o in out)
     assert out[2]["image_size"] == [48, 48]

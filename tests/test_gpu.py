@@ -38,7 +38,7 @@ def test_bf16_on_the_gpu_stays_close_to_fp32(tmp_path):
 def test_the_vectorised_lbfgs_on_the_gpu_asks_for_the_cpu_points():
     """The optimiser's device path (float64, so rounding stays below the tolerance): Rosenbrock trials of
     different history sizes and line-search modes ask for the same points on cuda as on the CPU."""
-    from nst.batch_opt import BatchLBFGS
+    from nst.optimizers import BatchLBFGS
 
     gen = torch.Generator().manual_seed(0)
     x0 = (torch.rand(4, 6, generator=gen, dtype=torch.float64) * 2 - 1.2)

@@ -13,7 +13,7 @@ import torch
 from conftest import nst_env
 from helpers import run_alone, settings
 from nst.errors import InputError
-from nst.trial import CPU_BF16_UNITS, cpu_bf16_units, resolve_precision
+from nst.device import CPU_BF16_UNITS, cpu_bf16_units, resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -58,7 +58,7 @@ def test_a_run_on_an_amx_cpu_names_what_bf16_would_offer(tmp_path, units, hint):
 
 
 def test_channels_last_for_bf16_on_the_cpu_only(monkeypatch):
-    from nst.trial import channels_last
+    from nst.device import channels_last
 
     monkeypatch.delenv("NST_CHANNELS_LAST", raising=False)
     assert channels_last(CPU, "bf16") and not channels_last(CPU, "fp32")

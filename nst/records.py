@@ -1,4 +1,5 @@
-"""What a command's trials came to, read from their files alone.
+"""A trial's records on disk: summary.json written atomically, and what a command's trials came to,
+read from their files alone.
 
 A launcher may run trials in this process, in worker processes or on other machines, so the exit
 status and the resume count are never kept in memory: they are read from each trial's summary.json.
@@ -7,6 +8,7 @@ status and the resume count are never kept in memory: they are read from each tr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,3 +55,10 @@ def outcome(folders, since: float) -> Outcome:
             else:
                 out.failed.append(f"{label}: did not finish (no summary.json in {d})")
     return out
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write `data` as JSON so that a reader sees the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)

@@ -4,7 +4,7 @@ Every run goes through here: a single run is a batch of one. Trials are grouped 
 must share (`group_key`); inside a batch they may differ in everything else: loss weights, layer
 sets and their weights, loss forms, content/style images and their targets, init image, noise and
 seed, optimiser hyper-parameters and evaluation budget. Each tick, the optimisers of the running
-trials say where they want the loss and gradient (`nst.batch_opt`: reverse communication), the
+trials say where they want the loss and gradient (`nst.optimizers`: reverse communication), the
 points are stacked into one [k,3,H,W] tensor, the network runs once to the deepest layer any trial
 needs, and every trial gets its own loss terms and gradient. A trial that converges, spends its
 budget or fails leaves the batch, and the batch shrinks.
@@ -30,15 +30,16 @@ import torch
 import torch.nn.functional as F
 
 from nst import images
-from nst.batch_opt import BatchAdam, BatchLBFGS
+from nst.optimizers import BatchAdam, BatchLBFGS
 from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec, layer_names, layer_table
 from nst.metrics import standard_metrics
 from nst.objective import Objective
-from nst.optimize import NonFiniteLoss, StepRecord
+from nst.sinks import StepRecord
 from nst.settings import Settings, content_size
-from nst.trial import (channels_last, cpu_threads, lbfgs_products_on_host, peak_memory, prepare, resolve_device, resolve_precision, set_determinism, set_precision,
-                       write_json_atomic)
+from nst.inputs import prepare
+from nst.records import write_json_atomic
+from nst.device import channels_last, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device, resolve_precision, set_determinism, set_precision
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
 
@@ -93,7 +94,7 @@ def trial_bytes(s: Settings) -> int:
     # x2 for the gradients flowing back through them, x1.5 for the allocator's slack
     activations = int(4 * acts * 2 * 1.5)
     if s.optimizer.name == "lbfgs":
-        # nst.batch_opt.BatchLBFGS: the history (s, y) [m, n] each, x, d, g_x, the pending point and
+        # nst.optimizers.BatchLBFGS: the history (s, y) [m, n] each, x, d, g_x, the pending point and
         # the tick's gradient; the batch holds max history_size slots for every trial, and
         # auto_batch_size takes the largest trial's cost for each, so that is counted.
         state = (2 * s.optimizer.history_size + 5) * n * 4
@@ -131,7 +132,7 @@ def run_batch(trials: list[Trial]) -> list[dict]:
     try:
         return _run_batch(trials)
     finally:
-        torch.set_num_threads(threads)  # a CPU batch chose its own (nst.trial.cpu_threads)
+        torch.set_num_threads(threads)  # a CPU batch chose its own (nst.device.cpu_threads)
 
 
 def _run_batch(trials: list[Trial]) -> list[dict]:
@@ -165,7 +166,7 @@ class _Live:
     sinks: list
     t0: float
     objective: Objective | None = None
-    tensors: dict | None = None  # this level's images (nst.trial.prepare)
+    tensors: dict | None = None  # this level's images (nst.inputs.prepare)
     evaluations: int = 0  # over every level
     level_evaluations: int = 0
     scale: float | None = None  # L-BFGS: 1/|total at the level's first evaluation| (see _optimise)
@@ -303,7 +304,7 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
     x0 = torch.cat([live[i].tensors["init"] for i in running]).clamp_(0, 1)  # [k,3,H,W]
     kind = settings[0].optimizer.name
     if kind == "lbfgs":
-        # One torch.optim.LBFGS step() per trial and level with max_iter = max_eval = its budget (see nst.batch_opt).
+        # One torch.optim.LBFGS step() per trial and level with max_iter = max_eval = its budget (see nst.optimizers).
         opt = BatchLBFGS(x0, lr=[s.optimizer.lr for s in settings], max_iter=budgets, max_eval=budgets,
                          history_size=[s.optimizer.history_size for s in settings],
                          line_search=[s.optimizer.line_search for s in settings],
@@ -374,7 +375,7 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
                                           "lower the loss weights or the learning rate")
                 # A failed trial leaves the batch with its error (before its optimiser sees a NaN); the others go on.
                 opt.drop(asked[j][0], "failed")
-        # rows of dropped trials are ignored; an evaluation the optimiser voids is not counted (nst.batch_opt)
+        # rows of dropped trials are ignored; an evaluation the optimiser voids is not counted (nst.optimizers)
         void = set(opt.tell([t * sc for t, sc in zip(totals, scale_values)], grads, measures))
         for j, lv in enumerate(who):
             if asked[j][0] in void:
@@ -456,6 +457,10 @@ def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device)
 
 
 class OutOfMemoryAlone(RuntimeError):
+    pass
+
+
+class NonFiniteLoss(FloatingPointError):
     pass
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.optim.lbfgs as torch_lbfgs
 
-from nst.batch_opt import BatchAdam, BatchLBFGS, PerTrialLBFGS, lbfgs
+from lbfgs_oracle import PerTrialLBFGS, lbfgs
+from nst.optimizers import BatchAdam, BatchLBFGS
 
 N = 6  # variables per trial
 ATOL_LBFGS = 1e-5

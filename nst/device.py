@@ -1,8 +1,8 @@
-"""What every trial needs before it runs: its device, its determinism, its input tensors; atomic JSON. No Hydra here."""
+"""The device a batch runs on and the process-wide torch settings it needs: device and precision
+resolution, the CPU's bf16 units and threads, cuDNN autotuning, determinism, peak memory. No Hydra here."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from nst import images
 from nst.errors import InputError
-from nst.settings import NO_MPS, TF32_OFF_CUDA, Settings, mps_available
+from nst.settings import NO_MPS, TF32_OFF_CUDA, mps_available
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,7 +107,7 @@ def channels_last(device: torch.device, precision: str) -> bool:
 
 def lbfgs_products_on_host(device: torch.device) -> bool:
     """Whether the vectorised L-BFGS keeps its float64 history products on the host
-    (nst.batch_opt.BatchLBFGS, small_on_host): on Apple's GPU, which has no float64. Elsewhere they
+    (nst.optimizers.BatchLBFGS, small_on_host): on Apple's GPU, which has no float64. Elsewhere they
     stay on the device. NST_LBFGS_HOST_PRODUCTS=1/0 forces it (the tests take that path on the CPU)."""
     forced = _switch("NST_LBFGS_HOST_PRODUCTS")
     if forced is not None:
@@ -192,53 +191,6 @@ def cudnn_autotune(batch_size: int = 1) -> bool:
     if forced is not None:
         return forced
     return batch_size == 1
-
-
-def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | None = None) -> dict:
-    """The trial's images at one size (a pyramid level; default: the output's), [1,3,H,W] in [0,1] on `device`:
-    `photo` the content image; `content` what the content loss compares with (the photo, or its
-    luminance for color=luminance); `styles` one per style image, as the style loss sees them;
-    `plain_styles` the same without style_scale or colour changes (the standardised metrics'
-    yardstick); `init` the starting image of a first level."""
-    crop = images.crop_square if s.crop == "square" else (lambda img: img)
-    content_img = crop(inputs["content"])
-    w, h = images.target_size(*content_img.size, long_side or s.long_side)
-    photo = images.to_tensor(images.resize(content_img, (w, h)), device)
-    out: dict = {"photo": photo, "content": images.luminance(photo) if s.color == "luminance" else photo,
-                 "styles": [], "plain_styles": []}
-    for style_img in map(crop, inputs.get("style", [])):
-        # Most implementations stretch the style image to the content's size; keep_aspect instead
-        # keeps its proportions at the same pixel count (so Gram statistics cover the same area).
-        base = (w, h) if s.style_size == "match" else images.size_at_pixel_count(*style_img.size, w * h)
-        scaled = (max(1, round(base[0] * s.style_scale)), max(1, round(base[1] * s.style_scale)))
-        style = images.to_tensor(images.resize(style_img, scaled), device)
-        if s.color == "luminance":
-            style = images.match_luminance(style, photo)  # Gatys et al. 2017: luminance-only transfer
-        elif s.color == "histogram":
-            style = images.match_colors(style, photo)
-        out["styles"].append(style)
-        out["plain_styles"].append(images.to_tensor(images.resize(style_img, (w, h)), device))
-    # Noise is drawn on the CPU from a seeded generator, so the same seed gives the same start on any device.
-    gen = torch.Generator().manual_seed(s.seed)
-    if s.noise == "uniform":
-        noise = torch.rand((1, 3, h, w), generator=gen)  # white noise, uniform in [0,1]
-    else:
-        noise = 0.5 + 0.25 * torch.randn((1, 3, h, w), generator=gen)  # Gaussian white noise around grey
-    noise = noise.to(device)
-    if s.init == "noise":
-        init = noise
-    else:
-        base = out["content"] if s.init != "image" else images.to_tensor(images.resize(crop(inputs["init"]), (w, h)), device)
-        r = s.noise_ratio if s.init in ("content_noise", "image") else 0.0
-        init = (1 - r) * base + r * noise
-    out["init"] = init
-    return out
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:
