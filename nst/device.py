@@ -3,6 +3,7 @@ resolution, the CPU's bf16 units and threads, cuDNN autotuning, determinism, pea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -159,6 +160,23 @@ def _cpu_ticks(cores: list[int] | None) -> dict:
     if not out:
         raise ValueError("no per-CPU lines")
     return out
+
+
+@contextlib.contextmanager
+def torch_settings():
+    """Restore, on exit, the process-wide torch settings a batch changes (set_precision, set_determinism,
+    the CPU's intra-op threads): a batch sets what it needs, and leaves the process as it found it."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark) = saved[:4]
+        if torch.are_deterministic_algorithms_enabled() != saved[4]:
+            torch.use_deterministic_algorithms(saved[4])
+        if torch.get_num_threads() != saved[5]:
+            torch.set_num_threads(saved[5])
 
 
 def set_precision(precision: str, device: torch.device) -> None:

@@ -190,6 +190,21 @@ class _Batch:
         self._running.remove(i)
         self._finished.append((i, flat.view(self._shape), reason))
 
+    def _hard_budget(self, budget, b: int) -> None:
+        """Per-trial caps on counted evaluations (None: none beyond the algorithm's own)."""
+        self._budget = [None] * b if budget is None else [int(v) for v in _per_trial(budget, b, "budget")]
+        self._spent = [0] * b
+
+    def _spend(self, asked: list[int], void: set[int]) -> None:
+        """Count the asked trials' evaluations (a void one does not count); a trial that has spent its
+        budget stops with its last accepted iterate ("evaluation budget")."""
+        for i in asked:
+            if i in void:
+                continue
+            self._spent[i] += 1
+            if self._budget[i] is not None and self._spent[i] >= self._budget[i] and i in self._running:
+                self.drop(i, "evaluation budget")
+
     def _check_tell(self, losses: Sequence[float], grads: Tensor) -> Tensor:
         k = len(self._asked)
         if len(losses) != k or grads.shape[0] != k:
@@ -346,9 +361,12 @@ class BatchLBFGS(_Batch):
     """
 
     def __init__(self, x0: Tensor, *, lr, max_iter, max_eval, history_size, line_search,
-                 tolerance_grad=1e-7, tolerance_change=1e-9, small_on_host: bool = False):
+                 tolerance_grad=1e-7, tolerance_change=1e-9, small_on_host: bool = False, budget=None):
         super().__init__(x0)
         b = x0.shape[0]
+        # budget: a hard cap on each trial's counted evaluations. torch's max_eval is not one: an
+        # iteration's line search evaluates before it counts, so it may end one evaluation past it.
+        self._hard_budget(budget, b)
         hyper = {name: _per_trial(v, b, name) for name, v in dict(
             lr=lr, max_iter=max_iter, max_eval=max_eval, history_size=history_size, line_search=line_search).items()}
         flat = x0.detach().reshape(b, -1)
@@ -419,6 +437,7 @@ class BatchLBFGS(_Batch):
             if i in self._void:
                 void.append(i)
                 self._void.discard(i)
+        self._spend(asked, set(void))
         return void
 
     def drop(self, i: int, reason: str) -> None:

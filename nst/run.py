@@ -67,7 +67,7 @@ def run_jobs(jobs: list) -> list:
     objective (None when no `objective` is set); for a failed trial None in a grid (so that Hydra's
     basic sweeper never stops a sweep before its report) and a TrialFailed in a search (so that the
     sweeper counts it as failed)."""
-    from nst.runner import run_trials
+    from nst.runner import run_batch
 
     _teardown_at_exit()
     values: list = [None] * len(jobs)
@@ -80,7 +80,9 @@ def run_jobs(jobs: list) -> list:
             else:
                 prepared.append((n, job, trial))
     _bf16_hint([t.settings for _, _, t in prepared])
-    summaries = run_trials([t for _, _, t in prepared], max_batch=max(1, len(prepared))) if prepared else []
+    # The launcher grouped these jobs (batch_key: equal group_key) and sized the batch: they run as
+    # one batch, not grouped again.
+    summaries = run_batch([t for _, _, t in prepared]) if prepared else []
     for (n, job, trial), summary in zip(prepared, summaries):
         with job.activate():
             _report(trial, summary)

@@ -30,16 +30,17 @@ import torch
 import torch.nn.functional as F
 
 from nst import images
-from nst.optimizers import BatchAdam, BatchLBFGS
+from nst.device import (channels_last, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device, resolve_precision,
+                        set_determinism, set_precision, torch_settings)
 from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec, layer_names, layer_table
+from nst.inputs import prepare
 from nst.metrics import standard_metrics
 from nst.objective import Objective
-from nst.sinks import StepRecord
-from nst.settings import Settings, content_size
-from nst.inputs import prepare
+from nst.optimizers import BatchAdam, BatchLBFGS
 from nst.records import write_json_atomic
-from nst.device import channels_last, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device, resolve_precision, set_determinism, set_precision
+from nst.settings import Settings, content_size
+from nst.sinks import StepRecord
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
 
@@ -127,12 +128,11 @@ def run_trials(trials: list[Trial], max_batch: int | None = None) -> list[dict]:
 
 
 def run_batch(trials: list[Trial]) -> list[dict]:
-    """Run compatible trials as one batch (see group_key); returns their summaries in order."""
-    threads = torch.get_num_threads()
-    try:
+    """Run compatible trials as one batch (see group_key); returns their summaries in order. The torch
+    settings the batch needs (precision, determinism, cuDNN autotuning, CPU threads) are set for it and
+    restored after it."""
+    with torch_settings():
         return _run_batch(trials)
-    finally:
-        torch.set_num_threads(threads)  # a CPU batch chose its own (nst.device.cpu_threads)
 
 
 def _run_batch(trials: list[Trial]) -> list[dict]:
@@ -247,7 +247,8 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
     set_determinism(s0.deterministic, device, len(running))
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads())  # the cores idle now: threads waiting on a busy core stall the batch
-    torch.manual_seed(s0.seed)
+    # No global seed: a trial's randomness (its start noise) comes from its own generator, seeded with
+    # its own seed (nst.inputs.prepare), so it does not depend on the batch it runs in.
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     layers: list[str] = []
@@ -298,129 +299,171 @@ def _setup_trial(lv: _Live, targets: dict, extractor: FeatureExtractor, device: 
 
 
 def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, level: int, last: bool) -> None:
-    """One pyramid level (the only one, by default) of every running trial of the batch."""
-    settings = [live[i].trial.settings for i in running]
-    budgets = [s.level_steps[level] for s in settings]
-    x0 = torch.cat([live[i].tensors["init"] for i in running]).clamp_(0, 1)  # [k,3,H,W]
-    kind = settings[0].optimizer.name
-    if kind == "lbfgs":
-        # One torch.optim.LBFGS step() per trial and level with max_iter = max_eval = its budget (see nst.optimizers).
-        opt = BatchLBFGS(x0, lr=[s.optimizer.lr for s in settings], max_iter=budgets, max_eval=budgets,
-                         history_size=[s.optimizer.history_size for s in settings],
-                         line_search=[s.optimizer.line_search for s in settings],
-                         small_on_host=lbfgs_products_on_host(device))
-    else:
-        opt = BatchAdam(x0, lr=[s.optimizer.lr for s in settings], betas=[s.optimizer.betas for s in settings],
-                        max_iter=budgets)
-    extractor = live[running[0]].objective.extractor
-    state_peak = history_peak = 0
-    start = time.perf_counter()
-    first = True
+    """One pyramid level (the only one, by default) of every running trial of the batch: ticks until
+    every trial has finished the level."""
+    who_runs = [live[i] for i in running]
+    opt = _optimizer(who_runs, device, level)
+    clock = _Clock(time.perf_counter())
     while opt.running:
-        asked = opt.ask()  # [(trial's position in `running`, its point [3,H,W])]
-        who = [live[running[p]] for p, _ in asked]
-        with torch.no_grad():
-            for _, x in asked:
-                # Keep pixels valid. Projecting the point asked for, in place, means each loss and
-                # gradient belong to the clamped image that is reported; an L-BFGS line-search point
-                # is discarded afterwards, so the search stays consistent.
-                x.clamp_(0, 1)
-        x = torch.stack([p for _, p in asked]).requires_grad_(True)  # [k,3,H,W]
-        feats = extractor(x)
-        terms = [lv.objective.terms({name: f[j:j + 1] for name, f in feats.items()}, x[j:j + 1]) for j, lv in enumerate(who)]
-        names = [list(t) for t in terms]
-        loss = torch.stack([t["total"].reshape(()) for t in terms])  # [k]
-        finite = torch.isfinite(loss.detach())
-        # L-BFGS's strong-Wolfe search squares directional derivatives in float32; with large losses
-        # (the paper's un-normalised sums, big weights) they overflow and the step turns NaN. L-BFGS
-        # therefore minimises total / |total at the level's first evaluation|: a constant factor per
-        # trial, so the same minimiser, with its arithmetic kept in range. Adam is left unscaled (it
-        # is scale-invariant but for its epsilon). Records always carry the unscaled terms. A trial's
-        # first scale is taken here on the device, so that nothing waits for the host before backward.
-        known = _to_device([lv.scale if lv.scale is not None else math.nan for lv in who], device)  # [k]
-        if kind == "lbfgs":
-            first_scale = torch.where(loss.detach() != 0, 1 / loss.detach().abs(), 1.0)
-        else:
-            first_scale = torch.ones_like(known)
-        scales = torch.where(torch.isnan(known), first_scale, known)
-        # Trials are independent images, so the gradient of the weighted sum is each trial's own
-        # gradient (times its scale); a non-finite trial is left out (weight 0), its row is not used.
-        (torch.where(finite, loss, 0.0) * torch.where(finite, scales, 0.0)).sum().backward()
-        grads = x.grad  # [k,3,H,W]
-        measured = opt.measure(grads)  # what the optimiser's decisions need from the gradients, [k, c] or None
-        # The tick's one host transfer: every term of every trial, their scales and the optimiser's measures.
-        parts = [torch.stack([t[n].detach().float().reshape(()) for n in ns]) for t, ns in zip(terms, names)]
-        parts.append(scales.detach().float())
-        if measured is not None:
-            parts.append(measured.float().reshape(-1))
-        values, at = torch.cat(parts).tolist(), 0
-        per_trial: list[dict[str, float]] = []
-        for ns in names:
-            per_trial.append(dict(zip(ns, values[at:at + len(ns)])))
-            at += len(ns)
-        scale_values, at = values[at:at + len(who)], at + len(who)
-        measures = None
-        if measured is not None:
-            c = measured.shape[1]
-            measures = [values[at + j * c: at + (j + 1) * c] for j in range(len(who))]
-        totals = [v["total"] for v in per_trial]
-        for lv, sc, total in zip(who, scale_values, totals):
-            if lv.scale is None and math.isfinite(total):
-                lv.scale = sc
-        now = time.perf_counter() - start
-        failed: dict[int, BaseException] = {}
-        for j, lv in enumerate(who):
-            if not math.isfinite(totals[j]):
-                failed[j] = NonFiniteLoss(f"the loss became {totals[j]} at evaluation {lv.evaluations + 1}; "
-                                          "lower the loss weights or the learning rate")
-                # A failed trial leaves the batch with its error (before its optimiser sees a NaN); the others go on.
-                opt.drop(asked[j][0], "failed")
-        # rows of dropped trials are ignored; an evaluation the optimiser voids is not counted (nst.optimizers)
-        void = set(opt.tell([t * sc for t, sc in zip(totals, scale_values)], grads, measures))
-        for j, lv in enumerate(who):
-            if asked[j][0] in void:
-                continue
-            lv.evaluations += 1
-            lv.level_evaluations += 1
-            if j in failed:
-                continue
-            rec = StepRecord(lv.evaluations, now, per_trial[j], lv.present(x[j:j + 1].detach()),
-                             level if lv.trial.settings.pyramid_levels > 1 else None)
-            try:
-                for sink in lv.sinks:
-                    sink.on_step(rec)
-            except Exception as e:  # noqa: BLE001 - a failing sink fails its own trial only
-                failed[j] = e
-                (lv.trial.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-                opt.drop(asked[j][0], "failed")
-        if first and device.type == "cuda":
+        _tick(opt, who_runs, device, level, clock)
+        if clock.first and device.type == "cuda":
             # cuDNN autotuning tries workspace-hungry algorithms in the first evaluation; the
             # steady-state peak (what a size or batch costs) is measured from here on.
             torch.cuda.reset_peak_memory_stats(device)
-            first = False
-        for j, e in failed.items():
-            _fail(who[j], e, traceback_too=False)
-        for j, lv in enumerate(who):
-            if lv.level_evaluations >= budgets[asked[j][0]] and asked[j][0] in opt.running:
-                # torch's line search may evaluate once past max_eval; `steps` is a hard budget here,
-                # and the trial keeps its last accepted iterate.
-                opt.drop(asked[j][0], "evaluation budget")
-        state_peak = max(state_peak, opt.state_bytes())
-        history_peak = max(history_peak, opt.history_bytes())
+        clock.first = False
+        clock.state_peak = max(clock.state_peak, opt.state_bytes())
+        clock.history_peak = max(clock.history_peak, opt.history_bytes())
         for p, final, reason in opt.finished():
-            lv = live[running[p]]
-            if lv.done:
-                continue
-            final = final.detach().reshape(lv.tensors["init"].shape).clamp(0, 1)  # [1,3,H,W]
-            lv.summary.setdefault("levels", []).append({"size": list(final.shape[-1:-3:-1]), "evaluations": lv.level_evaluations,
-                                                        "stop_reason": reason})
-            lv.summary["optimizer_state_mb"] = max(lv.summary.get("optimizer_state_mb", 0), round(state_peak / 2**20, 3))
-            lv.summary["optimizer_history_mb"] = max(lv.summary.get("optimizer_history_mb", 0), round(history_peak / 2**20, 3))
-            lv.summary["optimisation_time"] = round(lv.summary.get("optimisation_time", 0) + time.perf_counter() - start, 3)
-            if last:
-                _complete(lv, final, reason, device)
-            else:
-                lv.carry = final
+            _end_level(who_runs[p], final, reason, device, clock, last)
+
+
+@dataclass
+class _Clock:
+    """A level's running figures: its start, whether the first tick is still to come, peak optimiser memory."""
+
+    start: float
+    first: bool = True
+    state_peak: int = 0
+    history_peak: int = 0
+
+
+def _optimizer(who_runs: list[_Live], device: torch.device, level: int):
+    """The batch's optimiser at this level, from every trial's settings and start image. The
+    optimiser enforces each trial's evaluation budget at the level (`steps`, a hard budget)."""
+    settings = [lv.trial.settings for lv in who_runs]
+    budgets = [s.level_steps[level] for s in settings]
+    x0 = torch.cat([lv.tensors["init"] for lv in who_runs]).clamp_(0, 1)  # [k,3,H,W]
+    if settings[0].optimizer.name == "lbfgs":
+        # One torch.optim.LBFGS step() per trial and level with max_iter = max_eval = its budget (see nst.optimizers).
+        return BatchLBFGS(x0, lr=[s.optimizer.lr for s in settings], max_iter=budgets, max_eval=budgets,
+                          history_size=[s.optimizer.history_size for s in settings],
+                          line_search=[s.optimizer.line_search for s in settings], budget=budgets,
+                          small_on_host=lbfgs_products_on_host(device))
+    return BatchAdam(x0, lr=[s.optimizer.lr for s in settings], betas=[s.optimizer.betas for s in settings],
+                     max_iter=budgets)
+
+
+def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _Clock) -> None:
+    """One evaluation of every point the optimiser asks for: the network runs once for all of them,
+    each trial gets its own terms and gradient, one transfer brings every number to the host, the
+    optimiser is told, the sinks get their records. A non-finite loss or a failing sink fails its
+    own trial only."""
+    asked = opt.ask()  # [(trial's position in the batch, its point [3,H,W])]
+    who = [who_runs[p] for p, _ in asked]
+    x, terms, grads, scales = _evaluate(opt, asked, who, device)
+    measured = opt.measure(grads)  # what the optimiser's decisions need from the gradients, [k, c] or None
+    values, scale_values, measures = _to_host(terms, scales, measured)
+    now = time.perf_counter() - clock.start
+    totals = [v["total"] for v in values]
+    failed: dict[int, BaseException] = {}
+    for j, lv in enumerate(who):
+        if lv.scale is None and math.isfinite(totals[j]):
+            lv.scale = scale_values[j]
+        if not math.isfinite(totals[j]):
+            failed[j] = NonFiniteLoss(f"the loss became {totals[j]} at evaluation {lv.evaluations + 1}; "
+                                      "lower the loss weights or the learning rate")
+            # A failed trial leaves the batch with its error (before its optimiser sees a NaN); the others go on.
+            opt.drop(asked[j][0], "failed")
+    # rows of dropped trials are ignored; an evaluation the optimiser voids is not counted (nst.optimizers)
+    void = set(opt.tell([t * sc for t, sc in zip(totals, scale_values)], grads, measures))
+    for j, lv in enumerate(who):
+        if asked[j][0] in void:
+            continue
+        lv.evaluations += 1
+        lv.level_evaluations += 1
+        if j not in failed:
+            record = StepRecord(lv.evaluations, now, values[j], lv.present(x[j:j + 1].detach()),
+                                level if lv.trial.settings.pyramid_levels > 1 else None)
+            error = _send(lv, record)
+            if error is not None:
+                failed[j] = error
+                opt.drop(asked[j][0], "failed")
+    for j, e in failed.items():
+        _fail(who[j], e, traceback_too=False)
+
+
+def _evaluate(opt, asked: list, who: list[_Live], device: torch.device):
+    """Forward and backward of the asked points as one [k,3,H,W] batch. Returns the batch, each
+    trial's terms (device tensors), the gradients and each trial's loss scale (device)."""
+    with torch.no_grad():
+        for _, x in asked:
+            # Keep pixels valid. Projecting the point asked for, in place, means each loss and
+            # gradient belong to the clamped image that is reported; an L-BFGS line-search point
+            # is discarded afterwards, so the search stays consistent.
+            x.clamp_(0, 1)
+    x = torch.stack([p for _, p in asked]).requires_grad_(True)  # [k,3,H,W]
+    feats = who[0].objective.extractor(x)
+    terms = [lv.objective.terms({name: f[j:j + 1] for name, f in feats.items()}, x[j:j + 1]) for j, lv in enumerate(who)]
+    loss = torch.stack([t["total"].reshape(()) for t in terms])  # [k]
+    finite = torch.isfinite(loss.detach())
+    # L-BFGS's strong-Wolfe search squares directional derivatives in float32; with large losses
+    # (the paper's un-normalised sums, big weights) they overflow and the step turns NaN. L-BFGS
+    # therefore minimises total / |total at the level's first evaluation|: a constant factor per
+    # trial, so the same minimiser, with its arithmetic kept in range. It is not invisible to torch's
+    # algorithm: its tolerances (tolerance_change on the loss change, tolerance_grad on max|g|) then
+    # apply to the scaled loss, so they are relative to the level's first loss, and the first step,
+    # lr * min(1, 1/sum|g|), is taken on the scaled gradient. Adam is left unscaled (it is
+    # scale-invariant but for its epsilon). Records always carry the unscaled terms. A trial's first
+    # scale is taken here on the device, so that nothing waits for the host before backward.
+    known = _to_device([lv.scale if lv.scale is not None else math.nan for lv in who], device)  # [k]
+    if isinstance(opt, BatchLBFGS):
+        first_scale = torch.where(loss.detach() != 0, 1 / loss.detach().abs(), 1.0)
+    else:
+        first_scale = torch.ones_like(known)
+    scales = torch.where(torch.isnan(known), first_scale, known)
+    # Trials are independent images, so the gradient of the weighted sum is each trial's own
+    # gradient (times its scale); a non-finite trial is left out (weight 0), its row is not used.
+    (torch.where(finite, loss, 0.0) * torch.where(finite, scales, 0.0)).sum().backward()
+    return x, terms, x.grad, scales
+
+
+def _to_host(terms: list[dict], scales: torch.Tensor, measured: torch.Tensor | None):
+    """The tick's one host transfer (the runner's only synchronisation per tick): every term of every
+    trial, their loss scales and the optimiser's measures. Returns them as Python floats."""
+    names = [list(t) for t in terms]
+    parts = [torch.stack([t[n].detach().float().reshape(()) for n in ns]) for t, ns in zip(terms, names)]
+    parts.append(scales.detach().float())
+    if measured is not None:
+        parts.append(measured.float().reshape(-1))
+    flat, at = torch.cat(parts).tolist(), 0
+    values: list[dict[str, float]] = []
+    for ns in names:
+        values.append(dict(zip(ns, flat[at:at + len(ns)])))
+        at += len(ns)
+    k = len(terms)
+    scale_values, at = flat[at:at + k], at + k
+    measures = None
+    if measured is not None:
+        c = measured.shape[1]
+        measures = [flat[at + j * c: at + (j + 1) * c] for j in range(k)]
+    return values, scale_values, measures
+
+
+def _send(lv: _Live, record: StepRecord) -> BaseException | None:
+    """Hand a step record to the trial's sinks; a sink's error is returned (it fails this trial only)."""
+    try:
+        for sink in lv.sinks:
+            sink.on_step(record)
+    except Exception as e:  # noqa: BLE001 - a failing sink fails its own trial only
+        (lv.trial.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+        return e
+    return None
+
+
+def _end_level(lv: _Live, final: torch.Tensor, reason: str, device: torch.device, clock: _Clock, last: bool) -> None:
+    """A trial finished this level: record it, then complete the trial (last level) or carry its image to the next."""
+    if lv.done:
+        return
+    final = final.detach().reshape(lv.tensors["init"].shape).clamp(0, 1)  # [1,3,H,W]
+    lv.summary.setdefault("levels", []).append({"size": list(final.shape[-1:-3:-1]), "evaluations": lv.level_evaluations,
+                                                "stop_reason": reason})
+    lv.summary["optimizer_state_mb"] = max(lv.summary.get("optimizer_state_mb", 0), round(clock.state_peak / 2**20, 3))
+    lv.summary["optimizer_history_mb"] = max(lv.summary.get("optimizer_history_mb", 0), round(clock.history_peak / 2**20, 3))
+    lv.summary["optimisation_time"] = round(lv.summary.get("optimisation_time", 0) + time.perf_counter() - clock.start, 3)
+    if last:
+        _complete(lv, final, reason, device)
+    else:
+        lv.carry = final
 
 
 def _to_device(values: list[float], device: torch.device) -> torch.Tensor:

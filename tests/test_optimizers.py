@@ -396,3 +396,20 @@ def test_ask_is_repeatable_and_state_is_per_trial(kind):
     assert max(second) > 0
     if kind == "adam":
         assert both[0] == 2 * 2 * N * 4  # two float32 moments of N per trial
+
+
+def test_the_budget_is_a_hard_cap_where_torch_max_eval_is_not():
+    """torch's line search evaluates before it counts, so one step() may end one evaluation past
+    max_eval; `budget` stops each trial at exactly its count, with its last accepted iterate."""
+    p = problems([("rosen", 1.0, 100.0), ("rosen", 1.5, 20.0), ("quad", 10.0)])
+    x0 = start_points(3, seed=5)
+    hyper = dict(lr=1.0, max_iter=[7, 9, 11], max_eval=[7, 9, 11], history_size=10, line_search=True)
+    free = drive(PerTrialLBFGS(x0, **hyper), p)  # torch's own semantics
+    capped = drive(BatchLBFGS(x0, budget=[7, 9, 11], **hyper), p)
+    assert any(len(free["asked"][i]) > cap for i, cap in enumerate([7, 9, 11]))  # torch goes past here
+    for i, cap in enumerate([7, 9, 11]):
+        assert len(capped["asked"][i]) <= cap
+        if len(free["asked"][i]) > cap:
+            assert len(capped["asked"][i]) == cap and capped["done"][i][1] == "evaluation budget"
+        # the points it did evaluate are torch's
+        assert_same_points(capped["asked"][i], free["asked"][i][:len(capped["asked"][i])], ATOL_LBFGS)

@@ -195,3 +195,28 @@ def test_a_trial_out_of_memory_even_alone_fails_with_one_line_saying_what_to_low
         assert o["status"] == "failed"
         assert o["error"].startswith("out of memory even alone: 32x24 px on ")
         assert "lower `size` or `optimizer.history_size`" in o["error"] and "\n" not in o["error"]
+
+
+def test_a_trial_does_not_depend_on_its_batch_companions_seeds(tmp_path):
+    """Its start noise comes from its own generator: the same trial beside companions with other seeds
+    (first in the batch, where a batch-wide seed would come from) starts and ends the same."""
+    mine = ("init=noise", "seed=3", "steps=4")
+    runs = []
+    for companion_seed in (11, 12):
+        ss = [settings(*BASE, "init=noise", f"seed={companion_seed}", "steps=4"), settings(*BASE, *mine)]
+        out = runner.run_trials([trial(s, tmp_path / str(companion_seed) / str(i)) for i, s in enumerate(ss)], max_batch=2)
+        assert [o["batch"]["size"] for o in out] == [2, 2]
+        runs.append((out[1], read_jsonl(tmp_path / str(companion_seed) / "1" / "metrics.jsonl")))
+    (a, rows_a), (b, rows_b) = runs
+    assert rows_a[0]["total"] == rows_b[0]["total"]  # the same start, to the bit
+    assert _close(a["final"]["total"], b["final"]["total"], 1e-5)
+
+
+def test_a_batch_restores_the_torch_settings_it_changed(tmp_path):
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.get_num_threads())
+    out = run_alone(settings(*BASE, "steps=2", "deterministic=true"), tmp_path)
+    assert out["status"] == "completed"
+    after = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.get_num_threads())
+    assert after == before and before[0] is False  # the trial ran deterministic; the process is not left so
