@@ -420,7 +420,7 @@ class BatchLBFGS(_Batch):
         """Hand each trial its evaluation; returns the trials whose evaluation was void (see the class)."""
         G = self._check_tell(losses, grads)
         if measured is None:
-            measured = self.measure(grads).tolist()
+            measured = self.measure(grads).tolist()  # host synchronisation; the runner passes the measures it brought over with the tick's one
         asked, self._asked = self._asked, []
         void = []
         for j, i in enumerate(asked):
@@ -541,6 +541,7 @@ class BatchLBFGS(_Batch):
         if not self._on_host:
             return s.double(), y.double()
         k = s.shape[-1] if s.dim() > 1 else 1
+        # host synchronisation (small_on_host only, for mps): once per trial and new direction
         both = torch.cat([s.reshape(s.shape[0], k), y.reshape(y.shape[0], k)], 1).cpu().double()  # [c, 2k]
         return both[:, :k].reshape(s.shape), both[:, k:].reshape(y.shape)
 
@@ -579,7 +580,7 @@ class BatchLBFGS(_Batch):
             if not line_search and n_iter == max_iter:
                 # torch steps without evaluating after its last iteration: no evaluation to carry the
                 # descent test, so it is read from the device (once, at the trial's end)
-                if float(self._dir[i, 1]) > -tolerance_change:
+                if float(self._dir[i, 1]) > -tolerance_change:  # host synchronisation, once per trial
                     return "no descent direction"
                 X.add_(D, alpha=t)
                 return "max_iter"

@@ -11,6 +11,12 @@ budget or fails leaves the batch, and the batch shrinks.
 
 Out of GPU memory, a batch is split in two and both halves run again from the start; a trial that
 cannot run even alone fails with one line saying what to lower. Never a silent fall-back to the CPU.
+
+Host synchronisations (the GPU waits for the host, or the host for the GPU), each marked where it is:
+one per tick (`_to_host`: every trial's terms, loss scales and the optimiser's measures in one
+transfer); one per batch and level (nst.objective: whether any trial has a TV term); one per group
+(the free memory, for max_batch=auto); and at a trial's end (its final terms, metrics and image).
+On `mps` the L-BFGS products add one per trial and new direction (nst.optimizers, small_on_host).
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def auto_batch_size(settings: list[Settings]) -> int:
     device = resolve_device(s.device)
     if device.type != "cuda":
         return CPU_MAX_BATCH
-    free, _ = torch.cuda.mem_get_info(device)
+    free, _ = torch.cuda.mem_get_info(device)  # host synchronisation: once per group of trials
     per_trial = max(trial_bytes(x) for x in settings)
     return max(1, min(64, int(0.8 * free) // per_trial))
 
@@ -425,7 +431,7 @@ def _to_host(terms: list[dict], scales: torch.Tensor, measured: torch.Tensor | N
     parts.append(scales.detach().float())
     if measured is not None:
         parts.append(measured.float().reshape(-1))
-    flat, at = torch.cat(parts).tolist(), 0
+    flat, at = torch.cat(parts).tolist(), 0  # host synchronisation: the tick's one
     values: list[dict[str, float]] = []
     for ns in names:
         values.append(dict(zip(ns, flat[at:at + len(ns)])))
@@ -482,6 +488,7 @@ def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device)
     try:
         with torch.no_grad():
             # The terms of the image actually optimised (the last evaluation may precede a final step).
+            # host synchronisation: once per trial, at its end (and the metrics below)
             final_terms = {k: float(v[0]) for k, v in lv.objective(final).items()}
         final = lv.present(final)
         s = lv.trial.settings
