@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from nst.errors import InputError
+from nst.errors import InputError, TrialFailed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +42,6 @@ class TrialStep:
     image: Any  # torch.Tensor [1,3,H,W]
     wall_time: float
     level: int | None
-
-
-class TrialFailed(RuntimeError):
-    """A trial that did not complete (a non-finite loss, out of memory even alone, ...): its one-line error."""
 
 
 def stylize(content: str = "tubingen", style: str | Sequence[str] = "starry_night", *,

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from nst import images
-from nst.device import (channels_last, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device, resolve_precision,
-                        set_determinism, set_precision, torch_settings)
+from nst.device import (channels_last, cpu_model, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device,
+                        resolve_precision, set_determinism, set_precision, torch_settings)
 from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec, layer_names, layer_table
 from nst.inputs import prepare
@@ -560,10 +560,10 @@ def _memory_of(device: torch.device) -> tuple[str, int]:
     if device.type == "mps":
         # unified memory: Metal's recommended working set is what the GPU may use (older torch: all of it)
         try:
-            return f"Apple MPS ({_cpu_name()})", torch.mps.recommended_max_memory()
+            return f"Apple MPS ({cpu_model()})", torch.mps.recommended_max_memory()
         except (AttributeError, RuntimeError):
-            return f"Apple MPS ({_cpu_name()})", physical
-    return _cpu_name(), physical
+            return f"Apple MPS ({cpu_model()})", physical
+    return cpu_model(), physical
 
 
 def _empty_cache(device: torch.device) -> None:
@@ -571,9 +571,3 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
-
-
-def _cpu_name() -> str:
-    import platform
-
-    return platform.processor() or "cpu"
