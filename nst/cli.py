@@ -13,7 +13,9 @@ import uuid
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
+from nst import schema
 from nst.errors import InputError
 from nst.search import OBJECTIVES
 from nst.search import check as check_objective
@@ -152,6 +154,9 @@ def _compose(overrides: list[str], hydra_config: bool = False):
 
 def describe(e: Exception) -> InputError:
     """One line for a Hydra/OmegaConf composition error."""
+    cause = e if isinstance(e, ValidationError) else e.__cause__
+    if isinstance(cause, ValidationError):  # a value the schema's type or choices refuse
+        return schema.input_error(cause)
     msg = str(e)
     m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
     if m and m.group(1) == "hydra/sweeper" and m.group(2) == "optuna":
