@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 import uuid
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -169,9 +170,13 @@ def describe(e: Exception) -> InputError:
     m = re.search(r"Could not (?:override|append to) '([^']+)'|Key '([^']+)' (?:is not in struct|not in)", msg)
     if m and "An item is already at" not in msg:
         key = m.group(1) or m.group(2)
-        known = _known_keys()
         prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        siblings = sorted(k[len(prefix):] for k in known if k.startswith(prefix) and "." not in k[len(prefix):])
+        owner = getattr(e.__cause__, "object_type", None)  # the schema's dataclass that lacks the key
+        if is_dataclass(owner):  # the keys of the option chosen (optimizer=adam: betas, not history_size)
+            siblings = sorted(f.name for f in fields(owner))
+        else:
+            known = _known_keys()
+            siblings = sorted(k[len(prefix):] for k in known if k.startswith(prefix) and "." not in k[len(prefix):])
         close = difflib.get_close_matches(key[len(prefix):], siblings, n=1, cutoff=0.75)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(siblings)}"
         return InputError(key, f"is not a config key{hint} (README: Configuration)")

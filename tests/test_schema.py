@@ -235,3 +235,10 @@ def test_enum_members_in_a_resolved_config_compare_and_serialise_as_strings():
     d = OmegaConf.to_container(_compose(), resolve=True)
     assert isinstance(d["logger"]["name"], Enum) and d["logger"]["name"] == "wandb"
     assert json.loads(json.dumps(d))["optimizer"]["name"] == "lbfgs"
+
+
+def test_a_key_the_chosen_option_lacks_names_that_options_keys():
+    GlobalHydra.instance().clear()
+    with pytest.raises(InputError) as e:
+        cli.check(["optimizer=adam", "optimizer.history_size=3", "logger=none"])
+    assert str(e.value) == "optimizer.history_size: is not a config key; keys of optimizer: betas, lr, name (README: Configuration)"
