@@ -10,10 +10,13 @@ from __future__ import annotations
 import difflib
 import re
 import uuid
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
+from nst import schema
 from nst.errors import InputError
 from nst.search import OBJECTIVES
 from nst.search import check as check_objective
@@ -152,6 +155,9 @@ def _compose(overrides: list[str], hydra_config: bool = False):
 
 def describe(e: Exception) -> InputError:
     """One line for a Hydra/OmegaConf composition error."""
+    cause = e if isinstance(e, ValidationError) else e.__cause__
+    if isinstance(cause, ValidationError):  # a value the schema's type or choices refuse
+        return schema.input_error(cause)
     msg = str(e)
     m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
     if m and m.group(1) == "hydra/sweeper" and m.group(2) == "optuna":
@@ -164,9 +170,13 @@ def describe(e: Exception) -> InputError:
     m = re.search(r"Could not (?:override|append to) '([^']+)'|Key '([^']+)' (?:is not in struct|not in)", msg)
     if m and "An item is already at" not in msg:
         key = m.group(1) or m.group(2)
-        known = _known_keys()
         prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        siblings = sorted(k[len(prefix):] for k in known if k.startswith(prefix) and "." not in k[len(prefix):])
+        owner = getattr(e.__cause__, "object_type", None)  # the schema's dataclass that lacks the key
+        if is_dataclass(owner):  # the keys of the option chosen (optimizer=adam: betas, not history_size)
+            siblings = sorted(f.name for f in fields(owner))
+        else:
+            known = _known_keys()
+            siblings = sorted(k[len(prefix):] for k in known if k.startswith(prefix) and "." not in k[len(prefix):])
         close = difflib.get_close_matches(key[len(prefix):], siblings, n=1, cutoff=0.75)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(siblings)}"
         return InputError(key, f"is not a config key{hint} (README: Configuration)")

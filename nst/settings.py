@@ -10,15 +10,10 @@ from dataclasses import asdict, dataclass
 
 from nst import features, images
 from nst.errors import InputError
-from nst.objective import CONTENT_FORMS, STYLE_FORMS, ObjectiveSpec, layer_weights
-from nst.optimizers import OPTIMIZERS, OptimizerSpec
+from nst.objective import ObjectiveSpec, layer_weights
+from nst.optimizers import OptimizerSpec
+from nst.schema import plain, validated
 
-INITS = ("content", "noise", "content_noise", "image")
-NOISES = ("uniform", "gaussian")
-STYLE_SIZES = ("match", "keep_aspect")
-CROPS = ("none", "square")
-PRECISIONS = ("auto", "fp32", "tf32", "bf16")
-COLORS = ("none", "luminance", "histogram")
 MAX_LEVELS = 6
 MAX_SIDE = 8192
 
@@ -79,145 +74,132 @@ class Settings:
         return asdict(self)
 
 
-def _get(d: dict, dotted: str):
-    cur = d
+# Types and choices are the schema's (nst.schema); what follows checks what a type cannot say.
+
+def _at(d: dict, dotted: str):
     for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            raise InputError(dotted, "is missing from the config")
-        cur = cur[part]
-    return cur
+        d = d[part]
+    return d
 
 
-def _choice(d: dict, key: str, allowed) -> str:
-    v = _get(d, key)
-    if v not in allowed:
-        raise InputError(key, f"unknown value {v!r}; allowed: {', '.join(allowed)}")
-    return v
-
-
-def _number(d: dict, key: str, *, positive=False, non_negative=False, integer=False, maximum=None, allow_none=False):
-    v = _get(d, key)
-    if v is None and allow_none:
+def _number(d: dict, key: str, *, positive=False, non_negative=False, maximum=None):
+    v = _at(d, key)
+    if v is None:  # a null the schema allows (content_weight, style_weight)
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
-        raise InputError(key, f"must be a {'whole ' if integer else ''}number, got {v!r}")
-    if integer and int(v) != v:
-        raise InputError(key, f"must be a whole number, got {v!r}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise InputError(key, f"must be a finite number, got {v!r}")
     if positive and v <= 0:
         raise InputError(key, f"must be positive, got {v!r}")
     if non_negative and v < 0:
         raise InputError(key, f"must be zero or positive, got {v!r}")
     if maximum is not None and v > maximum:
         raise InputError(key, f"must be at most {maximum}, got {v!r}")
-    return int(v) if integer else float(v)
+    return v
 
 
-def _layers(d: dict, key: str, arch: str) -> list[str]:
-    v = _get(d, key)
+def _names(d: dict, key: str, what: str) -> list[str]:
+    """A name or a list of names (the schema types these keys Any: a list or one string)."""
+    v = _at(d, key)
     if v is None:
         return []
     if isinstance(v, str):
         v = [v]
-    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
-        raise InputError(key, f"must be a list of layer names like [conv1_1,conv2_1], got {v!r}")
-    features.check_layers(key, arch, list(v))
-    return list(v)
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise InputError(key, f"must be {what}, got {v!r}")
+    return v
 
 
 def settings_from_dict(d: dict) -> Settings:
-    arch = _choice(d, "model.arch", list(features.ARCHS))
-    weights = _choice(d, "model.weights", list(features.WEIGHTS))
+    """Settings from a resolved config (a plain dict, as OmegaConf.to_container gives it): its types
+    and choices checked against the schema, then what types cannot say. Raises InputError."""
+    d = plain(validated(d))
+    arch, weights = d["model"]["arch"], d["model"]["weights"]
     spec = features.get_weights_spec(arch, weights)
-    content_layers = _layers(d, "content_layers", arch)
-    style_layers = _layers(d, "style_layers", arch)
+    layers = "a layer name or a list of them like [conv1_1,conv2_1]"
+    content_layers = _names(d, "content_layers", layers)
+    style_layers = _names(d, "style_layers", layers)
+    features.check_layers("content_layers", arch, content_layers)
+    features.check_layers("style_layers", arch, style_layers)
     if not content_layers and not style_layers:
         raise InputError("style_layers", "content_layers and style_layers are both empty: there is nothing to optimise")
-    slw = _get(d, "loss.style_layer_weights")
-    if slw is not None and (not isinstance(slw, (list, tuple)) or not all(isinstance(w, (int, float)) for w in slw)):
-        raise InputError("loss.style_layer_weights", f"must be null or a list of numbers, got {slw!r}")
     objective = ObjectiveSpec(
         content_layers=tuple(content_layers),
         style_layers=tuple(style_layers),
-        style_layer_weights=layer_weights("loss.style_layer_weights", style_layers, slw),
-        content_form=_choice(d, "loss.content", CONTENT_FORMS),
-        style_form=_choice(d, "loss.style", STYLE_FORMS),
+        style_layer_weights=layer_weights("loss.style_layer_weights", style_layers, d["loss"]["style_layer_weights"]),
+        content_form=d["loss"]["content"],
+        style_form=d["loss"]["style"],
     )
-    opt_name = _choice(d, "optimizer.name", OPTIMIZERS)
-    if opt_name == "lbfgs":
-        optimizer = OptimizerSpec("lbfgs", lr=_number(d, "optimizer.lr", positive=True),
-                                  history_size=_number(d, "optimizer.history_size", positive=True, integer=True),
-                                  line_search=bool(_get(d, "optimizer.line_search")))
+    opt = d["optimizer"]
+    lr = _number(d, "optimizer.lr", positive=True)
+    if opt["name"] == "lbfgs":
+        optimizer = OptimizerSpec("lbfgs", lr=lr, history_size=_number(d, "optimizer.history_size", positive=True),
+                                  line_search=opt["line_search"])
     else:
-        betas = _get(d, "optimizer.betas")
-        if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        betas = opt["betas"]
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise InputError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
-        optimizer = OptimizerSpec("adam", lr=_number(d, "optimizer.lr", positive=True), betas=(float(betas[0]), float(betas[1])))
+        optimizer = OptimizerSpec("adam", lr=lr, betas=(betas[0], betas[1]))
 
-    style = _get(d, "style")
-    styles = [style] if isinstance(style, str) else style
-    if not isinstance(styles, (list, tuple)) or not styles or not all(isinstance(x, str) and x for x in styles):
-        raise InputError("style", f"must be an image (a bundled name or a path) or a list of them, got {style!r}")
-    blend = _get(d, "style_blend")
+    styles = _names(d, "style", "an image (a bundled name or a path) or a list of them")
+    if not styles:
+        raise InputError("style", f"must be an image (a bundled name or a path) or a list of them, got {d['style']!r}")
+    blend = d["style_blend"]
     if blend is None:
         blend = [1.0] * len(styles)
-    if not isinstance(blend, (list, tuple)) or len(blend) != len(styles) or \
-            not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in blend) or sum(blend) <= 0:
+    if len(blend) != len(styles) or not all(math.isfinite(w) and w >= 0 for w in blend) or not sum(blend) > 0:
         raise InputError("style_blend", f"must be null or {len(styles)} non-negative number(s) with a positive sum, one per "
-                                        f"style image, got {blend!r}")
-    levels = _number(d, "pyramid.levels", positive=True, integer=True, maximum=MAX_LEVELS)
+                                        f"style image, got {_at(d, 'style_blend')!r}")
+    levels = _number(d, "pyramid.levels", positive=True, maximum=MAX_LEVELS)
     factor = _number(d, "pyramid.factor", positive=True)
     if factor <= 1:
         raise InputError("pyramid.factor", f"must be greater than 1, got {factor!r}")
-    steps = _number(d, "steps", positive=True, integer=True)
-    coarse = _get(d, "pyramid.steps")
+    steps = _number(d, "steps", positive=True)
+    coarse = d["pyramid"]["steps"]
     if coarse is None:
         coarse = [steps] * (levels - 1)
-    if not isinstance(coarse, (list, tuple)) or len(coarse) != levels - 1 or \
-            not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in coarse):
+    if len(coarse) != levels - 1 or not all(n > 0 for n in coarse):
         raise InputError("pyramid.steps", f"must be null or {levels - 1} positive whole number(s), the budgets of the "
                                           f"coarser levels from coarse to fine, got {coarse!r}")
 
-    init = _choice(d, "init.kind", INITS)
-    noise_ratio = _number(d, "init.noise_ratio", non_negative=True, maximum=1)
-    init_path = _get(d, "init.path")
-    if init == "image" and not init_path:
+    init = d["init"]
+    if init["kind"] == "image" and not init["path"]:
         raise InputError("init.path", "init=image needs init.path, the image to start from")
 
-    content_weight = _number(d, "content_weight", non_negative=True, allow_none=True)
-    style_weight = _number(d, "style_weight", non_negative=True, allow_none=True)
+    content_weight = _number(d, "content_weight", non_negative=True)
+    style_weight = _number(d, "style_weight", non_negative=True)
     settings = Settings(
-        content=str(_get(d, "content")),
+        content=d["content"],
         style=tuple(styles),
-        style_blend=tuple(float(w) / float(sum(blend)) for w in blend),  # normalised: style_weight keeps its meaning
-        size=_number(d, "size", positive=True, integer=True, maximum=MAX_SIDE),
+        style_blend=tuple(w / sum(blend) for w in blend),  # normalised: style_weight keeps its meaning
+        size=_number(d, "size", positive=True, maximum=MAX_SIDE),
         scale=_number(d, "scale", positive=True),
-        style_size=_choice(d, "style_size", STYLE_SIZES),
+        style_size=d["style_size"],
         style_scale=_number(d, "style_scale", positive=True),
-        crop=_choice(d, "crop", CROPS),
-        color=_choice(d, "color", COLORS),
+        crop=d["crop"],
+        color=d["color"],
         pyramid_levels=levels,
         pyramid_factor=factor,
         pyramid_steps=tuple(coarse),
         arch=arch,
         weights=weights,
-        pooling=_choice(d, "pooling", list(features.POOLING)),
+        pooling=d["pooling"],
         objective=objective,
         # null means: the default that suits these weights (the spec owns it)
         content_weight=spec.content_weight if content_weight is None else content_weight,
         style_weight=spec.style_weight if style_weight is None else style_weight,
         tv_weight=_number(d, "tv_weight", non_negative=True),
         optimizer=optimizer,
-        init=init,
-        noise=_choice(d, "init.noise", NOISES),
-        noise_ratio=noise_ratio,
-        init_path=str(init_path) if init_path else None,
+        init=init["kind"],
+        noise=init["noise"],
+        noise_ratio=_number(d, "init.noise_ratio", non_negative=True, maximum=1),
+        init_path=init["path"] or None,
         steps=steps,
-        frame_every=_number(d, "frame_every", positive=True, integer=True),
-        log_every=_number(d, "log_every", positive=True, integer=True),
-        seed=_number(d, "seed", integer=True),
-        device=str(_get(d, "device")),
-        precision=_choice(d, "precision", PRECISIONS),
-        deterministic=bool(_get(d, "deterministic")),
+        frame_every=_number(d, "frame_every", positive=True),
+        log_every=_number(d, "log_every", positive=True),
+        seed=d["seed"],
+        device=d["device"],
+        precision=d["precision"],
+        deterministic=d["deterministic"],
     )
     if settings.long_side > MAX_SIDE:
         raise InputError("scale", f"size x scale = {settings.long_side} px exceeds the limit of {MAX_SIDE} px")
@@ -228,11 +210,6 @@ def settings_from_dict(d: dict) -> Settings:
     check_device_here(settings.device)
     if settings.precision == "tf32" and (settings.device in ("cpu", "mps") or settings.device == "auto" and not _cuda()):
         raise InputError("precision", TF32_OFF_CUDA)
-    logger = _choice(d, "logger.name", ("wandb", "none"))
-    if logger == "wandb":
-        from nst.wandb_sink import check_options
-
-        check_options(_get(d, "wandb"))
     return settings
 
 

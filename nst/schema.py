@@ -1,0 +1,356 @@
+"""The config schema: every key, its type, its default and, for a closed set of choices, the allowed
+values. One source for all of them: Hydra composes nst/conf/config.yaml and its groups on top of
+these dataclasses (registered below in Hydra's ConfigStore), so a misspelt key, a wrong type or an
+unknown choice fails at composition. What types cannot say (ranges, files, layer names, rules that
+join keys) is checked in nst.settings.
+
+The README's Configuration tables document these keys and defaults (tests/test_schema.py keeps
+them in step).
+"""
+
+import sys
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nst.errors import InputError
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return self.value
+
+        def __format__(self, spec: str) -> str:
+            return self.value.__format__(spec)
+
+
+class Choice(StrEnum):
+    """A closed set of string choices. OmegaConf reads an enum by member name, so each member's name
+    is its value; a member is also a str, so code that compares it with a string keeps working."""
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [m.value for m in cls]
+
+    @classmethod
+    def noun(cls) -> str:
+        return "value"  # "unknown value 'x'; allowed: ..."
+
+
+class Arch(Choice):
+    vgg16 = "vgg16"
+    vgg19 = "vgg19"
+
+
+class Weights(Choice):
+    caffe = "caffe"  # Simonyan & Zisserman's Caffe release (what Gatys et al. used), offline; vgg19 only
+    torchvision = "torchvision"  # IMAGENET1K_V1, from torchvision's cache
+
+
+class Pooling(Choice):
+    max = "max"  # the network as trained
+    avg = "avg"  # Gatys et al.
+
+
+class StyleSize(Choice):
+    match = "match"  # the style image resized to the content's size
+    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count
+
+
+class Crop(Choice):
+    none = "none"
+    square = "square"  # a centre square of every input before resizing
+
+
+class Color(Choice):
+    none = "none"
+    luminance = "luminance"  # style on luminance only, the content's colours kept
+    histogram = "histogram"  # the style's colours matched to the content's first
+
+
+class ContentForm(Choice):
+    mse = "mse"  # mean squared error
+    paper = "paper"  # 1/2 sum of squares (Gatys et al. eq. 1)
+
+
+class StyleForm(Choice):
+    mse = "mse"  # Gram/(C*H*W), mean squared error
+    paper = "paper"  # raw Gram, 1/(4 N^2 M^2) sum of squares (eq. 4)
+
+
+class OptimizerName(Choice):
+    lbfgs = "lbfgs"
+    adam = "adam"
+
+
+class InitKind(Choice):
+    content = "content"
+    noise = "noise"
+    content_noise = "content_noise"
+    image = "image"
+
+
+class Noise(Choice):
+    uniform = "uniform"  # white noise in [0, 1]
+    gaussian = "gaussian"  # mean 0.5, sd 0.25
+
+
+class Precision(Choice):
+    auto = "auto"  # resolved per device by nst.trial.resolve_precision
+    fp32 = "fp32"
+    tf32 = "tf32"  # CUDA only
+    bf16 = "bf16"
+
+
+class LoggerName(Choice):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(Choice):
+    auto = "auto"  # online when logged in, else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Objective(Choice):
+    final_loss = "final_loss"
+    style_distance_at_psnr = "style_distance_at_psnr"
+
+    @classmethod
+    def noun(cls) -> str:
+        return "objective"
+
+
+PAPER_CONTENT_LAYERS = ["conv4_2"]
+PAPER_STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+
+
+def _list(values: list):
+    return field(default_factory=lambda: list(values))
+
+
+@dataclass
+class ModelConf:  # group model/: vgg19 | vgg16
+    arch: Arch = Arch.vgg19
+    weights: Weights = Weights.caffe
+
+
+@dataclass
+class OptimizerConf:  # group optimizer/: each option has its own keys (below)
+    name: OptimizerName = MISSING
+    lr: float = MISSING
+
+
+@dataclass
+class LbfgsConf(OptimizerConf):
+    name: OptimizerName = OptimizerName.lbfgs
+    lr: float = 1.0  # the initial step scale
+    history_size: int = 100
+    line_search: bool = True  # strong-Wolfe line search (as the paper's L-BFGS); false: fixed steps of lr
+
+
+@dataclass
+class AdamConf(OptimizerConf):
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 0.02  # pixels are in [0, 1]
+    betas: List[float] = _list([0.9, 0.999])
+
+
+OPTIMIZER_SCHEMAS = {OptimizerName.lbfgs: LbfgsConf, OptimizerName.adam: AdamConf}
+
+
+@dataclass
+class InitConf:  # group init/: content | noise | content_noise | image
+    kind: InitKind = InitKind.content
+    noise: Noise = Noise.uniform
+    noise_ratio: float = 0.0  # init = (1 - r) * image + r * noise, for content_noise and image
+    path: Optional[str] = None  # the image to start from, for init=image
+
+
+@dataclass
+class LoggerConf:  # group logger/: wandb | none
+    name: LoggerName = LoggerName.wandb
+
+
+@dataclass
+class PyramidConf:  # coarse to fine: levels at size/factor^(levels-1) ... size, each from the previous result
+    levels: int = 1  # 1: off
+    factor: float = 2.0
+    steps: Optional[List[int]] = None  # the coarser levels' budgets, coarse to fine (levels-1 numbers); null: `steps` each
+
+
+@dataclass
+class LossConf:
+    content: ContentForm = ContentForm.mse
+    style: StyleForm = StyleForm.mse
+    style_layer_weights: Optional[List[float]] = None  # null: equal | one per style layer (normalised to sum 1)
+
+
+@dataclass
+class WandbConf:  # used with logger=wandb
+    mode: WandbMode = WandbMode.auto
+    project: str = "nst"
+    entity: Optional[str] = None  # your W&B user or team; null: your default entity
+    tags: List[str] = _list([])
+    init_timeout: float = 60.0  # seconds to wait for W&B to start before logging offline
+
+
+@dataclass
+class Config:
+    # Images
+    content: str = "tubingen"  # a bundled example's name, or a path to an image
+    style: Any = "starry_night"  # likewise, or a list of them blended by style_blend (str or list: checked in nst.settings)
+    style_blend: Optional[List[float]] = None  # one weight per style (normalised to sum 1); null: equal
+    size: int = 512  # long side of the output in px, before `scale`
+    scale: float = 1.0
+    style_size: StyleSize = StyleSize.match
+    style_scale: float = 1.0  # the style image at this multiple of the content's size
+    crop: Crop = Crop.none
+    color: Color = Color.none
+    pyramid: PyramidConf = field(default_factory=PyramidConf)
+    # Network
+    model: ModelConf = field(default_factory=ModelConf)
+    pooling: Pooling = Pooling.max
+    content_layers: Any = _list(PAPER_CONTENT_LAYERS)  # a layer name or a list of them (group layers/ sets both)
+    style_layers: Any = _list(PAPER_STYLE_LAYERS)
+    # Loss: total = content_weight*content + style_weight*style + tv_weight*tv; a null weight is the
+    # default that suits the model's weights (caffe: 1e4 / 1e5, torchvision: 1 / 1e6)
+    content_weight: Optional[float] = None
+    style_weight: Optional[float] = None
+    tv_weight: float = 0.0
+    loss: LossConf = field(default_factory=LossConf)
+    # Optimisation
+    optimizer: OptimizerConf = MISSING  # from the group's default (config.yaml)
+    init: InitConf = field(default_factory=InitConf)
+    steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
+    frame_every: int = 50
+    log_every: int = 1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (an open set: checked in nst.settings)
+    precision: Precision = Precision.auto
+    deterministic: bool = False
+    # Logging, sweeps, searches
+    logger: LoggerConf = field(default_factory=LoggerConf)
+    wandb: WandbConf = field(default_factory=WandbConf)
+    sweep_name: str = "sweep"  # names the sweep folder; set by the ready sweeps
+    objective: Optional[Objective] = None  # what a search minimises (README "Scaling out"); null: a grid needs none
+    target_psnr: float = 15.0  # dB, for objective=style_distance_at_psnr
+
+
+# The names config.yaml and the optimizer group's files put in their defaults lists. They are
+# top-level entries, not group options, so that they stay out of `--help` and tab completion.
+SCHEMA = "nst_schema"
+OPTIMIZER_SCHEMA_NAMES = {LbfgsConf: "nst_schema_optimizer_lbfgs", AdamConf: "nst_schema_optimizer_adam"}
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name=SCHEMA, node=Config)
+    for cls, name in OPTIMIZER_SCHEMA_NAMES.items():
+        cs.store(name=name, node=cls)
+
+
+register()
+
+
+def validated(d: dict) -> DictConfig:
+    """A plain config dict (a resolved composition) checked against the schema: InputError on a
+    wrong type or an unknown choice. Keys the schema lacks (`+key=...`) are let through, as Hydra does."""
+    opt = d.get("optimizer") if isinstance(d, dict) else None
+    cls = OPTIMIZER_SCHEMAS.get(opt.get("name") if isinstance(opt, dict) else None, OptimizerConf)
+    if cls is not OptimizerConf:
+        other = sorted(set(opt) - {f.name for f in fields(cls)})
+        if other:  # optimizer.name=adam over the lbfgs option, say
+            raise InputError("optimizer.name", f"{opt['name']} takes no {', '.join(other)}: choose the optimizer with "
+                                               f"optimizer={opt['name']}")
+    base = OmegaConf.structured(Config(optimizer=cls()))
+    OmegaConf.set_struct(base, False)
+    try:
+        return OmegaConf.merge(base, d)
+    except OmegaConfBaseException as e:
+        raise input_error(e) from None
+
+
+def plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+# --- one line for OmegaConf's own errors -------------------------------------------------------
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if OmegaConf.is_config(v):
+        v = OmegaConf.to_container(v)
+    return repr(v)
+
+
+def unwrap_optional(t: Any) -> tuple[Any, bool]:
+    args = typing.get_args(t)
+    if typing.get_origin(t) is typing.Union and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else Any), True
+    return t, False
+
+
+def describe_type(t: Any) -> str:
+    """What a value of this annotation is, in words: 'a whole number', 'null or a list of numbers', ..."""
+    t, optional = unwrap_optional(t)
+    if isinstance(t, type) and issubclass(t, Choice):
+        text = "one of " + ", ".join(t.values())
+    elif t is bool:
+        text = "true or false"
+    elif t is int:
+        text = "a whole number"
+    elif t is float:
+        text = "a number"
+    elif t is str:
+        text = "a string"
+    elif typing.get_origin(t) in (list, List):
+        (item,) = typing.get_args(t) or (Any,)
+        text = "a list" + ("" if item is Any else " of " + {"a whole number": "whole numbers", "a number": "numbers",
+                                                             "a string": "strings"}.get(describe_type(item), describe_type(item)))
+    elif is_dataclass(t):
+        text = "a group of keys: " + ", ".join(f.name for f in fields(t))
+    else:
+        text = "a value"
+    return f"null or {text}" if optional else text
+
+
+def field_type(object_type: Any, key: Any) -> Any:
+    """The annotation of `key` in the dataclass `object_type` (None when there is none)."""
+    if not (isinstance(object_type, type) and is_dataclass(object_type)) or not isinstance(key, str):
+        return None
+    return typing.get_type_hints(object_type).get(key)
+
+
+def input_error(e: OmegaConfBaseException) -> InputError:
+    """OmegaConf's ValidationError (a wrong type, an unknown choice, a null where none is allowed) as
+    one line naming the key and what it takes."""
+    key = str(getattr(e, "full_key", None) or "config")
+    value = getattr(e, "value", None)
+    t = field_type(getattr(e, "object_type", None), getattr(e, "key", None))
+    if t is None:  # an item of a typed list: the list's item type
+        parent = getattr(e, "parent_node", None)
+        item = getattr(parent, "_metadata", None)
+        t = getattr(item, "element_type", None) if item is not None and isinstance(getattr(e, "key", None), int) else None
+    if t is None:
+        first = (str(e).strip() or type(e).__name__).splitlines()[0].strip()
+        return InputError(key, first)
+    inner, optional = unwrap_optional(t)
+    if isinstance(inner, type) and issubclass(inner, Choice):
+        allowed = ", ".join((["null"] if optional else []) + inner.values())
+        if value is None:
+            return InputError(key, f"must not be null; allowed: {allowed}")
+        return InputError(key, f"unknown {inner.noun()} {_show(value)}; allowed: {allowed}")
+    return InputError(key, f"must be {describe_type(t)}, got {_show(value)}")
+
