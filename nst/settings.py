@@ -5,7 +5,9 @@ Every check here is cheap and runs before a network is built, so bad input costs
 
 from __future__ import annotations
 
+import json
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 from nst import features, images
@@ -109,62 +111,42 @@ def _names(d: dict, key: str, what: str) -> list[str]:
     return v
 
 
+# Each trial's settings are validated once per process: the command's up-front check, the launcher's
+# grouping and sizing, and the trial's own preparation all ask for them. Settings are frozen, so the
+# same object is handed back for the same resolved config; only the last few are kept.
+_VALIDATED: "OrderedDict[str, Settings]" = OrderedDict()
+_VALIDATED_KEEP = 256
+
+
 def settings_from_dict(d: dict) -> Settings:
     """Settings from a resolved config (a plain dict, as OmegaConf.to_container gives it): its types
     and choices checked against the schema, then what types cannot say. Raises InputError."""
+    try:
+        memo = json.dumps(d, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        memo = None
+    if memo is not None and memo in _VALIDATED:
+        _VALIDATED.move_to_end(memo)
+        settings = _VALIDATED[memo]
+    else:
+        settings = _validate(d)
+        if memo is not None:
+            _VALIDATED[memo] = settings
+            while len(_VALIDATED) > _VALIDATED_KEEP:
+                _VALIDATED.popitem(last=False)
+    _check_device(settings)  # what this machine has: asked every time (cheap), never remembered
+    return settings
+
+
+def _validate(d: dict) -> Settings:
     d = plain(validated(d))
     arch, weights = d["model"]["arch"], d["model"]["weights"]
     spec = features.get_weights_spec(arch, weights)
-    layers = "a layer name or a list of them like [conv1_1,conv2_1]"
-    content_layers = _names(d, "content_layers", layers)
-    style_layers = _names(d, "style_layers", layers)
-    features.check_layers("content_layers", arch, content_layers)
-    features.check_layers("style_layers", arch, style_layers)
-    if not content_layers and not style_layers:
-        raise InputError("style_layers", "content_layers and style_layers are both empty: there is nothing to optimise")
-    objective = ObjectiveSpec(
-        content_layers=tuple(content_layers),
-        style_layers=tuple(style_layers),
-        style_layer_weights=layer_weights("loss.style_layer_weights", style_layers, d["loss"]["style_layer_weights"]),
-        content_form=d["loss"]["content"],
-        style_form=d["loss"]["style"],
-    )
-    opt = d["optimizer"]
-    lr = _number(d, "optimizer.lr", positive=True)
-    if opt["name"] == "lbfgs":
-        optimizer = OptimizerSpec("lbfgs", lr=lr, history_size=_number(d, "optimizer.history_size", positive=True),
-                                  line_search=opt["line_search"])
-    else:
-        betas = opt["betas"]
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise InputError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
-        optimizer = OptimizerSpec("adam", lr=lr, betas=(betas[0], betas[1]))
-
-    styles = _names(d, "style", "an image (a bundled name or a path) or a list of them")
-    if not styles:
-        raise InputError("style", f"must be an image (a bundled name or a path) or a list of them, got {d['style']!r}")
-    blend = d["style_blend"]
-    if blend is None:
-        blend = [1.0] * len(styles)
-    if len(blend) != len(styles) or not all(math.isfinite(w) and w >= 0 for w in blend) or not sum(blend) > 0:
-        raise InputError("style_blend", f"must be null or {len(styles)} non-negative number(s) with a positive sum, one per "
-                                        f"style image, got {_at(d, 'style_blend')!r}")
-    levels = _number(d, "pyramid.levels", positive=True, maximum=MAX_LEVELS)
-    factor = _number(d, "pyramid.factor", positive=True)
-    if factor <= 1:
-        raise InputError("pyramid.factor", f"must be greater than 1, got {factor!r}")
-    steps = _number(d, "steps", positive=True)
-    coarse = d["pyramid"]["steps"]
-    if coarse is None:
-        coarse = [steps] * (levels - 1)
-    if len(coarse) != levels - 1 or not all(n > 0 for n in coarse):
-        raise InputError("pyramid.steps", f"must be null or {levels - 1} positive whole number(s), the budgets of the "
-                                          f"coarser levels from coarse to fine, got {coarse!r}")
-
+    styles, blend = _styles(d)
+    levels, factor, steps, coarse = _pyramid(d)
     init = d["init"]
     if init["kind"] == "image" and not init["path"]:
         raise InputError("init.path", "init=image needs init.path, the image to start from")
-
     content_weight = _number(d, "content_weight", non_negative=True)
     style_weight = _number(d, "style_weight", non_negative=True)
     settings = Settings(
@@ -183,12 +165,12 @@ def settings_from_dict(d: dict) -> Settings:
         arch=arch,
         weights=weights,
         pooling=d["pooling"],
-        objective=objective,
+        objective=_objective(d, arch),
         # null means: the default that suits these weights (the spec owns it)
         content_weight=spec.content_weight if content_weight is None else content_weight,
         style_weight=spec.style_weight if style_weight is None else style_weight,
         tv_weight=_number(d, "tv_weight", non_negative=True),
-        optimizer=optimizer,
+        optimizer=_optimizer(d),
         init=init["kind"],
         noise=init["noise"],
         noise_ratio=_number(d, "init.noise_ratio", non_negative=True, maximum=1),
@@ -201,16 +183,80 @@ def settings_from_dict(d: dict) -> Settings:
         precision=d["precision"],
         deterministic=d["deterministic"],
     )
+    _check_limits(settings)
+    return settings
+
+
+def _objective(d: dict, arch: str) -> ObjectiveSpec:
+    layers = "a layer name or a list of them like [conv1_1,conv2_1]"
+    content_layers = _names(d, "content_layers", layers)
+    style_layers = _names(d, "style_layers", layers)
+    features.check_layers("content_layers", arch, content_layers)
+    features.check_layers("style_layers", arch, style_layers)
+    if not content_layers and not style_layers:
+        raise InputError("style_layers", "content_layers and style_layers are both empty: there is nothing to optimise")
+    return ObjectiveSpec(
+        content_layers=tuple(content_layers),
+        style_layers=tuple(style_layers),
+        style_layer_weights=layer_weights("loss.style_layer_weights", style_layers, d["loss"]["style_layer_weights"]),
+        content_form=d["loss"]["content"],
+        style_form=d["loss"]["style"],
+    )
+
+
+def _optimizer(d: dict) -> OptimizerSpec:
+    opt = d["optimizer"]
+    lr = _number(d, "optimizer.lr", positive=True)
+    if opt["name"] == "lbfgs":
+        return OptimizerSpec("lbfgs", lr=lr, history_size=_number(d, "optimizer.history_size", positive=True),
+                             line_search=opt["line_search"])
+    betas = opt["betas"]
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise InputError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
+    return OptimizerSpec("adam", lr=lr, betas=(betas[0], betas[1]))
+
+
+def _styles(d: dict) -> tuple[list[str], list[float]]:
+    styles = _names(d, "style", "an image (a bundled name or a path) or a list of them")
+    if not styles:
+        raise InputError("style", f"must be an image (a bundled name or a path) or a list of them, got {d['style']!r}")
+    blend = d["style_blend"]
+    if blend is None:
+        blend = [1.0] * len(styles)
+    if len(blend) != len(styles) or not all(math.isfinite(w) and w >= 0 for w in blend) or not sum(blend) > 0:
+        raise InputError("style_blend", f"must be null or {len(styles)} non-negative number(s) with a positive sum, one per "
+                                        f"style image, got {_at(d, 'style_blend')!r}")
+    return styles, blend
+
+
+def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
+    levels = _number(d, "pyramid.levels", positive=True, maximum=MAX_LEVELS)
+    factor = _number(d, "pyramid.factor", positive=True)
+    if factor <= 1:
+        raise InputError("pyramid.factor", f"must be greater than 1, got {factor!r}")
+    steps = _number(d, "steps", positive=True)
+    coarse = d["pyramid"]["steps"]
+    if coarse is None:
+        coarse = [steps] * (levels - 1)
+    if len(coarse) != levels - 1 or not all(n > 0 for n in coarse):
+        raise InputError("pyramid.steps", f"must be null or {levels - 1} positive whole number(s), the budgets of the "
+                                          f"coarser levels from coarse to fine, got {coarse!r}")
+    return levels, factor, steps, coarse
+
+
+def _check_limits(settings: Settings) -> None:
     if settings.long_side > MAX_SIDE:
         raise InputError("scale", f"size x scale = {settings.long_side} px exceeds the limit of {MAX_SIDE} px")
     if settings.long_side * settings.style_scale > MAX_SIDE:
         raise InputError("style_scale", f"the style image would be {settings.long_side * settings.style_scale:.0f} px, "
                                         f"over the limit of {MAX_SIDE} px")
     check_device_name(settings.device)
+
+
+def _check_device(settings: Settings) -> None:
     check_device_here(settings.device)
     if settings.precision == "tf32" and (settings.device in ("cpu", "mps") or settings.device == "auto" and not _cuda()):
         raise InputError("precision", TF32_OFF_CUDA)
-    return settings
 
 
 TF32_OFF_CUDA = "tf32 is a GPU mode (TensorFloat-32 tensor cores, CUDA only); on the CPU or mps use fp32 or bf16"

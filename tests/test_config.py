@@ -62,3 +62,21 @@ def test_command_line_sweep_expands_like_hydra():
     trials = cli.expand_trials(["style_weight=1,2", "optimizer=lbfgs,adam", "size=32"], multirun=True)
     assert len(trials) == 4
     assert all("size=32" in t for t in trials)
+
+
+def test_a_trial_is_validated_once_per_process(monkeypatch):
+    """The up-front check, the launcher's grouping and sizing and the trial's preparation all ask for
+    its settings: the same resolved config is validated once, and the same frozen object handed back."""
+    from omegaconf import OmegaConf
+
+    from nst import cli, settings as settings_module
+
+    calls = []
+    validate = settings_module._validate
+    monkeypatch.setattr(settings_module, "_validate", lambda d: calls.append(1) or validate(d))
+    resolved = OmegaConf.to_container(cli._compose(["size=40", "style_weight=123.0"]), resolve=True)
+    first = settings_module.settings_from_dict(resolved)
+    again = settings_module.settings_from_dict(OmegaConf.to_container(cli._compose(["size=40", "style_weight=123.0"]), resolve=True))
+    assert first is again and len(calls) == 1
+    other = settings_module.settings_from_dict({**resolved, "size": 41})
+    assert other.size == 41 and len(calls) == 2

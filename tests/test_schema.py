@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from nst import cli, features, objective, optimize, schema, search, wandb_sink
+from nst import cli, features, objective, optimizers, schema, search, wandb_sink
 from nst.errors import InputError
 from nst.settings import settings_from_dict
 
@@ -194,7 +194,7 @@ def test_settings_hold_plain_strings_not_enum_members():
     (schema.Pooling, list(features.POOLING)),
     (schema.ContentForm, list(objective.CONTENT_FORMS)),
     (schema.StyleForm, list(objective.STYLE_FORMS)),
-    (schema.OptimizerName, list(optimize.OPTIMIZERS)),
+    (schema.OptimizerName, list(optimizers.OPTIMIZERS)),
     (schema.OptimizerName, [n.value for n in schema.OPTIMIZER_SCHEMAS]),
     (schema.Objective, list(search.OBJECTIVES)),
     (schema.WandbMode, list(wandb_sink.MODES)),
