@@ -59,8 +59,9 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
 def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of every trial, exactly as Hydra's basic sweeper will build them; for a
     search, whose trials are proposed as it goes, the part of the command that every trial shares."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.nst_launcher._hydra_private import split_arguments
 
     parser = OverridesParser.create()
     try:
@@ -88,7 +89,7 @@ def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
                                               "the basic sweeper takes lists of values: a,b,c")
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     # Later keys win, as in BasicSweeper.sweep (config params first, then the command line).
-    return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
+    return split_arguments(parser.parse_overrides(params + overrides), None)[0]
 
 
 def check_search(cfg) -> None:

@@ -36,6 +36,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from .contract import ReadsResults
+
 log = logging.getLogger(__name__)
 
 JOURNAL = "optuna.journal"
@@ -187,7 +189,9 @@ def counted(study) -> int:
     return used - sum("retry_of" in t.user_attrs for t in trials)
 
 
-class NstOptunaSweeper(Sweeper):
+class NstOptunaSweeper(Sweeper, ReadsResults):
+    """ReadsResults: a failed trial must reach it as a failure (it is told FAIL and counted), not as None."""
+
     def __init__(self, direction: str, n_trials: int, n_jobs: int, max_failure_rate: float, sampler: Any,
                  storage: Optional[str], study_name: Optional[str], params: Optional[Dict[str, str]]) -> None:
         super().__init__()
@@ -264,7 +268,8 @@ class NstOptunaSweeper(Sweeper):
                     ask_lock.release()
                 raise
             for t, ret, overrides in zip(trials, results, batch):
-                value = ret._return_value  # the public .return_value raises for a failed job
+                # (.return_value raises a failed job's exception: read only a completed one's)
+                value = ret.return_value if ret.status == JobStatus.COMPLETED else None
                 ran += 1
                 if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
                     study.tell(t, float(value))
