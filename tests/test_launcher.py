@@ -78,8 +78,8 @@ def test_plugin_is_discovered_and_light(tmp_path):
     # A hydra_plugins/__init__.py would hide every other installed plugin (namespace package).
     assert not (ROOT / "hydra_plugins" / "__init__.py").exists()
     assert (ROOT / "hydra_plugins" / "nst_launcher" / "__init__.py").exists()
-    # Hydra imports the plugin module in every app: it must not pull in torch or the launcher's core.
-    code = ("import sys, hydra_plugins.nst_launcher.nst_launcher; "
+    # Hydra imports the plugin modules in every app: they must not pull in torch or the launcher's core.
+    code = ("import sys, hydra_plugins.nst_launcher.nst_launcher, hydra_plugins.nst_launcher.contract; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.endswith('nst_launcher._core')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -465,3 +465,16 @@ def test_the_launchers_modules_import_one_another_in_one_direction():
     # the contract and the private-API module stand on nothing of the launcher's
     assert graph["_contract"] == graph["_hydra_private"] == graph["_errors"] == set()
     assert graph["contract"] == {"_contract"}
+
+
+def test_ctrl_c_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named():
+    import signal
+
+    from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("owner named")
+    assert done == ["owner named"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
