@@ -33,6 +33,6 @@ class AggregateSweep(Callback):
             from nst.run import wandb_tags
 
             # the hydra node holds per-job values (hydra.job.num) that no longer resolve here
-            resolved = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
+            resolved = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True, enum_to_str=True)
             wandb_sink.log_aggregate(resolved["wandb"], sweep_dir, out, group=sweep_dir.name, config=resolved,
                                      tags=wandb_tags(resolved))

@@ -27,7 +27,6 @@ from nst.settings import load_inputs, settings_from_dict
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 VERSION_BASE = "1.3"
 _UID = uuid.uuid4().hex[:6]
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # Flags after which we leave everything to Hydra (help, printing configs, other config sources).
 _HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-p", "--package",
                      "--resolve", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name",
@@ -62,8 +61,10 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
 def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of every trial, exactly as Hydra's basic sweeper will build them; for a
     search, whose trials are proposed as it goes, the part of the command that every trial shares."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.nst_launcher._hydra_private import split_arguments
+    from hydra_plugins.nst_launcher.contract import reads_results
 
     parser = OverridesParser.create()
     try:
@@ -80,7 +81,7 @@ def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
              f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_discrete_sweep() else None
              for o in parsed]
     cfg = _compose([o for o in first if o is not None], hydra_config=True)
-    if cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    if reads_results(cfg.hydra.sweeper):
         # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: what the command
         # fixes is checked here, and each trial again when it is proposed (nst.run._prepare).
         check_search(cfg)
@@ -91,7 +92,7 @@ def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
                                               "the basic sweeper takes lists of values: a,b,c")
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     # Later keys win, as in BasicSweeper.sweep (config params first, then the command line).
-    return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
+    return split_arguments(parser.parse_overrides(params + overrides), None)[0]
 
 
 def check_search(cfg) -> None:
@@ -123,7 +124,7 @@ def check(argv: list[str]) -> int:
     for trial in trials:
         cfg = _compose(trial)
         try:
-            resolved = OmegaConf.to_container(cfg, resolve=True)
+            resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         except Exception as e:  # noqa: BLE001
             raise InputError(_key_of(e), _first_line(e)) from None
         settings = settings_from_dict(resolved)
@@ -137,7 +138,7 @@ def check(argv: list[str]) -> int:
 
 def settings_for(overrides: list[str]):
     """The validated settings of one trial from its overrides, as a script or test wants them."""
-    return settings_from_dict(OmegaConf.to_container(_compose(list(overrides)), resolve=True))
+    return settings_from_dict(OmegaConf.to_container(_compose(list(overrides)), resolve=True, enum_to_str=True))
 
 
 def _compose(overrides: list[str], hydra_config: bool = False):

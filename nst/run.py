@@ -1,9 +1,10 @@
 """Entry point: `python -m nst.run [key=value ...]` runs one transfer; `-m` runs a sweep.
 
 Orchestration only: compose (Hydra), validate, hand the trials to the batched runner (`nst.runner`),
-report. A sweep goes through the project's launcher (`hydra/launcher=nst`, in hydra_plugins/), which
-hands the compatible trials of a sweep to `run_jobs` together; a single run, or a job of a launcher
-that runs one job at a time (`hydra/launcher=basic`), is a batch of one through the same runner.
+report. The app (`NstApp`) implements the launcher's contract (hydra_plugins/nst_launcher/contract.py):
+a sweep goes through the project's launcher (`hydra/launcher=nst`), which hands the compatible trials
+of a sweep to `run_jobs` together; a single run, or a job of a launcher that runs one job at a time
+(`hydra/launcher=basic`), is a batch of one through the same runner.
 The launcher may run a batch in a worker process or a SLURM task; everything the submitting
 process reports (exit status, resume count, the sweep report) is read from the trials' files.
 """
@@ -11,7 +12,6 @@ process reports (exit status, resume count, the sweep report) is read from the t
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import socket
@@ -24,8 +24,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_results
+
 from nst import cli
-from nst.errors import InputError
+from nst.errors import InputError, TrialFailed
 from nst.records import OUTPUTS, outcome, read_summary
 
 log = logging.getLogger("nst")
@@ -38,28 +40,7 @@ def trial_overrides() -> list[str]:
             if not o.lstrip("+~").startswith(("sweep=", "sweep_name=", "search="))]
 
 
-class _CurrentJob:
-    """The job Hydra is running right now, as a batch of one."""
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-
-    def activate(self):
-        return contextlib.nullcontext(self)
-
-
-class TrialFailed(RuntimeError):
-    """What a search's sweeper gets back for a failed trial (the trial's files say the same)."""
-
-
-def _task(cfg: DictConfig):
-    (value,) = run_jobs([_CurrentJob(cfg)])
-    if isinstance(value, BaseException):
-        raise value  # a failed trial of a search, under a launcher that runs one job at a time
-    return value
-
-
-def run_jobs(jobs: list) -> list:
+def run_jobs(jobs: list[BatchJob]) -> list:
     """Several trials as one unit of work. Each is prepared with its own Hydra job active (resume
     check, validation, sinks), then they run together, then each reports into its own log.
 
@@ -104,7 +85,7 @@ def _bf16_hint(settings: list) -> None:
                  "auto picks, with results a little beyond fp32's float noise (README \"Speed\")")
 
 
-def lost_batch(jobs: list, error: BaseException, since: float) -> list:
+def lost_batch(jobs: list[BatchJob], error: BaseException, since: float) -> list:
     """The launcher lost these trials' batch (a worker process died, a SLURM task failed): each
     that has no result from it is recorded as failed with the error, so that resume runs it again.
     Returns what run_jobs would have."""
@@ -149,9 +130,9 @@ def _result(summary: dict):
 
 
 def _searching() -> bool:
-    """A sweeper that reads the trials' results (Optuna), rather than Hydra's basic grid sweeper."""
-    hc = HydraConfig.get()
-    return hc.mode == RunMode.MULTIRUN and hc.sweeper.get("_target_") != cli.BASIC_SWEEPER
+    """A sweeper that reads the trials' results (the project's Optuna sweeper declares it), rather
+    than Hydra's basic grid sweeper."""
+    return reads_results()
 
 
 _registered = False
@@ -172,7 +153,7 @@ def batch_key(cfg: DictConfig) -> tuple:
     from nst.runner import group_key
     from nst.settings import settings_from_dict
 
-    return group_key(settings_from_dict(OmegaConf.to_container(cfg, resolve=True)))
+    return group_key(settings_from_dict(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
 
 
 def batch_size(cfgs: list[DictConfig]) -> int:
@@ -181,19 +162,33 @@ def batch_size(cfgs: list[DictConfig]) -> int:
     from nst.settings import settings_from_dict
 
     try:
-        return auto_batch_size([settings_from_dict(OmegaConf.to_container(c, resolve=True)) for c in cfgs])
+        return auto_batch_size([settings_from_dict(OmegaConf.to_container(c, resolve=True, enum_to_str=True)) for c in cfgs])
     except InputError:
         return 1  # each trial then reports its own error
 
 
-# The launcher reads these from the undecorated task function Hydra hands it.
-_task.run_batch = run_jobs
-_task.batch_key = batch_key
-_task.batch_size = batch_size
-_task.lost_batch = lost_batch
+class NstApp(BatchApp):
+    """The task function Hydra runs: the launcher's contract (BatchApp), each hook one function above.
+
+    Called for one job (a single run, `hydra/launcher=basic`) it runs it as a batch of one, and a
+    failed trial of a search raises (BatchApp.__call__)."""
+
+    def run_batch(self, jobs: list[BatchJob]) -> list:
+        return run_jobs(jobs)
+
+    def batch_key(self, cfg: DictConfig) -> tuple:
+        return batch_key(cfg)
+
+    def batch_size(self, cfgs: list[DictConfig]) -> int:
+        return batch_size(cfgs)
+
+    def lost_batch(self, jobs: list[BatchJob], error: BaseException, since: float) -> list:
+        return lost_batch(jobs, error, since)
+
+
 # An absolute path: Hydra resolves a relative one against the package when the entry point is not
 # `python -m nst.run` (the console scripts, `python -m nst`: an import); conf/ is nst/conf.
-app = hydra.main(version_base=cli.VERSION_BASE, config_path=str(cli.CONF_DIR), config_name="config")(_task)
+app = hydra.main(version_base=cli.VERSION_BASE, config_path=str(cli.CONF_DIR), config_name="config")(NstApp())
 
 
 def _record(cfg: DictConfig) -> tuple[Path, dict]:
@@ -202,7 +197,7 @@ def _record(cfg: DictConfig) -> tuple[Path, dict]:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = trial_overrides()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     process = {"host": socket.gethostname(), "pid": os.getpid()}  # which worker or SLURM task ran it
     for key, var in (("cuda_visible_devices", "CUDA_VISIBLE_DEVICES"), ("slurm_job_id", "SLURM_JOB_ID")):
         if os.environ.get(var) is not None:
@@ -316,9 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run from the imported module, not from this `__main__` copy of it: the task function and its
-    # hooks then live in `nst.run` in every process, which is what a worker process or a SLURM task
-    # unpickles them as.
+    # Run from the imported module, not from this `__main__` copy of it: the app (NstApp) then lives
+    # in `nst.run` in every process, which is what a worker process or a SLURM task unpickles it as.
     from nst.run import main as _main
 
     sys.exit(_main())

@@ -1,12 +1,14 @@
 """The project's Hydra launcher plugin, `hydra/launcher=nst` (hydra_plugins/nst_launcher/).
 
-Part 1: Hydra's own launcher test suites, run for this plugin (foreign apps, no hooks: the plugin
-must behave like Hydra's basic launcher). Part 2: batch mode with a toy app
-(tests/launcher_app/toy_app.py), mostly as real `-m` multiruns in subprocesses. No torch needed.
+Part 1: Hydra's own launcher test suites, run for this plugin (foreign apps, plain task functions:
+the plugin must behave like Hydra's basic launcher). Part 2: batch mode with a toy app
+(tests/launcher_app/toy_app.py, a BatchApp), mostly as real `-m` multiruns in subprocesses. Part 3:
+the contract (contract.py) itself, and how the launcher's modules depend on one another. No torch.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import logging
@@ -25,10 +27,12 @@ from hydra.test_utils.launcher_common_tests import (
     IntegrationTestSuite,
     LauncherTestSuite,
 )
+from hydra.test_utils.test_utils import SweepTaskFunction
 from omegaconf import OmegaConf
 
 # Module, not names: Hydra's plugin scan executes the module again, replacing its classes.
 from hydra_plugins.nst_launcher import nst_launcher
+from hydra_plugins.nst_launcher.contract import BatchApp
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "tests" / "launcher_app"
@@ -74,8 +78,8 @@ def test_plugin_is_discovered_and_light(tmp_path):
     # A hydra_plugins/__init__.py would hide every other installed plugin (namespace package).
     assert not (ROOT / "hydra_plugins" / "__init__.py").exists()
     assert (ROOT / "hydra_plugins" / "nst_launcher" / "__init__.py").exists()
-    # Hydra imports the plugin module in every app: it must not pull in torch or the launcher's core.
-    code = ("import sys, hydra_plugins.nst_launcher.nst_launcher; "
+    # Hydra imports the plugin modules in every app: they must not pull in torch or the launcher's core.
+    code = ("import sys, hydra_plugins.nst_launcher.nst_launcher, hydra_plugins.nst_launcher.contract; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.endswith('nst_launcher._core')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -202,19 +206,31 @@ def toy_module(monkeypatch, tmp_path):
     sys.modules.pop("toy_app", None)
 
 
-def toy_sweep(hydra_sweep_runner, toy_module, tmp_path, overrides):
-    sweep = hydra_sweep_runner(calling_file=str(APP), calling_module=None, task_function=toy_module._task,
-                               config_path="conf", config_name="config", overrides=overrides,
-                               temp_dir=tmp_path / "sweep")
-    # The runner hands Hydra its own callable, not _task: the hooks go on that object.
-    sweep.run_batch, sweep.batch_key, sweep.batch_size = (
-        toy_module.run_batch, toy_module.batch_key, toy_module.batch_size)
+class BatchSweepTask(SweepTaskFunction, BatchApp):
+    """Hydra's sweep runner (the `hydra_sweep_runner` fixture's) hands Hydra itself as the task
+    function: as a BatchApp, it hands the launcher's calls on to the toy app it runs."""
+
+    def run_batch(self, jobs):
+        return self.task_function.run_batch(jobs)
+
+    def batch_key(self, cfg):
+        return self.task_function.batch_key(cfg)
+
+    def batch_size(self, cfgs):
+        return self.task_function.batch_size(cfgs)
+
+
+def toy_sweep(toy_module, tmp_path, overrides):
+    sweep = BatchSweepTask()
+    sweep.calling_file, sweep.calling_module, sweep.task_function = str(APP), None, toy_module.ToyApp()
+    sweep.config_path, sweep.config_name, sweep.overrides = "conf", "config", overrides
+    sweep.temp_dir = str(tmp_path / "sweep")
     return sweep
 
 
 @pytest.mark.usefixtures("hydra_restore_singletons")
-def test_job_returns_in_job_order_in_process(hydra_sweep_runner, toy_module, tmp_path):
-    sweep = toy_sweep(hydra_sweep_runner, toy_module, tmp_path, ["hydra/launcher=nst", "x=1,2,3", "key=a,b"])
+def test_job_returns_in_job_order_in_process(toy_module, tmp_path):
+    sweep = toy_sweep(toy_module, tmp_path, ["hydra/launcher=nst", "x=1,2,3", "key=a,b"])
     with sweep:
         (returns,) = sweep.returns  # one launch() call
         assert [r.overrides for r in returns] == [[f"x={n // 2 + 1}", f"key={'ab'[n % 2]}"] for n in range(6)]
@@ -230,10 +246,9 @@ def test_job_returns_in_job_order_in_process(hydra_sweep_runner, toy_module, tmp
 
 @pytest.mark.usefixtures("hydra_restore_singletons")
 @pytest.mark.parametrize("kind, exc", [("keyboard", KeyboardInterrupt), ("exit", SystemExit)])
-def test_interrupt_propagates_after_restoring_hydra_state(hydra_sweep_runner, toy_module, tmp_path, kind, exc):
+def test_interrupt_propagates_after_restoring_hydra_state(toy_module, tmp_path, kind, exc):
     hydra_cfg_before = HydraConfig.instance().cfg
-    sweep = toy_sweep(hydra_sweep_runner, toy_module, tmp_path,
-                      ["hydra/launcher=nst", "x=1,2", f"interrupt={kind}"])
+    sweep = toy_sweep(toy_module, tmp_path, ["hydra/launcher=nst", "x=1,2", f"interrupt={kind}"])
     with pytest.raises(exc):
         with sweep:
             pass
@@ -309,3 +324,157 @@ def test_bad_max_batch_is_a_one_line_error_before_any_job(tmp_path):
         "hydra.launcher.max_batch must be 'auto' or an integer >= 1, got 0",
         "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]
     assert not (tmp_path / "sweep").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 3: the contract, and the launcher's modules
+
+def composed(keys: list) -> list:
+    """(hydra.job.num, full job config) for toy jobs with these keys, as the launcher plans them."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(APP_DIR / "conf"), version_base="1.3", job_name="toy_app"):
+        return [(n, compose("config", overrides=[f"key={k}", f"x={n}"], return_hydra_config=True))
+                for n, k in enumerate(keys)]
+
+
+class Keyed(BatchApp):
+    def run_batch(self, jobs):
+        return [job.idx for job in jobs]
+
+    def batch_key(self, cfg):
+        return cfg.key
+
+
+class Minimal(BatchApp):  # run_batch only: the other hooks keep the contract's defaults
+    def run_batch(self, jobs):
+        return [job.cfg.x for job in jobs]
+
+
+def planned(task_function, items, max_batch="auto", **kw) -> list:
+    from hydra_plugins.nst_launcher._core import plan_batches
+
+    return [[idx for idx, _ in batch] for batch in plan_batches(task_function, items, max_batch, **kw)]
+
+
+def test_only_an_app_that_implements_the_contract_gets_batches():
+    items = composed(["a", "b", "a", "b"])
+
+    def plain(cfg):
+        return cfg.x
+
+    plain.run_batch = lambda jobs: [None] * len(jobs)  # attributes on a function are not the contract
+    assert planned(plain, items) == [[0], [1], [2], [3]]  # one job at a time, as the basic launcher
+    assert planned(Keyed(), items) == [[0, 2], [1, 3]]
+    assert planned(Keyed(), items, max_batch=1) == [[0], [1], [2], [3]]
+
+    def sizer(hook, cfgs):
+        raise AssertionError("an app that does not size its batches is not asked")
+
+    # the defaults: any jobs may share a batch, of at most 8 under max_batch=auto
+    assert planned(Minimal(), composed(["a", "b"] * 5), sizer=sizer) == [list(range(8)), [8, 9]]
+
+
+def test_a_batch_app_called_for_one_job_runs_it_as_a_batch_of_one():
+    class Echo(BatchApp):
+        def run_batch(self, jobs):
+            (job,) = jobs
+            with job.activate() as current:
+                return [ValueError("asked to fail") if current.cfg.fail else (current.idx, current.cfg.x)]
+
+    assert Echo()(OmegaConf.create({"x": 3, "fail": False})) == (None, 3)  # no Hydra job: idx None
+    with pytest.raises(ValueError, match="asked to fail"):  # how a task function fails its job
+        Echo()(OmegaConf.create({"x": 3, "fail": True}))
+    with pytest.raises(TypeError):
+        BatchApp()  # run_batch is the one hook an app must have
+    assert Minimal().lost_batch([1, 2], RuntimeError("gone"), 0.0)[1].args == ("gone",)
+
+
+def test_a_sweeper_says_whether_it_reads_results():
+    from hydra_plugins.nst_launcher.contract import reads_results
+
+    def sweeper(target):
+        return OmegaConf.create({"_target_": target})
+
+    assert reads_results(sweeper("hydra_plugins.nst_launcher.optuna_sweeper.NstOptunaSweeper"))
+    assert not reads_results(sweeper("hydra._internal.core_plugins.basic_sweeper.BasicSweeper"))
+    assert not reads_results(sweeper("nowhere.Sweeper"))
+    assert not reads_results()  # no job is current: no sweeper
+
+
+def test_an_app_defined_in_a_script_runs_in_worker_processes(tmp_path):
+    # ToyApp lives in __main__: it travels to the workers by value (cloudpickle), its batch_size too
+    out = run_toy(tmp_path, "hydra/launcher=nst", "hydra.launcher.workers=2", "x=1,2,3,4", "fail_on=[a4]")
+    assert "nst launcher: 4 jobs in 2 batches (max_batch=auto) on 2 CPU worker processes" in out.stdout
+    assert_error_for(out, ["x=4", "fail_on=[a4]"], "ValueError: job 3 asked to fail")
+    res = results(tmp_path)
+    assert batches(res) == [(0, 1), (2, 3)]  # batch_size says 3 for key a; two workers: halves
+    assert len({r["env"] for r in res.values()}) == 4 and all(r["num_seen"] == n for n, r in res.items())
+    calls = [json.loads(line) for line in (tmp_path / "batch_size_calls.jsonl").read_text().splitlines()]
+    assert calls == [{"keys": ["a"] * 4, "xs": [1, 2, 3, 4]}]
+    ends = {e["num"]: e["status"] for e in events(tmp_path) if e["event"] == "end"}
+    assert ends == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED", 3: "FAILED"}
+
+
+def test_an_app_defined_in_a_script_runs_in_slurm_tasks(tmp_path):
+    pytest.importorskip("submitit")
+    # A task starts as `python -m submitit...`: the script's folder is not on its path, and the
+    # toy's callback (toy_app.Recorder) travels by name. The app itself travels by value.
+    path = os.pathsep.join(filter(None, [str(APP_DIR), os.environ.get("PYTHONPATH")]))
+    out = run_toy(tmp_path, "hydra/launcher=slurm", "hydra.launcher.cluster=local", "hydra.launcher.gpus_per_task=0",
+                  "hydra.launcher.max_batch=2", "x=1,2,3", "key=a", env={"PYTHONPATH": path})
+    assert out.returncode == 0, out.stderr
+    assert "nst launcher: 3 jobs in 2 batches (max_batch=2) as local submitit tasks" in out.stdout
+    assert batches(results(tmp_path)) == [(0, 1), (2,)]
+
+
+def launcher_imports() -> dict:
+    """module -> the launcher's own modules it imports, at the top or inside a function."""
+    package = ROOT / "hydra_plugins" / "nst_launcher"
+    names = {p.stem for p in package.glob("*.py")}
+    graph = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hydra_plugins.nst_launcher"):
+                rest = node.module.split(".")[2:]
+                found.update(rest[:1] if rest else [a.name for a in node.names])
+            elif isinstance(node, ast.Import):
+                found.update(a.name.split(".")[2] for a in node.names if a.name.startswith("hydra_plugins.nst_launcher."))
+        graph[path.stem] = found & names - {path.stem}
+    return graph
+
+
+def test_the_launchers_modules_import_one_another_in_one_direction():
+    graph = launcher_imports()
+
+    def cycle_from(module, path):
+        if module in path:
+            return path[path.index(module):] + [module]
+        for other in sorted(graph[module]):
+            found = cycle_from(other, path + [module])
+            if found:
+                return found
+        return None
+
+    for module in sorted(graph):
+        cycle = cycle_from(module, [])
+        assert cycle is None, f"import circle among the launcher's modules: {' -> '.join(cycle)}"
+    # the contract and the private-API module stand on nothing of the launcher's
+    assert graph["_contract"] == graph["_hydra_private"] == graph["_errors"] == set()
+    assert graph["contract"] == {"_contract"}
+
+
+def test_ctrl_c_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named():
+    import signal
+
+    from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("owner named")
+    assert done == ["owner named"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -2,25 +2,24 @@
 
 Hydra's `run_job` runs one job: compose, make its folder and `.hydra/` files, set up its logging,
 `on_job_start`, call the task, `on_job_end`. Here those steps are split around one call for a
-whole batch: every job of the batch is started, the task function's `run_batch(jobs)` runs them
-together, and every job is ended. Each job keeps its own folder, log file, callbacks and
-JobReturn, so sweepers, callbacks and tools that read the folders cannot tell the difference.
+whole batch: every job of the batch is started, the app's `run_batch(jobs)` runs them together,
+and every job is ended. Each job keeps its own folder, log file, callbacks and JobReturn, so
+sweepers, callbacks and tools that read the folders cannot tell the difference.
 
-The launcher knows nothing of what the jobs do. Optional attributes of the raw task function (the
-one `@hydra.main` wraps) say how to batch:
-  run_batch(jobs: list[BatchJob]) -> list   one value per job; a BaseException instance = that job failed
-  batch_key(cfg) -> hashable                jobs with equal keys may share a batch
-  batch_size(cfgs: list) -> int             largest batch for one group, used when max_batch=auto
-Without `run_batch` every job runs alone through the task function, as with Hydra's basic launcher.
+The launcher knows nothing of what the jobs do: the app says how to batch through the contract
+(contract.py: BatchApp's run_batch, batch_key, batch_size, lost_batch). A task function that is not
+a BatchApp runs every job alone, as with Hydra's basic launcher.
 
-Where the batches run is the launcher's setting: in this process, in one worker process per GPU
-(`_pool.py`), or as the tasks of a SLURM job array through submitit (`_slurm.py`). Elsewhere, a
-batch travels as one cloudpickled payload (`dump_batch`) and comes back as its JobReturns
-(`run_payload`). When a batch is lost (its worker process died, its SLURM task failed), its jobs are
-ended in this process with the optional hook
-  lost_batch(jobs, error, since) -> list      one value per job, as run_batch would have returned;
-                                              since: time.time() when the batch was handed out
-and without it, each job fails with the error.
+Where the batches run is the runner's business (chosen by the launcher, nst_launcher.py): None for
+this process, or one from `_pool.py` (a worker process per GPU) or `_slurm.py` (SLURM tasks through
+submitit). Elsewhere, a batch travels as one cloudpickled payload (`dump_batch`) and comes back as
+its JobReturns (`run_payload`); a batch lost there is ended here (`end_lost_batch`). A runner has:
+  parallel: int                 batches that run at once
+  batch_size(hook, cfgs) -> int the app's batch_size, called where the batches will run
+  describe() -> str             where, for the log
+  run(batches)                  yields (batch, its JobReturns) as each ends
+  close()
+The pieces of Hydra's private API that repeating run_job needs come from `_hydra_private.py`.
 """
 
 from __future__ import annotations
@@ -37,37 +36,27 @@ from typing import Any, Callable, Dict, Hashable, Iterator, List, Optional, Sequ
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra import version
-from hydra._internal.deprecation_warning import deprecation_warning
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import (
-    JobReturn,
-    JobRuntime,
-    JobStatus,
-    _flush_loggers,
-    _save_config,
-    configure_log,
-    env_override,
-    filter_overrides,
-    setup_globals,
-)
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, filter_overrides, setup_globals
 from hydra.types import HydraContext, TaskFunction
+
+from . import _hydra_private as private
+from .contract import BatchApp, BatchJob, batch_app
 
 log = logging.getLogger(__name__)
 
-AUTO_BATCH = 8  # max_batch=auto without a batch_size hook
+AUTO_BATCH = 8  # max_batch=auto when the app does not size its batches
 Item = Tuple[int, DictConfig]  # (hydra.job.num, composed job config): what a batch is made of
 
 # Jobs whose activate() is open, innermost last: leaving one restores the logging of the job around it.
-_active: List["BatchJob"] = []
+_active: List["Job"] = []
 
 
-class BatchJob:
-    """One job of a batch, as `run_batch` sees it.
+class Job(BatchJob):
+    """One job of a batch (contract.BatchJob), started and ended here as run_job would.
 
-    idx: hydra.job.num; cfg: the task config (no `hydra` node, as the task function would get it);
-    config: the full job config; output_dir: its folder (created); overrides: its task overrides.
-    `activate()` makes it the current job for code that needs Hydra's per-job state.
+    Beyond the contract: config, the full job config (with its `hydra` node).
     """
 
     def __init__(self, idx: int, config: DictConfig) -> None:
@@ -79,17 +68,17 @@ class BatchJob:
         self._ret: Optional[JobReturn] = None
 
     def __repr__(self) -> str:
-        return f"BatchJob(idx={self.idx}, output_dir={str(self.output_dir)!r})"
+        return f"Job(idx={self.idx}, output_dir={str(self.output_dir)!r})"
 
     @contextmanager
-    def activate(self) -> Iterator["BatchJob"]:
+    def activate(self) -> Iterator["Job"]:
         """Make this the current job: HydraConfig (HydraConfig.get(), ${hydra:...}), its log file, its env_set.
 
         Everything is restored on exit. Logging cannot be saved and restored as an object, so on
         exit it is configured again for the enclosing activate(), or back to Hydra's own logging.
         """
         hydra = self.config.hydra
-        previous = HydraConfig.instance().cfg
+        previous = private.saved_hydra_config()
         HydraConfig.instance().set_config(self.config)
         _active.append(self)
         configure_log(hydra.job_logging, hydra.verbose)
@@ -97,19 +86,19 @@ class BatchJob:
             with env_override(hydra.job.env_set):
                 yield self
         finally:
-            _flush_loggers()
+            private.flush_loggers()
             _active.pop()
             outer = _active[-1].config.hydra if _active else None
             if outer is not None:
                 configure_log(outer.job_logging, outer.verbose)
             else:
                 configure_log(hydra.hydra_logging, hydra.verbose)
-            HydraConfig.instance().cfg = previous
+            private.restore_hydra_config(previous)
 
     def _start(self, hydra_context: HydraContext, task_function: TaskFunction) -> None:
         """run_job's steps before the task call (hydra/core/utils.py); job logging comes with activate()."""
         config = self.config
-        previous = HydraConfig.instance().cfg
+        previous = private.saved_hydra_config()
         try:
             # hydra.sweep.subdir may use ${hydra:...}, which reads HydraConfig: set it first.
             HydraConfig.instance().set_config(config)
@@ -124,7 +113,7 @@ class BatchJob:
             with read_write(task_cfg), open_dict(task_cfg):
                 del task_cfg["hydra"]
             ret.cfg = task_cfg
-            ret.hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+            ret.hydra_cfg = copy.deepcopy(private.saved_hydra_config())  # the job just made current
             ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             if effective_chdir(config, warn=True):
@@ -135,13 +124,13 @@ class BatchJob:
 
             if config.hydra.output_subdir is not None:
                 hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
-                _save_config(task_cfg, "config.yaml", hydra_output)
-                _save_config(ret.hydra_cfg, "hydra.yaml", hydra_output)
-                _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+                private.save_config(task_cfg, "config.yaml", hydra_output)
+                private.save_config(ret.hydra_cfg, "hydra.yaml", hydra_output)
+                private.save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
         finally:
             # Between activate() blocks no job is current (HydraConfig.get() fails rather than
             # silently answering for the last job started).
-            HydraConfig.instance().cfg = previous
+            private.restore_hydra_config(previous)
 
         self.cfg, self._ret = task_cfg, ret
         self.output_dir = Path(config.hydra.runtime.output_dir)
@@ -168,46 +157,35 @@ def effective_chdir(config: DictConfig, warn: bool = False) -> bool:
         chdir = not version.base_at_least("1.2")
         if chdir and warn:
             url = "https://hydra.cc/docs/1.2/upgrades/1.1_to_1.2/changes_to_job_working_dir/"
-            deprecation_warning(message=dedent(f"""\
+            private.deprecation_warning(message=dedent(f"""\
                 Future Hydra versions will no longer change working directory at job runtime by default.
                 See {url} for more information."""), stacklevel=2)
     return bool(chdir)
 
 
-def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
-    """Launcher.launch: compose every job, plan the batches, run them (here, in workers or as SLURM tasks)."""
-    hydra_context, task_function, config = launcher.hydra_context, launcher.task_function, launcher.config
+def launch(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig, max_batch: Any,
+           job_overrides: Sequence[Sequence[str]], initial_job_idx: int, runner: Any = None) -> List[JobReturn]:
+    """Launcher.launch: compose every job, plan the batches, run them (here, or through the runner)."""
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-
-    # All jobs are composed up front (the basic launcher composes each just before it runs):
-    # grouping needs their configs, and a composition error then stops the sweep before any job.
-    items: List[Item] = []
-    for offset, overrides in enumerate(job_overrides):
-        idx = initial_job_idx + offset
-        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = idx
-            sweep_config.hydra.job.num = idx
-        items.append((idx, sweep_config))
-
-    if launcher.cluster is not None:
-        from . import _slurm
-
-        runner: Any = _slurm.SlurmRunner(launcher)
-    elif launcher.workers is not None:
-        from . import _pool
-
-        runner = _pool.PoolRunner(launcher.workers, hydra_context, task_function)
-    else:
-        runner = None
     try:
+        # All jobs are composed up front (the basic launcher composes each just before it runs):
+        # grouping needs their configs, and a composition error then stops the sweep before any job.
+        items: List[Item] = []
+        for offset, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + offset
+            sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            items.append((idx, sweep_config))
+
         spread = runner.parallel if runner is not None else 1
         sizer = runner.batch_size if runner is not None else None
-        batches = plan_batches(task_function, items, launcher.max_batch, sizer=sizer, spread=spread)
+        batches = plan_batches(task_function, items, max_batch, sizer=sizer, spread=spread)
         where = f" {runner.describe()}" if runner is not None else ""
-        log.info(f"nst launcher: {len(items)} jobs in {len(batches)} batches (max_batch={launcher.max_batch}){where}")
+        log.info(f"nst launcher: {len(items)} jobs in {len(batches)} batches (max_batch={max_batch}){where}")
         for (idx, _), overrides in zip(items, job_overrides):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
 
@@ -229,38 +207,38 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return [returns[idx] for idx, _ in items]
 
 
-Sizer = Callable[[Callable[[list], int], List[DictConfig]], int]
+Sizer = Callable[[Callable[[list], Optional[int]], List[DictConfig]], Optional[int]]
 
 
 def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any,
                  sizer: Optional[Sizer] = None, spread: int = 1) -> List[List[Item]]:
-    """Group jobs by batch_key, cut groups into chunks of at most the limit, order by first job.
+    """Group jobs by the app's batch_key, cut groups into chunks of at most the limit, order by first job.
 
-    With max_batch=auto, `sizer(batch_size, task_cfgs)` calls the hook where the batches will run
-    (None: here), and a group is cut into at least `spread` batches when it has that many jobs, so
-    that no worker idles while another runs one large batch.
+    With max_batch=auto, `sizer(app.batch_size, task_cfgs)` calls the hook where the batches will
+    run (None: here), and a group is cut into at least `spread` batches when it has that many jobs,
+    so that no worker idles while another runs one large batch.
     """
-    if getattr(task_function, "run_batch", None) is None:
+    app = batch_app(task_function)
+    if app is None:
         return [[item] for item in items]  # nothing can run several jobs at once
-    batch_key = getattr(task_function, "batch_key", None)
 
     groups: Dict[Hashable, List[Item]] = {}  # insertion order = order of each group's first job
     for idx, config in items:
-        key: Hashable = ("key", None)
+        key: Hashable
         if effective_chdir(config):
             key = ("alone", idx)  # a batch shares one process, hence one working folder
-        elif batch_key is not None:
-            previous = HydraConfig.instance().cfg
+        else:
+            previous = private.saved_hydra_config()
             HydraConfig.instance().set_config(config)
             try:
-                key = ("key", batch_key(_task_cfg(config)))
+                key = ("key", app.batch_key(_task_cfg(config)))
                 hash(key)
             except Exception as e:
                 # Running the job alone is always possible; its own run will report what is wrong.
                 log.warning(f"#{idx}: batch_key failed ({e!r}); this job runs alone")
                 key = ("alone", idx)
             finally:
-                HydraConfig.instance().cfg = previous
+                private.restore_hydra_config(previous)
         groups.setdefault(key, []).append((idx, config))
 
     batches: List[List[Item]] = []
@@ -268,22 +246,23 @@ def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any,
         if max_batch != "auto":
             limit = max_batch
         else:
-            limit = _auto_limit(task_function, group, sizer)
+            limit = _auto_limit(app, group, sizer)
             limit = max(1, min(limit, -(-len(group) // max(1, spread))))  # ceil(len / spread)
         batches += [group[i:i + limit] for i in range(0, len(group), limit)]
     batches.sort(key=lambda batch: batch[0][0])
     return batches
 
 
-def _auto_limit(task_function: TaskFunction, group: List[Item], sizer: Optional[Sizer] = None) -> int:
-    batch_size = getattr(task_function, "batch_size", None)
-    if batch_size is None:
-        return AUTO_BATCH
+def _auto_limit(app: BatchApp, group: List[Item], sizer: Optional[Sizer] = None) -> int:
+    if type(app).batch_size is BatchApp.batch_size:
+        return AUTO_BATCH  # the app does not size batches: no need to ask (in a worker process, perhaps)
     if len(group) == 1:
         return 1
     try:
         cfgs = [_task_cfg(config) for _, config in group]
-        limit = sizer(batch_size, cfgs) if sizer is not None else batch_size(cfgs)
+        limit = sizer(app.batch_size, cfgs) if sizer is not None else app.batch_size(cfgs)
+        if limit is None:
+            return AUTO_BATCH
         if type(limit) is not int or limit < 1:
             raise ValueError(f"batch_size returned {limit!r}, not an integer >= 1")
         return limit
@@ -306,12 +285,12 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
 
     In another process, pass `Singleton.get_state()` from the launching process as singleton_state.
     lost: the batch ran elsewhere and was lost with this error (handed out at `since`): its jobs
-    are ended here with what the task function's `lost_batch` hook says (without it, the error).
+    are ended here with what the app's `lost_batch` says (a plain task function: the error).
     """
     if singleton_state is not None:
         Singleton.set_state(singleton_state)
         setup_globals()
-    jobs = [BatchJob(idx, config) for idx, config in batch]
+    jobs = [Job(idx, config) for idx, config in batch]
     if len(jobs) > 1 and any(effective_chdir(job.config) for job in jobs):
         raise ValueError("nst launcher: jobs with hydra.job.chdir=true cannot share a batch")
 
@@ -319,14 +298,14 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
     # propagate (like run_job, only Exception counts as a job's failure).
     old_cwd = os.getcwd()
     chdir = effective_chdir(jobs[0].config)  # then the batch is this one job; _start changes folder
-    hydra_cfg = HydraConfig.instance().cfg
+    hydra_cfg = private.saved_hydra_config()
     try:
         for job in jobs:
             job._start(hydra_context, task_function)
         values = _call(task_function, jobs) if lost is None else _lost(task_function, jobs, lost, since)
         return [job._end(hydra_context, value) for job, value in zip(jobs, values)]
     finally:
-        HydraConfig.instance().cfg = hydra_cfg
+        private.restore_hydra_config(hydra_cfg)
         if chdir:
             os.chdir(old_cwd)
         # activate() already gives logging back; this also undoes logging set up by run_batch itself
@@ -335,10 +314,10 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
         configure_log(hydra.hydra_logging, hydra.verbose)
 
 
-def _call(task_function: TaskFunction, jobs: List[BatchJob]) -> List[Any]:
+def _call(task_function: TaskFunction, jobs: List[Job]) -> List[Any]:
     """One value per job; a job's failure is an exception instance in its place."""
-    run_batch = getattr(task_function, "run_batch", None)
-    if run_batch is None:
+    app = batch_app(task_function)
+    if app is None:
         (job,) = jobs  # plan_batches gives batches of one here
         with job.activate():
             try:
@@ -346,7 +325,7 @@ def _call(task_function: TaskFunction, jobs: List[BatchJob]) -> List[Any]:
             except Exception as e:
                 return [e]
     try:
-        values = list(run_batch(jobs))
+        values = list(app.run_batch(jobs))
         if len(values) != len(jobs):
             raise ValueError(f"run_batch returned {len(values)} values for {len(jobs)} jobs")
         return values
@@ -356,11 +335,11 @@ def _call(task_function: TaskFunction, jobs: List[BatchJob]) -> List[Any]:
         return [e] * len(jobs)
 
 
-def _lost(task_function: TaskFunction, jobs: List[BatchJob], error: BaseException, since: float) -> List[Any]:
-    lost_batch = getattr(task_function, "lost_batch", None)
-    if lost_batch is not None:
+def _lost(task_function: TaskFunction, jobs: List[Job], error: BaseException, since: float) -> List[Any]:
+    app = batch_app(task_function)
+    if app is not None:
         try:
-            values = list(lost_batch(jobs, error, since))
+            values = list(app.lost_batch(jobs, error, since))
             if len(values) == len(jobs):
                 return values
             log.error(f"lost_batch returned {len(values)} values for {len(jobs)} jobs")
@@ -391,12 +370,12 @@ def run_payload(payload: bytes) -> bytes:
     hydra_context, task_function, batch, state = cloudpickle.loads(payload)
     returns = execute_batch(hydra_context, task_function, batch, singleton_state=state)
     for ret in returns:
-        value = ret._return_value
+        value = private.job_value(ret)
         if isinstance(value, BaseException):
             try:
                 pickle.loads(cloudpickle.dumps(value))
             except Exception:  # an exception that cannot travel back: its text does
-                ret._return_value = RuntimeError(f"{type(value).__name__}: {value}")
+                ret.return_value = RuntimeError(f"{type(value).__name__}: {value}")
     return cloudpickle.dumps(returns)
 
 
@@ -408,7 +387,7 @@ def load_returns(data: bytes) -> List[JobReturn]:
 
 def end_lost_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: List[Item],
                    error: BaseException, since: float) -> List[JobReturn]:
-    """In this process, for a batch that was lost elsewhere."""
+    """In this process, for a batch that was lost elsewhere (the app's lost_batch says how its jobs end)."""
     log.error(f"batch {[idx for idx, _ in batch]} was lost: {error}")
     return execute_batch(hydra_context, task_function, batch, lost=error, since=since)
 

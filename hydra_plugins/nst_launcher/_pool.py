@@ -126,7 +126,7 @@ def _run(payload: bytes) -> bytes:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _size(payload: bytes) -> int:
+def _size(payload: bytes) -> Optional[int]:
     import cloudpickle
 
     batch_size, cfgs, state = cloudpickle.loads(payload)
@@ -155,7 +155,7 @@ class PoolRunner:
             return f"on {len(gpus)} CPU worker processes"
         return f"on {len(gpus)} worker processes (CUDA_VISIBLE_DEVICES {', '.join(gpus)})"
 
-    def batch_size(self, hook: Callable[[list], int], cfgs: list) -> int:
+    def batch_size(self, hook: Callable[[list], Optional[int]], cfgs: list) -> Optional[int]:
         """max_batch=auto is measured where the batches run: in a worker, on its GPU."""
         import cloudpickle
 

@@ -2,9 +2,9 @@
 
 `cluster: local` runs the very same path with submitit's local executor (processes on this
 machine). The submitting process waits for every task and ends each batch's jobs from what came
-back; a task that failed or never finished ends its batch as lost. Every task is Checkpointable:
-on a time-out (up to `max_num_timeout` times) or a preemption, submitit requeues it with the same
-batch, and the task function's resume skips the trials that had already completed.
+back; a task that failed or never finished ends its batch as lost (the app's lost_batch). Every
+task is Checkpointable: on a time-out (up to `max_num_timeout` times) or a preemption, submitit
+requeues it with the same batch, and the app's resume skips the trials that had already completed.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import submitit
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import OmegaConf
 
 from ._core import AUTO_BATCH, BatchLost, Item, dump_batch, end_lost_batch, load_returns, run_payload
-from .nst_launcher import NstLauncherConfigError
+from ._errors import NstLauncherConfigError
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,18 @@ def _plain(value: Any) -> Any:
 
 
 class SlurmRunner:
-    def __init__(self, launcher: Any) -> None:
-        self.params = {k: _plain(v) for k, v in launcher.params.items()}
+    def __init__(self, params: Dict[str, Any], hydra_context: HydraContext, task_function: TaskFunction) -> None:
+        self.params = {k: _plain(v) for k, v in params.items()}  # the launcher's cluster and submitit settings
         self.cluster: str = self.params["cluster"]
-        self.hydra_context = launcher.hydra_context
-        self.task_function = launcher.task_function
+        self.hydra_context = hydra_context
+        self.task_function = task_function
         self.jobs: List[submitit.Job] = []
 
     @property
     def parallel(self) -> int:
         return int(self.params["array_parallelism"])
 
-    def batch_size(self, hook: Callable[[list], int], cfgs: list) -> int:
+    def batch_size(self, hook: Callable[[list], Optional[int]], cfgs: list) -> int:
         # The nodes' GPUs are unknown from here; a batch that does not fit is split by the task.
         return AUTO_BATCH
 

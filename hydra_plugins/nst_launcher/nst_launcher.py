@@ -1,10 +1,12 @@
 """`hydra/launcher=nst` and `hydra/launcher=slurm`: run compatible jobs of a sweep as one batch
 (see `_core.py`), in this process, in one worker process per GPU (`_pool.py`), or as the tasks of a
-SLURM job array through submitit (`_slurm.py`).
+SLURM job array through submitit (`_slurm.py`). An app offers batches through `contract.py`.
 
 Hydra imports this module in every app of the environment, so it stays light: the config schemas,
 their registration, the checks of the settings, and a Launcher whose work is imported only when a
-sweep uses it.
+sweep uses it. The launcher's modules import one another in one direction only: this one picks the
+runner and hands it to `_core`; `_pool` and `_slurm` use `_core`; `_core` uses `contract` and
+`_hydra_private` (the only module that touches Hydra's private API).
 """
 
 import glob
@@ -18,15 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
-from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+
+from ._errors import NstLauncherConfigError
 
 
 @dataclass
 class NstLauncherConf:
     _target_: str = "hydra_plugins.nst_launcher.nst_launcher.NstLauncher"
-    # Most jobs per batch: "auto" (the task function's `batch_size` hook, else 8) or an integer >= 1.
+    # Most jobs per batch: "auto" (the app's `batch_size`, else 8) or an integer >= 1.
     max_batch: Any = "auto"
     # The GPUs batches are dealt to: "auto" (every visible one), a count (the first N) or a list of
     # indices (as this process numbers them). One worker process per GPU, each seeing only its own;
@@ -59,10 +62,6 @@ class NstSlurmLauncherConf:
 
 ConfigStore.instance().store(group="hydra/launcher", name="nst", node=NstLauncherConf, provider="nst")
 ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=NstSlurmLauncherConf, provider="nst")
-
-
-class NstLauncherConfigError(CompactHydraException, ValueError):
-    """A bad launcher setting. Compact: Hydra prints only the message, one line."""
 
 
 def _plain(value: Any) -> Any:
@@ -200,7 +199,18 @@ class NstLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        # The launcher's work is imported only now (see the module's docstring).
         from . import _core
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        return _core.launch(self, job_overrides, initial_job_idx)
+        runner: Any = None  # None: batches run in this process
+        if self.cluster is not None:
+            from ._slurm import SlurmRunner
+
+            runner = SlurmRunner(self.params, self.hydra_context, self.task_function)
+        elif self.workers is not None:
+            from ._pool import PoolRunner
+
+            runner = PoolRunner(self.workers, self.hydra_context, self.task_function)
+        return _core.launch(self.hydra_context, self.task_function, self.config, self.max_batch,
+                            job_overrides, initial_job_idx, runner)

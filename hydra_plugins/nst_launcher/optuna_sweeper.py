@@ -18,10 +18,13 @@ The search space keeps the syntax of Hydra's Optuna sweeper: `interval(a, b)` (f
 """
 
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -35,6 +38,8 @@ from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from .contract import ReadsResults
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +192,9 @@ def counted(study) -> int:
     return used - sum("retry_of" in t.user_attrs for t in trials)
 
 
-class NstOptunaSweeper(Sweeper):
+class NstOptunaSweeper(Sweeper, ReadsResults):
+    """ReadsResults: a failed trial must reach it as a failure (it is told FAIL and counted), not as None."""
+
     def __init__(self, direction: str, n_trials: int, n_jobs: int, max_failure_rate: float, sampler: Any,
                  storage: Optional[str], study_name: Optional[str], params: Optional[Dict[str, str]]) -> None:
         super().__init__()
@@ -237,9 +244,10 @@ class NstOptunaSweeper(Sweeper):
                 left = self.n_trials - counted(study)
                 study.sampler = make_sampler(self.sampler_conf, offset=len(study.get_trials(deepcopy=False)))
                 trials = []
-                for _ in range(min(self.n_jobs, left)):
-                    trials.append(study.ask(space))
-                    trials[-1].set_user_attr("owner", OWNER)
+                with _ctrl_c_deferred():
+                    for _ in range(min(self.n_jobs, left)):
+                        trials.append(study.ask(space))
+                        trials[-1].set_user_attr("owner", OWNER)
             finally:
                 ask_lock.release()
             if not trials:
@@ -264,7 +272,8 @@ class NstOptunaSweeper(Sweeper):
                     ask_lock.release()
                 raise
             for t, ret, overrides in zip(trials, results, batch):
-                value = ret._return_value  # the public .return_value raises for a failed job
+                # (.return_value raises a failed job's exception: read only a completed one's)
+                value = ret.return_value if ret.status == JobStatus.COMPLETED else None
                 ran += 1
                 if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
                     study.tell(t, float(value))
@@ -294,6 +303,26 @@ class NstOptunaSweeper(Sweeper):
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
         if complete:
             log.info(f"Best value {results['best_value']:.6g} (trial {results['best_trial']}): {results['best_params']}")
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Ctrl-C takes effect at the end of the block. Asking Optuna for a trial and naming its owner
+    are two writes: a trial stopped between them is RUNNING with no owner, which no later command
+    recovers (it may be another machine's). Stopped after them, the trial is recovered as lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals (and may set their handlers)
+        return
+    received: list = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and previous is signal.default_int_handler:
+            raise KeyboardInterrupt
+        if received and callable(previous):
+            previous(*received[0])
 
 
 def _runs(numbers: List[int]) -> List[tuple]:

@@ -1,7 +1,7 @@
 """Toy Hydra app for the nst launcher tests: `python toy_app.py -m hydra/launcher=nst key=a,b x=1,2`.
 
-The raw task function carries the launcher hooks (run_batch, batch_key, batch_size) unless
-TOY_NO_HOOKS=1. Every job writes <its folder>/result.json with what it saw; a Recorder callback
+The task function is a ToyApp, which implements the launcher's contract (run_batch, batch_key,
+batch_size), unless TOY_NO_HOOKS=1: then a plain function. Every job writes <its folder>/result.json with what it saw; a Recorder callback
 appends on_job_start/on_job_end events to <sweep dir>/events.jsonl; batch_size calls go to
 ./batch_size_calls.jsonl (the working folder).
 """
@@ -14,6 +14,8 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+
+from hydra_plugins.nst_launcher.contract import BatchApp
 
 log = logging.getLogger("toy")
 
@@ -86,10 +88,20 @@ def batch_size(cfgs):
     return cfgs[0].bs[cfgs[0].key]
 
 
-if os.environ.get("TOY_NO_HOOKS") != "1":
-    _task.run_batch = run_batch
-    _task.batch_key = batch_key
-    _task.batch_size = batch_size
+class ToyApp(BatchApp):
+    """The toy with the contract; one job per call (the basic launcher) stays `_task`."""
+
+    def __call__(self, cfg):
+        return _task(cfg)
+
+    def run_batch(self, jobs):
+        return run_batch(jobs)
+
+    def batch_key(self, cfg):
+        return batch_key(cfg)
+
+    def batch_size(self, cfgs):
+        return batch_size(cfgs)
 
 
 class Recorder(Callback):
@@ -107,8 +119,9 @@ class Recorder(Callback):
         self._write(config, "end", status=job_return.status.name, value=repr(job_return._return_value))
 
 
+task = _task if os.environ.get("TOY_NO_HOOKS") == "1" else ToyApp()
 app = hydra.main(version_base=os.environ.get("TOY_VERSION_BASE", "1.3"), config_path="conf",
-                 config_name="config")(_task)
+                 config_name="config")(task)
 
 if __name__ == "__main__":
     app()
