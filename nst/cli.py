@@ -8,6 +8,7 @@ before a network is built or any trial starts.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import uuid
 from dataclasses import fields, is_dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from nst import schema
+from nst import schema, sweep_folder
 from nst.errors import InputError
 from nst.search import OBJECTIVES
 from nst.search import check as check_objective
@@ -37,6 +38,8 @@ def register_resolvers() -> None:
     # One suffix per process, so every folder of one sweep shares it and two sweeps never collide.
     OmegaConf.register_new_resolver("nst_uid", lambda: _UID, replace=True)
     OmegaConf.register_new_resolver("nst_slug", slug, replace=True)
+    # a trial's folder in its sweep: its registered number and its overrides (nst.sweep_folder)
+    OmegaConf.register_new_resolver("nst_trial_dir", sweep_folder.trial_dir, replace=True)
 
 
 def slug(text: str, limit: int = 80) -> str:
@@ -61,6 +64,11 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
 def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of every trial, exactly as Hydra's basic sweeper will build them; for a
     search, whose trials are proposed as it goes, the part of the command that every trial shares."""
+    return _expand(overrides, multirun)[0]
+
+
+def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict | None]:
+    """expand_trials, and for a grid its sweep folder and identity (nst.sweep_folder)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from hydra_plugins.nst_launcher._hydra_private import split_arguments
@@ -70,12 +78,16 @@ def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
     try:
         parsed = parser.parse_overrides(overrides)
     except Exception as e:  # noqa: BLE001 - Hydra's parse errors carry the offending text
-        raise InputError("command line", _first_line(e)) from None
+        odd = [o for o in overrides if "~" in o or not o.isascii()]
+        hint = (f"; a value with '~' or non-ASCII characters must be quoted for Hydra, e.g. "
+                f"{odd[0].split('=', 1)[0]}='{odd[0].split('=', 1)[-1]}' (and '~' is not expanded: give the full path)"
+                if odd else "")
+        raise InputError("command line", _first_line(e) + hint) from None
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if not multirun:
         if sweeps:
             raise InputError(sweeps[0].get_key_element(), "has several values: add -m to run one trial per value")
-        return [overrides]
+        return [overrides], None
     # Compose once with each sweep at its first value, to read hydra.sweeper (from sweeps/).
     first = [o.input_line if not o.is_sweep_override() else
              f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_discrete_sweep() else None
@@ -85,14 +97,21 @@ def expand_trials(overrides: list[str], multirun: bool) -> list[list[str]]:
         # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: what the command
         # fixes is checked here, and each trial again when it is proposed (nst.run._prepare).
         check_search(cfg)
-        return [[o.input_line for o in parsed if not o.is_sweep_override()]]
+        return [[o.input_line for o in parsed if not o.is_sweep_override()]], None
     if None in first:
         o = parsed[first.index(None)]
         raise InputError(o.get_key_element(), "a range to sample from needs a sweeper that samples (hydra/sweeper=optuna); "
                                               "the basic sweeper takes lists of values: a,b,c")
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     # Later keys win, as in BasicSweeper.sweep (config params first, then the command line).
-    return split_arguments(parser.parse_overrides(params + overrides), None)[0]
+    trials = split_arguments(parser.parse_overrides(params + overrides), None)[0]
+    swept = [o.get_key_element() for o in sweeps] + [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    try:
+        sweep_dir = str(cfg.hydra.sweep.dir)
+    except Exception as e:  # noqa: BLE001 - a folder that cannot be resolved
+        raise InputError("hydra.sweep.dir", _first_line(e)) from None
+    return trials, {"sweep_dir": sweep_dir, "identity": sweep_folder.identity(fixed, swept)}
 
 
 def check_search(cfg) -> None:
@@ -119,7 +138,9 @@ def check(argv: list[str]) -> int:
     multirun, overrides, leave = split_argv(argv)
     if leave:
         return 0
-    trials = expand_trials(overrides, multirun)
+    trials, grid = _expand(overrides, multirun)
+    if len({sweep_folder.trial_key(t) for t in trials}) < len(trials):
+        raise InputError("command line", "the sweep names the same trial twice; give each value once")
     seen_files: set[tuple] = set()
     for trial in trials:
         cfg = _compose(trial)
@@ -133,7 +154,26 @@ def check(argv: list[str]) -> int:
         if files not in seen_files:  # decode each distinct set of inputs once
             load_inputs(settings)
             seen_files.add(files)
+    if grid is None and not multirun and trials:
+        _check_run_dir(trials[0])
+    if grid is not None:
+        # Last, once every trial is known to be valid: nothing is written into a folder for a command
+        # that is refused.
+        sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
     return len(trials)
+
+
+def _check_run_dir(overrides: list[str]) -> None:
+    """A single run's folder (hydra.run.dir) must be a folder this process can create and write."""
+    try:
+        run_dir = Path(str(_compose(overrides, hydra_config=True).hydra.run.dir))
+    except InputError:
+        return  # composition errors were reported above; nothing more to say here
+    parent = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError("hydra.run.dir", f"{run_dir} exists and is not a folder")
+    if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
+        raise InputError("hydra.run.dir", f"cannot create or write {run_dir}: {parent} is not a folder this user can write")
 
 
 def settings_for(overrides: list[str]):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
@@ -149,6 +150,8 @@ def _validate(d: dict) -> Settings:
         raise InputError("init.path", "init=image needs init.path, the image to start from")
     content_weight = _number(d, "content_weight", non_negative=True)
     style_weight = _number(d, "style_weight", non_negative=True)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(d.get("sweep_name", "sweep"))):
+        raise InputError("sweep_name", f"must be a name (letters, digits, '.', '_', '-'), not a path, got {d.get('sweep_name')!r}")
     settings = Settings(
         content=d["content"],
         style=tuple(styles),
@@ -184,6 +187,9 @@ def _validate(d: dict) -> Settings:
         deterministic=d["deterministic"],
     )
     _check_limits(settings)
+    if settings.content_weight == 0 and settings.style_weight == 0 and settings.tv_weight == 0:
+        raise InputError("style_weight", "content_weight, style_weight and tv_weight are all 0: there is nothing to "
+                                         "optimise (the result would be the start image)")
     return settings
 
 
@@ -193,6 +199,11 @@ def _objective(d: dict, arch: str) -> ObjectiveSpec:
     style_layers = _names(d, "style_layers", layers)
     features.check_layers("content_layers", arch, content_layers)
     features.check_layers("style_layers", arch, style_layers)
+    for key, names in (("content_layers", content_layers), ("style_layers", style_layers)):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InputError(key, f"names {', '.join(twice)} more than once; give each layer once (weight layers with "
+                                  "loss.style_layer_weights)")
     if not content_layers and not style_layers:
         raise InputError("style_layers", "content_layers and style_layers are both empty: there is nothing to optimise")
     return ObjectiveSpec(

@@ -92,7 +92,8 @@ def start(opts: dict, *, run_dir: Path, files_root: Path, name: str, group: str 
                   job_type=job_type, tags=[str(t) for t in tags if t], config=config, dir=str(run_dir))
 
     def init(m: str):
-        settings = wandb.Settings(init_timeout=float(opts.get("init_timeout", 60)), console="off", silent=True)
+        _TEARDOWN_TIMEOUT[0] = float(opts.get("init_timeout", 60))
+        settings = wandb.Settings(init_timeout=_TEARDOWN_TIMEOUT[0], console="off", silent=True)
         # create_new: the trials of a batch each keep a live run in this process; every call logs to
         # its own run object, never through the module-level wandb.log.
         return wandb.init(mode=m, settings=settings, reinit="create_new", **kwargs)
@@ -211,12 +212,27 @@ def log_aggregate(opts: dict, sweep_dir: Path, outputs: dict, *, group: str, con
         run.finish(exit_code=exit_code)
 
 
-def teardown() -> None:
-    """Stop W&B's background service, so that no W&B process outlives the command."""
-    import sys
+_TEARDOWN_TIMEOUT = [60.0]  # seconds: the last wandb.init_timeout a run started with
 
-    if "wandb" in sys.modules:
+
+def teardown(timeout: float | None = None) -> None:
+    """Stop W&B's background service, so that no W&B process outlives the command; waiting at most
+    wandb.init_timeout (a server that accepts connections but never answers must not hold the command)."""
+    import sys
+    import threading
+
+    if "wandb" not in sys.modules:
+        return
+
+    def stop() -> None:
         try:
             sys.modules["wandb"].teardown()
         except Exception:  # noqa: BLE001
             pass
+
+    limit = _TEARDOWN_TIMEOUT[0] if timeout is None else timeout
+    worker = threading.Thread(target=stop, name="nst-wandb-teardown", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        log.warning(f"W&B did not stop within {limit:g} s (wandb.init_timeout); leaving it behind")
