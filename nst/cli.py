@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 import uuid
+from datetime import datetime
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from nst.settings import load_inputs, settings_from_dict
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 VERSION_BASE = "1.3"
 _UID = uuid.uuid4().hex[:6]
+# The command's start, fixed once per process: the folder the up-front check claims for a sweep
+# (nst.sweep_folder) is then the very folder Hydra writes into (Hydra's ${now:} is read again later).
+_STARTED = datetime.now()
 # Flags after which we leave everything to Hydra (help, printing configs, other config sources).
 _HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-p", "--package",
                      "--resolve", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name",
@@ -37,6 +41,7 @@ _HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg",
 def register_resolvers() -> None:
     # One suffix per process, so every folder of one sweep shares it and two sweeps never collide.
     OmegaConf.register_new_resolver("nst_uid", lambda: _UID, replace=True)
+    OmegaConf.register_new_resolver("nst_now", lambda pattern: _STARTED.strftime(pattern), replace=True)
     OmegaConf.register_new_resolver("nst_slug", slug, replace=True)
     # a trial's folder in its sweep: its registered number and its overrides (nst.sweep_folder)
     OmegaConf.register_new_resolver("nst_trial_dir", sweep_folder.trial_dir, replace=True)
