@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,3 +209,13 @@ def outcome(folders, since: float) -> Outcome:
             else:
                 out.failed.append(f"{label}: did not finish (no summary.json in {d})")
     return out
+
+
+class LogFileHandler(logging.FileHandler):
+    """The trial's log file (nst.log) as logging.FileHandler writes it, but a full disk costs the file
+    its lines silently instead of printing a traceback per line: the same lines still reach the console."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if disk_error(sys.exc_info()[1]):
+            return
+        super().handleError(record)
