@@ -143,6 +143,23 @@ def promote_attempt(run_dir: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
 
+def record_failure(run_dir: Path, summary: dict) -> None:
+    """A trial failed without the runner ending an attempt at it (its input refused when it was
+    proposed, its batch lost with a worker process): record `summary` as that attempt's, replacing
+    an earlier attempt's files as a unit. What a staged attempt wrote replaces them; a folder with a
+    summary.json holds a finished earlier attempt, whose files go; files without one are the failed
+    attempt's own (written in place) and stay. Raises WriteError when summary.json cannot be written."""
+    run_dir = Path(run_dir)
+    if (run_dir / STAGING).is_dir():
+        out = run_dir / STAGING
+    elif (run_dir / "summary.json").exists():
+        out = begin_attempt(run_dir)
+    else:
+        out = run_dir
+    promote_attempt(run_dir, out)
+    write_json_atomic(run_dir / "summary.json", summary)
+
+
 def discard_attempt(run_dir: Path) -> None:
     """Remove the staging folder of an attempt that did not end (the earlier files stay as they were)."""
     shutil.rmtree(Path(run_dir) / STAGING, ignore_errors=True)

@@ -327,3 +327,28 @@ def test_a_rerun_that_fails_replaces_the_earlier_files_as_a_unit_and_one_interru
     assert set(after) == {"metrics.jsonl", "summary.json"}
     assert json.loads((d / "summary.json").read_text())["status"] == "failed"
     assert not (d / records.STAGING).exists()
+
+
+def test_a_failure_recorded_without_a_run_replaces_the_earlier_files_as_a_unit(tmp_path):
+    """record_failure: a refused input or a lost batch ends the trial's attempt as the runner would."""
+    def folder(name, files):
+        d = tmp_path / name
+        for f, text in files.items():
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / f).write_text(text)
+        return d
+
+    failed = {"status": "failed", "error": "worker process died"}
+    # a finished earlier attempt: all its files go
+    done = folder("done", {"summary.json": "{}", "final.png": "x", "metrics.jsonl": "{}\n", "frames/1.png": "x"})
+    records.record_failure(done, failed)
+    assert _checksums(done).keys() == {"summary.json"} and records.read_summary(done) == failed
+    # a staged attempt that was lost: its files replace the earlier ones
+    staged = folder("staged", {"summary.json": "{}", "final.png": "x", f"{records.STAGING}/metrics.jsonl": "{}\n"})
+    records.record_failure(staged, failed)
+    assert _checksums(staged).keys() == {"summary.json", "metrics.jsonl"}
+    # an attempt that wrote in place (a first attempt): its own files stay beside its failure
+    first = folder("first", {"metrics.jsonl": "{}\n", "frames/1.png": "x"})
+    records.record_failure(first, failed)
+    assert _checksums(first).keys() == {"summary.json", "metrics.jsonl", "frames/1.png"}
+    assert _tmp_files(tmp_path) == []
