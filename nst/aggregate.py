@@ -2,23 +2,31 @@
 (and, for a search, objective.png).
 
 Reads only files (each trial's summary.json, metrics.jsonl, frames/ and .hydra/), so a sweep can be
-re-aggregated, compared and published without W&B and without re-running anything.
+re-aggregated, compared and published without W&B and without re-running anything. A file that cannot
+be read (a summary.json cut short, a cut metrics.jsonl line, a corrupt image) is that trial's problem:
+its row and its grid cell are marked, one warning names the file, and the rest of the report is written.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
+import logging
 import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from nst.images import save_animation
+from nst.images import save_animation, save_atomic
+from nst.records import WriteError, load_summary, write_bytes_atomic
+
+log = logging.getLogger("nst")
 
 METRICS = ("content_distance", "style_distance", "psnr", "ssim")
 CELL = 192  # long side of a grid cell, px
@@ -30,17 +38,47 @@ class Trial:
     num: int
     overrides: dict[str, str]
     summary: dict
-    status: str
+    status: str  # the summary's, "unfinished" without one, "unreadable" when it cannot be read
     rows: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # "<file>: what is wrong with it", one per unreadable file
 
     @property
     def final(self) -> Path:
         return self.path / "final.png"
 
 
-def _overrides(path: Path, summary: dict) -> dict[str, str]:
-    f = path / ".hydra" / "overrides.yaml"
-    items = list(OmegaConf.load(f)) if f.exists() else summary.get("overrides", [])
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _mapping(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _num(v) -> float | None:
+    """A finite number from a record, or None (a hand-edited or damaged file may hold anything)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _value(v) -> int | float | None:
+    """A number from a record as it is (an int stays an int in results.csv), or None."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _reason(e: BaseException) -> str:
+    return (str(e).strip() or type(e).__name__).splitlines()[0]
+
+
+def _overrides(path: Path, summary: dict, problems: list[str]) -> dict[str, str]:
+    """The trial's overrides: its summary's (written with its files, as a unit), else Hydra's record."""
+    items = summary.get("overrides")
+    if not isinstance(items, list):
+        f = path / ".hydra" / "overrides.yaml"
+        items = []
+        if f.exists():
+            try:
+                items = list(OmegaConf.load(f))
+            except Exception as e:  # noqa: BLE001 - a damaged file is the trial's problem, not the report's
+                problems.append(f".hydra/overrides.yaml: unreadable ({_reason(e)})")
     out = {}
     for item in items:
         key, _, value = str(item).partition("=")
@@ -50,20 +88,75 @@ def _overrides(path: Path, summary: dict) -> dict[str, str]:
     return out
 
 
-def load_trials(sweep_dir: Path) -> list[Trial]:
+def _metrics_rows(path: Path, problems: list[str]) -> list[dict]:
+    """metrics.jsonl's rows; a line that is cut or not a row is left out and noted."""
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        problems.append(f"metrics.jsonl: unreadable ({_reason(e)})")
+        return []
+    rows, bad = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and _num(row.get("evaluation")) is not None:
+            rows.append(row)
+        else:
+            bad.append(n)
+    if bad:
+        which = f"line {bad[0]} is" if len(bad) == 1 else f"{len(bad)} lines are (first: line {bad[0]})"
+        cut = " (cut short?)" if bad == [len(lines)] else ""
+        problems.append(f"metrics.jsonl: {which} not a JSON row{cut}; left out")
+    return rows
+
+
+def _check_final(t: "Trial") -> None:
+    """A completed trial's final.png must be there and decode."""
+    if t.status != "completed":
+        return
+    if not t.final.exists():
+        t.problems.append("final.png: missing")
+        return
+    try:
+        with Image.open(t.final) as im:
+            im.load()
+    except _IMAGE_ERRORS as e:
+        t.problems.append(f"final.png: unreadable ({_reason(e)})")
+
+
+def load_trials(sweep_dir: Path, warn: Callable[[str], None] | None = None) -> list[Trial]:
+    """Every trial folder of the sweep. A file that cannot be read is recorded in the trial's
+    `problems`, and `warn` (default: the log) gets one line naming it."""
+    warn = warn or log.warning
     trials = []
     for d in sorted(Path(sweep_dir).iterdir()):
         if not d.is_dir() or not (d / ".hydra").is_dir() and not (d / "summary.json").exists():
             continue
         head = d.name.split("_", 1)[0]
         num = int(head) if head.isdigit() else len(trials)
-        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-        status = summary.get("status", "unfinished")
-        rows = []
-        if (d / "metrics.jsonl").exists():
-            rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l.strip()]
-        trials.append(Trial(d, num, _overrides(d, summary), summary, status, rows))
+        problems: list[str] = []
+        summary, unreadable = load_summary(d)
+        if unreadable is not None:
+            problems.append(f"summary.json: {unreadable}")
+        status = "unreadable" if unreadable is not None else str(summary.get("status") or "unfinished")
+        rows = _metrics_rows(d / "metrics.jsonl", problems)
+        t = Trial(d, num, _overrides(d, summary, problems), summary, status, rows, problems)
+        _check_final(t)
+        for problem in t.problems:
+            warn(_warning(t, problem))
+        trials.append(t)
     return sorted(trials, key=lambda t: t.num)
+
+
+def _warning(t: Trial, problem: str) -> str:
+    name, _, what = problem.partition(": ")
+    return f"{t.path / name}: {what} (the trial is marked in the report)"
 
 
 def swept_axes(trials: list[Trial]) -> list[tuple[str, list[str]]]:
@@ -92,14 +185,16 @@ def results_table(trials: list[Trial], axes) -> pd.DataFrame:
         rec.update({k: t.overrides.get(k) for k, _ in axes})
         rec["status"] = t.status
         rec["error"] = s.get("error", "")
+        rec["problem"] = "; ".join(t.problems)  # files of the trial that could not be read
         for term in ("total", "content", "style", "tv"):
-            rec[f"final_{term}"] = (s.get("final") or {}).get(term)
+            rec[f"final_{term}"] = _value(_mapping(s.get("final")).get(term))
         for m in METRICS:
-            rec[m] = (s.get("metrics") or {}).get(m)
-        for key in ("evaluations", "wall_time", "evals_per_second", "peak_memory_mb", "device"):
-            rec[key] = s.get(key)
+            rec[m] = _value(_mapping(s.get("metrics")).get(m))
+        for key in ("evaluations", "wall_time", "evals_per_second", "peak_memory_mb"):
+            rec[key] = _value(s.get(key))
+        rec["device"] = s.get("device")
         if any(x.summary.get("objective") for x in trials):
-            rec["objective"] = (s.get("objective") or {}).get("value")
+            rec["objective"] = _value(_mapping(s.get("objective")).get("value"))
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
@@ -120,31 +215,56 @@ SHORT = {"content_distance": "content", "style_distance": "style", "psnr": "PSNR
 def _cell_box(trials: list[Trial]) -> tuple[int, int]:
     """Cell size: CELL px wide, with the aspect ratio of the first saved result."""
     for t in trials:
-        if t.final.exists():
-            w, h = Image.open(t.final).size
+        if t.final.exists() and not any(p.startswith("final.png") for p in t.problems):
+            try:
+                with Image.open(t.final) as im:
+                    w, h = im.size
+            except _IMAGE_ERRORS:
+                continue
             return (CELL, max(1, round(CELL * h / w))) if w >= h else (max(1, round(CELL * w / h)), CELL)
     return CELL, CELL * 3 // 4
+
+
+PROBLEM = (230, 120, 0)  # the mark of a trial with an unreadable file
 
 
 def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int]) -> Image.Image:
     font = _font(12)
     w, h = box
     pad = 18 if annotate else 0
-    if trial is not None and trial.status == "completed" and trial.final.exists():
-        img = ImageOps.contain(Image.open(trial.final).convert("RGB"), box, Image.LANCZOS)
+    img = None
+    if trial is not None and trial.status == "completed" and not any(p.startswith("final.png") for p in trial.problems):
+        try:
+            with Image.open(trial.final) as im:
+                img = ImageOps.contain(im.convert("RGB"), box, Image.LANCZOS)
+        except _IMAGE_ERRORS:
+            img = None
+    if img is not None:
         cell = Image.new("RGB", (w, h + pad), "white")
         cell.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
-        metrics = trial.summary.get("metrics") or {}
-        text = "  ".join(f"{SHORT[m]} {metrics[m]:.3g}" for m in annotate if metrics.get(m) is not None)
+        metrics = _mapping(trial.summary.get("metrics"))
+        text = "  ".join(f"{SHORT[m]} {_num(metrics.get(m)):.3g}" for m in annotate if _num(metrics.get(m)) is not None)
         ImageDraw.Draw(cell).text((2, h + 3), text, fill="black", font=font)
-        return cell
-    # A failed, unfinished or missing trial is a marked empty cell, never a missing one.
+        return _mark_problem(cell, trial)
+    # A failed, unfinished, unreadable or missing trial is a marked empty cell, never a missing one.
     cell = Image.new("RGB", (w, h + pad), (235, 235, 235))
     d = ImageDraw.Draw(cell)
     d.line((8, 8, w - 8, h - 8), fill=(200, 40, 40), width=3)
     d.line((8, h - 8, w - 8, 8), fill=(200, 40, 40), width=3)
-    status = "missing" if trial is None else trial.status
-    d.text((w // 2 - 25, h // 2 - 8), status.upper(), fill=(200, 40, 40), font=_font(14))
+    status = ("missing" if trial is None else trial.status).upper()
+    d.text((max(2, (w - d.textlength(status, font=_font(14))) // 2), h // 2 - 8), status, fill=(200, 40, 40), font=_font(14))
+    return _mark_problem(cell, trial)
+
+
+def _mark_problem(cell: Image.Image, trial: Trial | None) -> Image.Image:
+    """A trial with an unreadable file: an orange frame, and the file named on an orange band."""
+    if trial is None or not trial.problems:
+        return cell
+    d = ImageDraw.Draw(cell)
+    d.rectangle((0, 0, cell.width - 1, cell.height - 1), outline=PROBLEM, width=4)
+    d.rectangle((0, 0, cell.width - 1, 17), fill=PROBLEM)
+    files = ", ".join(dict.fromkeys(p.split(":", 1)[0] for p in trial.problems))
+    d.text((4, 2), f"! {files}", fill="white", font=_font(12))
     return cell
 
 
@@ -207,7 +327,7 @@ def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | Non
 
 
 def _sort_key(t: Trial | None, key: str) -> float:
-    v = ((t.summary.get("metrics") or {}).get(key) if t else None)
+    v = _num(_mapping(t.summary.get("metrics")).get(key)) if t else None
     return math.inf if v is None else v
 
 
@@ -225,11 +345,11 @@ def make_curves(trials: list[Trial], axes, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = [k for k, _ in axes]
-    terms = ["total", "content", "style"] + (["tv"] if any(r.get("tv") for t in trials for r in t.rows) else [])
+    terms = ["total", "content", "style"] + (["tv"] if any(_num(r.get("tv")) for t in trials for r in t.rows) else [])
     fig, axs = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6), squeeze=False)
     for ax, term in zip(axs[0], terms):
         for t in trials:
-            pts = [(r["evaluation"], r[term]) for r in t.rows if r.get(term) is not None and r[term] > 0]
+            pts = [(r["evaluation"], v) for r in t.rows if (v := _num(r.get(term))) is not None and v > 0]
             if pts:
                 x, y = zip(*pts)
                 ax.plot(x, y, label=label(t, keys), linestyle="-" if t.status == "completed" else "--", linewidth=1.3)
@@ -241,8 +361,18 @@ def make_curves(trials: list[Trial], axes, path: Path) -> None:
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
         fig.subplots_adjust(bottom=0.18 + 0.05 * ((len(labels) - 1) // 4))
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 # -------------------------------------------------------------------------------------- objective
@@ -263,8 +393,8 @@ def _log_scale(values: list[float]) -> bool:
 def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
     """A search: its objective against the trial number (with the best so far) and against each
     searched value. False when no trial recorded an objective (a grid)."""
-    scored = [(t, t.summary["objective"]["value"]) for t in trials
-              if t.status == "completed" and (t.summary.get("objective") or {}).get("value") is not None]
+    scored = [(t, v) for t in trials
+              if t.status == "completed" and (v := _num(_mapping(t.summary.get("objective")).get("value"))) is not None]
     if not scored:
         return False
     import os
@@ -276,7 +406,7 @@ def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    name = scored[0][0].summary["objective"].get("name", "objective")
+    name = str(scored[0][0].summary["objective"].get("name", "objective"))
     searched = [k for k, _ in axes if all(_number(t.overrides.get(k)) is not None for t, _ in scored)]
     fig, axs = plt.subplots(1, 1 + len(searched), figsize=(4.4 * (1 + len(searched)), 3.6), squeeze=False)
     ys = [v for _, v in scored]
@@ -302,19 +432,27 @@ def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
         if _log_scale(ys):
             ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path)
     return True
 
 
 # ------------------------------------------------------------------------------------- animations
 
 
-def make_animation(trial: Trial) -> Path | None:
+def make_animation(trial: Trial, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The trial's animation.gif, made from its frames when it has none. A frame that cannot be read
+    is the trial's problem; a GIF that cannot be written is warned about."""
     out = trial.path / "animation.gif"
     if out.exists():
         return out
-    return out if save_animation(trial.path / "frames", out) else None
+    try:
+        return out if save_animation(trial.path / "frames", out) else None
+    except WriteError as e:
+        (warn or log.warning)(f"no animation for trial {trial.path.name}: {e}")
+    except Exception as e:  # noqa: BLE001 - a damaged frame is the trial's problem, not the report's
+        trial.problems.append(f"frames: a frame is unreadable ({_reason(e)})")
+        (warn or log.warning)(_warning(trial, trial.problems[-1]))
+    return None
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -324,7 +462,10 @@ def sweep_command(sweep_dir: Path) -> str:
     f = sweep_dir / "multirun.yaml"
     if not f.exists():
         return ""
-    task = OmegaConf.select(OmegaConf.load(f), "hydra.overrides.task") or []
+    try:
+        task = OmegaConf.select(OmegaConf.load(f), "hydra.overrides.task") or []
+    except Exception:  # noqa: BLE001 - a damaged multirun.yaml costs the report its command line only
+        return ""
     return "python -m nst.run -m " + " ".join(shlex.quote(str(o)) for o in task)
 
 
@@ -348,17 +489,24 @@ def _fmt(v) -> str:
 
 
 def _search_section(sweep_dir: Path, trials: list[Trial]) -> str:
-    scored = [t for t in trials if t.status == "completed" and (t.summary.get("objective") or {}).get("value") is not None]
+    def value(t: Trial) -> float | None:
+        return _num(_mapping(t.summary.get("objective")).get("value"))
+
+    scored = [t for t in trials if t.status == "completed" and value(t) is not None]
     if not scored:
         return ""
     e = html.escape
-    best = min(scored, key=lambda t: t.summary["objective"]["value"])
+    best = min(scored, key=value)
     found = sweep_dir / "optimization_results.yaml"
-    sweeper = f"<p>The sweeper's result (<a href='{found.name}'>{found.name}</a>):</p><pre>{e(found.read_text())}</pre>" \
-        if found.exists() else ""
+    try:
+        found_text = found.read_bytes().decode("utf-8", errors="replace") if found.exists() else None
+    except OSError:
+        found_text = None
+    sweeper = f"<p>The sweeper's result (<a href='{found.name}'>{found.name}</a>):</p><pre>{e(found_text)}</pre>" \
+        if found_text is not None else ""
     return f"""<h2>Search</h2>
-<p>Objective <code>{e(best.summary["objective"].get("name", ""))}</code>, lowest in trial {e(best.path.name)}:
-{best.summary["objective"]["value"]:.6g}. {len(scored)} of {len(trials)} trials scored.</p>
+<p>Objective <code>{e(str(best.summary["objective"].get("name", "")))}</code>, lowest in trial {e(best.path.name)}:
+{value(best):.6g}. {len(scored)} of {len(trials)} trials scored.</p>
 {sweeper}
 <img src="objective.png" alt="objective against trial number and searched values">
 """
@@ -369,8 +517,14 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes
     e = html.escape
     head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
     body = "".join(
-        f"<tr class='{e(str(r['status']))}'>" + "".join(f"<td>{e(_fmt(r[c]))}</td>" for c in table.columns) + "</tr>"
+        f"<tr class='{e(str(r['status']))}{' problem' if r['problem'] else ''}'>"
+        + "".join(f"<td>{e(_fmt(r[c]))}</td>" for c in table.columns) + "</tr>"
         for _, r in table.iterrows())
+    damaged = [t for t in trials if t.problems]
+    problems = "" if not damaged else (
+        "<h2>Unreadable files</h2>\n<p>These trials' files could not be read; their rows and grid cells are marked "
+        "(orange). Re-running the sweep into its folder runs the trials without a readable summary.json again.</p>\n<ul>"
+        + "".join(f"<li>{e(t.path.name)}: {e(p)}</li>" for t in damaged for p in t.problems) + "</ul>\n")
     gallery = "".join(
         f"<figure><img src='{e(p.relative_to(sweep_dir).as_posix())}' alt='{e(label(t, keys))}'>"
         f"<figcaption>{e(label(t, keys))}</figcaption></figure>"
@@ -385,16 +539,19 @@ img {{ max-width: 100%; }}
 table {{ border-collapse: collapse; font-size: 12px; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
 th {{ cursor: pointer; background: #f3f3f3; position: sticky; top: 0; }}
-tr.failed td, tr.unfinished td {{ background: #fde8e8; }}
+tr.failed td, tr.unfinished td, tr.unreadable td {{ background: #fde8e8; }}
+tr.problem td:first-child {{ border-left: 4px solid #e67800; }}
+tr.problem td {{ background: #fff1dc; }}
 figure {{ display: inline-block; margin: 6px; text-align: center; }}
 figure img {{ width: 256px; height: auto; }}
 figcaption {{ font-size: 12px; }}
 </style></head><body>
 <h1>Sweep {e(sweep_dir.name)}</h1>
 <p>{len(trials)} trials; swept: {e(", ".join(f"{k} ({len(v)})" for k, v in axes) or "nothing")}.
-{sum(t.status == "completed" for t in trials)} completed, {sum(t.status != "completed" for t in trials)} failed or unfinished.</p>
+{sum(t.status == "completed" for t in trials)} completed, {sum(t.status != "completed" for t in trials)} failed or unfinished{
+f", {len(damaged)} with unreadable files (marked)" if damaged else ""}.</p>
 <p>Command: <code>{e(command)}</code></p>
-{_search_section(sweep_dir, trials)}<h2>Final images</h2>
+{problems}{_search_section(sweep_dir, trials)}<h2>Final images</h2>
 <img src="grid.png" alt="comparison grid">
 <h2>Loss curves</h2>
 <img src="curves.png" alt="loss curves">
@@ -408,27 +565,32 @@ Also in <a href="results.csv">results.csv</a>.</p>
 </body></html>
 """
     out = sweep_dir / "report.html"
-    out.write_text(page, encoding="utf-8")
+    write_bytes_atomic(out, page.encode("utf-8"))
     return out
 
 
 # ------------------------------------------------------------------------------------------- main
 
 
-def aggregate(sweep_dir: Path, annotate: list[str] | None = None, sort_by: str | None = None) -> dict[str, Path]:
+def aggregate(sweep_dir: Path, annotate: list[str] | None = None, sort_by: str | None = None,
+              warn: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Write the sweep's report files; returns them by name. A trial's unreadable file is marked in
+    the report and warned about (`warn`, default: the log), never an error; a report file that cannot
+    be written raises nst.records.WriteError naming it."""
     sweep_dir = Path(sweep_dir)
-    trials = load_trials(sweep_dir)
+    trials = load_trials(sweep_dir, warn)
     if not trials:
         raise FileNotFoundError(f"{sweep_dir}: no trial folders (with .hydra/ or summary.json) in it")
     annotate = ["psnr", "style_distance"] if annotate is None else annotate
     axes = swept_axes(trials)
+    # the animations first: a frame found unreadable there is marked in the table and the grid too
+    animations = {t.path.name: a for t in trials if (a := make_animation(t, warn)) is not None}
     table = results_table(trials, axes)
     out = {"results": sweep_dir / "results.csv", "grid": sweep_dir / "grid.png", "curves": sweep_dir / "curves.png"}
-    table.to_csv(out["results"], index=False)
-    make_grid(trials, axes, annotate, sort_by).save(out["grid"])
+    write_bytes_atomic(out["results"], table.to_csv(index=False).encode("utf-8"))
+    save_atomic(make_grid(trials, axes, annotate, sort_by), out["grid"])
     make_curves(trials, axes, out["curves"])
     if make_objective_plot(trials, axes, sweep_dir / "objective.png"):
         out["objective"] = sweep_dir / "objective.png"
-    animations = {t.path.name: a for t in trials if (a := make_animation(t)) is not None}
     out["report"] = write_report(sweep_dir, table, trials, axes, animations)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections import OrderedDict
@@ -12,6 +13,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from nst.errors import InputError
+from nst.records import write_bytes_atomic, writing
 
 BUNDLED_DIR = Path(__file__).parent / "data" / "images"
 # Refuse anything above ~100 MP: far beyond what style transfer can use, and a typical
@@ -214,17 +216,25 @@ def to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(a, mode="RGB")
 
 
+def _encoded(img: Image.Image, fmt: str, **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
 def save_atomic(img: Image.Image, path: Path) -> None:
-    """Write via a temporary name and rename, so an interrupted run never leaves half a file."""
+    """Write via a temporary name and rename, so an interrupted run never leaves half a file; a file
+    that cannot be written (a full disk) raises nst.records.WriteError naming it and leaves no
+    temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    os.replace(tmp, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, _encoded(img, (path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG")))
 
 
 def save_animation(frames_dir: Path, out: Path, *, side: int = 320) -> bool:
-    """A looping GIF of frames/<evaluation>.png in order (no ffmpeg needed); False if there are none."""
+    """A looping GIF of frames/<evaluation>.png in order (no ffmpeg needed); False if there are none.
+    Written as save_atomic writes."""
     frames = sorted((p for p in Path(frames_dir).glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem)) if Path(frames_dir).is_dir() else []
     if not frames:
         return False
@@ -239,9 +249,8 @@ def save_animation(frames_dir: Path, out: Path, *, side: int = 320) -> bool:
         pic.thumbnail((side, side))
         pics.append(pic)
     durations = [400] * (len(pics) - 1) + [1500]  # hold the result
-    tmp = out.with_name(f".{out.name}.tmp")
-    pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=durations, loop=0, optimize=True)
-    os.replace(tmp, out)
+    data = _encoded(pics[0], "GIF", save_all=True, append_images=pics[1:], duration=durations, loop=0, optimize=True)
+    write_bytes_atomic(Path(out), data)
     return True
 
 

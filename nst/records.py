@@ -1,20 +1,171 @@
-"""A trial's records on disk: summary.json written atomically, and what a command's trials came to,
-read from their files alone.
+"""A trial's records on disk: its files written as a unit, summary.json written atomically, and what a
+command's trials came to, read from their files alone.
 
 A launcher may run trials in this process, in worker processes or on other machines, so the exit
 status and the resume count are never kept in memory: they are read from each trial's summary.json.
+
+Each attempt at a trial writes its files (ATTEMPT_FILES) as a unit. A first attempt writes straight
+into the trial's folder; an attempt at a folder that holds an earlier attempt's files writes into
+its staging folder (STAGING) beside them, and when it ends (completed or failed) `promote_attempt`
+swaps its files in: the earlier summary.json is removed first and the new one written last, so a
+summary.json always describes the files beside it. An attempt that never ends (Ctrl-C, out of memory,
+a dead process) leaves the earlier files as they were; its staging folder is discarded.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import math
 import os
+import shutil
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # The folders this command writes into: its run folder, or its sweep folders. Recorded as soon as
 # they are known (by the app, or by the sweep callback in the submitting process).
 OUTPUTS: set[str] = set()
+
+# What one attempt at a trial writes (summary.json aside), and where an attempt at a folder holding
+# an earlier attempt's files writes them until it ends.
+ATTEMPT_FILES = ("final.png", "animation.gif", "metrics.jsonl", "error.log", "frames")
+STAGING = ".staging"
+
+
+class WriteError(OSError):
+    """A trial's or a report's file could not be written (a full disk, a quota, permissions): one
+    line naming the file, e.g. `No space left on device while writing .../frames/06.png`."""
+
+    def __str__(self) -> str:
+        return f"{self.strerror} while writing {self.filename}"
+
+
+def disk_error(e: BaseException) -> bool:
+    """A full disk or an exhausted quota."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def writing(path: Path, tmp: Path | None = None):
+    """Around the writing of `path` (through `tmp`, when given): any failure removes `tmp`, and an
+    OSError becomes a WriteError naming `path`."""
+    try:
+        yield
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            reason = e.strerror or (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__)
+            raise WriteError(e.errno, reason, str(path)) from None
+        raise
+
+
+def _write_all(f, data: bytes) -> None:
+    """Write all of `data` to the unbuffered binary file `f`: the one place a trial's files and a
+    sweep's report get their bytes (tests inject a full disk here)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        view = view[n:]
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` so that a reader sees the old file or the new one, never a part; on failure
+    (a WriteError naming `path`) no temporary file is left."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with writing(path, tmp):
+        with open(tmp, "wb", buffering=0) as f:
+            _write_all(f, data)
+        os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write `data` as JSON so that a reader sees the old file or the new one, never a part."""
+    write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------- attempts as units
+
+
+def attempt_dir(run_dir: Path) -> Path:
+    """Where the attempt in progress at this trial folder writes: its staging folder when it has one."""
+    staging = Path(run_dir) / STAGING
+    return staging if staging.is_dir() else Path(run_dir)
+
+
+def holds_attempt(run_dir: Path) -> bool:
+    """Whether the folder holds an earlier attempt's files (a summary.json or any of ATTEMPT_FILES)."""
+    return any((Path(run_dir) / name).exists() for name in ("summary.json", *ATTEMPT_FILES))
+
+
+def begin_attempt(run_dir: Path) -> Path:
+    """Start an attempt at the trial in `run_dir`; returns the folder it writes into. Nothing of an
+    earlier attempt is touched: a folder holding one gets a fresh staging folder (an attempt that
+    never ended left only its staging folder, which is discarded here)."""
+    run_dir = Path(run_dir)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    discard_attempt(run_dir)
+    if not holds_attempt(run_dir):
+        return run_dir
+    staging = run_dir / STAGING
+    with writing(staging):
+        staging.mkdir()
+    return staging
+
+
+def promote_attempt(run_dir: Path, out: Path) -> None:
+    """The attempt that wrote into `out` (begin_attempt's folder) ended: its files replace the
+    earlier attempt's as a unit. The earlier summary.json goes first (until the caller writes this
+    attempt's, the trial reads as unfinished), then each of ATTEMPT_FILES is replaced or, when this
+    attempt has none, removed. Renames and removals only: it needs no free space."""
+    run_dir, out = Path(run_dir), Path(out)
+    if out == run_dir:
+        return  # a first attempt, written in place
+    with writing(run_dir / "summary.json"):
+        (run_dir / "summary.json").unlink(missing_ok=True)
+    for name in ATTEMPT_FILES:
+        old, new = run_dir / name, out / name
+        with writing(old):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif not new.exists() or new.is_dir():
+                old.unlink(missing_ok=True)
+            if new.exists():
+                os.replace(new, old)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def record_failure(run_dir: Path, summary: dict) -> None:
+    """A trial failed without the runner ending an attempt at it (its input refused when it was
+    proposed, its batch lost with a worker process): record `summary` as that attempt's, replacing
+    an earlier attempt's files as a unit. What a staged attempt wrote replaces them; a folder with a
+    summary.json holds a finished earlier attempt, whose files go; files without one are the failed
+    attempt's own (written in place) and stay. Raises WriteError when summary.json cannot be written."""
+    run_dir = Path(run_dir)
+    if (run_dir / STAGING).is_dir():
+        out = run_dir / STAGING
+    elif (run_dir / "summary.json").exists():
+        out = begin_attempt(run_dir)
+    else:
+        out = run_dir
+    promote_attempt(run_dir, out)
+    write_json_atomic(run_dir / "summary.json", summary)
+
+
+def discard_attempt(run_dir: Path) -> None:
+    """Remove the staging folder of an attempt that did not end (the earlier files stay as they were)."""
+    shutil.rmtree(Path(run_dir) / STAGING, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------- reading
 
 
 @dataclass
@@ -33,11 +184,29 @@ def trial_folders(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and ((d / ".hydra").is_dir() or (d / "summary.json").exists()))
 
 
-def read_summary(folder: Path) -> dict:
+def load_summary(folder: Path) -> tuple[dict, str | None]:
+    """(the trial's summary, None); ({}, None) when it has no summary.json; ({}, why) when its
+    summary.json cannot be read (cut short, not JSON, not an object)."""
+    path = Path(folder) / "summary.json"
     try:
-        return json.loads((Path(folder) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError) as e:
+        text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
+        return {}, f"unreadable ({text})"
+    if not isinstance(data, dict):
+        return {}, f"unreadable (a JSON {type(data).__name__}, not an object)"
+    return data, None
+
+
+def read_summary(folder: Path) -> dict:
+    """The trial's summary; {} when it has none or it cannot be read."""
+    return load_summary(folder)[0]
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def outcome(folders, since: float) -> Outcome:
@@ -45,11 +214,13 @@ def outcome(folders, since: float) -> Outcome:
     out = Outcome()
     for folder in sorted(set(map(str, folders))):
         for d in trial_folders(Path(folder)):
-            s = read_summary(d)
+            s, problem = load_summary(d)
             label = s.get("label") or d.name
-            if s.get("status") == "completed":
+            if problem is not None:
+                out.failed.append(f"{label}: {d / 'summary.json'} is {problem}")
+            elif s.get("status") == "completed":
                 out.completed += 1
-                out.skipped += s.get("finished_unix", 0) < since
+                out.skipped += (_number(s.get("finished_unix")) or 0) < since
             elif s.get("status") == "failed":
                 out.failed.append(f"{label}: {s.get('error', 'unknown error')}")
             else:
@@ -57,8 +228,11 @@ def outcome(folders, since: float) -> Outcome:
     return out
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write `data` as JSON so that a reader sees the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+class LogFileHandler(logging.FileHandler):
+    """The trial's log file (nst.log) as logging.FileHandler writes it, but a full disk costs the file
+    its lines silently instead of printing a traceback per line: the same lines still reach the console."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if disk_error(sys.exc_info()[1]):
+            return
+        super().handleError(record)

@@ -1,5 +1,7 @@
 """`python -m nst.report <sweep dir>`: (re)build a sweep's results.csv, grid.png, curves.png,
-animations and report.html from its folder alone."""
+animations and report.html from its folder alone. A trial file that cannot be read (a summary.json
+cut short, a cut metrics.jsonl line) is a warning naming it and a marked row and cell; the report is
+still written (exit 0)."""
 
 from __future__ import annotations
 
@@ -25,11 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep_dir.is_dir():
         print(f"nst.report: error: {args.sweep_dir}: no such folder", file=sys.stderr)
         return 2
+    def warn(message: str) -> None:
+        print(f"nst.report: warning: {message}", file=sys.stderr)
+
     try:
-        out = aggregate(args.sweep_dir, annotate=annotate, sort_by=args.sort)
+        out = aggregate(args.sweep_dir, annotate=annotate, sort_by=args.sort, warn=warn)
     except FileNotFoundError as e:
         print(f"nst.report: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a report file that cannot be written (a full disk, a read-only folder)
+        print(f"nst.report: error: {e}", file=sys.stderr)
+        return 1
     for name, path in out.items():
         print(f"{name}: {path}")
     return 0

@@ -89,8 +89,6 @@ def lost_batch(jobs: list[BatchJob], error: BaseException, since: float) -> list
     """The launcher lost these trials' batch (a worker process died, a SLURM task failed): each
     that has no result from it is recorded as failed with the error, so that resume runs it again.
     Returns what run_jobs would have."""
-    from nst.records import write_json_atomic
-
     values = []
     for job in jobs:
         with job.activate():
@@ -104,10 +102,21 @@ def lost_batch(jobs: list[BatchJob], error: BaseException, since: float) -> list
                 values.append(_result(previous))
                 continue
             summary = {**record, "status": "failed", "error": str(error), "finished_unix": time.time()}
-            write_json_atomic(run_dir / "summary.json", summary)
+            _record_failure(run_dir, summary)
             log.error(f"{record['label']}: failed: {error}")
             values.append(_result(summary))
     return values
+
+
+def _record_failure(run_dir: Path, summary: dict) -> None:
+    """A trial that failed outside the runner: its summary replaces an earlier attempt's files as a unit
+    (nst.records.record_failure); a full disk is a logged line, not a traceback."""
+    from nst.records import record_failure
+
+    try:
+        record_failure(run_dir, summary)
+    except OSError as e:
+        log.error(f"{summary.get('label', 'trial')}: its failure could not be recorded ({e})")
 
 
 def _result(summary: dict):
@@ -211,7 +220,6 @@ def _prepare(cfg: DictConfig):
     (completed before: resume) or cannot run (its failure recorded)."""
     from nst.runner import Trial
     from nst.settings import load_inputs, settings_from_dict
-    from nst.records import write_json_atomic
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -235,7 +243,7 @@ def _prepare(cfg: DictConfig):
         # Validated when the trial is proposed: a sweeper that proposes trials as it goes (Optuna)
         # meets bad input here, not up front.
         summary = {**record, "status": "failed", "error": str(e), "finished_unix": time.time()}
-        write_json_atomic(run_dir / "summary.json", summary)
+        _record_failure(run_dir, summary)
         log.error(f"{label}: failed: {e}")
         return None, summary
     record["settings"] = settings.to_dict()

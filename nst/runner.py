@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nst import images
+from nst import images, records
 from nst.device import (channels_last, cpu_model, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device,
                         resolve_precision, set_determinism, set_precision, torch_settings)
 from nst.errors import InputError
@@ -44,7 +44,6 @@ from nst.inputs import prepare
 from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimizers import BatchAdam, BatchLBFGS
-from nst.records import write_json_atomic
 from nst.settings import Settings, content_size
 from nst.sinks import StepRecord
 
@@ -178,6 +177,7 @@ class _Live:
     scale: float | None = None  # L-BFGS: 1/|total at the level's first evaluation| (see _optimise)
     carry: torch.Tensor | None = None  # a coarser level's result, the next level's start
     done: bool = False
+    out: Path | None = None  # where this attempt writes its files (nst.records.begin_attempt)
 
     def present(self, x: torch.Tensor) -> torch.Tensor:
         """The image as saved: for color=luminance, the optimised luminance with the photograph's colours."""
@@ -192,14 +192,13 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
     live: dict[int, _Live] = {}
     for pos, i in enumerate(idxs):
         t = trials[i]
-        t.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("error.log", "animation.gif"):  # left by an earlier attempt of this trial (resume, retry)
-            (t.run_dir / stale).unlink(missing_ok=True)
         summary = {"status": "running", "started_at": _now(), **t.record,
                    "batch": {"id": batch_id, "size": len(idxs), "position": pos}}
-        lv = _Live(t, summary, [], time.perf_counter())
+        lv = _Live(t, summary, [], time.perf_counter(), out=t.run_dir)
         live[i] = lv
         try:
+            # An earlier attempt's files (resume, a retry) stay until this attempt ends (nst.records)
+            lv.out = records.begin_attempt(t.run_dir)
             lv.sinks = t.open_sinks(pos)
         except Exception as e:  # noqa: BLE001 - a trial whose sinks cannot open fails alone
             _fail(lv, e)
@@ -361,13 +360,13 @@ def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _
     values, scale_values, measures = _to_host(terms, scales, measured)
     now = time.perf_counter() - clock.start
     totals = [v["total"] for v in values]
-    failed: dict[int, BaseException] = {}
+    failed: dict[int, tuple[BaseException, str | None]] = {}  # the error, its traceback (None: one line)
     for j, lv in enumerate(who):
         if lv.scale is None and math.isfinite(totals[j]):
             lv.scale = scale_values[j]
         if not math.isfinite(totals[j]):
-            failed[j] = NonFiniteLoss(f"the loss became {totals[j]} at evaluation {lv.evaluations + 1}; "
-                                      "lower the loss weights or the learning rate")
+            failed[j] = (NonFiniteLoss(f"the loss became {totals[j]} at evaluation {lv.evaluations + 1}; "
+                                       "lower the loss weights or the learning rate"), None)
             # A failed trial leaves the batch with its error (before its optimiser sees a NaN); the others go on.
             opt.drop(asked[j][0], "failed")
     # rows of dropped trials are ignored; an evaluation the optimiser voids is not counted (nst.optimizers)
@@ -384,8 +383,8 @@ def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _
             if error is not None:
                 failed[j] = error
                 opt.drop(asked[j][0], "failed")
-    for j, e in failed.items():
-        _fail(who[j], e, traceback_too=False)
+    for j, (e, tb) in failed.items():
+        _fail(who[j], e, tb=tb)
 
 
 def _evaluate(opt, asked: list, who: list[_Live], device: torch.device):
@@ -445,14 +444,14 @@ def _to_host(terms: list[dict], scales: torch.Tensor, measured: torch.Tensor | N
     return values, scale_values, measures
 
 
-def _send(lv: _Live, record: StepRecord) -> BaseException | None:
-    """Hand a step record to the trial's sinks; a sink's error is returned (it fails this trial only)."""
+def _send(lv: _Live, record: StepRecord) -> tuple[BaseException, str] | None:
+    """Hand a step record to the trial's sinks; a sink's error is returned with its traceback (it
+    fails this trial only)."""
     try:
         for sink in lv.sinks:
             sink.on_step(record)
     except Exception as e:  # noqa: BLE001 - a failing sink fails its own trial only
-        (lv.trial.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        return e
+        return e, traceback.format_exc()
     return None
 
 
@@ -484,7 +483,7 @@ def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
 
 def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device) -> None:
     """Save the finished trial's image, metrics and summary; close its sinks."""
-    run_dir = lv.trial.run_dir
+    out = lv.out  # this attempt's folder (nst.records.begin_attempt)
     try:
         with torch.no_grad():
             # The terms of the image actually optimised (the last evaluation may precede a final step).
@@ -494,8 +493,8 @@ def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device)
         s = lv.trial.settings
         lv.summary["image_size"] = list(final.shape[-1:-3:-1])  # [W, H]
         lv.summary["metrics"] = standard_metrics(final, lv.tensors["photo"], lv.tensors["plain_styles"], s.style_blend)
-        images.save_atomic(images.to_pil(final), run_dir / "final.png")
-        images.save_animation(run_dir / "frames", run_dir / "animation.gif")
+        images.save_atomic(images.to_pil(final), out / "final.png")
+        images.save_animation(out / "frames", out / "animation.gif")
         opt_time = lv.summary["optimisation_time"]
         lv.summary.update(status="completed", final=final_terms, evaluations=lv.evaluations, stop_reason=reason,
                           optimisation_time=round(opt_time, 3),
@@ -514,19 +513,38 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-_ONE_LINE = (InputError, NonFiniteLoss, OutOfMemoryAlone)  # errors whose message says it all: no traceback
+_ONE_LINE = (InputError, NonFiniteLoss, OutOfMemoryAlone, records.WriteError)  # their message says it all: no traceback
 
 
-def _fail(lv: _Live, e: BaseException, traceback_too: bool = True) -> None:
-    lv.summary.update(status="failed", error=str(e) if isinstance(e, _ONE_LINE) else f"{type(e).__name__}: {e}")
-    if traceback_too and not isinstance(e, (*_ONE_LINE, KeyboardInterrupt)):
-        (lv.trial.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+def _one_line(e: BaseException, where: Path) -> str | None:
+    """The error as the one line that says it all, or None (a traceback goes to error.log)."""
+    if isinstance(e, _ONE_LINE):
+        return str(e)
+    if records.disk_error(e):  # a full disk met outside the trial's own files (W&B, a temporary folder)
+        return str(records.WriteError(e.errno, e.strerror or os.strerror(e.errno), e.filename or str(where)))
+    return None
+
+
+def _fail(lv: _Live, e: BaseException, tb: str | None = None) -> None:
+    """The trial failed with `e` (its traceback `tb`, or the one being handled): record it and end it."""
+    one_line = _one_line(e, lv.out or lv.trial.run_dir)
+    lv.summary.update(status="failed", error=one_line if one_line is not None else f"{type(e).__name__}: {e}")
     if isinstance(e, KeyboardInterrupt):
         lv.summary["status"] = "interrupted"
+    elif one_line is None:
+        try:
+            records.write_bytes_atomic((lv.out or lv.trial.run_dir) / "error.log",
+                                       (tb or traceback.format_exc()).encode("utf-8"))
+        except OSError:
+            pass  # no room for the traceback: the one-line error still goes into summary.json
     _finish(lv, None)
 
 
 def _finish(lv: _Live, device: torch.device | None) -> None:
+    """End the trial's attempt. Completed or failed: its files replace the earlier attempt's as a unit
+    and its summary.json is written last. Interrupted: no summary.json (it is re-run on resume), and an
+    earlier attempt's files stay as they were. A file that cannot be written (a full disk) fails the
+    trial with one line; what cannot be recorded is said in the error the command prints."""
     lv.done = True
     lv.summary["wall_time"] = round(time.perf_counter() - lv.t0, 3)
     lv.summary["finished_at"] = _now()
@@ -534,9 +552,30 @@ def _finish(lv: _Live, device: torch.device | None) -> None:
     if lv.summary.get("device"):
         mb, kind = peak_memory(torch.device(lv.summary["device"]))
         lv.summary["peak_memory_mb"], lv.summary["peak_memory_kind"] = round(mb, 1), kind
+    run_dir, out = lv.trial.run_dir, lv.out or lv.trial.run_dir
+    if lv.summary["status"] == "interrupted":
+        _close_sinks(lv, lv.summary)
+        if out != run_dir:
+            records.discard_attempt(run_dir)
+        return
+    try:
+        # before the sinks close: they may read the trial's files (W&B logs final.png)
+        records.promote_attempt(run_dir, out)
+    except OSError as e:
+        _not_recorded(lv, e)
     _close_sinks(lv, lv.summary)
-    if lv.summary["status"] != "interrupted":  # an interrupted trial leaves no summary: it is re-run on resume
-        write_json_atomic(lv.trial.run_dir / "summary.json", lv.summary)
+    try:
+        records.write_json_atomic(run_dir / "summary.json", lv.summary)
+    except OSError as e:
+        _not_recorded(lv, e)
+
+
+def _not_recorded(lv: _Live, e: OSError) -> None:
+    """A completed trial whose files cannot be recorded failed; a failed one says its error was not recorded."""
+    if lv.summary.get("status") == "completed":
+        lv.summary.update(status="failed", error=str(e))
+    else:
+        lv.summary["error"] = f"{lv.summary.get('error', 'unknown error')} (not recorded: {e})"
 
 
 def _close_sinks(lv: _Live, summary: dict) -> None:

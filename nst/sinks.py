@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 import torch
 
+from nst import records
 from nst.images import save_atomic, to_pil
 
 
@@ -33,15 +34,20 @@ def due(evaluation: int, every: int, steps: int) -> bool:
 
 
 class FileSink:
-    """metrics.jsonl (every `log_every` evaluations, and the first) and frames/ (every `frame_every`)."""
+    """metrics.jsonl (every `log_every` evaluations, and the first) and frames/ (every `frame_every`),
+    written into the attempt's folder (nst.records.attempt_dir: the trial's folder, or its staging
+    folder while an earlier attempt's files are kept). A file that cannot be written raises
+    nst.records.WriteError naming it; a metrics row is written whole or not at all."""
 
     def __init__(self, run_dir: Path, *, log_every: int, frame_every: int, steps: int):
         self.run_dir, self.log_every, self.frame_every, self.steps = Path(run_dir), log_every, frame_every, steps
-        self.frames_dir = self.run_dir / "frames"
-        self.frames_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.frames_dir.glob("*.png"):  # from an earlier attempt of this trial (resume)
-            stale.unlink()
-        self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")
+        self.out = records.attempt_dir(self.run_dir)
+        self.frames_dir = self.out / "frames"
+        self.metrics_path = self.out / "metrics.jsonl"
+        with records.writing(self.frames_dir):
+            self.frames_dir.mkdir(parents=True, exist_ok=True)
+        with records.writing(self.metrics_path):
+            self._metrics = open(self.metrics_path, "wb", buffering=0)
         self.width = len(str(steps))
 
     def on_step(self, rec: StepRecord) -> None:
@@ -51,13 +57,23 @@ class FileSink:
             if rec.level is not None:
                 row["level"] = rec.level
             row.update(rec.values)
-            self._metrics.write(json.dumps(row) + "\n")
-            self._metrics.flush()
+            at = self._metrics.tell()
+            try:
+                with records.writing(self.metrics_path):
+                    records._write_all(self._metrics, (json.dumps(row) + "\n").encode("utf-8"))
+            except BaseException:
+                try:
+                    self._metrics.truncate(at)  # no cut line (truncating needs no space)
+                    self._metrics.seek(at)
+                except OSError:
+                    pass
+                raise
         if due(n, self.frame_every, self.steps):
             save_atomic(to_pil(rec.image), self.frames_dir / f"{n:0{self.width}d}.png")
 
     def close(self, summary: dict) -> None:
-        self._metrics.close()
+        with records.writing(self.metrics_path):
+            self._metrics.close()
 
 
 class ProgressSink:
