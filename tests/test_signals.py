@@ -249,3 +249,25 @@ def test_the_slurm_runner_cancels_each_job_array_once_when_the_command_stops(tmp
     runner.stop()
     # `scancel 4242` and `scancel 4250`, without waiting on SLURM's answer
     assert FakeSlurmJob.cancelled == [("4242", False), ("4250", False)]
+
+
+def test_sigterm_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named():
+    # as Ctrl-C does (test_launcher), where the command handles SIGTERM (nst.run's main)
+    from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
+
+    got, done = [], []
+
+    def handler(signum, frame):
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("owner named")
+        assert done == ["owner named"] and got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
