@@ -60,10 +60,13 @@ _stopping: Optional[int] = None  # the signal that stops this task (local tasks)
 
 
 def _local_task(owner: int) -> None:
-    """A local task stops on SIGTERM as on Ctrl-C (submitit lets a task ignore SIGTERM, which SLURM
-    sends before a preemption: it has none here), and exits should its command or its controller
-    be gone (SIGKILL): it must not go on writing into the sweep once nobody reads its results."""
-    signal.signal(signal.SIGTERM, _on_stop)
+    """A local task stops on SIGTERM and SIGHUP as on Ctrl-C (submitit lets a task ignore SIGTERM,
+    which SLURM sends before a preemption: there is none here), and exits should its command or its
+    controller be gone (SIGKILL): it must not go on writing into the sweep once nobody reads its results."""
+    signal.signal(signal.SIGTERM, _on_stop)  # how the command stops it (stop())
+    for sig in (signal.SIGINT, signal.SIGHUP):  # Ctrl-C, a closed terminal: unless the command ignores them
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _on_stop)
     parent = os.getppid()  # its controller
 
     def watch() -> None:
