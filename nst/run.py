@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # What ends a command as Ctrl-C does: SIGTERM is what `kill`, `timeout` and SLURM send, SIGHUP what a
 # closed terminal or a lost SSH session sends.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _Stop:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 10  # when the command stops, how long its workers get to leave their trials re-runnable
 # Signals that stop a worker's batch as Ctrl-C does (a worker of a command that ignores one, under
 # nohup say, ignores it too: it inherits the command's SIG_IGN).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _Worker:

@@ -64,8 +64,9 @@ def _local_task(owner: int) -> None:
     which SLURM sends before a preemption: there is none here), and exits should its command or its
     controller be gone (SIGKILL): it must not go on writing into the sweep once nobody reads its results."""
     signal.signal(signal.SIGTERM, _on_stop)  # how the command stops it (stop())
-    for sig in (signal.SIGINT, signal.SIGHUP):  # Ctrl-C, a closed terminal: unless the command ignores them
-        if signal.getsignal(sig) is not signal.SIG_IGN:
+    for name in ("SIGINT", "SIGHUP"):  # Ctrl-C, a closed terminal: unless the command ignores them
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _on_stop)
     parent = os.getppid()  # its controller
 

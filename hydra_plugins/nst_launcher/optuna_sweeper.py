@@ -316,7 +316,7 @@ def _ctrl_c_deferred():
         return
     received: list = []
     previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)):
         if sig == signal.SIGINT or callable(signal.getsignal(sig)):
             previous[sig] = signal.signal(sig, lambda *args: received.append(args))
     try:
