@@ -12,10 +12,13 @@ process reports (exit status, resume count, the sweep report) is read from the t
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -291,22 +294,23 @@ def wandb_tags(resolved: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     started = time.time()
-    try:
-        cli.check(argv)
-    except InputError as e:
-        print(f"nst: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        app()
-    except KeyboardInterrupt:
-        outs = " ".join(sorted(OUTPUTS))
-        print(f"nst: interrupted; the trials that were running left no summary.json or final.png. To resume a sweep, "
-              f"run the same command with hydra.sweep.dir=<its folder> ({outs})", file=sys.stderr)
-        return 130
-    finally:
-        from nst.wandb_sink import teardown
+    with _stopped_by_signals() as stop:
+        try:
+            try:
+                cli.check(argv)
+            except InputError as e:
+                print(f"nst: error: {e}", file=sys.stderr)
+                return 2
+            try:
+                app()
+            finally:
+                from nst.wandb_sink import teardown
 
-        teardown()
+                teardown()
+        except KeyboardInterrupt:
+            signum = stop.signum or signal.SIGINT
+            print(_stopped_line(signum, cli.split_argv(argv)[0]), file=sys.stderr)
+            return 128 + signum
     result = outcome(OUTPUTS, started)
     if result.skipped:
         print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
@@ -316,6 +320,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nst: {len(result.failed)} trial(s) failed: {'; '.join(result.failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+# What ends a command as Ctrl-C does: SIGTERM is what `kill`, `timeout` and SLURM send, SIGHUP what a
+# closed terminal or a lost SSH session sends.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class _Stop:
+    signum: int | None = None  # the signal that is stopping the command
+
+
+@contextlib.contextmanager
+def _stopped_by_signals():
+    """SIGINT, SIGTERM and SIGHUP each raise KeyboardInterrupt in the command, as Ctrl-C does: the
+    trials that were running are left without a summary (nst.runner), the launcher stops its worker
+    processes and tasks (hydra_plugins/nst_launcher: stop()), and main() says which signal it was. A
+    repeat while the command winds down is ignored (it must not cut that short); a signal the
+    command was started ignoring (nohup, a background job) stays ignored."""
+    stop = _Stop()
+
+    def handler(signum: int, frame) -> None:
+        if stop.signum is None:
+            stop.signum = signum
+            raise KeyboardInterrupt
+
+    installed = {}
+    if threading.current_thread() is threading.main_thread():  # only it may set handlers
+        for sig in STOP_SIGNALS:
+            previous = signal.getsignal(sig)
+            if previous is not signal.SIG_IGN:
+                installed[sig] = previous
+                signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, previous in installed.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+
+def _stopped_line(signum: int, multirun: bool) -> str:
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+    outs = " ".join(sorted(OUTPUTS))
+    if not outs:
+        return f"nst: stopped by {name} before any trial started"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    return (f"nst: interrupted by {name}; the trials that were running were left unfinished (no summary.json or "
+            f"final.png) and run again on resume: run the same command with {key}=<its folder> ({outs})")
 
 
 if __name__ == "__main__":

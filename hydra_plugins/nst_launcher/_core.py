@@ -18,7 +18,9 @@ its JobReturns (`run_payload`); a batch lost there is ended here (`end_lost_batc
   batch_size(hook, cfgs) -> int the app's batch_size, called where the batches will run
   describe() -> str             where, for the log
   run(batches)                  yields (batch, its JobReturns) as each ends
-  close()
+  stop()                        the command is stopping (Ctrl-C, SIGTERM, SIGHUP, an error): end
+                                everything it started, so that nothing outlives the command; bounded
+  close()                       the sweep is over (after stop() too)
 The pieces of Hydra's private API that repeating run_job needs come from `_hydra_private.py`.
 """
 
@@ -199,6 +201,12 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
             for batch, rets in runner.run(batches):
                 for (idx, _), ret in zip(batch, rets):
                     returns[idx] = ret
+    except BaseException:
+        # Stopped (KeyboardInterrupt: Ctrl-C, or SIGTERM and SIGHUP as the app turns them) or failed:
+        # no worker process or task may go on writing into the sweep once the command is gone.
+        if runner is not None:
+            runner.stop()
+        raise
     finally:
         if runner is not None:
             runner.close()

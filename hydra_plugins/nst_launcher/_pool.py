@@ -6,13 +6,23 @@ nothing else, so no two workers share a GPU unless more workers than GPUs were a
 are dealt to workers as they come free. A worker that dies (killed, out of host memory, a crash in
 native code) takes only its own batch down: that batch's jobs are ended here, as lost, and the
 worker is replaced for the batches still to come.
+
+No worker outlives its command. When the command stops (Ctrl-C, SIGTERM, SIGHUP: the launcher calls
+`stop()`), each worker is sent SIGTERM: a worker that is running a batch stops it as Ctrl-C would (its
+running trials are left unfinished, without a summary, for resume to run again) and exits; an idle one
+exits at once; one still there after SHUTDOWN_GRACE_S is killed. A worker whose command is gone
+without stopping it (SIGKILL, a crash) dies at once: the kernel kills it (Linux, PR_SET_PDEATHSIG),
+or, elsewhere, a watchdog thread that sees its parent change.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -29,7 +39,10 @@ from ._core import BatchLost, Item, dump_batch, end_lost_batch, load_returns, ru
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 30  # after Ctrl-C, how long workers get to record their interrupted trials
+SHUTDOWN_GRACE_S = 10  # when the command stops, how long its workers get to leave their trials re-runnable
+# Signals that stop a worker's batch as Ctrl-C does (a worker of a command that ignores one, under
+# nohup say, ignores it too: it inherits the command's SIG_IGN).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _Worker:
@@ -45,14 +58,23 @@ class _Worker:
         return f"worker {self.number} ({f'GPU {self.gpu}' if self.gpu else 'CPU'})"
 
     def submit(self, fn: Callable, *args: Any) -> Future:
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_init_worker)
         env = {"CUDA_VISIBLE_DEVICES": self.gpu}
         if self.threads is not None:
             env["OMP_NUM_THREADS"] = str(self.threads)
-        # The pool starts its process inside submit(), in this thread: it inherits this environment.
-        with _environment(env):
-            future = self.pool.submit(fn, *args)
+        for attempt in (1, 2):
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
+                                                initializer=_init_worker, initargs=(os.getpid(),))
+            try:
+                # The pool starts its process inside submit(), in this thread: it inherits this
+                # environment, and this thread is its parent (PR_SET_PDEATHSIG watches the thread).
+                with _environment(env):
+                    future = self.pool.submit(fn, *args)
+                break
+            except BrokenProcessPool:
+                if attempt == 2:
+                    raise
+                self.replace()  # it died while idle (a signal to it alone): a new one takes the batch
         self.process = next(iter(self.pool._processes.values()), self.process)  # for its exit code
         return future
 
@@ -75,6 +97,8 @@ class _Worker:
                 return f"worker process died (killed by {signal.Signals(-code).name})"
             except ValueError:
                 pass
+        if code - 128 in STOP_SIGNALS:  # a signal made it exit (_on_signal)
+            return f"worker process stopped by {signal.Signals(code - 128).name}"
         return f"worker process died (exit code {code})"
 
     def replace(self) -> None:
@@ -82,20 +106,28 @@ class _Worker:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def close(self, grace: Optional[float] = None) -> None:
+    def close(self) -> None:
+        """The sweep has ended: the idle worker exits."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def stop(self) -> list:
+        """The command is stopping: no new batch starts here, and the worker is told to stop (SIGTERM:
+        see _on_signal); once it has given back its batch, it exits. Returns its process, for the
+        caller to wait for."""
         pool, self.pool = self.pool, None
         if pool is None:
-            return
-        if grace is None:
-            pool.shutdown(wait=True)
-            return
+            return []
         processes = list(pool._processes.values())  # the pool's own list; there is no public one
         pool.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + grace
         for p in processes:
-            p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
-                p.terminate()
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        return processes
 
 
 @contextmanager
@@ -112,21 +144,94 @@ def _environment(values: Dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _init_worker() -> None:
-    # Ctrl-C reaches every process of the terminal: an idle worker ignores it (the launcher shuts the
-    # pool down); a busy one lets its batch see it (see _run), which records its interrupted trials.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# ------------------------------------------------------------------------------ in the worker
+
+_busy = False  # running a batch or sizing one (_run, _size)
+_stopping: Optional[int] = None  # the signal that is stopping this worker
+
+
+class WorkerStopped(Exception):
+    """What a worker gives back for the batch a signal stopped (its running trials left unfinished)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"worker process stopped by {signal.Signals(self.signum).name}"
+
+
+def _init_worker(parent: int) -> None:
+    _die_with(parent)
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _on_signal)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """A busy worker stops its batch as Ctrl-C would (the runner leaves its running trials without a
+    summary) and gives back WorkerStopped (_busily); an idle one exits. Ctrl-C reaches every process
+    of the terminal: an idle worker leaves it to the launcher, which stops the pool."""
+    global _stopping
+    if _stopping is not None:
+        return  # already stopping: let it finish leaving its trials re-runnable
+    if not _busy:
+        if signum == signal.SIGINT:
+            return
+        _stopping = signum
+        sys.exit(128 + signum)  # out of the pool's loop, which waits for work: a clean exit
+    _stopping = signum
+    raise KeyboardInterrupt
+
+
+def _die_with(parent: int) -> None:
+    """This worker dies with its command, even one killed without a chance to stop it (SIGKILL): it
+    must not go on writing into the sweep folder, nor hold its memory, once nobody reads its results."""
+    if sys.platform.startswith("linux"):
+        try:
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+    # Wherever prctl is missing, and should the kernel's signal not come: a watchdog.
+    threading.Thread(target=_watch_parent, args=(parent,), name="nst-parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _busily(fn: Callable, *args: Any) -> Any:
+    """fn(*args) as the worker's work: a signal stops it (_on_signal), and the worker then gives back
+    WorkerStopped; the launcher replaces it (or, stopping too, shuts it down)."""
+    global _busy
+    try:
+        if _stopping is not None:
+            raise KeyboardInterrupt
+        _busy = True
+        try:
+            return fn(*args)
+        finally:
+            _busy = False
+    except KeyboardInterrupt:
+        if _stopping is None:
+            raise
+    raise WorkerStopped(_stopping)
 
 
 def _run(payload: bytes) -> bytes:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return run_payload(payload)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return _busily(run_payload, payload)
 
 
 def _size(payload: bytes) -> Optional[int]:
+    return _busily(_size_here, payload)
+
+
+def _size_here(payload: bytes) -> Optional[int]:
     import cloudpickle
 
     batch_size, cfgs, state = cloudpickle.loads(payload)
@@ -162,7 +267,7 @@ class PoolRunner:
         worker = self.workers[0]
         try:
             return worker.submit(_size, cloudpickle.dumps((hook, cfgs, Singleton.get_state()))).result()
-        except BrokenProcessPool:
+        except (BrokenProcessPool, WorkerStopped):
             worker.replace()
             raise
 
@@ -171,32 +276,43 @@ class PoolRunner:
         pending: Deque[Tuple[int, List[Item]]] = deque(enumerate(batches, 1))
         idle: Deque[_Worker] = deque(self.workers)
         running: Dict[Future, Tuple[_Worker, List[Item], float]] = {}
-        try:
-            while pending or running:
-                while pending and idle:
-                    worker, (number, batch) = idle.popleft(), pending.popleft()
-                    log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]} -> {worker.label}")
-                    since = time.time()
-                    payload = dump_batch(self.hydra_context, self.task_function, batch)
-                    running[worker.submit(_run, payload)] = (worker, batch, since)
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in done:
-                    worker, batch, since = running.pop(future)
-                    try:
-                        returns = load_returns(future.result())
-                    except BrokenProcessPool:
-                        error = BatchLost(f"{worker.death()} while running this batch on {worker.label}")
-                        worker.replace()
-                        returns = end_lost_batch(self.hydra_context, self.task_function, batch, error, since)
-                    except Exception as e:  # the batch or its results could not travel
-                        error = BatchLost(f"{worker.label} could not run this batch: {type(e).__name__}: {e}")
-                        returns = end_lost_batch(self.hydra_context, self.task_function, batch, error, since)
-                    idle.append(worker)
-                    yield batch, returns
-        except BaseException:
-            self.close(grace=SHUTDOWN_GRACE_S)
-            raise
+        while pending or running:
+            while pending and idle:
+                worker, (number, batch) = idle.popleft(), pending.popleft()
+                log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]} -> {worker.label}")
+                since = time.time()
+                payload = dump_batch(self.hydra_context, self.task_function, batch)
+                running[worker.submit(_run, payload)] = (worker, batch, since)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                worker, batch, since = running.pop(future)
+                try:
+                    returns = load_returns(future.result())
+                except (BrokenProcessPool, WorkerStopped) as e:
+                    # A signal to the worker alone (the command's own stop never comes here).
+                    died = str(e) if isinstance(e, WorkerStopped) else worker.death()
+                    error = BatchLost(f"{died} while running this batch on {worker.label}")
+                    worker.replace()
+                    returns = end_lost_batch(self.hydra_context, self.task_function, batch, error, since)
+                except Exception as e:  # the batch or its results could not travel
+                    error = BatchLost(f"{worker.label} could not run this batch: {type(e).__name__}: {e}")
+                    returns = end_lost_batch(self.hydra_context, self.task_function, batch, error, since)
+                idle.append(worker)
+                yield batch, returns
 
-    def close(self, grace: Optional[float] = None) -> None:
+    def stop(self) -> None:
+        """The command is stopping: every worker stops (see the module's docstring), all at once, and
+        is gone when this returns."""
+        processes = [p for worker in self.workers for p in worker.stop()]
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in processes:
+            if p.is_alive():
+                log.warning(f"worker process {p.pid} did not stop within {SHUTDOWN_GRACE_S} s: killed")
+                p.kill()
+                p.join(5)
+
+    def close(self) -> None:
         for worker in self.workers:
-            worker.close(grace)
+            worker.close()

@@ -5,11 +5,20 @@ machine). The submitting process waits for every task and ends each batch's jobs
 back; a task that failed or never finished ends its batch as lost (the app's lost_batch). Every
 task is Checkpointable: on a time-out (up to `max_num_timeout` times) or a preemption, submitit
 requeues it with the same batch, and the app's resume skips the trials that had already completed.
+
+When the command stops (Ctrl-C, SIGTERM, SIGHUP: the launcher calls `stop()`) its tasks are stopped
+too: SLURM's are cancelled (`scancel`, through submitit), and local ones are sent SIGTERM, which
+their controller passes on and which stops the batch as Ctrl-C would (the running trials are left
+without a summary, for resume to run again); the command waits for them. A local task whose command
+is gone without stopping it (SIGKILL) exits within a second.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -24,11 +33,73 @@ from ._errors import NstLauncherConfigError
 log = logging.getLogger(__name__)
 
 
+STOP_GRACE_S = 10  # when the command stops, how long its local tasks get to leave their trials re-runnable
+
+
 class BatchTask(submitit.helpers.Checkpointable):
-    """One array task: one batch. `checkpoint()` (inherited) resubmits it with the same payload."""
+    """One array task: one batch. `checkpoint()` (inherited) resubmits it with the same payload.
+
+    owner: with cluster=local, the submitting command's process id (see _local_task)."""
+
+    def __init__(self, owner: Optional[int] = None) -> None:
+        self.owner = owner
 
     def __call__(self, payload: bytes) -> bytes:
-        return run_payload(payload)
+        if self.owner is not None:
+            _local_task(self.owner)
+        try:
+            return run_payload(payload)
+        except KeyboardInterrupt:
+            if _stopping is None:
+                raise
+            log.warning(f"stopped by {signal.Signals(_stopping).name}: the trials that were running were left unfinished")
+            raise SystemExit(128 + _stopping) from None
+
+
+_stopping: Optional[int] = None  # the signal that stops this task (local tasks)
+
+
+def _local_task(owner: int) -> None:
+    """A local task stops on SIGTERM and SIGHUP as on Ctrl-C (submitit lets a task ignore SIGTERM,
+    which SLURM sends before a preemption: there is none here), and exits should its command or its
+    controller be gone (SIGKILL): it must not go on writing into the sweep once nobody reads its results."""
+    signal.signal(signal.SIGTERM, _on_stop)  # how the command stops it (stop())
+    for name in ("SIGINT", "SIGHUP"):  # Ctrl-C, a closed terminal: unless the command ignores them
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _on_stop)
+    parent = os.getppid()  # its controller
+
+    def watch() -> None:
+        while os.getppid() == parent and _alive(owner):
+            time.sleep(1.0)
+        folder = os.environ.get("SUBMITIT_FOLDER")  # what the command would have tidied (close())
+        if folder:
+            _drop_literal_folder(Path(folder))
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nst-owner-watchdog", daemon=True).start()
+
+
+def _on_stop(signum: int, frame: Any) -> None:
+    global _stopping
+    if _stopping is None:  # once: a repeat must not cut short its trials' ending
+        _stopping = signum
+        raise KeyboardInterrupt
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone too (Linux)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def _plain(value: Any) -> Any:
@@ -80,7 +151,8 @@ class SlurmRunner:
         payloads = [dump_batch(self.hydra_context, self.task_function, batch) for batch in batches]
         since = time.time()
         try:
-            self.jobs = executor.map_array(BatchTask(), payloads)
+            owner = os.getpid() if self.cluster == "local" else None
+            self.jobs = executor.map_array(BatchTask(owner), payloads)
         except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as e:
             # sbatch refused it (its stderr is the message): nothing runs, and the sweep stops here.
             detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
@@ -92,21 +164,40 @@ class SlurmRunner:
         log.info(f"submitted {len(self.jobs)} batches as {what}; logs in {executor.folder}")
         for number, (job, batch) in enumerate(zip(self.jobs, batches), 1):
             log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]} -> task {job.job_id}")
-        try:
-            for job, batch in zip(self.jobs, batches):
-                try:
-                    returns = load_returns(job.result())
-                    log.info(f"task {job.job_id} finished: jobs {[idx for idx, _ in batch]}")
-                except Exception as e:  # noqa: BLE001 - the task failed or never finished
-                    returns = end_lost_batch(self.hydra_context, self.task_function, batch,
-                                             BatchLost(self._failure(job, e)), since)
-                yield batch, returns
-        except BaseException:
-            # Ctrl-C while waiting: the tasks would go on without anyone to collect them.
-            for job in self.jobs:
+        for job, batch in zip(self.jobs, batches):
+            try:
+                returns = load_returns(job.result())
+                log.info(f"task {job.job_id} finished: jobs {[idx for idx, _ in batch]}")
+            except Exception as e:  # noqa: BLE001 - the task failed or never finished
+                returns = end_lost_batch(self.hydra_context, self.task_function, batch,
+                                         BatchLost(self._failure(job, e)), since)
+            yield batch, returns
+
+    def stop(self) -> None:
+        """The command is stopping: its tasks would go on without anyone to collect them."""
+        if not self.jobs:
+            return
+        if self.cluster == "slurm":
+            # One scancel per job array (array id) rather than one per task.
+            first = self.jobs[0]
+            for array in sorted({job.job_id.split("_")[0] for job in self.jobs}):
+                type(first)(folder=first.paths.folder, job_id=array).cancel(check=False)
+            log.info(f"cancelled SLURM job array(s) {', '.join(sorted({j.job_id.split('_')[0] for j in self.jobs}))}")
+            return
+        # A local job's id is its controller's process id; the controller passes SIGTERM on to its
+        # task (_local_task), and ends when the task has.
+        running = [job for job in self.jobs if not job.done()]
+        for job in running:
+            try:
+                os.kill(int(job.job_id), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+        if not _wait_done(running, STOP_GRACE_S):
+            for job in running:
                 if not job.done():
-                    job.cancel(check=False)
-            raise
+                    log.warning(f"local task {job.job_id} did not stop within {STOP_GRACE_S} s: cancelled")
+                    job.cancel(check=False)  # Ctrl-C to the controller, which kills its task a second later
+            _wait_done(running, 5)
 
     def _failure(self, job: submitit.Job, error: Exception) -> str:
         kind = "SLURM" if self.cluster == "slurm" else "local"
@@ -124,8 +215,18 @@ class SlurmRunner:
         self.jobs = []
 
 
+def _wait_done(jobs: List[submitit.Job], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(not job.done() for job in jobs):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _drop_literal_folder(folder: Path) -> None:
-    # submitit makes the folder with "%j" in its name before it knows any job id; left empty.
+    # submitit makes the folder with "%j" in its name before it knows any job id (the executor, and
+    # each local controller as it starts its task); it stays empty, and goes once the tasks have ended.
     if "%" in folder.name:
         try:
             folder.rmdir()

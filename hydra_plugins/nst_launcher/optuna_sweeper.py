@@ -309,20 +309,27 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
 def _ctrl_c_deferred():
     """Ctrl-C takes effect at the end of the block. Asking Optuna for a trial and naming its owner
     are two writes: a trial stopped between them is RUNNING with no owner, which no later command
-    recovers (it may be another machine's). Stopped after them, the trial is recovered as lost."""
+    recovers (it may be another machine's). Stopped after them, the trial is recovered as lost.
+    SIGTERM and SIGHUP wait likewise where the command handles them (nst.run turns them into Ctrl-C)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread receives signals (and may set their handlers)
         return
     received: list = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    previous = {}
+    for sig in (getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)):
+        if sig == signal.SIGINT or callable(signal.getsignal(sig)):
+            previous[sig] = signal.signal(sig, lambda *args: received.append(args))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and previous is signal.default_int_handler:
-            raise KeyboardInterrupt
-        if received and callable(previous):
-            previous(*received[0])
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            handler = previous[received[0][0]]
+            if handler is signal.default_int_handler:
+                raise KeyboardInterrupt
+            if callable(handler):
+                handler(*received[0])
 
 
 def _runs(numbers: List[int]) -> List[tuple]:

@@ -1,0 +1,273 @@
+"""Signals (README "Signals"): SIGTERM and SIGHUP end a command as Ctrl-C does (one line, exit code
+128 + the signal, the running trials left for resume to run again), its worker processes and local
+SLURM tasks are stopped before it exits, and a command killed outright (SIGKILL) takes its workers
+with it. Real commands in subprocesses (CPU, 32 px); then the SLURM runner's cancel, in this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import nst_env
+from helpers import summary
+
+# 100 evaluations of a 32 px batch (style from conv1_1 alone) take seconds on the CPU: a signal sent
+# as the first rows are logged finds the batch running, and running it again is quick.
+SLOW = ["size=32", "steps=100", "layers=style1", "device=cpu", "logger=none"]
+# With two workers: one batch of one trial each (one worker may start seconds after the other, and
+# its companion's trial then be done: the tests allow for that).
+TWO = ["style_weight=1e3,1e5", *SLOW]
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+
+
+def env(tmp: Path) -> dict:
+    # two workers share this machine's cores: one thread each (not the suite's pinned count each)
+    return {**nst_env(tmp), "NST_CPU_THREADS": "1"}
+
+
+def start(tmp: Path, *args: str) -> subprocess.Popen:
+    """`python -m nst.run -m args` in its own session (a signal to it reaches nothing else), with
+    SIGINT, SIGTERM and SIGHUP at their defaults whatever this test process inherited (nohup, a
+    background job)."""
+
+    def defaults() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+
+    return subprocess.Popen([sys.executable, "-m", "nst.run", "-m", *args, "hydra.sweep.dir=out"], cwd=tmp,
+                            env=env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=defaults)
+
+
+def rerun(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nst.run", "-m", *args, "hydra.sweep.dir=out"], cwd=tmp,
+                          env=env(tmp), capture_output=True, text=True, timeout=300)
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid, for every process there is."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below pid: its command line."""
+    tree, found, todo = parents(), {}, [pid]
+    while todo:
+        p = todo.pop()
+        for child, parent in tree.items():
+            if parent == p and child not in found:
+                try:
+                    found[child] = (Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+                except OSError:
+                    continue
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for(predicate, seconds: float, what: str) -> None:
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, what
+        time.sleep(0.1)
+
+
+def optimising(sweep: Path, *nums: int) -> bool:
+    """The trials with these job numbers have logged an evaluation."""
+    return all(any(m.stat().st_size > 0 for m in sweep.glob(f"{n}_*/metrics.jsonl")) for n in nums)
+
+
+def files(sweep: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in sweep.rglob("*") if p.is_file()}
+
+
+def assert_one_line(err: str, name: str, sweep: Path) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"nst: interrupted by {name}; the trials that were running were left unfinished"), err
+    assert f"run the same command with hydra.sweep.dir=<its folder> ({sweep.resolve()})" in lines[0]
+    assert "Traceback" not in err
+
+
+def assert_left_for_resume(sweep: Path) -> int:
+    """Every trial either completed or left no summary.json and no final.png (and no half file);
+    at least one was left. Returns how many completed."""
+    trials = sorted(d for d in sweep.iterdir() if (d / ".hydra").is_dir())
+    done = [d for d in trials if (d / "summary.json").exists()]
+    assert all(summary(d)["status"] == "completed" for d in done)
+    left = [d for d in trials if d not in done]
+    assert left and all(not (d / "final.png").exists() for d in left)
+    assert not list(sweep.rglob("*.tmp"))
+    return len(done)
+
+
+def test_sigterm_stops_a_two_worker_sweep_and_no_worker_outlives_it(tmp_path):
+    proc = start(tmp_path, *TWO, "hydra.launcher.workers=2")
+    sweep = tmp_path / "out"
+    try:
+        # both workers are running their batch ([0] and [1])
+        wait_for(lambda: optimising(sweep, 0, 1) or proc.poll() is not None, 120, "the batches never started")
+        assert proc.poll() is None, proc.communicate()
+        children = descendants(proc.pid)  # the workers, and multiprocessing's resource tracker
+        workers = [p for p, c in children.items() if "spawn_main" in c]
+        assert len(workers) == 2, children
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    assert_one_line(err, "SIGTERM", sweep)
+    assert not [p for p in workers if alive(p)], "a worker outlived its command"
+    wait_for(lambda: not any(alive(p) for p in children), 3, "a child process outlived its command")
+    before = files(sweep)
+    time.sleep(1.5)
+    assert files(sweep) == before, "something still writes into the sweep"
+    completed = assert_left_for_resume(sweep)
+
+    r = rerun(tmp_path, *TWO, "hydra.launcher.workers=2")
+    assert r.returncode == 0, r.stderr
+    assert completed == 0 or f"resumed: {completed} trial(s)" in r.stdout
+    assert [summary(d)["status"] for d in sorted(sweep.glob("*_*")) if (d / ".hydra").is_dir()] == ["completed"] * 2
+
+
+def test_sighup_stops_a_single_process_sweep(tmp_path):
+    args = ["style_weight=1e3,1e5", *SLOW]
+    proc = start(tmp_path, *args)
+    sweep = tmp_path / "out"
+    try:
+        wait_for(lambda: optimising(sweep, 0) or proc.poll() is not None, 120, "the batch never started")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 129, err
+    assert_one_line(err, "SIGHUP", sweep)
+    assert assert_left_for_resume(sweep) == 0  # the two trials ran as one batch
+
+    r = rerun(tmp_path, *args)
+    assert r.returncode == 0, r.stderr
+    assert [summary(d)["status"] for d in sorted(sweep.glob("*_*")) if (d / ".hydra").is_dir()] == ["completed"] * 2
+
+
+def test_sigterm_cancels_local_slurm_tasks_before_the_command_exits(tmp_path):
+    args = ["style_weight=1e3,1e5", *SLOW, "hydra/launcher=slurm", "hydra.launcher.cluster=local",
+            "hydra.launcher.max_batch=1"]
+    proc = start(tmp_path, *args)
+    sweep = tmp_path / "out"
+    try:
+        wait_for(lambda: optimising(sweep, 0, 1) or proc.poll() is not None, 120, "the tasks never started")
+        assert proc.poll() is None, proc.communicate()
+        tasks = descendants(proc.pid)  # each task's controller and the task itself
+        assert len([c for c in tasks.values() if "submitit.core._submit" in c]) == 2, tasks
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    assert_one_line(err, "SIGTERM", sweep)
+    assert not [p for p in tasks if alive(p)], "a task outlived its command"
+    assert assert_left_for_resume(sweep) == 0
+    # the tasks' logs say why they ended; no folder named after submitit's "%j" template is left
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2 and all("stopped by SIGTERM" in p.read_text() for p in logs)
+    assert sorted(p.name for p in (sweep / ".submitit").iterdir() if "%" in p.name) == []
+
+
+def test_a_killed_command_takes_its_workers_with_it(tmp_path):
+    proc = start(tmp_path, *TWO, "hydra.launcher.workers=2")
+    sweep = tmp_path / "out"
+    try:
+        wait_for(lambda: optimising(sweep, 0, 1) or proc.poll() is not None, 120, "the batches never started")
+        assert proc.poll() is None, proc.communicate()
+        workers = [p for p, c in descendants(proc.pid).items() if "spawn_main" in c]
+        assert len(workers) == 2
+        proc.kill()  # SIGKILL: the command can do nothing about it
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(p) for p in workers), 3, "a worker outlived its killed command")
+    before = files(sweep)
+    time.sleep(1.5)
+    assert files(sweep) == before, "something still writes into the sweep"
+    assert_left_for_resume(sweep)
+
+
+# ------------------------------------------------------------------------------ SLURM, here
+
+
+class FakeSlurmJob:
+    """What the SLURM runner uses of submitit's SlurmJob: job_id, paths.folder, done(), cancel()."""
+
+    cancelled: list = []
+
+    def __init__(self, folder, job_id: str) -> None:
+        self.job_id = job_id
+        self.paths = type("Paths", (), {"folder": Path(folder)})()
+
+    def done(self) -> bool:
+        return False
+
+    def cancel(self, check: bool = True) -> None:
+        FakeSlurmJob.cancelled.append((self.job_id, check))
+
+
+def test_the_slurm_runner_cancels_each_job_array_once_when_the_command_stops(tmp_path):
+    pytest.importorskip("submitit")
+    from hydra_plugins.nst_launcher._slurm import SlurmRunner
+
+    runner = SlurmRunner({"cluster": "slurm", "array_parallelism": 16}, hydra_context=None, task_function=None)
+    FakeSlurmJob.cancelled = []
+    runner.stop()  # nothing submitted: nothing to cancel
+    assert FakeSlurmJob.cancelled == []
+    runner.jobs = [FakeSlurmJob(tmp_path / f"4242_{i}", f"4242_{i}") for i in range(3)] + [FakeSlurmJob(tmp_path, "4250_0")]
+    runner.stop()
+    # `scancel 4242` and `scancel 4250`, without waiting on SLURM's answer
+    assert FakeSlurmJob.cancelled == [("4242", False), ("4250", False)]
+
+
+def test_sigterm_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named():
+    # as Ctrl-C does (test_launcher), where the command handles SIGTERM (nst.run's main)
+    from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
+
+    got, done = [], []
+
+    def handler(signum, frame):
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("owner named")
+        assert done == ["owner named"] and got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
