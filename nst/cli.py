@@ -116,7 +116,7 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
         sweep_dir = str(cfg.hydra.sweep.dir)
     except Exception as e:  # noqa: BLE001 - a folder that cannot be resolved
         raise InputError("hydra.sweep.dir", _first_line(e)) from None
-    return trials, {"sweep_dir": sweep_dir, "identity": sweep_folder.identity(fixed, swept)}
+    return trials, {"sweep_dir": sweep_dir, "identity": sweep_folder.identity(fixed, swept), "cfg": cfg}
 
 
 def check_search(cfg) -> None:
@@ -161,11 +161,25 @@ def check(argv: list[str]) -> int:
             seen_files.add(files)
     if grid is None and not multirun and trials:
         _check_run_dir(trials[0])
-    if grid is not None:
-        # Last, once every trial is known to be valid: nothing is written into a folder for a command
-        # that is refused.
+    if grid is not None and _launcher_accepts(grid["cfg"]):
+        # Last, once every trial and the launcher's settings are known to be valid: nothing is written
+        # into a folder for a command that is refused.
         sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
     return len(trials)
+
+
+def _launcher_accepts(cfg) -> bool:
+    """Whether the launcher takes its settings (a GPU that is not there, no SLURM, ...). It says why
+    itself when Hydra sets it up; until then, no sweep folder is claimed for a command it will refuse."""
+    from hydra.utils import instantiate
+
+    try:
+        launcher = instantiate(cfg.hydra.launcher)
+        if hasattr(launcher, "setup"):
+            launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    except Exception:  # noqa: BLE001 - any refusal: the launcher's own message follows
+        return False
+    return True
 
 
 def _check_run_dir(overrides: list[str]) -> None:
