@@ -42,15 +42,8 @@ def register_resolvers() -> None:
     # One suffix per process, so every folder of one sweep shares it and two sweeps never collide.
     OmegaConf.register_new_resolver("nst_uid", lambda: _UID, replace=True)
     OmegaConf.register_new_resolver("nst_now", lambda pattern: _STARTED.strftime(pattern), replace=True)
-    OmegaConf.register_new_resolver("nst_slug", slug, replace=True)
     # a trial's folder in its sweep: its registered number and its overrides (nst.sweep_folder)
     OmegaConf.register_new_resolver("nst_trial_dir", sweep_folder.trial_dir, replace=True)
-
-
-def slug(text: str, limit: int = 80) -> str:
-    """A folder-name-safe form of an override string such as `style_weight=1e4,layers=style3`."""
-    s = re.sub(r"[^A-Za-z0-9=.,+_-]+", "-", str(text)).strip("-")
-    return (s[:limit] or "default")
 
 
 def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:

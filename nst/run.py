@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_results
 
-from nst import cli
+from nst import cli, sweep_folder
 from nst.errors import InputError, TrialFailed
 from nst.records import OUTPUTS, outcome, read_summary
 
@@ -40,7 +40,7 @@ cli.register_resolvers()
 def trial_overrides() -> list[str]:
     """The overrides that define this trial (what it is labelled by), without the sweep selector."""
     return [o for o in HydraConfig.get().overrides.task
-            if not o.lstrip("+~").startswith(("sweep=", "sweep_name=", "search="))]
+            if not o.lstrip("+~").startswith(sweep_folder.SELECTORS)]
 
 
 def run_jobs(jobs: list[BatchJob]) -> list:
