@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -236,12 +237,34 @@ class _Batch:
         return grads.detach().reshape(k, -1)  # [k, n]
 
 
-class BatchAdam(_Batch):
-    """B trials of elementwise Adam, vectorised: moments [k, n] and hyper-parameters [k, 1] for the k running."""
+class AdamState(NamedTuple):
+    """One trial's Adam state: the moments (shaped like its image) and the steps taken."""
 
-    def __init__(self, x0: Tensor, *, lr, betas, max_iter, eps=1e-8, average_decay=0.0):
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    steps: int
+
+    def resized(self, size: tuple[int, int]) -> AdamState:
+        """The state at another image size (a pyramid level), as crowsonkb's scale_adam: the first
+        moment interpolated bicubically, the second bilinearly and clamped at 0 (it is a mean of
+        squares), the step count kept (so the bias corrections go on where they were)."""
+        m = F.interpolate(self.exp_avg[None], size=size, mode="bicubic", align_corners=False)[0]
+        v = F.interpolate(self.exp_avg_sq[None], size=size, mode="bilinear", align_corners=False)[0].clamp_(min=0)
+        return AdamState(m, v, self.steps)
+
+
+class BatchAdam(_Batch):
+    """B trials of elementwise Adam, vectorised: moments [k, n] and hyper-parameters [k, 1] for the k running.
+
+    state: per trial, an AdamState to start from (None: fresh), as torch.optim.Adam after
+    load_state_dict; `max_iter` counts the steps taken here. keep_state: per trial, whether to keep its
+    state when it finishes, for final_state()."""
+
+    def __init__(self, x0: Tensor, *, lr, betas, max_iter, eps=1e-8, average_decay=0.0, state=None, keep_state=False):
         super().__init__(x0, average_decay)
         b = x0.shape[0]
+        self._keep_state = [bool(v) for v in _per_trial(keep_state, b, "keep_state")]
+        self._final_state: dict[int, AdamState] = {}
         if isinstance(betas, Tensor):
             betas = betas.tolist()
         if not (len(betas) == b and all(isinstance(v, Sequence) for v in betas)):
@@ -256,6 +279,12 @@ class BatchAdam(_Batch):
         self._param = x0.detach().reshape(b, -1).clone(memory_format=torch.contiguous_format)  # [k, n]
         self._exp_avg = torch.zeros_like(self._param)
         self._exp_avg_sq = torch.zeros_like(self._param)
+        for i, st in enumerate([None] * b if state is None else state):
+            if st is not None:
+                self._exp_avg[i].copy_(st.exp_avg.reshape(-1))
+                self._exp_avg_sq[i].copy_(st.exp_avg_sq.reshape(-1))
+                self._steps[i] = int(st.steps)
+        self._first_step = list(self._steps)  # max_iter counts from here
         # torch computes 1 - beta in Python doubles and hands the scalar to a float kernel; same here
         self._w1 = self._column([1 - v for v in self._beta1])  # [k, 1]
         self._beta2_t = self._column(self._beta2)
@@ -312,13 +341,24 @@ class BatchAdam(_Batch):
 
         for r, i in enumerate(self._rows):
             self._average(i, self._param[r])
-            if i in self._running and self._steps[i] >= self._max_iter[i]:
+            if i in self._running and self._steps[i] - self._first_step[i] >= self._max_iter[i]:
                 self._finish(i, self._param[r].clone(), "max_iter")
         return []  # every evaluation counts
 
     def drop(self, i: int, reason: str) -> None:
         if i in self._running:
             self._finish(i, self._param[self._rows.index(i)].clone(), reason)
+
+    def _finish(self, i: int, flat: Tensor, reason: str) -> None:
+        if self._keep_state[i]:
+            r = self._rows.index(i)
+            self._final_state[i] = AdamState(self._exp_avg[r].clone().view(self._shape),
+                                             self._exp_avg_sq[r].clone().view(self._shape), self._steps[i])
+        super()._finish(i, flat, reason)
+
+    def final_state(self, i: int) -> AdamState | None:
+        """The state trial i finished with (kept when keep_state asked for it)."""
+        return self._final_state.get(i)
 
     def state_bytes(self) -> int:
         self._compact()

@@ -43,7 +43,7 @@ from nst.features import FeatureExtractor, get_weights_spec, layer_names, layer_
 from nst.inputs import prepare
 from nst.metrics import standard_metrics
 from nst.objective import Objective
-from nst.optimizers import BatchAdam, BatchLBFGS
+from nst.optimizers import AdamState, BatchAdam, BatchLBFGS
 from nst.settings import Settings, content_size
 from nst.sinks import StepRecord
 
@@ -176,6 +176,7 @@ class _Live:
     level_evaluations: int = 0
     scale: float | None = None  # L-BFGS: 1/|total at the level's first evaluation| (see _optimise)
     carry: torch.Tensor | None = None  # a coarser level's result, the next level's start
+    optimizer_state: AdamState | None = None  # pyramid.carry_optimizer: Adam's state at the end of the coarser level
     done: bool = False
     out: Path | None = None  # where this attempt writes its files (nst.records.begin_attempt)
 
@@ -221,7 +222,7 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         unfinished = [i for i in idxs if not live[i].done]
         for i in unfinished:
             _close_sinks(live[i], {**live[i].summary, "status": "retried"})
-            live[i].tensors = live[i].objective = live[i].carry = None
+            live[i].tensors = live[i].objective = live[i].carry = live[i].optimizer_state = None
         oom = (unfinished, str(e).splitlines()[0])
     except BaseException as e:  # noqa: BLE001 - every unfinished trial records the failure, Ctrl-C included
         for i in idxs:
@@ -319,6 +320,8 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
         clock.state_peak = max(clock.state_peak, opt.state_bytes())
         clock.history_peak = max(clock.history_peak, opt.history_bytes())
         for p, final, reason in opt.finished():
+            if isinstance(opt, BatchAdam) and not last:
+                who_runs[p].optimizer_state = opt.final_state(p)  # None unless the trial carries it
             _end_level(who_runs[p], final, reason, device, clock, last)
 
 
@@ -345,8 +348,14 @@ def _optimizer(who_runs: list[_Live], device: torch.device, level: int):
                           history_size=[s.optimizer.history_size for s in settings],
                           line_search=[s.optimizer.line_search for s in settings], budget=budgets,
                           small_on_host=lbfgs_products_on_host(device), average_decay=decay)
+    # pyramid.carry_optimizer: each trial's moments from the coarser level, resized to this one
+    size = tuple(x0.shape[-2:])
+    state = [lv.optimizer_state.resized(size) if lv.optimizer_state is not None else None for lv in who_runs]
+    for lv in who_runs:
+        lv.optimizer_state = None
     return BatchAdam(x0, lr=[s.optimizer.lr for s in settings], betas=[s.optimizer.betas for s in settings],
-                     max_iter=budgets, average_decay=decay)
+                     max_iter=budgets, average_decay=decay, state=state,
+                     keep_state=[s.pyramid_carry_optimizer and level < s.pyramid_levels - 1 for s in settings])
 
 
 def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _Clock) -> None:
@@ -464,8 +473,14 @@ def _end_level(lv: _Live, final: torch.Tensor, reason: str, device: torch.device
     if lv.done:
         return
     final = final.detach().reshape(lv.tensors["init"].shape).clamp(0, 1)  # [1,3,H,W]
-    lv.summary.setdefault("levels", []).append({"size": list(final.shape[-1:-3:-1]), "evaluations": lv.level_evaluations,
-                                                "stop_reason": reason})
+    level = {"size": list(final.shape[-1:-3:-1]), "evaluations": lv.level_evaluations, "stop_reason": reason}
+    s = lv.trial.settings
+    if s.pyramid_carry_optimizer:
+        # what the level started from: L-BFGS's history (pairs of vectors of the old size) cannot be resized
+        first = not lv.summary.get("levels")
+        level["optimizer_state"] = ("fresh" if first else "carried") if s.optimizer.name == "adam" else \
+            "fresh: L-BFGS restarts at every level"
+    lv.summary.setdefault("levels", []).append(level)
     lv.summary["optimizer_state_mb"] = max(lv.summary.get("optimizer_state_mb", 0), round(clock.state_peak / 2**20, 3))
     lv.summary["optimizer_history_mb"] = max(lv.summary.get("optimizer_history_mb", 0), round(clock.history_peak / 2**20, 3))
     lv.summary["optimisation_time"] = round(lv.summary.get("optimisation_time", 0) + time.perf_counter() - clock.start, 3)

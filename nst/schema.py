@@ -194,6 +194,7 @@ class PyramidConf:  # coarse to fine: levels at size/factor^(levels-1) ... size,
     levels: int = 1  # 1: off
     factor: float = 2.0
     steps: Optional[List[int]] = None  # the coarser levels' budgets, coarse to fine (levels-1 numbers); null: `steps` each
+    carry_optimizer: bool = False  # Adam's moments resized and carried to the next level; L-BFGS restarts at every level
 
 
 @dataclass

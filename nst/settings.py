@@ -35,6 +35,7 @@ class Settings:
     pyramid_levels: int  # coarse-to-fine levels (1: off)
     pyramid_factor: float  # size ratio between consecutive levels
     pyramid_steps: tuple[int, ...]  # budgets of the coarser levels, coarse to fine (levels - 1 numbers)
+    pyramid_carry_optimizer: bool  # Adam's state carried from level to level (L-BFGS restarts)
     arch: str
     weights: str
     pooling: str
@@ -166,6 +167,7 @@ def _validate(d: dict) -> Settings:
         pyramid_levels=levels,
         pyramid_factor=factor,
         pyramid_steps=tuple(coarse),
+        pyramid_carry_optimizer=d["pyramid"]["carry_optimizer"],
         arch=arch,
         weights=weights,
         pooling=d["pooling"],

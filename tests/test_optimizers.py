@@ -464,3 +464,49 @@ def test_the_average_of_a_known_sequence_by_hand():
     assert torch.allclose(opt.average(0), torch.full((2, 3), (0.05 + 0.3) / 0.75))
     opt._average(0, torch.full((2, 3), 7.0))  # iterates enter clamped to [0, 1], as the image they stand for
     assert torch.allclose(opt.average(0), torch.full((2, 3), (0.5 * 0.35 + 0.5 * 1.0) / (1 - 0.125)))
+
+
+# --- Adam's state carried to another size (pyramid.carry_optimizer) ---------------------------------
+
+def test_adam_state_resized_to_a_larger_level_is_the_interpolation_of_the_old():
+    from nst.optimizers import AdamState
+
+    g = torch.Generator().manual_seed(6)
+    m, v = torch.randn(3, 6, 8, generator=g), torch.rand(3, 6, 8, generator=g) * 1e-3
+    big = AdamState(m, v, 17).resized((12, 16))
+    assert big.exp_avg.shape == big.exp_avg_sq.shape == (3, 12, 16) and big.steps == 17
+    assert torch.equal(big.exp_avg, torch.nn.functional.interpolate(m[None], size=(12, 16), mode="bicubic", align_corners=False)[0])
+    assert torch.equal(big.exp_avg_sq, torch.nn.functional.interpolate(v[None], size=(12, 16), mode="bilinear", align_corners=False)[0])
+    assert (big.exp_avg_sq >= 0).all()
+    # a second moment with a sharp edge: bicubic would overshoot below 0, bilinear with the clamp cannot
+    edge = torch.zeros(3, 6, 8)
+    edge[..., 4:] = 1.0
+    assert (AdamState(edge, edge, 1).resized((12, 16)).exp_avg_sq >= 0).all()
+
+
+def test_adam_from_a_carried_state_steps_as_torch_adam_loaded_with_it():
+    from nst.optimizers import AdamState
+
+    p = problems([("rosen", 1.0, 100.0), ("quad", 3.0)])
+    x0 = start_points(2, seed=7)
+    # a coarser level: 5 steps, state kept
+    coarse = BatchAdam(x0, lr=0.05, betas=(0.9, 0.99), max_iter=5, keep_state=[True, False])
+    drive(coarse, p)
+    st = coarse.final_state(0)
+    assert coarse.final_state(1) is None and st.steps == 5 and st.exp_avg.shape == x0.shape[1:]
+    # the next level, 4 steps of its own from the carried state
+    carried = drive(BatchAdam(x0, lr=0.05, betas=(0.9, 0.99), max_iter=4, state=[st, None]), p)
+    fresh = drive(BatchAdam(x0, lr=0.05, betas=(0.9, 0.99), max_iter=4), p)
+    assert len(carried["asked"][0]) == 4  # the level's budget counts its own steps
+    assert float((carried["asked"][0][1] - fresh["asked"][0][1]).abs().max()) > 1e-4  # its first step differs
+    assert all(torch.equal(a, b) for a, b in zip(carried["asked"][1], fresh["asked"][1]))  # the other trial's did not
+    # torch.optim.Adam with that state loaded takes the same steps
+    x = x0[0].reshape(-1).clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.05, betas=(0.9, 0.99), foreach=False)
+    opt.state[x] = {"step": torch.tensor(5.0), "exp_avg": st.exp_avg.reshape(-1).clone(), "exp_avg_sq": st.exp_avg_sq.reshape(-1).clone()}
+    for k in range(4):
+        assert float((x.detach() - carried["asked"][0][k]).abs().max()) <= ATOL_ADAM
+        _, grad = objective(x.detach().unsqueeze(0), rows(p, [0]))
+        x.grad = grad[0].clone()
+        opt.step()
+    assert float((x.detach() - carried["done"][0][0]).abs().max()) <= ATOL_ADAM

@@ -244,3 +244,22 @@ def test_iterate_averaging_saves_and_shows_the_average_of_the_iterates(tmp_path)
     # the frames show the average: the last one is the saved image; the final terms are the average's
     assert np.array_equal(read(sorted((tmp_path / "avg" / "frames").glob("*.png"))[-1]), got)
     assert averaged["final"]["total"] != plain["final"]["total"]
+
+
+def test_carried_adam_state_changes_the_finer_level_and_lbfgs_says_it_restarts(tmp_path):
+    base = ("device=cpu", "size=48", "steps=4", "pyramid.levels=2", "pyramid.steps=[4]")
+    adam = ("optimizer=adam", "optimizer.lr=0.05")
+    ss = [settings(*base, *adam), settings(*base, *adam, "pyramid.carry_optimizer=true"),
+          settings(*base), settings(*base, "pyramid.carry_optimizer=true")]
+    out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
+    assert all(o["status"] == "completed" for o in out), [o.get("error") for o in out]
+    assert [o["batch"]["size"] for o in out] == [2] * 4  # carrying and not carrying trials share a batch
+    rows = [read_jsonl(tmp_path / str(i) / "metrics.jsonl") for i in range(4)]
+    # Adam: the coarse level is the same; the fine level's first step (its second evaluation) is not
+    assert [r["total"] for r in rows[0][:5]] == [r["total"] for r in rows[1][:5]]
+    assert rows[0][5]["total"] != rows[1][5]["total"]
+    assert "optimizer_state" not in out[0]["levels"][1]
+    assert [lvl["optimizer_state"] for lvl in out[1]["levels"]] == ["fresh", "carried"]
+    # L-BFGS restarts either way, and says so
+    assert [r["total"] for r in rows[2]] == [r["total"] for r in rows[3]]
+    assert [lvl["optimizer_state"] for lvl in out[3]["levels"]] == ["fresh: L-BFGS restarts at every level"] * 2
