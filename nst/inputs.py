@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from nst import images
-from nst.settings import Settings
+from nst.settings import Settings, style_base_size
 
 
 def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | None = None) -> dict:
@@ -23,8 +23,9 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
                  "styles": [], "plain_styles": []}
     for style_img in map(crop, inputs.get("style", [])):
         # Most implementations stretch the style image to the content's size; keep_aspect instead
-        # keeps its proportions at the same pixel count (so Gram statistics cover the same area).
-        base = (w, h) if s.style_size == "match" else images.size_at_pixel_count(*style_img.size, w * h)
+        # keeps its proportions at the same pixel count (so Gram statistics cover the same area),
+        # long_side keeps them with the content's long side (nst.settings.style_base_size).
+        base = style_base_size(s, style_img.size, (w, h))
         scaled = (max(1, round(base[0] * s.style_scale)), max(1, round(base[1] * s.style_scale)))
         style = images.to_tensor(images.resize(style_img, scaled), device)
         if s.color == "luminance":

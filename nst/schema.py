@@ -62,6 +62,7 @@ class Pooling(Choice):
 class StyleSize(Choice):
     match = "match"  # the style image resized to the content's size
     keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count
+    long_side = "long_side"  # its own aspect ratio, its long side the content's long side
 
 
 class Crop(Choice):

@@ -320,6 +320,17 @@ def _poolings_before(arch: str, layers) -> int:
     return sum(1 for n in names[:deepest] if n.startswith("pool"))
 
 
+def style_base_size(s: Settings, style: tuple[int, int], content: tuple[int, int]) -> tuple[int, int]:
+    """The style image's (width, height) before style_scale, for a content image of `content` px:
+    match: the content's size; keep_aspect: its own aspect ratio at the content's pixel count (pastiche);
+    long_side: its own aspect ratio, its long side the content's (jcjohnson/neural-style, crowsonkb)."""
+    if s.style_size == "keep_aspect":
+        return images.size_at_pixel_count(*style, content[0] * content[1])
+    if s.style_size == "long_side":
+        return images.target_size(*style, max(content))
+    return content
+
+
 def check_image_size(s: Settings, size: tuple[int, int], style_sizes: list[tuple[int, int]] = ()) -> None:
     """Every pooling layer halves the image: no side may reach 0 before the deepest layer used, by
     the trial or by the standardised metrics (conv5_1, after four poolings), at the coarsest
@@ -337,7 +348,7 @@ def check_image_size(s: Settings, size: tuple[int, int], style_sizes: list[tuple
     for sw, sh in style_sizes:
         if s.crop == "square":
             sw = sh = min(sw, sh)
-        base = (w, h) if s.style_size == "match" else images.size_at_pixel_count(sw, sh, w * h)
+        base = style_base_size(s, (sw, sh), (w, h))
         if min(base) * s.style_scale < need:
             raise InputError("style_scale", f"the style image would be about {base[0] * s.style_scale:.0f}x"
                                             f"{base[1] * s.style_scale:.0f} px{coarsest}; its short side must be at least "

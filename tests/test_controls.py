@@ -119,3 +119,23 @@ def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
     out = runner.run_trials([trial(s, tmp_path / "c" / str(i)) for i, s in enumerate(ss)])
     assert len({o["batch"]["id"] for o in out}) == 3 and all(o["status"] == "completed" for o in out)
     assert out[2]["image_size"] == [48, 48]
+
+
+def test_style_sizes():
+    # content tubingen 512 x 384 at size 48: 48 x 36; style the_scream, portrait 402 x 512
+    assert images.load_image("style", "the_scream").size == (402, 512)
+    sizes = {}
+    for how in ("match", "keep_aspect", "long_side"):
+        for scale in (1, 0.5):
+            s = settings("device=cpu", "size=48", "style=the_scream", f"style_size={how}", f"style_scale={scale}")
+            sizes[how, scale] = tuple(prepare(s, load_inputs(s), CPU)["styles"][0].shape[-1:-3:-1])  # (W, H)
+    assert sizes["match", 1] == (48, 36)
+    # 48 * 36 = 1728 px at 402:512: h = round(sqrt(1728 * 512 / 402)) = 47, w = round(47 * 402 / 512) = 37
+    assert sizes["keep_aspect", 1] == (37, 47)
+    # the long side is the content's 48: w = round(402 * 48 / 512) = round(37.69) = 38
+    assert sizes["long_side", 1] == (38, 48)
+    assert sizes["long_side", 0.5] == (19, 24) and sizes["match", 0.5] == (24, 18)
+    # a landscape style on a portrait content: the style's long side (its width) is the content's (its height)
+    s = settings("device=cpu", "size=48", "content=the_scream", "style=starry_night", "style_size=long_side")
+    t = prepare(s, load_inputs(s), CPU)
+    assert tuple(t["photo"].shape[-2:]) == (48, 38) and tuple(t["styles"][0].shape[-2:]) == (30, 48)  # 320 * 48 / 512 = 30
