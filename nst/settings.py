@@ -9,7 +9,7 @@ import json
 import math
 import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from nst import features, images
 from nst.errors import InputError
@@ -48,7 +48,8 @@ class Settings:
     noise: str  # "uniform" | "gaussian" white noise
     noise_ratio: float
     init_path: str | None
-    steps: int
+    steps: int  # with a budget, the resolved ones (as pyramid_steps)
+    budget: float | None  # the cost in full-size evaluations that steps and pyramid_steps were scaled to
     average_decay: float  # iterate averaging (0: off)
     frame_every: int
     log_every: int
@@ -182,6 +183,7 @@ def _validate(d: dict) -> Settings:
         noise_ratio=_number(d, "init.noise_ratio", non_negative=True, maximum=1),
         init_path=init["path"] or None,
         steps=steps,
+        budget=_number(d, "budget", positive=True),
         average_decay=_number(d, "average_decay", non_negative=True),
         frame_every=_number(d, "frame_every", positive=True),
         log_every=_number(d, "log_every", positive=True),
@@ -191,6 +193,8 @@ def _validate(d: dict) -> Settings:
         deterministic=d["deterministic"],
     )
     _check_limits(settings)
+    if settings.budget is not None:
+        settings = replace(settings, **dict(zip(("pyramid_steps", "steps"), budget_steps(settings))))
     if settings.average_decay >= 1:
         raise InputError("average_decay", f"must be in [0, 1) (0: off; 0.99: an average over about the last 100 steps), "
                                           f"got {settings.average_decay!r}")
@@ -261,6 +265,26 @@ def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
         raise InputError("pyramid.steps", f"must be null or {levels - 1} positive whole number(s), the budgets of the "
                                           f"coarser levels from coarse to fine, got {coarse!r}")
     return levels, factor, steps, coarse
+
+
+def level_sizes(s: Settings) -> list[tuple[int, int]]:
+    """(width, height) of each pyramid level, coarse to fine, from the content file's header."""
+    size = content_size(s, images.oriented_size("content", s.content))
+    return [images.target_size(*size, long_side) for long_side in s.level_long_sides()]
+
+
+def budget_steps(s: Settings) -> tuple[tuple[int, ...], int]:
+    """`budget`: the coarser levels' steps and the full-size level's, all the given ones times one factor,
+    so that sum_i steps_i * FLOPs(level i) / FLOPs(full size) is the budget (each level at least 1
+    evaluation, each rounded to a whole number). FLOPs: nst.features.evaluation_flops to the deepest
+    layer the trial uses, at each level's size (the content file's header gives its aspect ratio)."""
+    names = features.layer_names(s.arch)
+    deepest = max((*s.objective.content_layers, *s.objective.style_layers), key=names.index)
+    costs = [features.evaluation_flops(s.arch, deepest, w, h) for w, h in level_sizes(s)]
+    relative = [c / costs[-1] for c in costs]
+    factor = s.budget / sum(n * r for n, r in zip(s.level_steps, relative))
+    steps = [max(1, round(n * factor)) for n in s.level_steps]
+    return tuple(steps[:-1]), steps[-1]
 
 
 def _check_limits(settings: Settings) -> None:

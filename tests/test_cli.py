@@ -68,6 +68,7 @@ BAD = {
     "loss.style=gatys": "loss.style: unknown value 'gatys'; allowed: mse, paper, w2",
     "loss.tv=huber": "loss.tv: unknown value 'huber'; allowed: mse, l1, sum, stencil",
     "average_decay=1": "average_decay: must be in [0, 1)",
+    "budget=0": "budget: must be positive",
     "average_decay=-0.5": "average_decay: must be zero or positive",
     "device=tpu": "device: unknown device 'tpu'",
     "stlye_weight=1": "stlye_weight: is not a config key; did you mean 'style_weight'?",

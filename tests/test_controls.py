@@ -139,3 +139,26 @@ def test_style_sizes():
     s = settings("device=cpu", "size=48", "content=the_scream", "style=starry_night", "style_size=long_side")
     t = prepare(s, load_inputs(s), CPU)
     assert tuple(t["photo"].shape[-2:]) == (48, 38) and tuple(t["styles"][0].shape[-2:]) == (30, 48)  # 320 * 48 / 512 = 30
+
+
+def test_a_budget_scales_every_level_to_cost_that_many_full_size_evaluations():
+    from nst.features import evaluation_flops
+
+    base = ("device=cpu", "size=512", "steps=200", "pyramid.levels=3", "pyramid.steps=[400,300]")
+    plain = settings(*base)
+    assert (plain.pyramid_steps, plain.steps, plain.budget) == ((400, 300), 200, None)  # null: as given
+    s = settings(*base, "budget=150")
+    # tubingen 512 x 384: levels 128 x 96, 256 x 192, 512 x 384; the deepest layer is conv5_1
+    cost = [evaluation_flops("vgg19", "conv5_1", w, h) for w, h in ((128, 96), (256, 192), (512, 384))]
+    relative = [c / cost[-1] for c in cost]
+    steps = (*s.pyramid_steps, s.steps)
+    spent = sum(n * r for n, r in zip(steps, relative))
+    assert abs(spent - 150) <= 0.5 * sum(relative)  # each level rounded to whole evaluations
+    # one factor for all: the given proportions 400 : 300 : 200, up to the rounding
+    factor = 150 / sum(n * r for n, r in zip((400, 300, 200), relative))
+    assert all(abs(n - g * factor) <= 0.5 for n, g in zip(steps, (400, 300, 200)))
+    assert s.to_dict()["steps"] == s.steps and s.to_dict()["budget"] == 150  # what summary.json records
+    assert s.total_steps == sum(steps)
+    # without a pyramid the budget is the steps; a level never gets fewer than 1 evaluation
+    assert settings("device=cpu", "size=512", "budget=75.4").steps == 75
+    assert settings(*base, "budget=0.01").level_steps == (1, 1, 1)
