@@ -22,6 +22,7 @@ TV_FORMS = ("mse", "l1", "sum", "stencil")
 # w2: the ridge added to both covariances, relative to the target's mean variance (tr S_t / C), and
 # the Newton-Schulz iterations of the square root (crowsonkb/style-transfer-pytorch: 12). See w2_term.
 W2_RIDGE = 1e-4
+W2_RIDGE_FLOOR = 1e-8
 W2_SQRTM_ITERATIONS = 12
 
 
@@ -141,9 +142,11 @@ def sqrtm(a: torch.Tensor, iterations: int = W2_SQRTM_ITERATIONS) -> torch.Tenso
 
 def sqrtm_eigh(a: torch.Tensor) -> torch.Tensor:
     """The square root of symmetric positive semi-definite [B,C,C] by eigendecomposition, in float64
-    (negative rounding-level eigenvalues clamped to 0); not differentiated (targets only)."""
-    vals, vecs = torch.linalg.eigh(a.double())
-    return ((vecs * vals.clamp(min=0).sqrt().unsqueeze(-2)) @ vecs.transpose(-2, -1)).to(a.dtype)
+    on the CPU (Apple's GPU has no float64; once per target and level, it costs little), negative
+    rounding-level eigenvalues clamped to 0; not differentiated (targets only)."""
+    vals, vecs = torch.linalg.eigh(a.detach().cpu().double())
+    root = (vecs * vals.clamp(min=0).sqrt().unsqueeze(-2)) @ vecs.transpose(-2, -1)
+    return root.to(device=a.device, dtype=a.dtype)
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,8 @@ class W2Target:
     def of(mean: torch.Tensor, srm: torch.Tensor, ridge: float | None = None) -> W2Target:
         """From the (blended) mean and second raw moment; ridge None: W2_RIDGE x the mean variance."""
         cov = srm - mean.unsqueeze(-1) * mean.unsqueeze(-2)
-        if ridge is None:
-            ridge = W2_RIDGE * float(cov.diagonal(dim1=-2, dim2=-1).mean())
+        if ridge is None:  # (a floor for a flat style image, whose features do not vary)
+            ridge = max(W2_RIDGE * float(cov.diagonal(dim1=-2, dim2=-1).mean()), W2_RIDGE_FLOOR)
         cov = cov + ridge * _eye_like(cov)
         return W2Target(mean, cov, sqrtm_eigh(cov), ridge)
 

@@ -266,3 +266,11 @@ def test_tv_form_reaches_the_objective():
         obj = Objective(_Identity(), spec, content=x, style=None, content_weight=torch.tensor([0.0]),
                         style_weight=torch.tensor([0.0]), tv_weight=torch.tensor([2.0]))
         assert obj(x)["total"].item() == pytest.approx(2 * tv_term(x, form).item())
+
+
+def test_w2_of_a_flat_style_is_finite():
+    flat = torch.full((1, 4, 6, 6), 2.0)  # features that do not vary: a zero covariance
+    f = torch.rand(1, 4, 6, 6, requires_grad=True)
+    t = w2_term(f, W2Target.of(*moments(flat)))
+    t.sum().backward()
+    assert torch.isfinite(t).all() and torch.isfinite(f.grad).all()
