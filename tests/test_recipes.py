@@ -1,0 +1,134 @@
+"""The peers' recipes (nst/conf/recipe): each composes and runs, the user's own overrides beat the
+recipe, and `recipe=pastiche` gives pastiche's own loss on the same image."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import run_in
+from nst import cli, runner
+from nst.api import stylize
+from nst.features import _caffe_post, _caffe_pre
+from nst.settings import settings_from_dict
+
+CONF = cli.CONF_DIR
+RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
+IMAGES = Path(cli.__file__).resolve().parent / "data" / "images"
+
+
+def _settings(overrides):
+    return settings_from_dict(OmegaConf.to_container(cli._compose(overrides), resolve=True))
+
+
+def test_the_recipes_are_there_and_nst_is_the_default():
+    assert set(RECIPES) >= {"nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb"}
+    assert _settings([]) == _settings(["recipe=nst"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_recipe_leaves_the_size_and_the_budget_to_the_user(recipe):
+    text = (CONF / "recipe" / f"{recipe}.yaml").read_text()
+    keys = OmegaConf.create(text)
+    assert "steps" not in keys and "size" not in keys and "scale" not in keys
+    s = _settings([f"recipe={recipe}", "size=40", "steps=7"])
+    assert (s.size, s.steps) == (40, 7)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_users_overrides_beat_the_recipe(recipe):
+    """Plain keys, keys inside a group's node and the groups the recipe chooses: the command line wins."""
+    s = _settings([f"recipe={recipe}", "content_weight=3", "style_weight=7", "pooling=avg", "loss.content=paper",
+                   "optimizer=adam", "optimizer.lr=0.5", "init=content_noise", "layers=style2", "pyramid.levels=1"])
+    assert (s.content_weight, s.style_weight, s.pooling, s.objective.content_form) == (3, 7, "avg", "paper")
+    assert (s.optimizer.name, s.optimizer.lr, s.init) == ("adam", 0.5, "content_noise")
+    assert s.objective.style_layers == ("conv1_1", "conv2_1") and s.pyramid_levels == 1
+    s = _settings([f"recipe={recipe}", "optimizer=lbfgs", "init=noise", "style_layers=[relu3_1]"])
+    assert (s.optimizer.name, s.optimizer.line_search, s.init, s.objective.style_layers) == ("lbfgs", True, "noise",
+                                                                                           ("relu3_1",))
+
+
+def test_a_ready_sweep_after_a_recipe_keeps_its_own_choices():
+    """`+sweep=` files come after the recipe: texture_synthesis's white noise start and empty content layers win."""
+    s = _settings(["recipe=pastiche", "+sweep=texture_synthesis"])
+    assert (s.init, s.objective.content_layers, s.content_weight, s.pooling) == ("noise", (), 0, "max")
+
+
+def test_every_recipe_runs_end_to_end_in_one_multirun(tmp_path):
+    """One real `-m recipe=...` command over every recipe: each trial completes, and its recorded
+    settings are the recipe's."""
+    r = run_in(tmp_path, "-m", f"recipe={','.join(RECIPES)}", "size=40", "steps=4", "logger=none", "device=cpu",
+               "frame_every=2", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    (sweep,) = list((tmp_path / "outputs" / "sweeps").iterdir())
+    summaries = {}
+    for trial in sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        summary = json.loads((trial / "summary.json").read_text())
+        (recipe,) = [o.split("=", 1)[1] for o in summary["overrides"] if o.startswith("recipe=")]
+        summaries[recipe] = summary
+    assert sorted(summaries) == RECIPES
+    for recipe, summary in summaries.items():
+        assert summary["status"] == "completed", (recipe, summary.get("error"))
+        assert summary["evaluations"] >= 4
+        want = _settings([f"recipe={recipe}", "size=40", "steps=4", "device=cpu"])
+        got = summary["settings"]
+        assert (got["pooling"], got["content_weight"], got["style_weight"], got["tv_weight"]) == (
+            want.pooling, want.content_weight, want.style_weight, want.tv_weight), recipe
+        assert got["optimizer"]["name"] == want.optimizer.name and got["init"] == want.init, recipe
+
+
+# ------------------------------------------------------------------------- pastiche's own loss
+
+
+def _pastiche_total(tv_weight: float, tmp_path: Path, monkeypatch) -> tuple[float, float]:
+    """(pastiche's _calc_loss, nst's total at its first evaluation) on the same image: pastiche's
+    result after two draws, from its own PasticheArtist on a landscape photo and a portrait painting
+    at 48 px, with the images pastiche loaded; nst composed from `recipe=pastiche`."""
+    from pastiche.pastiche import PasticheArtist, load_image
+
+    content, style = IMAGES / "tubingen.jpg", IMAGES / "the_scream.jpg"
+    torch.manual_seed(0)
+    artist = PasticheArtist(str(content), [str(style)], device="cpu", size=48, tv_weight=tv_weight)
+    artist.draw()
+    artist.draw()
+    # The same image on both sides, inside [0, 1] (nst evaluates L-BFGS's points clamped).
+    image = _caffe_post(artist.pastiche.detach()).clamp(0, 1)
+    artist.pastiche.data = _caffe_pre(image)
+    assert not torch.allclose(image, _caffe_post(load_image(str(content), size=48)), atol=1e-3)
+    expected = float(artist._calc_loss().detach())
+    (content_size,) = {tuple(artist.content_size)}
+    theirs = {"content": _caffe_post(load_image(str(content), size=48)),
+              "styles": [_caffe_post(load_image(str(style), pixels=content_size[0] * content_size[1]))]}
+
+    real_prepare = runner.prepare
+
+    def with_pastiches_pixels(s, inputs, device, long_side=None):
+        out = real_prepare(s, inputs, device, long_side)
+        # nst's own sizing (size, style_size: keep_aspect) gives pastiche's sizes; only the resampling differs
+        assert out["content"].shape == theirs["content"].shape
+        assert [t.shape for t in out["styles"]] == [t.shape for t in theirs["styles"]]
+        out.update(photo=theirs["content"], content=theirs["content"], styles=theirs["styles"],
+                   plain_styles=theirs["styles"], init=image.clone())
+        return out
+
+    monkeypatch.setattr(runner, "prepare", with_pastiches_pixels)
+    totals = []
+
+    def first(step):
+        if step.evaluation == 1:
+            totals.append(step.values["total"])
+
+    extra = {"tv_weight": 127.5 * tv_weight, "loss.tv": "l1"} if tv_weight else {}
+    stylize(str(content), str(style), recipe="pastiche", size=48, steps=1, device="cpu", callback=first,
+            **{k.replace(".", "__"): v for k, v in extra.items()})
+    (total,) = totals
+    return expected, total
+
+
+def test_recipe_pastiche_gives_pastiches_own_loss(tmp_path, monkeypatch):
+    expected, total = _pastiche_total(0.0, tmp_path, monkeypatch)
+    assert total == pytest.approx(expected, rel=1e-4)
+
