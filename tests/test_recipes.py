@@ -1,6 +1,7 @@
 """The peers' recipes (nst/conf/recipe): each composes and runs, the user's own overrides beat the
 recipe, and `recipe=pastiche` gives pastiche's own loss on the same image."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,10 +9,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_in
-from nst import cli, runner
+from nst import cli, images, runner
 from nst.api import stylize
 from nst.features import _caffe_post, _caffe_pre
-from nst.settings import settings_from_dict
+from nst.inputs import prepare
+from nst.settings import load_inputs, settings_from_dict
 
 CONF = cli.CONF_DIR
 RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
@@ -55,29 +57,70 @@ def test_a_ready_sweep_after_a_recipe_keeps_its_own_choices():
     assert (s.init, s.objective.content_layers, s.content_weight, s.pooling) == ("noise", (), 0, "max")
 
 
-def test_every_recipe_runs_end_to_end_in_one_multirun(tmp_path):
-    """One real `-m recipe=...` command over every recipe: each trial completes, and its recorded
-    settings are the recipe's."""
-    r = run_in(tmp_path, "-m", f"recipe={','.join(RECIPES)}", "size=40", "steps=4", "logger=none", "device=cpu",
-               "frame_every=2", timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    import json
-
-    (sweep,) = list((tmp_path / "outputs" / "sweeps").iterdir())
-    summaries = {}
-    for trial in sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        summary = json.loads((trial / "summary.json").read_text())
+def _summaries(root: Path) -> dict:
+    """recipe -> summary.json of every trial a command wrote under root/outputs."""
+    out = {}
+    for summary_file in (root / "outputs").glob("**/summary.json"):
+        summary = json.loads(summary_file.read_text())
         (recipe,) = [o.split("=", 1)[1] for o in summary["overrides"] if o.startswith("recipe=")]
-        summaries[recipe] = summary
-    assert sorted(summaries) == RECIPES
+        out[recipe] = summary
+    return out
+
+
+def _check(recipe: str, summary: dict, *overrides: str) -> None:
+    assert summary["status"] == "completed", (recipe, summary.get("error"))
+    want = _settings([f"recipe={recipe}", *overrides])
+    got = summary["settings"]
+    assert (got["pooling"], got["content_weight"], got["style_weight"], got["tv_weight"], got["objective"]["style_form"],
+            got["optimizer"]["name"], got["init"]) == (want.pooling, want.content_weight, want.style_weight, want.tv_weight,
+                                                       want.objective.style_form, want.optimizer.name, want.init), recipe
+    assert summary["evaluations"] == want.total_steps, recipe
+
+
+def test_every_recipe_runs_end_to_end(tmp_path):
+    """One real `-m recipe=...` command over the recipes without a pyramid (they batch and launch
+    together), and crowsonkb, whose five levels need about 96 px, with two levels at 48 px: each trial
+    completes with its recipe's settings and budget."""
+    flat = [r for r in RECIPES if r != "crowsonkb"]
+    common = ("size=40", "steps=4", "logger=none", "device=cpu", "frame_every=2")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "crowsonkb").mkdir()
+    r = run_in(tmp_path / "flat", "-m", f"recipe={','.join(flat)}", *common, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summaries = _summaries(tmp_path / "flat")
+    assert sorted(summaries) == flat
     for recipe, summary in summaries.items():
-        assert summary["status"] == "completed", (recipe, summary.get("error"))
-        assert summary["evaluations"] >= 4
-        want = _settings([f"recipe={recipe}", "size=40", "steps=4", "device=cpu"])
-        got = summary["settings"]
-        assert (got["pooling"], got["content_weight"], got["style_weight"], got["tv_weight"]) == (
-            want.pooling, want.content_weight, want.style_weight, want.tv_weight), recipe
-        assert got["optimizer"]["name"] == want.optimizer.name and got["init"] == want.init, recipe
+        _check(recipe, summary, *common)
+    pyramid = ("recipe=crowsonkb", "size=48", "steps=3", "pyramid.levels=2", "pyramid.steps=[4]", "logger=none",
+               "device=cpu")
+    r = run_in(tmp_path / "crowsonkb", *pyramid, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (summary,) = _summaries(tmp_path / "crowsonkb").values()
+    _check("crowsonkb", summary, *pyramid[1:])
+
+
+def test_the_recipe_sweeps_compose_and_expand():
+    trials = cli.expand_trials(["+sweep=recipes", "size=40", "steps=9"], multirun=True)
+    assert sorted(t for trial in trials for t in trial if t.startswith("recipe=")) == sorted(
+        f"recipe={r}" for r in ("nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb"))
+    for trial in trials:
+        cfg = OmegaConf.to_container(cli._compose(trial), resolve=True)
+        assert cfg["budget"] == 9  # every recipe at the cost of `steps` full-size evaluations
+        settings_from_dict(cfg)
+
+    trials = cli.expand_trials(["+sweep=style_sizing", "size=40"], multirun=True)
+    sizes = set()
+    for trial in trials:
+        s = _settings(trial)
+        photo = images.oriented_size("content", s.content)
+        painting = images.oriented_size("style", s.style[0])
+        assert (photo[0] > photo[1]) != (painting[0] > painting[1])  # one landscape, one portrait
+        sizes.add(tuple(prepare(s, load_inputs(s), torch.device("cpu"))["styles"][0].shape))
+    assert len(sizes) == 3  # three different style image sizes
+
+    trials = cli.expand_trials(["+sweep=rectified", "size=40"], multirun=True)
+    layers = {_settings(t).objective.style_layers[0] for t in trials}
+    assert layers == {"conv1_1", "relu1_1"}
 
 
 # ------------------------------------------------------------------------- pastiche's own loss
