@@ -126,22 +126,26 @@ def test_the_recipe_sweeps_compose_and_expand():
 # ------------------------------------------------------------------------- pastiche's own loss
 
 
-def _pastiche_total(tv_weight: float, tmp_path: Path, monkeypatch) -> tuple[float, float]:
-    """(pastiche's _calc_loss, nst's total at its first evaluation) on the same image: pastiche's
+def _pastiche_total(tv_weight: float, tmp_path: Path, monkeypatch) -> tuple[float, float, float]:
+    """(pastiche's _calc_loss, the same without its TV term, nst's total at its first evaluation) on the same image: pastiche's
     result after two draws, from its own PasticheArtist on a landscape photo and a portrait painting
     at 48 px, with the images pastiche loaded; nst composed from `recipe=pastiche`."""
     from pastiche.pastiche import PasticheArtist, load_image
 
     content, style = IMAGES / "tubingen.jpg", IMAGES / "the_scream.jpg"
     torch.manual_seed(0)
-    artist = PasticheArtist(str(content), [str(style)], device="cpu", size=48, tv_weight=tv_weight)
+    artist = PasticheArtist(str(content), [str(style)], device="cpu", size=48)
     artist.draw()
     artist.draw()
+    artist.tv_weight = tv_weight  # its loss at the image two of its steps reached
     # The same image on both sides, inside [0, 1] (nst evaluates L-BFGS's points clamped).
     image = _caffe_post(artist.pastiche.detach()).clamp(0, 1)
     artist.pastiche.data = _caffe_pre(image)
     assert not torch.allclose(image, _caffe_post(load_image(str(content), size=48)), atol=1e-3)
     expected = float(artist._calc_loss().detach())
+    artist.tv_weight, without_tv = 0.0, expected
+    if tv_weight:
+        without_tv = float(artist._calc_loss().detach())
     (content_size,) = {tuple(artist.content_size)}
     theirs = {"content": _caffe_post(load_image(str(content), size=48)),
               "styles": [_caffe_post(load_image(str(style), pixels=content_size[0] * content_size[1]))]}
@@ -164,14 +168,21 @@ def _pastiche_total(tv_weight: float, tmp_path: Path, monkeypatch) -> tuple[floa
         if step.evaluation == 1:
             totals.append(step.values["total"])
 
-    extra = {"tv_weight": 127.5 * tv_weight, "loss.tv": "l1"} if tv_weight else {}
     stylize(str(content), str(style), recipe="pastiche", size=48, steps=1, device="cpu", callback=first,
-            **{k.replace(".", "__"): v for k, v in extra.items()})
+            tv_weight=127.5 * tv_weight)
     (total,) = totals
-    return expected, total
+    return expected, without_tv, total
 
 
 def test_recipe_pastiche_gives_pastiches_own_loss(tmp_path, monkeypatch):
-    expected, total = _pastiche_total(0.0, tmp_path, monkeypatch)
+    expected, _, total = _pastiche_total(0.0, tmp_path, monkeypatch)
     assert total == pytest.approx(expected, rel=1e-4)
 
+
+
+def test_recipe_pastiche_gives_pastiches_own_loss_with_its_tv_term(tmp_path, monkeypatch):
+    """pastiche's TV term, 0.5 x its tv_weight x (mean|dx| + mean|dy|) on [0, 255] pixels, is nst's
+    l1 form (recipe=pastiche sets it) with tv_weight = 127.5 x pastiche's."""
+    expected, without_tv, total = _pastiche_total(1e7, tmp_path, monkeypatch)
+    assert expected > without_tv * 1.01  # the TV term counts
+    assert total == pytest.approx(expected, rel=1e-4)
