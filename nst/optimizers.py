@@ -170,13 +170,35 @@ def _per_trial(value, b: int, name: str) -> list:
 
 
 class _Batch:
-    """Bookkeeping common to both drivers: which trials run, which finished and why."""
+    """Bookkeeping common to both drivers: which trials run, which finished and why; iterate averaging."""
 
-    def __init__(self, x0: Tensor):
+    def __init__(self, x0: Tensor, average_decay=0.0):
         self._shape = x0.shape[1:]
         self._running: list[int] = list(range(x0.shape[0]))
         self._finished: list[tuple[int, Tensor, str]] = []
         self._asked: list[int] = []  # trial indices of the last ask(), in order
+        # Iterate averaging, per trial with a decay > 0: a bias-corrected exponential moving average of
+        # the iterates (crowsonkb's EMA, Adam's bias correction), the start its first update.
+        self._decay = [float(v) for v in _per_trial(average_decay, x0.shape[0], "average_decay")]
+        self._averages: dict[int, list] = {}  # trial -> [sum of (1 - d) d^k x, d^n]
+        for i, d in enumerate(self._decay):
+            if d > 0:
+                self._averages[i] = [torch.zeros_like(x0[i].reshape(-1)), 1.0]
+                self._average(i, x0[i])
+
+    def _average(self, i: int, x: Tensor) -> None:
+        """A new iterate of trial i (clamped to [0, 1], the image it stands for) into its average."""
+        if i in self._averages:
+            a, d = self._averages[i], self._decay[i]
+            a[0].mul_(d).add_(x.reshape(-1).clamp(0, 1), alpha=1 - d)
+            a[1] *= d
+
+    def average(self, i: int) -> Tensor | None:
+        """Trial i's averaged iterate (bias-corrected: value / (1 - d^n)), None without averaging."""
+        if i not in self._averages:
+            return None
+        value, accum = self._averages[i]
+        return (value / (1 - accum)).view(self._shape)
 
     @property
     def running(self) -> list[int]:
@@ -187,8 +209,10 @@ class _Batch:
         return out
 
     def _finish(self, i: int, flat: Tensor, reason: str) -> None:
+        """Trial i stops: its result is its last iterate, or with averaging its average."""
         self._running.remove(i)
-        self._finished.append((i, flat.view(self._shape), reason))
+        average = self.average(i)
+        self._finished.append((i, flat.view(self._shape) if average is None else average, reason))
 
     def _hard_budget(self, budget, b: int) -> None:
         """Per-trial caps on counted evaluations (None: none beyond the algorithm's own)."""
@@ -215,8 +239,8 @@ class _Batch:
 class BatchAdam(_Batch):
     """B trials of elementwise Adam, vectorised: moments [k, n] and hyper-parameters [k, 1] for the k running."""
 
-    def __init__(self, x0: Tensor, *, lr, betas, max_iter, eps=1e-8):
-        super().__init__(x0)
+    def __init__(self, x0: Tensor, *, lr, betas, max_iter, eps=1e-8, average_decay=0.0):
+        super().__init__(x0, average_decay)
         b = x0.shape[0]
         if isinstance(betas, Tensor):
             betas = betas.tolist()
@@ -287,6 +311,7 @@ class BatchAdam(_Batch):
         self._param.addcdiv_(self._exp_avg * neg_step_size, denom)
 
         for r, i in enumerate(self._rows):
+            self._average(i, self._param[r])
             if i in self._running and self._steps[i] >= self._max_iter[i]:
                 self._finish(i, self._param[r].clone(), "max_iter")
         return []  # every evaluation counts
@@ -361,8 +386,9 @@ class BatchLBFGS(_Batch):
     """
 
     def __init__(self, x0: Tensor, *, lr, max_iter, max_eval, history_size, line_search,
-                 tolerance_grad=1e-7, tolerance_change=1e-9, small_on_host: bool = False, budget=None):
-        super().__init__(x0)
+                 tolerance_grad=1e-7, tolerance_change=1e-9, small_on_host: bool = False, budget=None,
+                 average_decay=0.0):
+        super().__init__(x0, average_decay)
         b = x0.shape[0]
         # budget: a hard cap on each trial's counted evaluations. torch's max_eval is not one: an
         # iteration's line search evaluates before it counts, so it may end one evaluation past it.
@@ -583,6 +609,7 @@ class BatchLBFGS(_Batch):
                 if float(self._dir[i, 1]) > -tolerance_change:  # host synchronisation, once per trial
                     return "no descent direction"
                 X.add_(D, alpha=t)
+                self._average(i, X)
                 return "max_iter"
             ev = yield t  # the first point of the iteration, x + t d
             if ev.gtd_x > -tolerance_change:  # torch tests before evaluating: this evaluation is void
@@ -601,9 +628,11 @@ class BatchLBFGS(_Batch):
                 except StopIteration as stop:
                     loss, flat, t, ls_func_evals = stop.value
                 X.add_(D, alpha=t)
+                self._average(i, X)
                 opt_cond = flat.gmax <= tolerance_grad
             else:
                 X.copy_(self._pending[i])  # x + t d as the caller left it (clamped in place)
+                self._average(i, X)
                 loss, flat, ls_func_evals = ev.f, ev, 1
                 opt_cond = ev.gmax <= tolerance_grad
             current_evals += ls_func_evals

@@ -338,14 +338,15 @@ def _optimizer(who_runs: list[_Live], device: torch.device, level: int):
     settings = [lv.trial.settings for lv in who_runs]
     budgets = [s.level_steps[level] for s in settings]
     x0 = torch.cat([lv.tensors["init"] for lv in who_runs]).clamp_(0, 1)  # [k,3,H,W]
+    decay = [s.average_decay for s in settings]  # iterate averaging, restarted at every level
     if settings[0].optimizer.name == "lbfgs":
         # One torch.optim.LBFGS step() per trial and level with max_iter = max_eval = its budget (see nst.optimizers).
         return BatchLBFGS(x0, lr=[s.optimizer.lr for s in settings], max_iter=budgets, max_eval=budgets,
                           history_size=[s.optimizer.history_size for s in settings],
                           line_search=[s.optimizer.line_search for s in settings], budget=budgets,
-                          small_on_host=lbfgs_products_on_host(device))
+                          small_on_host=lbfgs_products_on_host(device), average_decay=decay)
     return BatchAdam(x0, lr=[s.optimizer.lr for s in settings], betas=[s.optimizer.betas for s in settings],
-                     max_iter=budgets)
+                     max_iter=budgets, average_decay=decay)
 
 
 def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _Clock) -> None:
@@ -377,7 +378,10 @@ def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _
         lv.evaluations += 1
         lv.level_evaluations += 1
         if j not in failed:
-            record = StepRecord(lv.evaluations, now, values[j], lv.present(x[j:j + 1].detach()),
+            # with iterate averaging, the frames show the average (what the trial will save)
+            average = opt.average(asked[j][0])
+            shown = x[j:j + 1].detach() if average is None else average.unsqueeze(0)
+            record = StepRecord(lv.evaluations, now, values[j], lv.present(shown),
                                 level if lv.trial.settings.pyramid_levels > 1 else None)
             error = _send(lv, record)
             if error is not None:

@@ -241,6 +241,7 @@ class Config:
     optimizer: OptimizerConf = MISSING  # from the group's default (config.yaml)
     init: InitConf = field(default_factory=InitConf)
     steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
+    average_decay: float = 0.0  # iterate averaging: the decay of a bias-corrected moving average of the iterates; 0: off
     frame_every: int = 50
     log_every: int = 1
     seed: int = 0

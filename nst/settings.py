@@ -48,6 +48,7 @@ class Settings:
     noise_ratio: float
     init_path: str | None
     steps: int
+    average_decay: float  # iterate averaging (0: off)
     frame_every: int
     log_every: int
     seed: int
@@ -179,6 +180,7 @@ def _validate(d: dict) -> Settings:
         noise_ratio=_number(d, "init.noise_ratio", non_negative=True, maximum=1),
         init_path=init["path"] or None,
         steps=steps,
+        average_decay=_number(d, "average_decay", non_negative=True),
         frame_every=_number(d, "frame_every", positive=True),
         log_every=_number(d, "log_every", positive=True),
         seed=d["seed"],
@@ -187,6 +189,9 @@ def _validate(d: dict) -> Settings:
         deterministic=d["deterministic"],
     )
     _check_limits(settings)
+    if settings.average_decay >= 1:
+        raise InputError("average_decay", f"must be in [0, 1) (0: off; 0.99: an average over about the last 100 steps), "
+                                          f"got {settings.average_decay!r}")
     if settings.content_weight == 0 and settings.style_weight == 0 and settings.tv_weight == 0:
         raise InputError("style_weight", "content_weight, style_weight and tv_weight are all 0: there is nothing to "
                                          "optimise (the result would be the start image)")

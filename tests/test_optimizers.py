@@ -413,3 +413,54 @@ def test_the_budget_is_a_hard_cap_where_torch_max_eval_is_not():
             assert len(capped["asked"][i]) == cap and capped["done"][i][1] == "evaluation budget"
         # the points it did evaluate are torch's
         assert_same_points(capped["asked"][i], free["asked"][i][:len(capped["asked"][i])], ATOL_LBFGS)
+
+
+# --- iterate averaging -------------------------------------------------------------------------------
+
+def _ema(points: list[torch.Tensor], d: float) -> torch.Tensor:
+    """The bias-corrected moving average of points x_0 .. x_n in closed form (float64):
+    sum_k (1 - d) d^(n-k) x_k / (1 - d^(n+1))."""
+    n = len(points) - 1
+    total = sum((1 - d) * d ** (n - k) * p.double() for k, p in enumerate(points))
+    return total / (1 - d ** (n + 1))
+
+
+@pytest.mark.parametrize("kind", ["adam", "lbfgs"])
+def test_iterate_averaging_is_the_bias_corrected_average_of_the_iterates_per_trial(kind):
+    p = problems([("rosen", 1.0, 100.0), ("rosen", 1.5, 20.0), ("quad", 3.0)])
+    x0 = start_points(3, seed=5)
+    decay = [0.0, 0.9, 0.5]
+
+    def make(average_decay):
+        if kind == "adam":
+            return BatchAdam(x0, lr=[0.05, 0.05, 0.02], betas=(0.9, 0.999), max_iter=[12, 9, 12], average_decay=average_decay)
+        # without a line search every evaluation but the first ends an iteration, and the last
+        # iteration steps without evaluating: the iterates are the asked points and the final one
+        return BatchLBFGS(x0, lr=0.5, max_iter=[12, 9, 12], max_eval=100, history_size=5, line_search=False,
+                          average_decay=average_decay)
+
+    first = make(decay)
+    for i, d in enumerate(decay):  # the start is the first update: the average is the start itself
+        assert first.average(i) is None if d == 0 else torch.equal(first.average(i), x0[i].clamp(0, 1))
+    plain, averaged = drive(make(0.0), p, box=(0, 1)), drive(first, p, box=(0, 1))
+    for i, d in enumerate(decay):
+        # averaging does not change the path, and a trial without it ends exactly where it did
+        assert all(torch.equal(a, b) for a, b in zip(plain["asked"][i], averaged["asked"][i]))
+        if d == 0:
+            assert torch.equal(plain["done"][i][0], averaged["done"][i][0])
+            continue
+        iterates = plain["asked"][i] + [plain["done"][i][0].clamp(0, 1)]
+        assert len(iterates) == [12, 9, 12][i] + 1
+        expected = _ema(iterates, d)
+        assert float((averaged["done"][i][0].double() - expected).abs().max()) < 1e-6
+        assert float((averaged["done"][i][0] - plain["done"][i][0]).abs().max()) > 1e-3  # it is not the last iterate
+
+
+def test_the_average_of_a_known_sequence_by_hand():
+    # d = 0.5, x0 = 0.2 then 0.6: the moving sum 0.5 * 0.2 = 0.1, then 0.5 * 0.1 + 0.5 * 0.6 = 0.35; bias-corrected / (1 - 0.25)
+    x0 = torch.full((1, 2, 3), 0.2)
+    opt = BatchAdam(x0, lr=0.1, betas=(0.9, 0.999), max_iter=5, average_decay=0.5)
+    opt._average(0, torch.full((2, 3), 0.6))
+    assert torch.allclose(opt.average(0), torch.full((2, 3), (0.05 + 0.3) / 0.75))
+    opt._average(0, torch.full((2, 3), 7.0))  # iterates enter clamped to [0, 1], as the image they stand for
+    assert torch.allclose(opt.average(0), torch.full((2, 3), (0.5 * 0.35 + 0.5 * 1.0) / (1 - 0.125)))

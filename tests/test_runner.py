@@ -8,8 +8,8 @@ from helpers import read_jsonl, run_alone, settings, trial
 from nst import runner
 
 BASE = ("device=cpu", "size=32", "steps=10")
-# Six trials of one image shape that differ in everything a batch lets differ: loss weights, layer
-# sets, loss forms, optimiser hyper-parameters, images, init, noise, seed and evaluation budget.
+# Trials of one image shape that differ in everything a batch lets differ: loss weights, layer sets,
+# loss forms, optimiser hyper-parameters, images, init, noise, seed, evaluation budget and averaging.
 LBFGS_TRIALS = [
     ("style_weight=1e3",),
     ("style_weight=1e6", "seed=1", "init=content_noise", "init.noise_ratio=0.3"),
@@ -17,11 +17,13 @@ LBFGS_TRIALS = [
     ("optimizer.lr=0.5", "steps=7"),
     ("optimizer.line_search=false", "optimizer.history_size=5", "steps=12"),
     ("style=the_scream", "content_weight=1e3", "tv_weight=10", "init=noise", "seed=4"),
+    ("layers=style2", "loss.style=w2", "loss.tv=sum", "tv_weight=1", "average_decay=0.5", "steps=8"),
 ]
 ADAM_TRIALS = [
     ("optimizer=adam", "optimizer.lr=0.02"),
     ("optimizer=adam", "optimizer.lr=0.05", "optimizer.betas=[0.5,0.9]", "steps=6"),
     ("optimizer=adam", "style_weight=1e6", "init=noise", "seed=2", "style_layers=[conv1_1,conv3_1]"),
+    ("optimizer=adam", "layers=style2", "loss.style=w2", "loss.tv=stencil", "tv_weight=5", "average_decay=0.9"),
 ]
 
 
@@ -220,3 +222,25 @@ def test_a_batch_restores_the_torch_settings_it_changed(tmp_path):
     after = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
              torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.get_num_threads())
     assert after == before and before[0] is False  # the trial ran deterministic; the process is not left so
+
+
+def test_iterate_averaging_saves_and_shows_the_average_of_the_iterates(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    base = (*BASE, "optimizer=adam", "optimizer.lr=0.05", "steps=6")
+    plain = run_alone(settings(*base), tmp_path / "plain", frame_every=1)
+    averaged = run_alone(settings(*base, "average_decay=0.5"), tmp_path / "avg", frame_every=1)
+    assert plain["status"] == averaged["status"] == "completed"
+    read = lambda p: np.asarray(Image.open(p), dtype=np.float64)  # noqa: E731
+    # Adam's iterates: the evaluated points x_0 .. x_5 (the plain run's frames) and the last step's x_6
+    iterates = [read(p) for p in sorted((tmp_path / "plain" / "frames").glob("*.png"))] + [read(tmp_path / "plain" / "final.png")]
+    assert len(iterates) == 7
+    d = 0.5
+    expected = sum((1 - d) * d ** (6 - k) * x for k, x in enumerate(iterates)) / (1 - d**7)
+    got = read(tmp_path / "avg" / "final.png")
+    assert np.abs(got - expected).max() <= 1.0  # 8-bit rounding of the frames and of the result
+    assert np.abs(got - iterates[-1]).max() > 3  # and it is not the last iterate
+    # the frames show the average: the last one is the saved image; the final terms are the average's
+    assert np.array_equal(read(sorted((tmp_path / "avg" / "frames").glob("*.png"))[-1]), got)
+    assert averaged["final"]["total"] != plain["final"]["total"]
