@@ -44,6 +44,8 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("nst_now", lambda pattern: _STARTED.strftime(pattern), replace=True)
     # a trial's folder in its sweep: its registered number and its overrides (nst.sweep_folder)
     OmegaConf.register_new_resolver("nst_trial_dir", sweep_folder.trial_dir, replace=True)
+    # a whole number times a factor, rounded: a recipe's budgets in proportion to `steps` (nst/conf/recipe)
+    OmegaConf.register_new_resolver("nst_times", lambda n, factor: max(1, round(n * factor)), replace=True)
 
 
 def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
