@@ -42,11 +42,14 @@ def test_a_recipe_leaves_the_size_and_the_budget_to_the_user(recipe):
 def test_the_users_overrides_beat_the_recipe(recipe):
     """Plain keys, keys inside a group's node and the groups the recipe chooses: the command line wins."""
     s = _settings([f"recipe={recipe}", "content_weight=3", "style_weight=7", "pooling=avg", "loss.content=paper",
-                   "optimizer=adam", "optimizer.lr=0.5", "init=content_noise", "layers=style2", "pyramid.levels=1"])
+                   "optimizer=adam", "optimizer.lr=0.5", "init=content_noise", "layers=style2", "pyramid.levels=1",
+                   # a recipe's per-level budgets and per-layer weights fit its own pyramid and layers
+                   "pyramid.steps=null", "loss.style_layer_weights=null"])
     assert (s.content_weight, s.style_weight, s.pooling, s.objective.content_form) == (3, 7, "avg", "paper")
     assert (s.optimizer.name, s.optimizer.lr, s.init) == ("adam", 0.5, "content_noise")
     assert s.objective.style_layers == ("conv1_1", "conv2_1") and s.pyramid_levels == 1
-    s = _settings([f"recipe={recipe}", "optimizer=lbfgs", "init=noise", "style_layers=[relu3_1]"])
+    s = _settings([f"recipe={recipe}", "optimizer=lbfgs", "init=noise", "style_layers=[relu3_1]",
+                   "loss.style_layer_weights=null"])
     assert (s.optimizer.name, s.optimizer.line_search, s.init, s.objective.style_layers) == ("lbfgs", True, "noise",
                                                                                            ("relu3_1",))
 
