@@ -219,7 +219,8 @@ def _font(size: int):
 
 SHORT = {"style_swd": "SWD", "gmsd": "GMSD", "psnr": "PSNR", "ssim": "SSIM", "gram_distance": "Gram",
          "content_distance": "content", "style_distance": "style (old)", **{f"style_swd_{f}x": f"SWD{f}x" for f in SWD_SCALES}}
-TIE = "\u2248"  # "≈": within the float-noise floor of the best
+TIE = "\u2248"  # "≈" in report.html: within the float-noise floor of the best
+TIE_GRID = "~"  # the same in grid.png (Pillow's default font has no "≈")
 
 
 def floor_of(metric: str) -> float:
@@ -271,7 +272,7 @@ def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int], ties: 
         cell = Image.new("RGB", (w, h + pad), "white")
         cell.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
         metrics = _mapping(trial.summary.get("metrics"))
-        text = "  ".join(f"{SHORT[m]} {_num(metrics.get(m)):.3g}{TIE if trial.path.name in ties.get(m, ()) else ''}"
+        text = "  ".join(f"{SHORT[m]} {_num(metrics.get(m)):.3g}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
                          for m in annotate if _num(metrics.get(m)) is not None)
         ImageDraw.Draw(cell).text((2, h + 3), text, fill="black", font=font)
         return _mark_problem(cell, trial)
