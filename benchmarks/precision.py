@@ -12,8 +12,8 @@ algorithms per precision). fp32 always runs, first: the yardstick, measured in t
 Speed: the batch's optimisation time is the MAX of its trials' `optimisation_time` (they start
 together, so it is when the last one finished; a sum would count every shared pass five times);
 evaluations/s are all the trials' evaluations over that time; both also as ratios to fp32.
-Quality: for every trial and every standardised metric (nst.metrics: content_distance,
-style_distance, psnr, ssim), |m - m_fp32| / |m_fp32| against the same trial at fp32; the worst one
+Quality: for every trial and every standardised metric (nst.metrics: style_swd and its scales,
+gmsd, psnr, ssim, gram_distance, content_distance), |m - m_fp32| / |m_fp32| against the same trial at fp32; the worst one
 per precision, and whether it is within --tolerance (default 2 %).
 
 The last line, "default for <device kind>: <precision>", names the precision with the most

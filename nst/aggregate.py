@@ -23,12 +23,20 @@ import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from nst import search
 from nst.images import save_animation, save_atomic
+from nst.metrics import BETTER, NOISE_FLOOR, SWD_SCALES
 from nst.records import WriteError, load_summary, write_bytes_atomic
 
 log = logging.getLogger("nst")
 
-METRICS = ("content_distance", "style_distance", "psnr", "ssim")
+# results.csv's metric columns: the fair judges first, then the per-scale style distances, then the
+# two that are close to the default objective (nst.metrics says which is which)
+METRICS = ("style_swd", "gmsd", "psnr", "ssim", *(f"style_swd_{f}x" for f in SWD_SCALES), "gram_distance", "content_distance")
+# Older sweep folders' summary.json hold `style_distance` (the Gram distance against the painting
+# stretched to the photograph's shape): shown as it is, in its own column, where any trial has it,
+# and ranked as the Gram distance is (lower is better, its floor).
+LEGACY = {"style_distance": "gram_distance"}
 CELL = 192  # long side of a grid cell, px
 
 
@@ -188,7 +196,7 @@ def results_table(trials: list[Trial], axes) -> pd.DataFrame:
         rec["problem"] = "; ".join(t.problems)  # files of the trial that could not be read
         for term in ("total", "content", "style", "tv"):
             rec[f"final_{term}"] = _value(_mapping(s.get("final")).get(term))
-        for m in METRICS:
+        for m in METRICS + tuple(k for k in LEGACY if any(k in _mapping(x.summary.get("metrics")) for x in trials)):
             rec[m] = _value(_mapping(s.get("metrics")).get(m))
         for key in ("evaluations", "wall_time", "evals_per_second", "peak_memory_mb"):
             rec[key] = _value(s.get(key))
@@ -209,7 +217,28 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-SHORT = {"content_distance": "content", "style_distance": "style", "psnr": "PSNR", "ssim": "SSIM"}
+SHORT = {"style_swd": "SWD", "gmsd": "GMSD", "psnr": "PSNR", "ssim": "SSIM", "gram_distance": "Gram",
+         "content_distance": "content", "style_distance": "style (old)", **{f"style_swd_{f}x": f"SWD{f}x" for f in SWD_SCALES}}
+TIE = "\u2248"  # "≈" in report.html: within the float-noise floor of the best
+TIE_GRID = "~"  # the same in grid.png (Pillow's default font has no "≈")
+
+
+def floor_of(metric: str) -> float:
+    return NOISE_FLOOR[LEGACY.get(metric, metric)]
+
+
+def tied_with_best(trials: list[Trial], metric: str) -> set[str]:
+    """The completed trials whose `metric` is within its float-noise floor (nst.metrics.NOISE_FLOOR,
+    relative) of the best one's (lowest distance, highest PSNR or SSIM), when there are two or more:
+    they tie, their order says nothing that float noise could not change; empty when the best stands
+    alone beyond the floor."""
+    values = {t.path.name: v for t in trials if t.status == "completed"
+              and (v := _num(_mapping(t.summary.get("metrics")).get(metric))) is not None}
+    if len(values) < 2:
+        return set()
+    best = (min if BETTER[LEGACY.get(metric, metric)] == "min" else max)(values.values())
+    band = {name for name, v in values.items() if abs(v - best) <= floor_of(metric) * abs(best)}
+    return band if len(band) > 1 else set()
 
 
 def _cell_box(trials: list[Trial]) -> tuple[int, int]:
@@ -228,7 +257,7 @@ def _cell_box(trials: list[Trial]) -> tuple[int, int]:
 PROBLEM = (230, 120, 0)  # the mark of a trial with an unreadable file
 
 
-def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int]) -> Image.Image:
+def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int], ties: dict[str, set[str]]) -> Image.Image:
     font = _font(12)
     w, h = box
     pad = 18 if annotate else 0
@@ -243,7 +272,8 @@ def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int]) -> Ima
         cell = Image.new("RGB", (w, h + pad), "white")
         cell.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
         metrics = _mapping(trial.summary.get("metrics"))
-        text = "  ".join(f"{SHORT[m]} {_num(metrics.get(m)):.3g}" for m in annotate if _num(metrics.get(m)) is not None)
+        text = "  ".join(f"{SHORT[m]} {_num(metrics.get(m)):.3g}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
+                         for m in annotate if _num(metrics.get(m)) is not None)
         ImageDraw.Draw(cell).text((2, h + 3), text, fill="black", font=font)
         return _mark_problem(cell, trial)
     # A failed, unfinished, unreadable or missing trial is a marked empty cell, never a missing one.
@@ -291,15 +321,16 @@ def _table_image(rows: list[list[Image.Image]], row_labels: list[str], col_label
 def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | None = None) -> Image.Image:
     """One axis: a row; two: rows x columns; more: one such grid per combination of the others."""
     box = _cell_box(trials)
+    ties = {m: tied_with_best(trials, m) for m in annotate}
     if not axes:
-        return _table_image([[_cell(t, annotate, box) for t in trials]], [""], [t.path.name for t in trials], "")
+        return _table_image([[_cell(t, annotate, box, ties) for t in trials]], [""], [t.path.name for t in trials], "")
     if len(axes) == 1:
         (key, values), = axes
         ordered = [next((t for t in trials if t.overrides.get(key) == v), None) for v in values]
         if sort_by:
             ordered.sort(key=lambda t: _sort_key(t, sort_by))
         labels = [f"{key}={t.overrides.get(key)}" if t else "" for t in ordered]
-        return _table_image([[_cell(t, annotate, box) for t in ordered]], [""], labels, "")
+        return _table_image([[_cell(t, annotate, box, ties) for t in ordered]], [""], labels, "")
     (rkey, rvals), (ckey, cvals), extra = axes[0], axes[1], axes[2:]
     combos: list[dict[str, str]] = [{}]
     for k, vals in extra:
@@ -313,7 +344,7 @@ def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | Non
                     return t
             return None
 
-        rows = [[_cell(find(rv, cv), annotate, box) for cv in cvals] for rv in rvals]
+        rows = [[_cell(find(rv, cv), annotate, box, ties) for cv in cvals] for rv in rvals]
         title = ", ".join(f"{k}={v}" for k, v in combo.items())
         panels.append(_table_image(rows, [f"{rkey}={v}" for v in rvals], [f"{ckey}={v}" for v in cvals], title))
     if len(panels) == 1:
@@ -502,23 +533,51 @@ def _search_section(sweep_dir: Path, trials: list[Trial]) -> str:
         found_text = found.read_bytes().decode("utf-8", errors="replace") if found.exists() else None
     except OSError:
         found_text = None
+    name = str(best.summary["objective"].get("name", ""))
+    metric = search.METRIC_OF.get(name)
+    tied = "" if metric is None else ", ".join(
+        t.path.name for t in scored if t is not best and abs(value(t) - value(best)) <= floor_of(metric) * abs(value(best)))
+    tied = f"<p>Tied with it within the float-noise floor of {metric} ({100 * floor_of(metric):.2g} %): trials {e(tied)}.</p>" \
+        if tied else ""
     sweeper = f"<p>The sweeper's result (<a href='{found.name}'>{found.name}</a>):</p><pre>{e(found_text)}</pre>" \
         if found_text is not None else ""
     return f"""<h2>Search</h2>
-<p>Objective <code>{e(str(best.summary["objective"].get("name", "")))}</code>, lowest in trial {e(best.path.name)}:
+<p>Objective <code>{e(name)}</code>, lowest in trial {e(best.path.name)}:
 {value(best):.6g}. {len(scored)} of {len(trials)} trials scored.</p>
-{sweeper}
+{tied}{sweeper}
 <img src="objective.png" alt="objective against trial number and searched values">
 """
+
+
+def _metric_cell(r, column: str, ties: dict[str, set[str]]) -> str:
+    """A results cell: a metric tied with the column's best within the float-noise floor gets a
+    trailing "≈" (after the number, so the table still sorts by it); a coarse style scale that a
+    completed trial's image was too small for says "skipped"."""
+    text = _fmt(r[column])
+    if column in ties and r["trial"] in ties[column]:
+        return f"<td class='tie'>{html.escape(text)} {TIE}</td>"
+    if not text and column.startswith("style_swd_") and r["status"] == "completed" and "style_swd" in r and _fmt(r["style_swd"]):
+        text = "skipped"
+    return f"<td>{html.escape(text)}</td>"
+
+
+def _floors_note(columns) -> str:
+    floors = ", ".join(f"{m} {100 * floor_of(m):.2g} %" for m in columns if m in BETTER or m in LEGACY)
+    return (f"<p>Values marked {TIE} are within the float-noise floor of the column's best (lowest distance, "
+            f"highest PSNR or SSIM) and tie with it: the same trial on another thread count moves them that "
+            f"much (<code>benchmarks/noise_floor.py</code>). Floors: {html.escape(floors)}. style_swd, gmsd, "
+            f"psnr and ssim are the fair judges; gram_distance and content_distance are close to the default "
+            f"objective (README \"Standardised metrics\").</p>")
 
 
 def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes, animations: dict[str, Path]) -> Path:
     keys = [k for k, _ in axes]
     e = html.escape
+    ties = {c: tied_with_best(trials, c) for c in table.columns if c in BETTER or c in LEGACY}
     head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
     body = "".join(
         f"<tr class='{e(str(r['status']))}{' problem' if r['problem'] else ''}'>"
-        + "".join(f"<td>{e(_fmt(r[c]))}</td>" for c in table.columns) + "</tr>"
+        + "".join(_metric_cell(r, c, ties) for c in table.columns) + "</tr>"
         for _, r in table.iterrows())
     damaged = [t for t in trials if t.problems]
     problems = "" if not damaged else (
@@ -542,6 +601,7 @@ th {{ cursor: pointer; background: #f3f3f3; position: sticky; top: 0; }}
 tr.failed td, tr.unfinished td, tr.unreadable td {{ background: #fde8e8; }}
 tr.problem td:first-child {{ border-left: 4px solid #e67800; }}
 tr.problem td {{ background: #fff1dc; }}
+td.tie {{ background: #e6f4e6; }}
 figure {{ display: inline-block; margin: 6px; text-align: center; }}
 figure img {{ width: 256px; height: auto; }}
 figcaption {{ font-size: 12px; }}
@@ -558,6 +618,7 @@ f", {len(damaged)} with unreadable files (marked)" if damaged else ""}.</p>
 <h2>Results</h2>
 <p>Click a column to sort. Distances and PSNR/SSIM come from one fixed evaluator, so they compare across trials.
 Also in <a href="results.csv">results.csv</a>.</p>
+{_floors_note(table.columns)}
 <table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>How each image forms</h2>
 {gallery}
@@ -581,7 +642,7 @@ def aggregate(sweep_dir: Path, annotate: list[str] | None = None, sort_by: str |
     trials = load_trials(sweep_dir, warn)
     if not trials:
         raise FileNotFoundError(f"{sweep_dir}: no trial folders (with .hydra/ or summary.json) in it")
-    annotate = ["psnr", "style_distance"] if annotate is None else annotate
+    annotate = ["psnr", "style_swd"] if annotate is None else annotate
     axes = swept_axes(trials)
     # the animations first: a frame found unreadable there is marked in the table and the grid too
     animations = {t.path.name: a for t in trials if (a := make_animation(t, warn)) is not None}

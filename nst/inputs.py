@@ -13,8 +13,8 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
     """The trial's images at one size (a pyramid level; default: the output's), [1,3,H,W] in [0,1] on `device`:
     `photo` the content image; `content` what the content loss compares with (the photo, or its
     luminance for color=luminance); `styles` one per style image, as the style loss sees them;
-    `plain_styles` the same without style_scale or colour changes (the standardised metrics'
-    yardstick); `init` the starting image of a first level."""
+    `plain_styles` each painting at its own aspect ratio at the output's pixel count, without
+    style_scale or colour changes (the standardised metrics' yardstick); `init` the starting image of a first level."""
     crop = images.crop_square if s.crop == "square" else (lambda img: img)
     content_img = crop(inputs["content"])
     w, h = images.target_size(*content_img.size, long_side or s.long_side)
@@ -33,7 +33,10 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
         elif s.color == "histogram":
             style = images.match_colors(style, photo)
         out["styles"].append(style)
-        out["plain_styles"].append(images.to_tensor(images.resize(style_img, (w, h)), device))
+        # the metrics' painting: its own aspect ratio at the output's pixel count, whatever the trial's
+        # style sizing, so that no sizing (stretching included) is rewarded by the yardstick
+        plain = images.size_at_pixel_count(*style_img.size, w * h)
+        out["plain_styles"].append(images.to_tensor(images.resize(style_img, plain), device))
     # Noise is drawn on the CPU from a seeded generator, so the same seed gives the same start on any device.
     gen = torch.Generator().manual_seed(s.seed)
     if s.noise == "uniform":

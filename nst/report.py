@@ -9,20 +9,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from nst.aggregate import METRICS, aggregate
+from nst.aggregate import LEGACY, METRICS, aggregate
+
+KNOWN = (*METRICS, *LEGACY)  # old sweep folders' style_distance too
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m nst.report", description=__doc__)
     ap.add_argument("sweep_dir", type=Path, help="a folder made by `python -m nst.run -m ...`")
-    ap.add_argument("--annotate", default="psnr,style_distance",
-                    help=f"metrics written under each grid cell, comma-separated, from: {', '.join(METRICS)} ('' for none)")
-    ap.add_argument("--sort", default=None, choices=METRICS, help="order a one-axis grid by this metric (ascending)")
+    ap.add_argument("--annotate", default="psnr,style_swd",
+                    help=f"metrics written under each grid cell, comma-separated, from: {', '.join(KNOWN)} ('' for none)")
+    ap.add_argument("--sort", default=None, choices=KNOWN, help="order a one-axis grid by this metric (ascending)")
     args = ap.parse_args(argv)
     annotate = [m for m in args.annotate.split(",") if m]
-    bad = [m for m in annotate if m not in METRICS]
+    bad = [m for m in annotate if m not in KNOWN]
     if bad:
-        print(f"nst.report: error: --annotate: unknown metric '{bad[0]}'; allowed: {', '.join(METRICS)}", file=sys.stderr)
+        print(f"nst.report: error: --annotate: unknown metric '{bad[0]}'; allowed: {', '.join(KNOWN)}", file=sys.stderr)
         return 2
     if not args.sweep_dir.is_dir():
         print(f"nst.report: error: {args.sweep_dir}: no such folder", file=sys.stderr)

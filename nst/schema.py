@@ -132,7 +132,7 @@ class WandbMode(Choice):
 
 class Objective(Choice):
     final_loss = "final_loss"
-    style_distance_at_psnr = "style_distance_at_psnr"
+    style_swd_at_psnr = "style_swd_at_psnr"
 
     @classmethod
     def noun(cls) -> str:
@@ -256,7 +256,7 @@ class Config:
     wandb: WandbConf = field(default_factory=WandbConf)
     sweep_name: str = "sweep"  # names the sweep folder; set by the ready sweeps
     objective: Optional[Objective] = None  # what a search minimises (README "Scaling out"); null: a grid needs none
-    target_psnr: float = 15.0  # dB, for objective=style_distance_at_psnr
+    target_psnr: float = 15.0  # dB, for objective=style_swd_at_psnr
 
 
 # The names config.yaml and the optimizer group's files put in their defaults lists. They are

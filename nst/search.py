@@ -21,23 +21,26 @@ def final_loss(summary: dict, target_psnr: float) -> float:
     return float(summary["final"]["total"])
 
 
-def style_distance_at_psnr(summary: dict, target_psnr: float) -> float:
-    """The standardised style distance, for a result that keeps PSNR >= target_psnr against the photograph."""
+def style_swd_at_psnr(summary: dict, target_psnr: float) -> float:
+    """The fair style distance (nst.metrics: style_swd), for a result that keeps PSNR >= target_psnr
+    against the photograph."""
     metrics = summary["metrics"]
     short = target_psnr - float(metrics["psnr"])
     if short > 0:
         return MISSED_TARGET * (1 + short)
-    return float(metrics["style_distance"])
+    return float(metrics["style_swd"])
 
 
-OBJECTIVES = {"final_loss": final_loss, "style_distance_at_psnr": style_distance_at_psnr}
+OBJECTIVES = {"final_loss": final_loss, "style_swd_at_psnr": style_swd_at_psnr}
+# the metric an objective is (when it meets its target), whose float-noise floor says which trials tie
+METRIC_OF = {"style_swd_at_psnr": "style_swd"}
 
 
 def check(name, target_psnr) -> None:
     if name is not None and name not in OBJECTIVES:
         raise InputError("objective", f"unknown objective {name!r}; allowed: null, {', '.join(OBJECTIVES)}")
-    if name == "style_distance_at_psnr" and (isinstance(target_psnr, bool) or not isinstance(target_psnr, (int, float))
-                                             or not math.isfinite(target_psnr)):
+    if name == "style_swd_at_psnr" and (isinstance(target_psnr, bool) or not isinstance(target_psnr, (int, float))
+                                        or not math.isfinite(target_psnr)):
         raise InputError("target_psnr", f"must be a number of dB, got {target_psnr!r}")
 
 

@@ -31,7 +31,7 @@ def test_bf16_on_the_gpu_stays_close_to_fp32(tmp_path):
         summary = run_alone(s, tmp_path / precision)
         assert summary["status"] == "completed" and summary["precision"] == precision, summary.get("error")
         metrics[precision] = summary["metrics"]
-    for key in ("content_distance", "style_distance", "psnr", "ssim"):
+    for key in ("style_swd", "gmsd", "psnr", "ssim"):
         assert metrics["bf16"][key] == pytest.approx(metrics["fp32"][key], rel=0.05), key
 
 

@@ -40,7 +40,7 @@ def test_precision_benchmark_smoke(tmp_path):
         assert x["evals_per_s"] == pytest.approx(x["evaluations"] / x["optimisation_time_s"])
         assert x["evals_per_s_vs_fp32"] == pytest.approx(x["evals_per_s"] / base["evals_per_s"])
         assert [t["style_weight"] for t in x["per_trial"]] == data["style_weights"]
-        assert {"content_distance", "style_distance", "psnr", "ssim"} <= set(x["per_trial"][0]["metric_diffs"])
+        assert {"style_swd", "gmsd", "psnr", "ssim"} <= set(x["per_trial"][0]["metric_diffs"])
     assert all(d == 0 for t in base["per_trial"] for d in t["metric_diffs"].values())
     # the default is the fastest precision within tolerance
     within = [x for x in rows.values() if x["within_tolerance"]]

@@ -215,7 +215,7 @@ def test_a_search_reports_the_best_of_its_trials_own_results(tmp_path):
 
 @pytest.mark.parametrize("search, objective, searched", [
     ("adam_lr", "final_loss", {"optimizer.lr": "tag(log, interval(1e-3, 1.0))"}),
-    ("style_weight_for_psnr", "style_distance_at_psnr", {"style_weight": "tag(log, interval(1e2, 1e8))"}),
+    ("style_weight_for_psnr", "style_swd_at_psnr", {"style_weight": "tag(log, interval(1e2, 1e8))"}),
 ])
 def test_ready_searches(search, objective, searched):
     from hydra import compose, initialize_config_dir
@@ -314,11 +314,11 @@ def test_slurm_settings(monkeypatch, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["-m", "hydra/sweeper=optuna", "style_weight=tag(log, interval(1e2, 1e8))"],
      "objective: a search (NstOptunaSweeper) minimises the trials' objective, and none is set: "
-     "objective=final_loss | style_distance_at_psnr, or a ready search: +search=adam_lr (README: Scaling out)"),
+     "objective=final_loss | style_swd_at_psnr, or a ready search: +search=adam_lr (README: Scaling out)"),
     (["-m", "+search=adam_lr", "hydra.sweeper.sampler.name=grid"],
      "hydra.sweeper.sampler.name: unknown sampler 'grid'; allowed: tpe, random, cmaes"),
     (["-m", "+search=adam_lr", "content=nowhere.jpg"], "content: "),  # what every trial shares is checked up front
-    (["objective=lowest_loss"], "objective: unknown objective 'lowest_loss'; allowed: null, final_loss, style_distance_at_psnr"),
+    (["objective=lowest_loss"], "objective: unknown objective 'lowest_loss'; allowed: null, final_loss, style_swd_at_psnr"),
 ])
 def test_search_errors_before_any_trial(args, message):
     from nst import cli
@@ -347,10 +347,10 @@ def test_optuna_missing_says_what_to_install(monkeypatch):
 def test_objectives():
     from nst.search import value
 
-    s = {"final": {"total": 12.5}, "metrics": {"psnr": 16.0, "style_distance": 3e4}}
+    s = {"final": {"total": 12.5}, "metrics": {"psnr": 16.0, "style_swd": 0.3}}
     assert value("final_loss", s, 15) == 12.5
-    assert value("style_distance_at_psnr", s, 15) == 3e4
-    missed = value("style_distance_at_psnr", {**s, "metrics": {"psnr": 14.0, "style_distance": 1.0}}, 15)
-    worse = value("style_distance_at_psnr", {**s, "metrics": {"psnr": 10.0, "style_distance": 1.0}}, 15)
+    assert value("style_swd_at_psnr", s, 15) == 0.3
+    missed = value("style_swd_at_psnr", {**s, "metrics": {"psnr": 14.0, "style_swd": 1.0}}, 15)
+    worse = value("style_swd_at_psnr", {**s, "metrics": {"psnr": 10.0, "style_swd": 1.0}}, 15)
     assert 1e9 < missed < worse  # below the target: worse than any style distance, and worse the further below
-    assert value("style_distance_at_psnr", {**s, "metrics": {"psnr": math.inf, "style_distance": 5.0}}, 15) == 5.0
+    assert value("style_swd_at_psnr", {**s, "metrics": {"psnr": math.inf, "style_swd": 5.0}}, 15) == 5.0

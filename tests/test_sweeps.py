@@ -44,14 +44,14 @@ def test_two_axis_sweep_aggregates(sweep):
     d, r = sweep
     table = pd.read_csv(d / "results.csv")
     assert len(table) == 4 and set(table["status"]) == {"completed"}
-    assert {"pooling", "style_weight", "final_total", "final_style", "content_distance", "style_distance", "psnr", "ssim",
+    assert {"pooling", "style_weight", "final_total", "final_style", "style_swd", "gmsd", "psnr", "ssim", "gram_distance",
             "evaluations", "wall_time", "evals_per_second", "peak_memory_mb"} <= set(table.columns)
     assert sorted(zip(table["pooling"], table["style_weight"])) == sorted(
         [("max", 1000.0), ("max", 1000000.0), ("avg", 1000.0), ("avg", 1000000.0)])
     # standardised metrics rank by the same yardstick: more style weight, closer to the style
     for pool in ("max", "avg"):
         rows = table[table["pooling"] == pool].sort_values("style_weight")
-        assert rows["style_distance"].iloc[0] > rows["style_distance"].iloc[1]
+        assert rows["style_swd"].iloc[0] > rows["style_swd"].iloc[1]
     # the grid is 2 rows x 2 columns of cells
     trials = aggregate.load_trials(d)
     box = aggregate._cell_box(trials)
@@ -138,7 +138,7 @@ def test_one_axis_sweep_and_sorting(tmp_path, run_nst):
     assert r.returncode == 0, r.stderr
     d = _sweep_dir(tmp_path)
     assert d.name.split("_")[-2] == "pooling"  # the sweep's name is in its folder
-    out = aggregate.aggregate(d, annotate=["ssim"], sort_by="style_distance")
+    out = aggregate.aggregate(d, annotate=["ssim"], sort_by="style_swd")
     assert Image.open(out["grid"]).size[0] > 2 * aggregate.CELL
 
 
