@@ -60,8 +60,8 @@ class Pooling(Choice):
 
 
 class StyleSize(Choice):
-    match = "match"  # the style image resized to the content's size
-    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count
+    match = "match"  # the style image resized to the content's size (stretched when its aspect differs)
+    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count (the default: README "The default image")
     long_side = "long_side"  # its own aspect ratio, its long side the content's long side
 
 
@@ -223,7 +223,7 @@ class Config:
     style_blend: Optional[List[float]] = None  # one weight per style (normalised to sum 1); null: equal
     size: int = 512  # long side of the output in px, before `scale`
     scale: float = 1.0
-    style_size: StyleSize = StyleSize.match
+    style_size: StyleSize = StyleSize.keep_aspect
     style_scale: float = 1.0  # the style image at this multiple of the content's size
     crop: Crop = Crop.none
     color: Color = Color.none

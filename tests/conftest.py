@@ -24,6 +24,21 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
 
 
+def metrics_apart(a: dict, b: dict, rel: float = 0.02) -> list[tuple]:
+    """The standardised metrics on which two summaries' `metrics` differ by more than `rel` (relative, plus
+    1e-6: a term exactly 0 alone can be 1e-8 in a batch); a coarse style scale skipped (None) must be
+    skipped in both. [] when they agree."""
+    out = []
+    for key in a.keys() | b.keys():
+        x, y = a.get(key), b.get(key)
+        if x is None or y is None:
+            if x is not y:
+                out.append((key, x, y))
+        elif not abs(x - y) <= rel * max(abs(x), abs(y)) + 1e-6:
+            out.append((key, x, y))
+    return out
+
+
 def nst_env(tmp: Path) -> dict:
     env = dict(os.environ)
     env.update(NST_PROGRESS="0", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0",
