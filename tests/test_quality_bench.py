@@ -1,0 +1,75 @@
+"""benchmarks/quality.py: recipes at equal cost on a Pareto front of the fair ruler (a CPU smoke run)."""
+
+import csv
+import subprocess
+import sys
+
+from conftest import ROOT, nst_env
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import quality  # noqa: E402  (benchmarks/quality.py)
+
+
+def _point(recipe, style, content):
+    return {"recipe": recipe, "style_swd": style, "ssim": content}
+
+
+def test_the_front_keeps_what_nothing_beats_beyond_the_floor():
+    a = _point("a", 0.30, 0.60)  # most style
+    b = _point("b", 0.40, 0.80)  # more content: a trade-off with a, both on the front
+    c = _point("c", 0.45, 0.70)  # worse than b on both, by more than the floor: off
+    d = _point("d", 0.401, 0.799)  # worse than b on both, but within a 1 % floor: tied, on
+    on = quality.front([a, b, c, d], "style_swd", "ssim", True, 0.01)
+    assert [p["recipe"] for p in on] == ["a", "b", "d"]
+    # with no floor, d's tiny loss to b counts
+    assert [p["recipe"] for p in quality.front([a, b, c, d], "style_swd", "ssim", True, 0.0)] == ["a", "b"]
+    # a content metric where lower is better (gmsd) turns the comparison round
+    on = quality.front([_point("x", 0.3, 0.2), _point("y", 0.4, 0.3)], "style_swd", "ssim", False, 0.0)
+    assert [p["recipe"] for p in on] == ["x"]
+
+
+def _run(tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), *args, "--out", str(tmp_path / "q")],
+                          cwd=ROOT, env=nst_env(tmp_path), capture_output=True, text=True, timeout=600)
+
+
+def test_quality_benchmark_smoke(tmp_path):
+    r = _run(tmp_path, "--size", "48", "--budget", "3", "--pairs", "tubingen:the_scream",
+             "--recipes", "nst,pastiche", "--variant", "aspect:style_size=keep_aspect", "--multipliers", "1,4",
+             "--content-metric", "ssim", "--floor", "0.01")
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(tmp_path / "q" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # every entry (nst first, then the variant, then the other recipes) at every multiplier, in order
+    assert [(x["recipe"], float(x["multiplier"])) for x in rows] == [
+        ("nst", 1), ("nst", 4), ("aspect", 1), ("aspect", 4), ("pastiche", 1), ("pastiche", 4)]
+    for x in rows:
+        assert float(x["cost"]) == 3  # equal cost: the budget, in full-size evaluations
+        assert float(x["style_swd"]) > 0 and 0 < float(x["ssim"]) <= 1
+    weights = {(x["recipe"], float(x["multiplier"])): float(x["style_weight"]) for x in rows}
+    assert weights[("pastiche", 4)] == 4 * weights[("pastiche", 1)] == 4 * 50  # the recipe's own weight, times
+    assert weights[("nst", 1)] == weights[("aspect", 1)] == 1e5
+    front_text = (tmp_path / "q" / "front.txt").read_text()
+    assert "tubingen:the_scream: front (within a 1.0% floor)" in front_text and "on the front:" in front_text
+    assert (tmp_path / "q" / "pareto.png").stat().st_size > 0
+    for x in rows:  # each trial's own folder, as a run writes it
+        assert (tmp_path / "q" / "tubingen__the_scream" / x["recipe"]).is_dir()
+
+    # the summary again from the CSV alone, nothing re-run
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--from-csv",
+                            str(tmp_path / "q" / "results.csv"), "--content-metric", "ssim", "--floor", "0.01"],
+                           cwd=ROOT, env=nst_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "q" / "front.txt").read_text() == again.stdout
+    # by default against GMSD, where lower is closer to the photograph
+    default = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--from-csv",
+                              str(tmp_path / "q" / "results.csv"), "--floor", "0.01"],
+                             cwd=ROOT, env=nst_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert default.returncode == 0 and " gmsd " in default.stdout and " ssim " not in default.stdout
+
+
+def test_a_bad_recipe_fails_before_any_trial(tmp_path):
+    r = _run(tmp_path, "--size", "48", "--budget", "2", "--pairs", "tubingen:the_scream", "--recipes", "nst,picasso")
+    assert r.returncode != 0
+    assert "recipe" in r.stderr.strip().splitlines()[-1] and "picasso" in r.stderr
+    assert not (tmp_path / "q" / "results.csv").exists()
