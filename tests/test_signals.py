@@ -110,6 +110,12 @@ def assert_one_line(err: str, name: str, sweep: Path) -> None:
     assert "Traceback" not in err
 
 
+def assert_nothing_writes(sweep: Path) -> None:
+    before = files(sweep)
+    time.sleep(1.5)
+    assert files(sweep) == before, "something still writes into the sweep"
+
+
 def assert_left_for_resume(sweep: Path) -> int:
     """Every trial either completed or left no summary.json and no final.png (and no half file);
     at least one was left. Returns how many completed."""
@@ -122,72 +128,83 @@ def assert_left_for_resume(sweep: Path) -> int:
     return len(done)
 
 
-def test_sigterm_stops_a_two_worker_sweep_and_no_worker_outlives_it(tmp_path):
-    proc = start(tmp_path, *TWO, "hydra.launcher.workers=2")
-    sweep = tmp_path / "out"
+def stop_while_optimising(tmp: Path, args: list[str], nums: tuple[int, ...], what: str, sig: int | None,
+                          look=lambda pid: None):
+    """Start the command, wait until trials `nums` optimise, `look(pid)` at it (what a test wants of its
+    children, asserted there), then send `sig` (None: SIGKILL, which the command cannot handle) and wait
+    for it to end; its process group is killed if it does not. -> (the process, its stderr, what look gave)."""
+    proc = start(tmp, *args)
+    sweep = tmp / "out"
     try:
-        # both workers are running their batch ([0] and [1])
-        wait_for(lambda: optimising(sweep, 0, 1) or proc.poll() is not None, 120, "the batches never started")
+        wait_for(lambda: optimising(sweep, *nums) or proc.poll() is not None, 120, what)
         assert proc.poll() is None, proc.communicate()
-        children = descendants(proc.pid)  # the workers, and multiprocessing's resource tracker
-        workers = [p for p, c in children.items() if "spawn_main" in c]
-        assert len(workers) == 2, children
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        seen = look(proc.pid)
+        if sig is None:
+            proc.kill()
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return proc, err, seen
+
+
+def assert_resumes_to_completion(tmp: Path, args: list[str], completed: int = 0) -> None:
+    """The same command again finishes the sweep: its two trials completed, the finished ones resumed."""
+    r = rerun(tmp, *args)
+    assert r.returncode == 0, r.stderr
+    assert completed == 0 or f"resumed: {completed} trial(s)" in r.stdout
+    sweep = tmp / "out"
+    assert [summary(d)["status"] for d in sorted(sweep.glob("*_*")) if (d / ".hydra").is_dir()] == ["completed"] * 2
+
+
+def workers_of(pid: int) -> list[int]:
+    """The command's worker processes (multiprocessing's spawned children)."""
+    return [p for p, c in descendants(pid).items() if "spawn_main" in c]
+
+
+def test_sigterm_stops_a_two_worker_sweep_and_no_worker_outlives_it(tmp_path):
+    args = [*TWO, "hydra.launcher.workers=2"]
+    sweep = tmp_path / "out"
+
+    def look(pid):  # both workers are running their batch ([0] and [1])
+        children = descendants(pid)  # the workers, and multiprocessing's resource tracker
+        workers = workers_of(pid)
+        assert len(workers) == 2, children
+        return children, workers
+
+    proc, err, (children, workers) = stop_while_optimising(tmp_path, args, (0, 1), "the batches never started",
+                                                           signal.SIGTERM, look)
     assert proc.returncode == 143, err
     assert_one_line(err, "SIGTERM", sweep)
     assert not [p for p in workers if alive(p)], "a worker outlived its command"
     wait_for(lambda: not any(alive(p) for p in children), 3, "a child process outlived its command")
-    before = files(sweep)
-    time.sleep(1.5)
-    assert files(sweep) == before, "something still writes into the sweep"
-    completed = assert_left_for_resume(sweep)
-
-    r = rerun(tmp_path, *TWO, "hydra.launcher.workers=2")
-    assert r.returncode == 0, r.stderr
-    assert completed == 0 or f"resumed: {completed} trial(s)" in r.stdout
-    assert [summary(d)["status"] for d in sorted(sweep.glob("*_*")) if (d / ".hydra").is_dir()] == ["completed"] * 2
+    assert_nothing_writes(sweep)
+    assert_resumes_to_completion(tmp_path, args, assert_left_for_resume(sweep))
 
 
 def test_sighup_stops_a_single_process_sweep(tmp_path):
     args = ["style_weight=1e3,1e5", *SLOW]
-    proc = start(tmp_path, *args)
     sweep = tmp_path / "out"
-    try:
-        wait_for(lambda: optimising(sweep, 0) or proc.poll() is not None, 120, "the batch never started")
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGHUP)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, err, _ = stop_while_optimising(tmp_path, args, (0,), "the batch never started", signal.SIGHUP)
     assert proc.returncode == 129, err
     assert_one_line(err, "SIGHUP", sweep)
     assert assert_left_for_resume(sweep) == 0  # the two trials ran as one batch
-
-    r = rerun(tmp_path, *args)
-    assert r.returncode == 0, r.stderr
-    assert [summary(d)["status"] for d in sorted(sweep.glob("*_*")) if (d / ".hydra").is_dir()] == ["completed"] * 2
+    assert_resumes_to_completion(tmp_path, args)
 
 
 def test_sigterm_cancels_local_slurm_tasks_before_the_command_exits(tmp_path):
     args = ["style_weight=1e3,1e5", *SLOW, "hydra/launcher=slurm", "hydra.launcher.cluster=local",
             "hydra.launcher.max_batch=1"]
-    proc = start(tmp_path, *args)
     sweep = tmp_path / "out"
-    try:
-        wait_for(lambda: optimising(sweep, 0, 1) or proc.poll() is not None, 120, "the tasks never started")
-        assert proc.poll() is None, proc.communicate()
-        tasks = descendants(proc.pid)  # each task's controller and the task itself
+
+    def look(pid):
+        tasks = descendants(pid)  # each task's controller and the task itself
         assert len([c for c in tasks.values() if "submitit.core._submit" in c]) == 2, tasks
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        return tasks
+
+    proc, err, tasks = stop_while_optimising(tmp_path, args, (0, 1), "the tasks never started", signal.SIGTERM, look)
     assert proc.returncode == 143, err
     assert_one_line(err, "SIGTERM", sweep)
     assert not [p for p in tasks if alive(p)], "a task outlived its command"
@@ -199,22 +216,17 @@ def test_sigterm_cancels_local_slurm_tasks_before_the_command_exits(tmp_path):
 
 
 def test_a_killed_command_takes_its_workers_with_it(tmp_path):
-    proc = start(tmp_path, *TWO, "hydra.launcher.workers=2")
     sweep = tmp_path / "out"
-    try:
-        wait_for(lambda: optimising(sweep, 0, 1) or proc.poll() is not None, 120, "the batches never started")
-        assert proc.poll() is None, proc.communicate()
-        workers = [p for p, c in descendants(proc.pid).items() if "spawn_main" in c]
+
+    def look(pid):
+        workers = workers_of(pid)
         assert len(workers) == 2
-        proc.kill()  # SIGKILL: the command can do nothing about it
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        return workers
+
+    _, _, workers = stop_while_optimising(tmp_path, [*TWO, "hydra.launcher.workers=2"], (0, 1),
+                                          "the batches never started", None, look)  # SIGKILL
     wait_for(lambda: not any(alive(p) for p in workers), 3, "a worker outlived its killed command")
-    before = files(sweep)
-    time.sleep(1.5)
-    assert files(sweep) == before, "something still writes into the sweep"
+    assert_nothing_writes(sweep)
     assert_left_for_resume(sweep)
 
 
