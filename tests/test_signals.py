@@ -159,9 +159,9 @@ def assert_resumes_to_completion(tmp: Path, args: list[str], completed: int = 0)
     assert [summary(d)["status"] for d in sorted(sweep.glob("*_*")) if (d / ".hydra").is_dir()] == ["completed"] * 2
 
 
-def workers_of(pid: int) -> list[int]:
-    """The command's worker processes (multiprocessing's spawned children)."""
-    return [p for p, c in descendants(pid).items() if "spawn_main" in c]
+def workers_in(children: dict[int, str]) -> list[int]:
+    """The worker processes (multiprocessing's spawned children) among a command's descendants."""
+    return [p for p, c in children.items() if "spawn_main" in c]
 
 
 def test_sigterm_stops_a_two_worker_sweep_and_no_worker_outlives_it(tmp_path):
@@ -170,7 +170,7 @@ def test_sigterm_stops_a_two_worker_sweep_and_no_worker_outlives_it(tmp_path):
 
     def look(pid):  # both workers are running their batch ([0] and [1])
         children = descendants(pid)  # the workers, and multiprocessing's resource tracker
-        workers = workers_of(pid)
+        workers = workers_in(children)
         assert len(workers) == 2, children
         return children, workers
 
@@ -219,7 +219,7 @@ def test_a_killed_command_takes_its_workers_with_it(tmp_path):
     sweep = tmp_path / "out"
 
     def look(pid):
-        workers = workers_of(pid)
+        workers = workers_in(descendants(pid))
         assert len(workers) == 2
         return workers
 
