@@ -16,7 +16,7 @@ against the photograph, lower is better: it rises steadily with the style weight
 the 0.3-0.5 of stylised images, moves by about as much between neighbouring weights as between
 recipes). A point is on a pair's front when no other point is
 better on both by more than the float-noise floor; the floor is measured in the same run (the first
-trial repeated with one CPU thread instead of the default: the same arithmetic in another order)
+trial repeated alone, on the CPU with another thread count: the same arithmetic in another order)
 unless --floor gives it. The last lines say which recipe holds which stretch of each front, and each
 recipe's wall time.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from datetime import datetime
@@ -117,7 +118,7 @@ def from_csv(args) -> int:
     if args.floor is None:
         raise SystemExit("--from-csv needs --floor (the noise floor is measured only by a run)")
     with open(args.from_csv, newline="") as f:
-        rows = [{k: (float(v) if k not in ("pair", "recipe") and v not in ("", None) else v) for k, v in r.items()}
+        rows = [{k: (float(v) if k not in ("pair", "recipe", "device") and v not in ("", None) else v) for k, v in r.items()}
                 for r in csv.DictReader(f)]
     out = Path(args.from_csv).parent
     log: list[str] = []
@@ -169,16 +170,16 @@ def run(args) -> int:
                 summary = img.info["summary"]
                 rows.append({"pair": f"{content}:{style}", "recipe": name, "multiplier": m,
                              "style_weight": base_weight[name] * m, "cost": round(trial_cost(summary), 1),
-                             "wall_s_batch": round(wall, 1), **summary["metrics"]})
+                             "wall_s_batch": round(wall, 1), "device": summary.get("device"),
+                             "cpu_threads": summary.get("cpu_threads"), **summary["metrics"]})
             write_csv(out / "results.csv", rows)
             say(f"  {content} x {style}: {name:<12} {wall:7.1f} s for {len(mults)} trials "
                 f"(cost {rows[-1]['cost']:g} full-size evaluations each)")
 
     floor = args.floor
     if floor is None:
-        floor = measure_floor(pairs[0], entries[0], base_weight, common, out, args)
-        say(f"noise floor (the first trial on 1 thread vs {torch.get_num_threads()}): {floor:.1%} (largest of "
-            f"{args.style_metric}, {args.content_metric})")
+        floor, how = measure_floor(pairs[0], entries[0], base_weight, common, out, args, rows[0])
+        say(f"noise floor ({how}): {floor:.2%} (the larger of {args.style_metric}, {args.content_metric})")
     write_csv(out / "results.csv", rows)
     summarise(rows, args, floor, say)
     plot(rows, args, floor, out / "pareto.png")
@@ -187,20 +188,39 @@ def run(args) -> int:
     return 0
 
 
-def measure_floor(pair, entry, base_weight, common, out, args) -> float:
+def measure_floor(pair, entry, base_weight, common, out, args, first: dict) -> tuple[float, str]:
+    """The largest relative difference of the two metrics between two runs of the first trial that
+    differ only in ways that should not matter: on the CPU the trial alone at another thread count
+    than its batch had (the runner sets each batch's threads from NST_CPU_THREADS, so that is what is
+    changed, not torch's own setting); on a GPU the trial alone instead of in its batch (other kernels
+    for another batch size). `first` is that trial's row from the main run."""
     (content, style), (name, ov) = pair, entry
-    saved = torch.get_num_threads()
-    results = []
-    for threads in (saved, 1):
-        torch.set_num_threads(threads)
+
+    def alone(folder: str) -> dict:
+        img = stylize_batch(content, style, [{"style_weight": base_weight[name]}], out_dir=out / "noise_floor" / folder,
+                            **common, **overrides_dict(ov))[0]
+        return img.info["summary"]
+
+    if str(first.get("device") or "cpu").startswith("cpu"):
+        threads = int(first.get("cpu_threads") or torch.get_num_threads())
+        other = 1 if threads > 1 else 2
+        saved = os.environ.get("NST_CPU_THREADS")
+        os.environ["NST_CPU_THREADS"] = str(other)  # read by the runner for every batch (nst.device.cpu_threads)
         try:
-            img = stylize_batch(content, style, [{"style_weight": base_weight[name]}],
-                                out_dir=out / "noise_floor" / f"threads{threads}", **common, **overrides_dict(ov))[0]
+            summary = alone(f"threads{other}")
         finally:
-            torch.set_num_threads(saved)
-        results.append(img.info["summary"]["metrics"])
-    a, b = results
-    return max(relative_difference(b[k], a[k]) for k in (args.style_metric, args.content_metric))
+            if saved is None:
+                os.environ.pop("NST_CPU_THREADS")
+            else:
+                os.environ["NST_CPU_THREADS"] = saved
+        if summary.get("cpu_threads") != other:
+            raise RuntimeError(f"the noise-floor trial ran on {summary.get('cpu_threads')} threads, not {other}")
+        how = f"the first trial alone on {other} thread(s) against its batch on {threads}"
+    else:
+        summary = alone("alone")
+        how = "the first trial alone against its batch"
+    b = summary["metrics"]
+    return max(relative_difference(b[k], first[k]) for k in (args.style_metric, args.content_metric)), how
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

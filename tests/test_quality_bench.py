@@ -1,6 +1,8 @@
 """benchmarks/quality.py: recipes at equal cost on a Pareto front of the fair ruler (a CPU smoke run)."""
 
 import csv
+import json
+import re
 import subprocess
 import sys
 
@@ -36,7 +38,7 @@ def _run(tmp_path, *args):
 def test_quality_benchmark_smoke(tmp_path):
     r = _run(tmp_path, "--size", "48", "--budget", "3", "--pairs", "tubingen:the_scream",
              "--recipes", "nst,pastiche", "--variant", "aspect:style_size=keep_aspect", "--multipliers", "1,4",
-             "--content-metric", "ssim", "--floor", "0.01")
+             "--content-metric", "ssim")
     assert r.returncode == 0, r.stderr[-3000:]
     with open(tmp_path / "q" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -50,7 +52,17 @@ def test_quality_benchmark_smoke(tmp_path):
     assert weights[("pastiche", 4)] == 4 * weights[("pastiche", 1)] == 4 * 50  # the recipe's own weight, times
     assert weights[("nst", 1)] == weights[("aspect", 1)] == 1e5
     front_text = (tmp_path / "q" / "front.txt").read_text()
-    assert "tubingen:the_scream: front (within a 1.0% floor)" in front_text and "on the front:" in front_text
+    # the floor measured in the run: the first trial again, alone, at another thread count than its batch's
+    threads = int(rows[0]["cpu_threads"])
+    other = 1 if threads > 1 else 2
+    with open(tmp_path / "q" / "noise_floor" / f"threads{other}" / "0" / "summary.json") as f:
+        again_alone = json.load(f)
+    assert again_alone["cpu_threads"] == other != threads
+    measured = max(abs(again_alone["metrics"][k] - float(rows[0][k])) / abs(float(rows[0][k])) for k in ("style_swd", "ssim"))
+    said = re.search(rf"noise floor \(the first trial alone on {other} thread\(s\) against its batch on {threads}\): "
+                     r"([0-9.]+)%", front_text)
+    assert said and abs(float(said.group(1)) - 100 * measured) < 0.006, front_text
+    assert f"tubingen:the_scream: front (within a {measured:.1%} floor)" in front_text and "on the front:" in front_text
     assert (tmp_path / "q" / "pareto.png").stat().st_size > 0
     for x in rows:  # each trial's own folder, as a run writes it
         assert (tmp_path / "q" / "tubingen__the_scream" / x["recipe"]).is_dir()
