@@ -467,14 +467,40 @@ def test_the_launchers_modules_import_one_another_in_one_direction():
     assert graph["contract"] == {"_contract"}
 
 
-def test_ctrl_c_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named():
+@pytest.fixture
+def sigint_handler():
+    """Sets SIGINT's handler for a test and restores it after: a test run as a background job of a
+    shell without job control starts with SIGINT ignored, not with Python's Ctrl-C handler."""
+    import signal
+
+    saved = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, saved)
+
+
+def test_ctrl_c_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named(sigint_handler):
     import signal
 
     from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
 
+    sigint_handler(signal.default_int_handler)  # Python's own, as in a terminal
     done = []
     with pytest.raises(KeyboardInterrupt):
         with _ctrl_c_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             done.append("owner named")
     assert done == ["owner named"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_the_optuna_sweeper_asks_stays_ignored_where_the_command_ignores_it(sigint_handler):
+    import signal
+
+    from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
+
+    sigint_handler(signal.SIG_IGN)  # a command started as `nst ... &` from a script
+    done = []
+    with _ctrl_c_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("owner named")
+    done.append("went on")
+    assert done == ["owner named", "went on"] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
