@@ -26,6 +26,7 @@ this line on each kind of GPU; on the CPU the project keeps fp32 whatever this p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -46,6 +47,26 @@ def sweep_overrides(size: int, steps: int, precision: str) -> list[list[str]]:
     """Each trial's overrides: the sweep file's grid at this size, budget and precision."""
     return cli.expand_trials([f"+sweep={SWEEP}", f"size={size}", f"steps={steps}", f"precision={precision}"],
                              multirun=True)
+
+
+def other_thread_count(threads: int) -> int:
+    """The thread count a float-noise floor compares with: 1, or 2 where the trial itself ran on 1."""
+    return 1 if threads > 1 else 2
+
+
+@contextlib.contextmanager
+def runner_threads(threads: int):
+    """Every batch run inside the block on this many CPU threads (NST_CPU_THREADS, which the runner
+    reads for each batch: nst.device.cpu_threads); the previous setting, or none, after it."""
+    saved = os.environ.get("NST_CPU_THREADS")
+    os.environ["NST_CPU_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("NST_CPU_THREADS", None)
+        else:
+            os.environ["NST_CPU_THREADS"] = saved
 
 
 def relative_difference(value: float, reference: float) -> float:
@@ -75,12 +96,9 @@ def run_noise(args, folder: Path) -> tuple[list[dict], str]:
     trials = make_trials(sweep_overrides(args.size, args.steps, "fp32"), args.device, folder / "fp32_noise")
     if args.device == "cpu":
         threads = int(os.environ["NST_CPU_THREADS"])  # main() pins it for every batch
-        other = 1 if threads > 1 else 2
-        os.environ["NST_CPU_THREADS"] = str(other)  # read by the runner (nst.device.cpu_threads)
-        try:
+        other = other_thread_count(threads)
+        with runner_threads(other):
             summaries = run_batch(trials)
-        finally:
-            os.environ["NST_CPU_THREADS"] = str(threads)
         how = f"fp32 on {other} thread(s) instead of {threads}"
     else:
         summaries = [run_batch([t])[0] for t in trials]

