@@ -18,6 +18,14 @@ os.environ.setdefault("NST_CPU_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(autouse=True)
+def _seeded():
+    """Every test draws its random tensors from the same seed, so a failure reproduces on a rerun."""
+    import torch
+
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
 def _clear_hydra():
     GlobalHydra.instance().clear()
     yield
