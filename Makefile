@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m nst.run $(DEMO_ARGS)
 
+# one pytest-xdist worker per core (each on one thread; tests/conftest.py); TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= auto
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # the same sweep batched and one trial at a time (on a GPU: every preset of benchmarks/sweep.py)
 bench: install

@@ -13,8 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("NST_CPU_BF16", "none")
 # A CPU batch takes as many threads as cores are idle just before it (nst.device.cpu_threads): other
 # tests running beside one would change its thread count, and with it its float rounding. The suite
-# pins the process's own count (test_threads tests the rule).
+# pins the process's own count (test_threads tests the rule); under pytest-xdist, one thread per
+# worker (pytest_configure below).
+_GIVEN_THREADS = os.environ.get("NST_CPU_THREADS")
 os.environ.setdefault("NST_CPU_THREADS", str(len(os.sched_getaffinity(0))))
+
+
+def pytest_configure(config):
+    """`make test` runs one pytest-xdist worker per core: each worker, and every subprocess it starts,
+    then takes one thread, so that the workers do not fight over the cores. Set here, in the process
+    that starts the workers, before it starts them: they inherit its environment."""
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        if _GIVEN_THREADS is None:
+            os.environ["NST_CPU_THREADS"] = "1"
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
