@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m nst.run $(DEMO_ARGS)
 
-# one pytest-xdist worker per core (each on one thread; tests/conftest.py); TEST_WORKERS=0 runs in one process
-TEST_WORKERS ?= auto
+# one pytest-xdist worker per core this process may use (nproc; at most 8), each on one thread
+# (tests/conftest.py); TEST_WORKERS=0 runs the suite in one process
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 8 ] && n=8; echo $$n)
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
