@@ -11,21 +11,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # it to fp32 so that its figures do not depend on the CPU a run lands on (test_precision_auto
 # overrides it). Subprocesses inherit it.
 os.environ.setdefault("NST_CPU_BF16", "none")
-# A CPU batch takes as many threads as cores are idle just before it (nst.device.cpu_threads): other
-# tests running beside one would change its thread count, and with it its float rounding. The suite
-# pins the process's own count (test_threads tests the rule); under pytest-xdist, one thread per
-# worker (pytest_configure below).
-_GIVEN_THREADS = os.environ.get("NST_CPU_THREADS")
-os.environ.setdefault("NST_CPU_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 def pytest_configure(config):
-    """`make test` runs one pytest-xdist worker per core: each worker, and every subprocess it starts,
-    then takes one thread, so that the workers do not fight over the cores. Set here, in the process
-    that starts the workers, before it starts them: they inherit its environment."""
-    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
-        if _GIVEN_THREADS is None:
-            os.environ["NST_CPU_THREADS"] = "1"
+    """A CPU batch takes as many threads as cores are idle just before it (nst.device.cpu_threads):
+    other tests running beside one would change its thread count, and with it its float rounding. The
+    suite pins it (test_threads tests the rule): to the process's own count, or, where pytest-xdist
+    starts workers (`make test`: one per core), to one thread for each worker and every subprocess it
+    starts, so that they do not fight over the cores. Set here, before the workers start: they
+    inherit this environment. A count set by the caller wins."""
+    workers = getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER")
+    os.environ.setdefault("NST_CPU_THREADS", "1" if workers else str(len(os.sched_getaffinity(0))))
+    if workers:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
