@@ -61,7 +61,7 @@ class Pooling(Choice):
 
 class StyleSize(Choice):
     match = "match"  # the style image resized to the content's size (stretched when its aspect differs)
-    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count (the default: README "The default image")
+    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count (the default: docs/quality.md, "The default image")
     long_side = "long_side"  # its own aspect ratio, its long side the content's long side
 
 
@@ -255,7 +255,7 @@ class Config:
     logger: LoggerConf = field(default_factory=LoggerConf)
     wandb: WandbConf = field(default_factory=WandbConf)
     sweep_name: str = "sweep"  # names the sweep folder; set by the ready sweeps
-    objective: Optional[Objective] = None  # what a search minimises (README "Scaling out"); null: a grid needs none
+    objective: Optional[Objective] = None  # what a search minimises (docs/scaling-out.md); null: a grid needs none
     target_psnr: float = 15.0  # dB, for objective=style_swd_at_psnr
 
 
