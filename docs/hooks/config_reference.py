@@ -131,7 +131,9 @@ def show(value) -> str:
 
 
 def cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """A comment as table-cell Markdown: its `code` spans kept, a `*` or `<` shown as written."""
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(p if p.startswith("`") else p.replace("*", "\\*").replace("<", "&lt;") for p in parts).replace("|", "\\|")
 
 
 def field_default(f):
@@ -161,7 +163,7 @@ def reference_markdown(schema_module, text: SchemaText, composed: dict) -> str:
         parts = []
         for m in inner:
             note = text.member.get((inner.__name__, m.name))
-            parts.append(f"`{m.value}`" + (f": {note}" if note else ""))
+            parts.append(f"`{m.value}`" + (f": {cell(note)}" if note else ""))
         return "<br>".join(parts)
 
     def lookup(dotted: str):
@@ -187,7 +189,7 @@ def reference_markdown(schema_module, text: SchemaText, composed: dict) -> str:
             return
         value = lookup(key)
         default = field_default(f) if value is MISSING else value
-        rows.append(f"| `{key}` | {type_name(t)} | {show(default)} | {cell(allowed(t))} | {cell(m)} |")
+        rows.append(f"| `{key}` | {type_name(t)} | {show(default)} | {allowed(t)} | {cell(m)} |")
 
     def optimizer_rows(prefix: str, rows: list[str]) -> None:
         seen: dict[str, list] = {}
@@ -197,14 +199,15 @@ def reference_markdown(schema_module, text: SchemaText, composed: dict) -> str:
                 seen.setdefault(f.name, []).append((str(name), sub, f, hints[f.name]))
         for fname, uses in seen.items():
             key = f"{prefix}.{fname}"
-            m = next((text.field.get((sub.__name__, fname)) for _, sub, _, _ in uses
-                      if text.field.get((sub.__name__, fname))), "")
+            notes = [(opt, text.field.get((sub.__name__, fname))) for opt, sub, _, _ in uses]
+            notes = [(opt, note) for opt, note in notes if note]
+            m = notes[0][1] if len(notes) == 1 else "; ".join(f"{note} ({opt})" for opt, note in notes)
             if not m:
                 missing.append(key)
             defaults = " · ".join(f"{show(field_default(f))} ({opt})" for opt, _, f, _ in uses)
             if len(uses) < len(schema_module.OPTIMIZER_SCHEMAS):
                 defaults += " only"
-            rows.append(f"| `{key}` | {type_name(uses[0][3])} | {defaults} | {cell(allowed(uses[0][3]))} | {cell(m)} |")
+            rows.append(f"| `{key}` | {type_name(uses[0][3])} | {defaults} | {allowed(uses[0][3])} | {cell(m)} |")
 
     top = schema_module.Config
     hints = typing.get_type_hints(top)
@@ -227,7 +230,7 @@ def reference_markdown(schema_module, text: SchemaText, composed: dict) -> str:
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
         out.append(f"### {title} {{#keys-{slug}}}\n")
         if note:
-            out.append(note[0].upper() + note[1:] + "\n")
+            out.append(cell(note[0].upper() + note[1:]) + "\n")
         out.append("| key | type | default | allowed | meaning |\n| --- | --- | --- | --- | --- |")
         out.extend(rows)
         out.append("")
