@@ -33,7 +33,7 @@ test: install
 # the manual (docs/, mkdocs.yml) into site/, offline; strict: a broken link, anchor or image, a page
 # left out of the nav or a schema key without its comment fails the build. `mkdocs serve` previews it.
 docs: install
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # the same sweep batched and one trial at a time (on a GPU: every preset of benchmarks/sweep.py)
 bench: install

@@ -25,7 +25,7 @@ DOCS = ROOT / "docs"
 PAGES = ["index.md", "getting-started.md", "configuration.md", "sweeps-and-reports.md", "ablations.md", "quality.md",
          "scaling-out.md", "wandb.md", "api.md", "speed.md", "reliability.md", "judging.md", "development.md",
          "examples/stylize.ipynb"]
-MKDOCS = Path(sys.executable).with_name("mkdocs")
+MKDOCS = [sys.executable, "-m", "mkdocs"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver are not installed")
@@ -51,7 +51,7 @@ def site(tmp_path_factory) -> Path:
     """The manual built once for this module, as `make docs` builds it (strict)."""
     out = tmp_path_factory.mktemp("site") / "site"
     env = {**nst_env(out.parent), "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([str(MKDOCS), "build", "--strict", "--site-dir", str(out)], cwd=ROOT, env=env,
+    r = subprocess.run([*MKDOCS, "build", "--strict", "--site-dir", str(out)], cwd=ROOT, env=env,
                        check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"mkdocs build --strict failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     return out
@@ -66,6 +66,10 @@ def test_the_pages_are_the_manual_and_all_in_the_nav(site):
     for page in PAGES:
         html = site / Path(page).with_suffix(".html")
         assert html.is_file(), f"{page} was not built"
+    # offline: no page loads a script, style sheet, font or picture from elsewhere
+    remote = re.compile(r"<(?:script|img|link|iframe)\b[^>]*\b(?:src|href)=\"(?:https?:)?//[^\"]*\"")
+    fetched = sorted({m.group(0) for p in site.rglob("*.html") for m in remote.finditer(p.read_text(encoding="utf-8"))})
+    assert fetched == [], fetched
     # mkdocstrings rendered the API from the docstrings
     api = (site / "api.html").read_text(encoding="utf-8")
     assert "stylize_batch" in api and "nst.api" in api
@@ -83,7 +87,7 @@ def test_strict_mode_catches_a_missing_picture(tmp_path):
     (copy / "docs" / "configuration.md").write_text("# Configuration\n", encoding="utf-8")
     (copy / "mkdocs.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
     env = {**nst_env(tmp_path), "NO_MKDOCS_2_WARNING": "1"}
-    r = subprocess.run([str(MKDOCS), "build", "--strict", "--site-dir", str(tmp_path / "out")], cwd=copy, env=env,
+    r = subprocess.run([*MKDOCS, "build", "--strict", "--site-dir", str(tmp_path / "out")], cwd=copy, env=env,
                        check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
     assert "ablations/style_weight.jpg" in r.stdout + r.stderr

@@ -6,7 +6,9 @@ The meaning of a key is its trailing comment in nst/schema.py (`size: int = 512 
 a choice its member's comment. A key without one fails the build, naming it: a new key arrives with
 its sentence. A dataclass-valued key may instead take its class's header comment.
 
-configuration.md holds two markers, replaced here: <!-- config-reference --> and <!-- config-groups -->.
+configuration.md holds two blocks, each replaced here with what it stands for: from <!-- config-reference -->
+to <!-- /config-reference --> and from <!-- config-groups --> to <!-- /config-groups --> (between the
+two, a line for whoever reads the page as source, on GitHub say).
 """
 
 from __future__ import annotations
@@ -331,7 +333,11 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         except MissingComment as e:
             raise PluginError(str(e)) from None
     reference, groups = _cache["built"]
-    return markdown.replace(REFERENCE_MARKER, reference).replace(GROUPS_MARKER, groups)
+    for marker, text in ((REFERENCE_MARKER, reference), (GROUPS_MARKER, groups)):
+        end = marker.replace("<!-- ", "<!-- /")
+        block = re.compile(re.escape(marker) + r".*?" + re.escape(end), re.S) if end in markdown else re.compile(re.escape(marker))
+        markdown = block.sub(lambda _: text, markdown)
+    return markdown
 
 
 def on_pre_build(config) -> None:
