@@ -4,8 +4,9 @@ these dataclasses (registered below in Hydra's ConfigStore), so a misspelt key, 
 unknown choice fails at composition. What types cannot say (ranges, files, layer names, rules that
 join keys) is checked in nst.settings.
 
-The README's Configuration tables document these keys and defaults (tests/test_schema.py keeps
-them in step).
+The manual's configuration reference (docs/configuration.md) is generated from these dataclasses,
+each key's meaning from its trailing comment (a key without one fails the build), and the key tables
+there are checked against them (tests/test_schema.py).
 """
 
 import sys
