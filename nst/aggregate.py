@@ -201,7 +201,7 @@ def human(v: float) -> str:
     exp = math.floor(math.log10(abs(v)))
     if round(abs(v), 2 - exp) >= 10 ** (exp + 1):  # 999.7 rounds up to the next power of ten
         exp += 1
-    if -3 <= exp < 4:
+    if -3 <= exp < 4 and not (exp == 3 and round(v, 2 - exp) % 1000 == 0):  # 1e3, 2e3 as sweeps are typed
         text = f"{round(v, 2 - exp):.{max(0, 2 - exp)}f}"
         return text.rstrip("0").rstrip(".") if "." in text else text
     mantissa = f"{v / 10 ** exp:.2f}".rstrip("0").rstrip(".")
@@ -597,6 +597,30 @@ def _thumbnail(path: Path, side: int) -> Image.Image | None:
         return None
 
 
+def _spread(points, w: float, h: float, rounds: int = 200):
+    """Offsets (in the points' units) that move boxes of w x h centred on `points` apart until none
+    overlap (or `rounds` passes): each overlapping pair is pushed apart along the shorter way."""
+    import numpy as np
+
+    off = np.zeros_like(points, dtype=float)
+    for _ in range(rounds):
+        moved = False
+        for i in range(len(points)):
+            for j in range(i + 1, len(points)):
+                d = (points[j] + off[j]) - (points[i] + off[i])
+                over = np.array([w, h]) - np.abs(d)
+                if (over <= 0).any():
+                    continue
+                axis = int(over[1] < over[0])  # push along the axis that needs less
+                sign = 1.0 if d[axis] >= 0 else -1.0
+                off[j, axis] += sign * (over[axis] / 2 + 1)
+                off[i, axis] -= sign * (over[axis] / 2 + 1)
+                moved = True
+        if not moved:
+            break
+    return off
+
+
 def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
     """The trade-off, each completed trial's result at its point: a search's objective against its
     first searched number, else style_swd (distance to the style) against gmsd (structure lost from
@@ -625,19 +649,7 @@ def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
     xs, ys = [p[1] for p in points], [p[2] for p in points]
-    ax.plot(xs, ys, "o", color="#888", markersize=3, zorder=1)
-    side = 64 if len(points) <= 12 else 44 if len(points) <= 40 else 28
-    for t, x, y in points:
-        thumb = _thumbnail(t.final, side)
-        if thumb is None:
-            continue
-        parts = [OffsetImage(np.asarray(thumb), zoom=1)]
-        text = label(t, keys) if keys else t.path.name
-        if len(points) <= 40:
-            parts.append(TextArea(text if len(text) <= 32 else text[:30] + "...", textprops={"fontsize": 6.5}))
-        box = VPacker(children=parts, align="center", pad=0, sep=1)
-        ax.add_artist(AnnotationBbox(box, (x, y), frameon=True, pad=0.15, zorder=2,
-                                     bboxprops={"edgecolor": "#777", "linewidth": 0.6}))
+    ax.plot(xs, ys, "o", color="#444", markersize=3, zorder=3)
     if objective and _log_scale(xs):
         ax.set_xscale("log")
     if _log_scale(ys):
@@ -651,6 +663,26 @@ def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
     for axis in (ax.xaxis, ax.yaxis):  # few ticks: close values would print on top of each other
         if axis.get_scale() == "linear":
             axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
+    side = 64 if len(points) <= 12 else 44 if len(points) <= 40 else 28
+    texts = len(points) <= 40
+    ax.set_xlim(ax.get_xlim())  # fixed now: the thumbnails are placed in screen space below
+    ax.set_ylim(ax.get_ylim())
+    fig.canvas.draw()
+    scale = fig.dpi / 72  # OffsetImage draws one image pixel per point
+    offsets = _spread(ax.transData.transform(np.array([(x, y) for _, x, y in points])),
+                      (side + 8) * scale, (side + (16 if texts else 8)) * scale) / scale
+    for (t, x, y), (dx, dy) in zip(points, offsets):
+        thumb = _thumbnail(t.final, side)
+        if thumb is None:
+            continue
+        parts = [OffsetImage(np.asarray(thumb), zoom=1)]
+        text = label(t, keys) if keys else t.path.name
+        if texts:
+            parts.append(TextArea(text if len(text) <= 32 else text[:30] + "...", textprops={"fontsize": 6.5}))
+        box = VPacker(children=parts, align="center", pad=0, sep=1)
+        ax.add_artist(AnnotationBbox(box, (x, y), xybox=(dx, dy), boxcoords="offset points", frameon=True, pad=0.15,
+                                     zorder=2, bboxprops={"edgecolor": "#777", "linewidth": 0.6},
+                                     arrowprops={"arrowstyle": "-", "color": "#777", "linewidth": 0.6}))
     ax.grid(True, which="both", alpha=0.3)
     _save_figure(fig, path)
     return True

@@ -291,7 +291,7 @@ f", {len(damaged)} with unreadable files (marked)" if damaged else ""}.</p>
 <p>Click a column to sort; &#8595; lower is better, &#8593; higher is better. The metrics come from one fixed
 evaluator, so they compare across trials. Also in <a href="results.csv">results.csv</a>.</p>
 {_table(table, first, keys, ties, "results")}
-{more}{_floors_note(table.columns)}
+{more}{_floors_note(first + folded)}
 {tradeoff}<h2>Final images</h2>
 <img src="grid.png" alt="comparison grid">
 <h2>Loss curves</h2>
