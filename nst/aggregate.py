@@ -597,6 +597,15 @@ def _thumbnail(path: Path, side: int) -> Image.Image | None:
         return None
 
 
+def _short_label(text: str, width: int) -> str:
+    import textwrap
+
+    lines = textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+    if len(lines) > 2:
+        lines = [lines[0], lines[1][: width - 3] + "..."]
+    return "\n".join(lines)
+
+
 def _spread(points, w: float, h: float, rounds: int = 200):
     """Offsets (in the points' units) that move boxes of w x h centred on `points` apart until none
     overlap (or `rounds` passes): each overlapping pair is pushed apart along the shorter way."""
@@ -670,15 +679,15 @@ def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
     fig.canvas.draw()
     scale = fig.dpi / 72  # OffsetImage draws one image pixel per point
     offsets = _spread(ax.transData.transform(np.array([(x, y) for _, x, y in points])),
-                      (side + 8) * scale, (side + (16 if texts else 8)) * scale) / scale
+                      (side + 8) * scale, (side + (24 if texts else 8)) * scale) / scale
     for (t, x, y), (dx, dy) in zip(points, offsets):
         thumb = _thumbnail(t.final, side)
         if thumb is None:
             continue
         parts = [OffsetImage(np.asarray(thumb), zoom=1)]
-        text = label(t, keys) if keys else t.path.name
-        if texts:
-            parts.append(TextArea(text if len(text) <= 32 else text[:30] + "...", textprops={"fontsize": 6.5}))
+        if texts:  # as wide as the thumbnail: two lines of about side / 3.4 characters at 6.5 pt
+            parts.append(TextArea(_short_label(label(t, keys) if keys else t.path.name, max(8, int(side / 3.4))),
+                                  textprops={"fontsize": 6.5}))
         box = VPacker(children=parts, align="center", pad=0, sep=1)
         ax.add_artist(AnnotationBbox(box, (x, y), xybox=(dx, dy), boxcoords="offset points", frameon=True, pad=0.15,
                                      zorder=2, bboxprops={"edgecolor": "#777", "linewidth": 0.6},
