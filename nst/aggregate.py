@@ -401,7 +401,7 @@ def _table_image(rows: list[list[Image.Image]], row_labels: list[str], col_label
     left = int(min(widest, cw)) + 12 if any(row_labels) else 4
     width = left + len(rows[0]) * (cw + 4) + 4
     cols = [fit_text(s, cw - 4) for s in col_labels]
-    label_h = max([len(lines) * _line_height(font) for font, lines in cols] + [16]) + 4
+    label_h = 18 + max([(len(lines) - 1) * _line_height(font) for font, lines in cols] + [0])  # 18: one line
     titled = fit_text(title, width - 8, size=15, max_lines=2) if title else None
     top = 4 + (len(titled[1]) * _line_height(titled[0]) + 2 if titled else 0) + label_h
     img = Image.new("RGB", (width, top + len(rows) * (ch + 4) + 4), "white")

@@ -162,10 +162,11 @@ def _cell(r, column: str, keys: list[str], ties: dict[str, set[str]]) -> str:
     return f"<td class='{kind}'>{e(text)}</td>"
 
 
-def _table(table: pd.DataFrame, columns: list[str], keys: list[str], ties, id_: str) -> str:
+def _table(table: pd.DataFrame, columns: list[str], keys: list[str], ties, id_: str, marked: bool = True) -> str:
+    """A sortable table; `marked`: its rows coloured by status and problems (the first table's are)."""
     head = "".join(_head(c) for c in columns)
     body = "".join(
-        f"<tr class='{html.escape(str(r['status']))}{' problem' if r['problem'] else ''}'>"
+        (f"<tr class='{html.escape(str(r['status']))}{' problem' if r['problem'] else ''}'>" if marked else "<tr>")
         + "".join(_cell(r, c, keys, ties) for c in columns) + "</tr>"
         for _, r in table.iterrows())
     return f"<div class='wide'><table class='sortable' id='{id_}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
@@ -259,7 +260,7 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes
     first, folded = split_columns(table, keys)
     more = "" if not folded else (
         f"<details><summary>{len(folded)} more columns: {e(', '.join(folded))}</summary>\n"
-        f"{_table(table, ['num', *folded], keys, ties, 'more')}</details>\n")
+        f"{_table(table, ['num', *folded], keys, ties, 'more', marked=False)}</details>\n")
     damaged = [t for t in trials if t.problems]
     problems = "" if not damaged else (
         "<h2>Unreadable files</h2>\n<p>These trials' files could not be read; their rows and grid cells are marked "
