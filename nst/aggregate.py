@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -485,10 +484,9 @@ def _cache_dir() -> Path:
 def _pyplot():
     """matplotlib's pyplot, drawing to files only, its cache where _cache_dir says (a MPLCONFIGDIR the
     user set is kept), and quiet: its first run builds a font cache and says so on the log."""
-    if "matplotlib" not in sys.modules:
-        if not os.environ.get("MPLCONFIGDIR"):
-            os.environ["MPLCONFIGDIR"] = str(_cache_dir())
-        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    if not os.environ.get("MPLCONFIGDIR"):
+        os.environ["MPLCONFIGDIR"] = str(_cache_dir())
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")
