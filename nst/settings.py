@@ -10,7 +10,6 @@ import math
 import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
-from types import SimpleNamespace
 
 from nst import features, images
 from nst.errors import InputError
@@ -254,8 +253,8 @@ def _styles(d: dict) -> tuple[list[str], list[float]]:
 
 
 def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
-    """(levels, factor, steps, the coarser levels' steps). A level whose content image would be too small
-    for the network's poolings is dropped, coarsest first, as crowsonkb/style-transfer-pytorch's pyramid
+    """(levels, factor, steps, the coarser levels' steps). A level at which the content or a style image
+    would be too small for the network's poolings is dropped, coarsest first, as crowsonkb/style-transfer-pytorch's pyramid
     starts at a minimum scale and has fewer levels for small images: the coarsest level kept gets the
     coarsest level's budget. The levels run are recorded in the trial's settings (pyramid_levels)."""
     levels = _number(d, "pyramid.levels", positive=True, maximum=MAX_LEVELS)
@@ -283,7 +282,9 @@ def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
         long_side = max(1, round(_number(d, "size", positive=True) * _number(d, "scale", positive=True)))
     except (InputError, ValueError, KeyError, TypeError):
         return levels, factor, steps, coarse  # the checks that follow say what is wrong, in their words
-    sizing = SimpleNamespace(style_size=d["style_size"])  # all style_base_size reads
+    from types import SimpleNamespace
+
+    sizing = SimpleNamespace(style_size=d["style_size"])  # all style_base_size reads of the settings
 
     def fits(n: int) -> bool:  # the coarsest of n levels, as check_image_size measures it
         w, h = images.target_size(*content, max(1, round(long_side / factor ** (n - 1))))
