@@ -219,3 +219,31 @@ def test_a_trial_folder_without_permissions_is_marked(sweep):
             for d in copy.iterdir():
                 os.chmod(d, 0o755)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_scatter_thumbnails_are_pushed_apart_until_none_overlap():
+    import numpy as np
+
+    points = np.array([[100.0, 100.0], [105.0, 102.0], [100.0, 100.0], [2000.0, 2000.0], [110.0, 95.0]])
+    w, h = 80.0, 90.0
+    moved = points + aggregate._spread(points, w, h)
+    for i in range(len(moved)):
+        for j in range(i + 1, len(moved)):
+            dx, dy = np.abs(moved[i] - moved[j])
+            assert dx >= w or dy >= h, (i, j, moved)
+    assert (moved[3] == points[3]).all()  # a point far from the others keeps its place
+
+
+def test_a_search_scatter_plots_its_objective_against_its_parameter(sweep, tmp_path):
+    sweep, _ = sweep
+    trials = aggregate.load_trials(sweep)
+    for i, t in enumerate(trials):  # as a search's trials record it
+        t.summary["objective"] = {"name": "final_loss", "value": 10.0 - i}
+    assert aggregate.make_scatter(trials, aggregate.swept_axes(trials), tmp_path / "scatter.png")
+    with Image.open(tmp_path / "scatter.png") as im:
+        assert im.width > 300
+    for t in trials:
+        t.summary["metrics"] = {}
+        t.summary.pop("objective")
+    assert not aggregate.make_scatter(trials, aggregate.swept_axes(trials), tmp_path / "none.png")  # nothing to plot
+    assert not (tmp_path / "none.png").exists()
