@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
+    if sweeps.judgements.exists():  # the scores so far, for the report and a spreadsheet
+        return _scores(args.folders)
     return 0
 
 

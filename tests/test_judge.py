@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from itertools import combinations
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -31,7 +30,9 @@ from nst.judging.server import App, serve
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver are not installed")
-WEIGHTS = ("style_weight=100.0", "style_weight=10000.0", "style_weight=1000000.0")
+# the trial folders' names end with their override; the labels write numbers alike across sweeps
+LABELS = {"style_weight=100.0": "style_weight=100", "style_weight=10000.0": "style_weight=10000",
+          "style_weight=1000000.0": "style_weight=1e+06"}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def get(port: int, path: str) -> tuple[int, bytes]:
 
 
 def test_only_images_inside_the_sweep_folder_are_served(server, sweep, tmp_path):
-    app, port = server
+    _, port = server
     trial = next(d.name for d in sweep.iterdir() if d.name.startswith("0_"))
     status, body = get(port, f"/files/0/{trial}/final.png")
     assert status == 200 and body == (sweep / trial / "final.png").read_bytes()
@@ -89,8 +90,31 @@ def test_only_images_inside_the_sweep_folder_are_served(server, sweep, tmp_path)
     assert status == 200 and body[:3] == b"\xff\xd8\xff"  # the bundled JPEG
 
 
+def test_sweeps_of_the_same_pair_are_judged_together(sweep, tmp_path):
+    other = Path(shutil.copytree(sweep, tmp_path / "again"))  # the same three settings run again
+    sweeps = load([sweep, other])
+    assert len(sweeps.results) == 6 and sorted({r.setting for r in sweeps.results}) == sorted(LABELS.values())
+    app = App(sweeps, seed=0)
+    srv = serve(app)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        mine = next(r for r in sweeps.results if r.folder == 0)
+        theirs = next(r for r in sweeps.results if r.folder == 1 and r.setting != mine.setting)
+        assert theirs.ref.startswith("../again/")
+        status, body = get(port, app.file_url(theirs.path / "final.png"))
+        assert status == 200 and body == (theirs.path / "final.png").read_bytes()
+        assert app.choose({"judge": "ann", "left": theirs.ref, "right": mine.ref, "winner": "left"})["judged"] == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    (line,) = store.read(sweep / "judgements.jsonl")  # the first folder holds the judgements
+    assert (line["left"], line["left_setting"], line["right_setting"]) == (theirs.ref, theirs.setting, mine.setting)
+    assert not (other / "judgements.jsonl").exists()
+
+
 def test_a_choice_that_names_no_result_of_the_sweep_is_refused(server, sweep):
-    app, port = server
+    _, port = server
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     offer = json.loads(get(port, "/api/next?judge=ann")[1])
     bad = [{"judge": "ann", "left": "../secret", "right": offer["right"]["id"], "winner": "left"},
@@ -122,7 +146,7 @@ def test_bad_folders_are_one_line_errors(sweep, tmp_path, capsys):
     assert "no content/style pair has two completed trials" in err and err.count("\n") == 1
     assert not (sweep / "judgements.jsonl").exists()
     # the `nst` command hands `judge` to nst.judge
-    r = subprocess.run([sys.executable, "-m", "nst", "judge", "--scores", str(sweep)], env=nst_env(tmp_path),
+    r = subprocess.run([sys.executable, "-m", "nst", "judge", "--scores", str(sweep)], check=False, env=nst_env(tmp_path),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("nst judge: error: ") and "no judgements yet" in r.stderr
 
@@ -311,7 +335,7 @@ def act(driver, how: str) -> None:
 
 
 def setting_of(sweep: Path, trial: str) -> str:
-    return next(w for w in WEIGHTS if trial.endswith(w))
+    return next(label for end, label in LABELS.items() if trial.endswith(end))
 
 
 @needs_browser

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nst.judging import scores as _scores
 from nst.judging import store
-from nst.judging.results import JUDGEMENTS
+from nst.judging.store import JUDGEMENTS
 
 CSV = "judgements.csv"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from nst.aggregate import load_trials, swept_axes
 from nst.errors import InputError
 from nst.images import resolve_image_path
+from nst.judging.store import JUDGEMENTS
 from nst.records import trial_folders
 
 # keys that choose the pair being stylised, not the way it is stylised
 PAIR_KEYS = ("content", "style", "style_blend")
-JUDGEMENTS = "judgements.jsonl"
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,24 @@ def _input(value: str) -> Path | None:
         return None  # moved or deleted since the run: the page shows the results without it
 
 
+def _setting(t, key: str) -> str:
+    """The trial's value of a key other trials judged with it override: its own override, else the
+    value it ran with (so that sweeps run with and without the override share a label)."""
+    value = t.overrides.get(key)
+    if value is None:
+        for part in ("settings", "config"):
+            recorded = t.summary.get(part) if isinstance(t.summary.get(part), dict) else {}
+            if isinstance(recorded.get(key), (str, int, float)) and not isinstance(recorded.get(key), bool):
+                value = str(recorded[key])
+                break
+    if value is None:
+        return "(default)"
+    try:
+        return f"{float(value):g}"  # 4e5, 400000 and 400000.0 are one setting
+    except ValueError:
+        return value
+
+
 def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -95,7 +113,7 @@ def load(folders: list[Path]) -> SweepSet:
         if pair is None:
             warnings.append(f"{t.path / 'summary.json'}: no content/style recorded; left out")
             continue
-        setting = ", ".join(f"{k}={t.overrides.get(k, '(default)')}" for k in axes) or t.path.name
+        setting = ", ".join(f"{k}={_setting(t, k)}" for k in axes) or t.path.name
         metrics = t.summary.get("metrics") if isinstance(t.summary.get("metrics"), dict) else {}
         styles = pair[1].split("+")
         results.append(Result(

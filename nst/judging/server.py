@@ -56,7 +56,7 @@ class App:
             offer = self.chooser.next(judge, history)
             mine = sum(h["judge"] == judge for h in history)
         a = offer.left
-        side = lambda r: {"id": r.ref, "src": self.file_url(r.path / "final.png")}  # noqa: E731
+        side = lambda r: {"id": r.ref, "src": self.file_url(r.path / "final.png")}
         return {"left": side(offer.left), "right": side(offer.right), "repeat": offer.repeat, "judged": mine,
                 "content": None if a.content_file is None else f"/input/{self.sweeps.input_index(a.content_file)}",
                 "styles": [f"/input/{self.sweeps.input_index(f)}" for f in a.style_files]}
@@ -100,7 +100,7 @@ def handler(app: App):
     class Handler(BaseHTTPRequestHandler):
         server_version = "nst-judge"
 
-        def log_message(self, format, *args):  # noqa: A002 - quiet: the terminal shows the URL, not every image
+        def log_message(self, format, *args):
             pass
 
         def _send(self, status: int, body: bytes, kind: str) -> None:
@@ -117,7 +117,7 @@ def handler(app: App):
         def _error(self, status: int, message: str) -> None:
             self._json(status, {"error": message})
 
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):
             url = urlsplit(self.path)
             path = unquote(url.path)
             if path in ("/", "/index.html"):
@@ -141,7 +141,7 @@ def handler(app: App):
                 return self._send(200, file.read_bytes(), mimetypes.guess_type(file.name)[0] or "image/jpeg")
             self._error(404, "not found")
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             if urlsplit(self.path).path != "/api/choice":
                 return self._error(404, "not found")
             length = int(self.headers.get("Content-Length") or 0)
@@ -150,7 +150,7 @@ def handler(app: App):
             try:
                 body = json.loads(self.rfile.read(length))
                 if not isinstance(body, dict):
-                    raise ValueError("a JSON object is needed")
+                    return self._error(400, "a JSON object is needed")
                 return self._json(200, app.choose(body))
             except ValueError as e:
                 return self._error(400, str(e).splitlines()[0])

@@ -9,9 +9,10 @@ import fcntl
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+JUDGEMENTS = "judgements.jsonl"  # in the (first) sweep folder
 WINNERS = ("left", "right", "none")  # "none": the judge could not tell
 _lock = threading.Lock()
 
