@@ -4,7 +4,7 @@ Only results of the same content/style pair with different settings are compared
 settings seen least often so far (by every judge together) comes first, so each pair of settings is
 judged about equally often; within it, two results that stayed about as close to the photograph
 (GMSD) are preferred, so that a verdict says which painting is better rather than which kept more of
-the photograph; a pair this judge has already seen is drawn rarely. About one choice in ten shows a
+the photograph; the pairs this judge has seen fewest times come first. About one choice in ten shows a
 pair the judge has judged before again (mirrored at random, never right after the first time): how
 often the two verdicts agree measures the judge's consistency.
 """
@@ -61,7 +61,9 @@ class Chooser:
         if len(mine) >= REPEAT_AFTER and self.rng.random() < REPEAT_RATE:
             again = [(a, b) for a, b in self.candidates if frozenset((a.ref, b.ref)) in seen
                      and frozenset((a.ref, b.ref)) not in recent]
-            if again:
+            if again:  # the pairs shown again fewest times, so that the repeats spread over the pairs
+                fewest = min(seen[frozenset((a.ref, b.ref))] for a, b in again)
+                again = [(a, b) for a, b in again if seen[frozenset((a.ref, b.ref))] == fewest]
                 return self._offer(*self.rng.choice(again), repeat=True)
         by_ref = {r.ref: r for pair in self.candidates for r in pair}
         counts: dict[tuple[str, str], int] = {}
@@ -70,11 +72,10 @@ class Chooser:
             counts[sp] = counts.get(sp, 0) + 1
         least = min(counts.get(setting_pair(a.setting, b.setting), 0) for a, b in self.candidates)
         pool = [(a, b) for a, b in self.candidates if counts.get(setting_pair(a.setting, b.setting), 0) == least]
-        weights = []
-        for a, b in pool:
-            key = frozenset((a.ref, b.ref))
-            w = self._weight(a, b) * (0.1 ** seen.get(key, 0))
-            weights.append(w * (0.01 if key in recent else 1.0))
+        # the results this judge has seen least often first (a pair seen again is a repeat's job)
+        fewest = min(seen.get(frozenset((a.ref, b.ref)), 0) for a, b in pool)
+        pool = [(a, b) for a, b in pool if seen.get(frozenset((a.ref, b.ref)), 0) == fewest]
+        weights = [self._weight(a, b) * (0.01 if frozenset((a.ref, b.ref)) in recent else 1.0) for a, b in pool]
         a, b = self.rng.choices(pool, weights=weights)[0]
         return self._offer(a, b, repeat=False)
 

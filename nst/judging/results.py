@@ -96,7 +96,7 @@ def _number(v) -> float | None:
 def load(folders: list[Path]) -> SweepSet:
     """Raises InputError (one line naming the folder) for a folder that is not a sweep folder and when
     no content/style pair has two completed results with different settings."""
-    folders = [Path(f).resolve() for f in folders]
+    folders = list(dict.fromkeys(Path(f).resolve() for f in folders))  # a folder named twice is judged once
     trials, warnings = [], []
     for i, folder in enumerate(folders):
         if not folder.is_dir():

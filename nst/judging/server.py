@@ -89,7 +89,7 @@ class App:
         root = self.sweeps.folders[int(folder)]
         try:
             path = (root / rel).resolve(strict=True)
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the path
             return None
         if not path.is_relative_to(root) or not path.is_file() or path.suffix.lower() not in IMAGES:
             return None
