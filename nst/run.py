@@ -293,6 +293,9 @@ def wandb_tags(resolved: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["judge"]:  # `nst judge <sweep folder>`: the judging page (nst.judge)
+        from nst.judge import main as judge_main
+        return judge_main(argv[1:])
     started = time.time()
     with _stopped_by_signals() as stop:
         try:
