@@ -43,6 +43,7 @@ from nst.aggregate import (
     tied_with_best,
     value_text,
 )
+from nst.judging import judging_html
 from nst.metrics import BETTER
 from nst.records import write_bytes_atomic
 
@@ -288,7 +289,7 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes
 {completed} completed, {len(trials) - completed} failed, unfinished or unreadable{
 f", {len(damaged)} with unreadable files (marked)" if damaged else ""}.</p>
 <p>Command: <code>{e(command)}</code></p>
-{_inputs_section(trials)}{problems}{_search_section(sweep_dir, trials)}<h2>Results</h2>
+{_inputs_section(trials)}{problems}{_search_section(sweep_dir, trials)}{judging_html(sweep_dir)}<h2>Results</h2>
 <p>Click a column to sort; &#8595; lower is better, &#8593; higher is better. The metrics come from one fixed
 evaluator, so they compare across trials. Also in <a href="results.csv">results.csv</a>.</p>
 {_table(table, first, keys, ties, "results")}

@@ -252,6 +252,11 @@ def test_win_rates_agreement_and_the_csv(sweep):
         store.append(sweep / "judgements.jsonl", rec)
     fragment = judging_html(sweep)
     assert 'id="judging"' in fragment and "4 blind side-by-side judgement(s) by 2 judge(s)" in fragment
+    # and the sweep's report, rebuilt from the folder, shows them
+    done = subprocess.run([sys.executable, "-m", "nst.report", str(sweep)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    page = (sweep / "report.html").read_text()
+    assert 'id="judging"' in page and page.index('id="judging"') < page.index("<h2>Results</h2>")
 
 
 def test_a_line_cut_by_a_kill_loses_only_itself(sweep):
