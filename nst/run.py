@@ -27,11 +27,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.nst_launcher._hydra_private import raised
 from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_results
 
 from nst import cli, sweep_folder
 from nst.errors import InputError, TrialFailed
-from nst.records import OUTPUTS, outcome, read_summary
+from nst.records import OUTPUTS, WriteError, outcome, read_summary
 
 log = logging.getLogger("nst")
 cli.register_resolvers()
@@ -105,21 +106,22 @@ def lost_batch(jobs: list[BatchJob], error: BaseException, since: float) -> list
                 values.append(_result(previous))
                 continue
             summary = {**record, "status": "failed", "error": str(error), "finished_unix": time.time()}
-            _record_failure(run_dir, summary)
-            log.error(f"{record['label']}: failed: {error}")
+            log.error(f"{record['label']}: failed: {error}{_record_failure(run_dir, summary)}")
             values.append(_result(summary))
     return values
 
 
-def _record_failure(run_dir: Path, summary: dict) -> None:
+def _record_failure(run_dir: Path, summary: dict) -> str:
     """A trial that failed outside the runner: its summary replaces an earlier attempt's files as a unit
-    (nst.records.record_failure); a full disk is a logged line, not a traceback."""
+    (nst.records.record_failure). Returns what to add to the trial's one line: on a full disk, why it
+    could not be recorded (as the runner says it)."""
     from nst.records import record_failure
 
     try:
         record_failure(run_dir, summary)
     except OSError as e:
-        log.error(f"{summary.get('label', 'trial')}: its failure could not be recorded ({e})")
+        return f" (not recorded: {e})"
+    return ""
 
 
 def _result(summary: dict):
@@ -246,8 +248,7 @@ def _prepare(cfg: DictConfig):
         # Validated when the trial is proposed: a sweeper that proposes trials as it goes (Optuna)
         # meets bad input here, not up front.
         summary = {**record, "status": "failed", "error": str(e), "finished_unix": time.time()}
-        _record_failure(run_dir, summary)
-        log.error(f"{label}: failed: {e}")
+        log.error(f"{label}: failed: {e}{_record_failure(run_dir, summary)}")
         return None, summary
     record["settings"] = settings.to_dict()
     sweep_dir = Path(hc.sweep.dir) if multirun else None
@@ -302,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"nst: error: {e}", file=sys.stderr)
                 return 2
             try:
-                app()
+                # A file the command itself cannot write (Hydra's multirun.yaml, the sweep folder's
+                # records on a full disk) stops it: one line, not Hydra's traceback. A trial's own
+                # files fail only that trial (nst.runner, the launcher).
+                with raised((OSError,)):
+                    app()
             finally:
                 from nst.wandb_sink import teardown
 
@@ -311,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
             signum = stop.signum or signal.SIGINT
             print(_stopped_line(signum, cli.split_argv(argv)[0]), file=sys.stderr)
             return 128 + signum
+        except OSError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(_write_failed_line(e), file=sys.stderr)
+            return 1
     result = outcome(OUTPUTS, started)
     if result.skipped:
         print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
@@ -336,8 +346,10 @@ def _stopped_by_signals():
     """SIGINT, SIGTERM and SIGHUP each raise KeyboardInterrupt in the command, as Ctrl-C does: the
     trials that were running are left without a summary (nst.runner), the launcher stops its worker
     processes and tasks (hydra_plugins/nst_launcher: stop()), and main() says which signal it was. A
-    repeat while the command winds down is ignored (it must not cut that short); a signal the
-    command was started ignoring (nohup, a background job) stays ignored."""
+    repeat while the command winds down is ignored (it must not cut that short), and so is any after
+    it until the process is gone: Python's shutdown takes a moment (modules, W&B's service), and a
+    second Ctrl-C there would kill it by the default handler (exit -2, W&B's lines after the prompt).
+    A signal the command was started ignoring (nohup, a background job) stays ignored."""
     stop = _Stop()
 
     def handler(signum: int, frame) -> None:
@@ -356,7 +368,21 @@ def _stopped_by_signals():
         yield stop
     finally:
         for sig, previous in installed.items():
+            if stop.signum is not None:
+                previous = signal.SIG_IGN  # stopping: from here on the process only exits
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+
+def _write_failed_line(e: OSError) -> str:
+    """One line for a file the command could not write or read (the trials' own failures are theirs)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if isinstance(e, WriteError):
+        what = str(e)
+    elif e.filename is not None:
+        what = f"{reason}: {e.filename}"
+    else:  # a write cut short (Hydra's multirun.yaml): the folder it was writing into
+        what = f"{reason} while writing into {' '.join(sorted(OUTPUTS)) or 'the output folder'}"
+    return f"nst: error: {what}; the command stopped (what it had written is kept)"
 
 
 def _stopped_line(signum: int, multirun: bool) -> str:

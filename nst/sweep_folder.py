@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from nst.errors import InputError
+from nst.records import write_bytes_atomic
 
 STATE = ".nst"
 SELECTORS = ("sweep=", "sweep_name=", "search=")  # choose a sweep, not a trial
@@ -119,6 +120,5 @@ def _read(path: Path, default):
 
 
 def _write(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    # whole or not at all; a full disk raises WriteError naming the file and leaves no temporary file
+    write_bytes_atomic(path, json.dumps(data, indent=2).encode("utf-8"))
