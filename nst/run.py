@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 teardown()
         except KeyboardInterrupt:
             signum = stop.signum or signal.SIGINT
-            print(_stopped_line(signum, cli.split_argv(argv)[0]), file=sys.stderr)
+            print(_stopped_line(signum, cli.split_argv(argv)[0], stop.trials_ended), file=sys.stderr)
             return 128 + signum
         except OSError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -339,6 +339,11 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 class _Stop:
     signum: int | None = None  # the signal that is stopping the command
+    deferred = False  # a signal now waits for the end of a write that must be whole (report_deferred)
+    trials_ended = False  # the sweep's trials have all ended: its report is being written
+
+
+_current: _Stop | None = None  # main()'s, while its handlers are installed
 
 
 @contextlib.contextmanager
@@ -350,12 +355,14 @@ def _stopped_by_signals():
     it until the process is gone: Python's shutdown takes a moment (modules, W&B's service), and a
     second Ctrl-C there would kill it by the default handler (exit -2, W&B's lines after the prompt).
     A signal the command was started ignoring (nohup, a background job) stays ignored."""
+    global _current
     stop = _Stop()
 
     def handler(signum: int, frame) -> None:
         if stop.signum is None:
             stop.signum = signum
-            raise KeyboardInterrupt
+            if not stop.deferred:
+                raise KeyboardInterrupt
 
     installed = {}
     if threading.current_thread() is threading.main_thread():  # only it may set handlers
@@ -364,13 +371,33 @@ def _stopped_by_signals():
             if previous is not signal.SIG_IGN:
                 installed[sig] = previous
                 signal.signal(sig, handler)
+    _current = stop if installed else None
     try:
         yield stop
     finally:
+        _current = None
         for sig, previous in installed.items():
             if stop.signum is not None:
                 previous = signal.SIG_IGN  # stopping: from here on the process only exits
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def report_deferred():
+    """Around the writing of the end-of-sweep report, once every trial has ended: a stop signal takes
+    effect when the block ends, so that the report is the previous one or a whole new one, never
+    part of each (its files are written one by one)."""
+    stop = _current
+    if stop is None or stop.signum is not None:
+        yield
+        return
+    stop.trials_ended, stop.deferred = True, True
+    try:
+        yield
+    finally:
+        stop.deferred = False
+        if stop.signum is not None:
+            raise KeyboardInterrupt
 
 
 def _write_failed_line(e: OSError) -> str:
@@ -385,9 +412,12 @@ def _write_failed_line(e: OSError) -> str:
     return f"nst: error: {what}; the command stopped (what it had written is kept)"
 
 
-def _stopped_line(signum: int, multirun: bool) -> str:
+def _stopped_line(signum: int, multirun: bool, trials_ended: bool = False) -> str:
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
     outs = " ".join(sorted(OUTPUTS))
+    if trials_ended:
+        return (f"nst: stopped by {name} after every trial had ended: none was left unfinished, and the sweep "
+                f"report is whole (the previous one or the new one) ({outs})")
     if not outs:
         return f"nst: stopped by {name} before any trial started"
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
