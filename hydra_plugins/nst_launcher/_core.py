@@ -85,8 +85,8 @@ class Job(BatchJob):
         previous = private.saved_hydra_config()
         HydraConfig.instance().set_config(self.config)
         _active.append(self)
-        configure_log(hydra.job_logging, hydra.verbose)
         try:
+            _job_logging(hydra)
             with env_override(hydra.job.env_set):
                 yield self
         finally:
@@ -94,7 +94,7 @@ class Job(BatchJob):
             _active.pop()
             outer = _active[-1].config.hydra if _active else None
             if outer is not None:
-                configure_log(outer.job_logging, outer.verbose)
+                _job_logging(outer)
             else:
                 configure_log(hydra.hydra_logging, hydra.verbose)
             private.restore_hydra_config(previous)
@@ -184,6 +184,15 @@ def _save_config(cfg: Any, filename: str, output_dir: Path) -> None:
     with _writing(path, tmp):
         private.save_config(cfg, tmp.name, output_dir)
         os.replace(tmp, path)
+
+
+def _job_logging(hydra: DictConfig) -> None:
+    """A job's logging; where its log file cannot be opened (its folder unreadable, or not there: a
+    full disk), the console alone, as Hydra logs outside jobs. The job still runs and reports."""
+    try:
+        configure_log(hydra.job_logging, hydra.verbose)
+    except (OSError, ValueError):  # logging.config wraps the handler's OSError in a ValueError
+        configure_log(hydra.hydra_logging, hydra.verbose)
 
 
 def effective_chdir(config: DictConfig, warn: bool = False) -> bool:
