@@ -302,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
             except InputError as e:
                 print(f"nst: error: {e}", file=sys.stderr)
                 return 2
+            except OSError as e:  # a path the system refuses (a name too long, a full disk): nothing ran
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"nst: error: {_os_error(e)}", file=sys.stderr)
+                return 2
             try:
                 # A file the command itself cannot write (Hydra's multirun.yaml, the sweep folder's
                 # records on a full disk) stops it: one line, not Hydra's traceback. A trial's own
@@ -319,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(_write_failed_line(e), file=sys.stderr)
+            print(f"nst: error: {_os_error(e)}; the command stopped (what it had written is kept)", file=sys.stderr)
             return 1
     result = outcome(OUTPUTS, started)
     if result.skipped:
@@ -400,16 +405,15 @@ def report_deferred():
             raise KeyboardInterrupt
 
 
-def _write_failed_line(e: OSError) -> str:
-    """One line for a file the command could not write or read (the trials' own failures are theirs)."""
+def _os_error(e: OSError) -> str:
+    """A file the command itself could not write or read, in one line (a trial's own are the trial's)."""
     reason = e.strerror or str(e) or type(e).__name__
     if isinstance(e, WriteError):
-        what = str(e)
-    elif e.filename is not None:
-        what = f"{reason}: {e.filename}"
-    else:  # a write cut short (Hydra's multirun.yaml): the folder it was writing into
-        what = f"{reason} while writing into {' '.join(sorted(OUTPUTS)) or 'the output folder'}"
-    return f"nst: error: {what}; the command stopped (what it had written is kept)"
+        return str(e)
+    if e.filename is not None:
+        return f"{reason}: {e.filename}"
+    # a write cut short (Hydra's multirun.yaml): the folder it was writing into
+    return f"{reason} while writing into {' '.join(sorted(OUTPUTS)) or 'the output folder'}"
 
 
 def _stopped_line(signum: int, multirun: bool, trials_ended: bool = False) -> str:
