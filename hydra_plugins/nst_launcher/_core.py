@@ -351,20 +351,22 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
     chdir = effective_chdir(jobs[0].config)  # then the batch is this one job; _start changes folder
     hydra_cfg = private.saved_hydra_config()
     try:
-        values: Dict[int, Any] = {}
-        for job in jobs:
+        values: List[Any] = [None] * len(jobs)
+        for n, job in enumerate(jobs):
             try:
                 job._start(hydra_context, task_function)
             except JobNotStarted as e:
                 # The app records and reports it as it does a lost batch's jobs (or says why it cannot).
-                values[job.idx] = _lost(task_function, [job], e, time.time())[0]
+                values[n] = _lost(task_function, [job], e, time.time())[0]
                 if chdir:
                     os.chdir(old_cwd)
-        started = [job for job in jobs if job.started]
+        started = [n for n, job in enumerate(jobs) if job.started]
         if started:
-            got = _call(task_function, started) if lost is None else _lost(task_function, started, lost, since)
-            values.update((job.idx, value) for job, value in zip(started, got))
-        return [job._end(hydra_context, values[job.idx]) for job in jobs]
+            run = [jobs[n] for n in started]
+            got = _call(task_function, run) if lost is None else _lost(task_function, run, lost, since)
+            for n, value in zip(started, got):
+                values[n] = value
+        return [job._end(hydra_context, value) for job, value in zip(jobs, values)]
     finally:
         private.restore_hydra_config(hydra_cfg)
         if chdir:
