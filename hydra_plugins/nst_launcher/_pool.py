@@ -251,6 +251,8 @@ def _start_quiet_tracker() -> None:
     objects", after the launcher has said in one line that the worker died. Started here, before any
     worker, the tracker runs with that warning silenced; its cleanup still runs. (One already running,
     started by something else in this process, is left as it is.)"""
+    if os.name != "posix":
+        return  # no resource tracker elsewhere
     from multiprocessing import resource_tracker
 
     current = os.environ.get("PYTHONWARNINGS")
