@@ -93,6 +93,7 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
              f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_discrete_sweep() else None
              for o in parsed]
     cfg = _compose([o for o in first if o is not None], hydra_config=True)
+    _check_launcher(cfg)
     if reads_results(cfg.hydra.sweeper):
         # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: what the command
         # fixes is checked here, and each trial again when it is proposed (nst.run._prepare).
@@ -161,6 +162,15 @@ def check(argv: list[str]) -> int:
         # into a folder for a command that is refused.
         sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
     return len(trials)
+
+
+def _check_launcher(cfg) -> None:
+    from hydra_plugins.nst_launcher.nst_launcher import NstLauncherConfigError, check_target
+
+    try:
+        check_target(cfg.hydra.launcher.get("_target_"))
+    except NstLauncherConfigError as e:
+        raise InputError("hydra.launcher._target_", str(e)) from None
 
 
 def _launcher_accepts(cfg) -> bool:
