@@ -167,8 +167,6 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
         nst.errors.InputError: as for `stylize`; every variant is checked before any runs.
         nst.errors.TrialFailed: a trial did not complete (the others' files are kept in out_dir).
     """
-    from nst.cli import settings_for
-
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     given: dict[str, Any] = {}  # role -> what the caller passed, described
     memory: dict[str, Image.Image] = {}  # file name under inputs/ -> an image given in memory
@@ -181,7 +179,7 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
         swept = sorted({k for v in variants for k in _keys(v)})
         fixed = overrides_of({**base, **{k: v for k, v in _keys(common).items() if k not in swept}})
         own = [overrides_of(dict(v)) for v in variants]  # each trial's own overrides (what names it)
-        settings = [settings_for(["logger=none", *overrides_of({**base, **_keys(common), **_keys(v)})]) for v in variants]
+        settings = [_settings(["logger=none", *overrides_of({**base, **_keys(common), **_keys(v)})]) for v in variants]
         inputs = [_decode(s, memory) for s in settings]  # every image checked before anything is written
         with _claimed(root, fixed, swept, own) as numbers_:
             for name, img in memory.items():
@@ -194,6 +192,17 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
     finally:
         if root is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _settings(overrides: list[str]):
+    from nst.cli import describe, settings_for
+
+    try:
+        return settings_for(overrides)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a value the schema refuses when it is resolved (a string for a number)
+        raise describe(e) from None
 
 
 def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[str], numbers_: list[int],
@@ -363,8 +372,14 @@ def _claimed(root: Path | None, fixed: list[str], swept: list[str], own: list[li
         return
     from nst import sweep_folder
 
-    # a trial is named by all its overrides, as a command's are: the same trial from either finds its number
-    full = [["logger=none", *fixed, *o] for o in own]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.nst_launcher._hydra_private import split_arguments
+
+    # A trial is known by all its overrides as Hydra's basic sweeper spells them (1e2 as 100.0), as a
+    # command's trials are (nst.cli): the same trial asked either way finds its number.
+    parser = OverridesParser.create()
+    full = [split_arguments(parser.parse_overrides(["logger=none", *fixed, *o]), None)[0][0] for o in own]
     ident = sweep_folder.identity(["logger=none", *fixed], swept)
     try:
         sweep_folder.claim(root, ident, full, ["(Python API)", *fixed, *(f"[{','.join(o)}]" for o in own)])
