@@ -32,9 +32,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from PIL import Image, ImageOps
 
@@ -77,7 +78,7 @@ class Stylized(Image.Image):
     """
 
     summary: dict
-    settings: "Settings"
+    settings: Settings
     run_dir: Path | None
     resumed: bool
     _rows: list[dict]
@@ -104,12 +105,15 @@ class Stylized(Image.Image):
         return int(self.summary.get("evaluations") or 0)
 
     @property
-    def losses(self) -> "pd.DataFrame":
+    def losses(self) -> pd.DataFrame:
         """The loss curve, one row per evaluation (indexed by it): wall_time, total, content, style,
         tv and per layer. A resumed trial's curve is its metrics.jsonl (every `log_every` evaluations)."""
         import pandas as pd
 
         return pd.DataFrame(self._rows).set_index("evaluation") if self._rows else pd.DataFrame()
+
+    def _repr_jpeg_(self) -> None:
+        return None  # a notebook keeps the lossless PNG only (PIL would add a JPEG copy beside it)
 
     def __repr__(self) -> str:
         total = self.final.get("total")
@@ -210,6 +214,7 @@ def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[s
     from nst.records import read_summary
     from nst.runner import Trial, run_trials
     from nst.sinks import FileSink, ProgressSink
+
     curves: dict[int, list[dict]] = {}
     trials: list[Trial] = []
     results: list[Stylized | None] = [None] * len(settings)
@@ -273,12 +278,31 @@ def _report(sweep_dir: Path) -> None:
     from nst.aggregate import aggregate
 
     try:
-        out = aggregate(sweep_dir)
+        with _backend_kept():
+            out = aggregate(sweep_dir)
     except Exception as e:  # noqa: BLE001 - a report that cannot be written must not lose the results
         log.error(f"the report of {sweep_dir} could not be written: {type(e).__name__}: {e} "
                   f"(retry with: python -m nst.report {sweep_dir})")
         return
     log.info(f"sweep report: {out['report']}")
+
+
+@contextmanager
+def _backend_kept():
+    """The report draws with matplotlib's Agg backend, which it selects for the whole process: the
+    caller's (a notebook's inline backend) is put back, or later plots in a notebook show nothing."""
+    import matplotlib
+    import matplotlib.rcsetup
+
+    before = matplotlib.rcParams._get_backend_or_none()  # None: not chosen yet
+    try:
+        yield
+    finally:
+        if matplotlib.rcParams._get_backend_or_none() != before:
+            if before is None:
+                matplotlib.rcParams["backend"] = matplotlib.rcsetup._auto_backend_sentinel
+            else:
+                matplotlib.use(before)
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -370,11 +394,10 @@ def _claimed(root: Path | None, fixed: list[str], swept: list[str], own: list[li
     if root is None:
         yield list(range(len(own)))
         return
-    from nst import sweep_folder
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from hydra_plugins.nst_launcher._hydra_private import split_arguments
+    from nst import sweep_folder
 
     # A trial is known by all its overrides as Hydra's basic sweeper spells them (1e2 as 100.0), as a
     # command's trials are (nst.cli): the same trial asked either way finds its number.

@@ -80,10 +80,11 @@ class ProgressSink:
 
     def __init__(self, steps: int, label: str, position: int = 0):
         disable = os.environ.get("NST_PROGRESS", "") == "0"
+        # tqdm.auto decides once per process: a widget in a notebook's kernel, else text (as tqdm.std)
         if disable:
             from tqdm.std import tqdm
         else:
-            from tqdm.auto import tqdm  # decides once per process: a notebook's kernel, or a terminal
+            from tqdm.auto import tqdm
         # one bar per trial of a batch, each on its own line
         self.bar = tqdm(total=steps, desc=label, unit="eval", dynamic_ncols=True, file=sys.stderr, disable=disable,
                         leave=True, position=position)

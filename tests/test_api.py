@@ -1,7 +1,6 @@
 """The Python API (nst.api): the same engine without the command line, at tiny sizes with the real weights."""
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -10,9 +9,9 @@ import time
 import pandas as pd
 import pytest
 import torch
+from conftest import nst_env
 from PIL import Image
 
-from conftest import nst_env
 from nst import stylize, stylize_batch
 from nst.api import Stylized
 from nst.errors import InputError
