@@ -173,7 +173,7 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
     """
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     given: dict[str, Any] = {}  # role -> what the caller passed, described
-    memory: dict[str, Image.Image] = {}  # file name under inputs/ -> an image given in memory
+    memory: dict[str, Image.Image] = {}  # the file it will be written to -> an image given in memory
     root = _root(out_dir)
     work = root or Path(tempfile.mkdtemp(prefix="nst_"))  # nothing outside the run's own folder
     try:
@@ -186,11 +186,11 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
         settings = [_settings(["logger=none", *overrides_of({**base, **_keys(common), **_keys(v)})]) for v in variants]
         inputs = [_decode(s, memory) for s in settings]  # every image checked before anything is written
         with _claimed(root, fixed, swept, own) as numbers_:
-            for name, img in memory.items():
-                if not (work / INPUTS / name).exists():  # named by its content: the same image, the same file
+            for path, img in memory.items():
+                if not Path(path).exists():  # named by its content: the same image, the same file
                     from nst.images import save_atomic
 
-                    save_atomic(img, work / INPUTS / name)
+                    save_atomic(img, Path(path))
             return _run(settings, inputs, own, fixed, numbers_, work, root is not None, given,
                         callback=callback, progress=progress, max_batch=max_batch)
     finally:
@@ -266,7 +266,9 @@ def _trial_folder(root: Path, number: int, own: list[str]) -> str:
 
 def _result(run_dir: Path | None, summary: dict, settings, rows: list[dict], *, resumed: bool,
             image_dir: Path | None = None) -> Stylized:
-    with Image.open((image_dir or run_dir) / "final.png") as img:
+    folder = image_dir or run_dir
+    assert folder is not None
+    with Image.open(folder / "final.png") as img:
         rgb = img.convert("RGB")
     out = Stylized.__new__(Stylized)
     out.__dict__.update(rgb.__dict__)  # the decoded picture itself, not a copy of its pixels
@@ -326,9 +328,10 @@ def _input(role: str, value: Any, work: Path, given: dict, memory: dict[str, Ima
         raise InputError(role, f"must be a bundled name, a path, a PIL image or a tensor [3,H,W] or [1,3,H,W] "
                                f"in [0, 1], got {type(value).__name__}")
     name = hashlib.sha1(f"{img.size}".encode() + img.tobytes()).hexdigest()[:16] + ".png"
-    memory[name] = img
+    path = str(work / INPUTS / name)
+    memory[path] = img
     given[role] += f", written to {INPUTS}/{name}"
-    return str(work / INPUTS / name)
+    return path
 
 
 def _from_tensor(role: str, x) -> Image.Image:
@@ -356,12 +359,9 @@ def _decode(s, memory: dict[str, Image.Image]) -> dict:
     from nst.settings import check_image_size
 
     def load(key: str, value: str) -> Image.Image:
-        p = Path(value)
-        if p.parent.name == INPUTS and p.name in memory:
-            return memory[p.name]
-        return load_image(key, value)
+        return memory[value] if value in memory else load_image(key, value)
 
-    out = {"content": load("content", s.content)}
+    out: dict[str, Any] = {"content": load("content", s.content)}
     if s.objective.style_layers:
         out["style"] = [load("style" if len(s.style) == 1 else f"style[{i}]", v) for i, v in enumerate(s.style)]
     check_image_size(s, out["content"].size, [img.size for img in out.get("style", [])])
@@ -452,7 +452,7 @@ class _CurveSink:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
