@@ -381,6 +381,8 @@ def _root(out_dir) -> Path | None:
     root = Path(os.path.abspath(os.path.expanduser(os.fspath(out_dir))))
     if root.exists() and not root.is_dir():
         raise InputError("out_dir", f"{root} exists and is not a folder; give a folder (new, empty, or one nst wrote)")
+    if root.is_dir() and not (root / STATE).is_dir() and ((root / ".hydra").is_dir() or (root / "summary.json").exists()):
+        raise InputError("out_dir", f"{root} is a single run's folder, not a sweep folder; give a new or empty folder")
     if root.is_dir() and not (root / STATE).is_dir() and any(root.iterdir()):
         raise InputError("out_dir", f"{root} is a folder nst did not make (no {STATE}/ in it) and is not empty; "
                                     "give a new or empty folder, so nothing of yours is overwritten")

@@ -143,6 +143,12 @@ def test_out_dir_that_is_not_nsts_is_refused_and_left_as_it_was(tmp_path):
         with pytest.raises(InputError, match=r"^out_dir: "):
             stylize(steps=1, out_dir=where, **TINY)
     assert a_file.read_text() == "x"
+    run = tmp_path / "run"  # a single run's folder (hydra.run.dir) holds one trial, not a sweep
+    (run / ".hydra").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    with pytest.raises(InputError, match=rf"^out_dir: {run} is a single run's folder, not a sweep folder"):
+        stylize(steps=1, out_dir=run, **TINY)
+    assert _listing(run) == [".hydra", "summary.json"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert stylize(steps=1, progress=False, out_dir=empty, **TINY).run_dir.parent == empty
