@@ -55,14 +55,23 @@ INPUTS = "inputs"  # where images given in memory are written, inside the run's 
 
 @dataclasses.dataclass(frozen=True)
 class TrialStep:
-    """What a callback gets for each counted evaluation (one forward and backward pass) of a trial."""
+    """What a callback gets for each counted evaluation (one forward and backward pass) of a trial.
 
-    trial: int  # which entry of `variants` (0 for stylize)
-    evaluation: int  # 1-based count of the trial's evaluations
-    values: dict[str, float]  # every loss term: total, content, style, tv, and per layer
-    image: Any  # torch.Tensor [1,3,H,W] in [0,1], the image evaluated; copy it to keep it
-    wall_time: float  # seconds since the optimisation started
-    level: int | None  # the pyramid level (coarse to fine, from 0), when there are several
+    Attributes:
+        trial: which entry of `variants` it belongs to (0 for `stylize`).
+        evaluation: the trial's count of evaluations so far, from 1.
+        values: every loss term: total (weighted), content, style, tv, and per layer (`style/conv1_1`).
+        image: the image evaluated, a tensor [1,3,H,W] in [0, 1]; copy it to keep it.
+        wall_time: seconds since the optimisation started.
+        level: the pyramid level (coarse to fine, from 0) when there are several, else None.
+    """
+
+    trial: int
+    evaluation: int
+    values: dict[str, float]
+    image: Any  # torch.Tensor
+    wall_time: float
+    level: int | None
 
 
 class Stylized(Image.Image):
@@ -156,11 +165,13 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
     overrides on top of `common`), run as batches of compatible trials, as a sweep runs them.
 
     Args:
-        content, style, callback, progress: as for `stylize`; the callback's `TrialStep.trial` says
-            which variant an evaluation belongs to.
+        content: as for `stylize`.
+        style: as for `stylize`.
         variants: one dict of overrides per trial, e.g. `[{"style_weight": w} for w in (1e3, 1e5)]`.
+        callback: as for `stylize`; its `TrialStep.trial` says which variant an evaluation belongs to.
         out_dir: a sweep folder, as for `stylize`; its report (results.csv, grid.png, report.html)
             is written once the trials end.
+        progress: as for `stylize`: one bar per trial.
         max_batch: at most this many trials share a pass (None: as many as fit, as `max_batch=auto`).
         **common: overrides every trial shares.
 
