@@ -426,7 +426,9 @@ def _claimed(root: Path | None, fixed: list[str], swept: list[str], own: list[li
     lock = root / sweep_folder.STATE / "lock"
     try:
         registry = json.loads((root / sweep_folder.STATE / "trials.json").read_text(encoding="utf-8"))
-        yield [int(registry[sweep_folder.trial_key(t)]) for t in full]
+        # the folder's own lookup where it has one (it also knows the keys older folders were written with)
+        lookup = getattr(sweep_folder, "_number_of", lambda reg, t, default: reg.get(sweep_folder.trial_key(t), default))
+        yield [int(lookup(registry, t, None)) for t in full]
     finally:
         # The lock is held for this call only (a notebook's kernel lives on): let the next command in.
         for f in [f for f in sweep_folder._held if Path(f.name) == lock]:
