@@ -295,7 +295,9 @@ def validated(d: dict) -> DictConfig:
 
 
 def plain(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    # not resolved again: `validated` takes a config that was resolved once, and a `${...}` left in a
+    # value by then (an escaped one, a literal part of a path) is data, not an interpolation
+    return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
 
 # --- one line for OmegaConf's own errors -------------------------------------------------------

@@ -11,8 +11,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 import torch
 
 from nst import records
@@ -77,10 +75,16 @@ class FileSink:
 
 
 class ProgressSink:
-    """A progress bar of evaluations, with the current total loss."""
+    """A progress bar of evaluations, with the current total loss: a widget in a Jupyter notebook
+    (tqdm.auto; plain text where ipywidgets is missing), text on a terminal. NST_PROGRESS=0 turns it off."""
 
     def __init__(self, steps: int, label: str, position: int = 0):
         disable = os.environ.get("NST_PROGRESS", "") == "0"
+        # tqdm.auto decides once per process: a widget in a notebook's kernel, else text (as tqdm.std)
+        if disable:
+            from tqdm.std import tqdm
+        else:
+            from tqdm.auto import tqdm
         # one bar per trial of a batch, each on its own line
         self.bar = tqdm(total=steps, desc=label, unit="eval", dynamic_ncols=True, file=sys.stderr, disable=disable,
                         leave=True, position=position)
