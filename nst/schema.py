@@ -118,6 +118,14 @@ class Precision(Choice):
     bf16 = "bf16"
 
 
+# compile: the network's evaluation under torch.compile (nst.compiled). The functional form because
+# "reduce-overhead", torch's name for the CUDA-graph mode, is no Python identifier; OmegaConf reads a
+# member by its name, which is its value here too. auto: on a GPU for trials long enough to repay
+# compiling, off on the CPU (where compiling did not pay: the manual's "Speed"); off: eager;
+# default: torch.compile's default mode (inductor); reduce-overhead: inductor with CUDA graphs.
+Compile = Choice("Compile", [(v, v) for v in ("auto", "off", "default", "reduce-overhead")], module=__name__)
+
+
 class LoggerName(Choice):
     wandb = "wandb"
     none = "none"
@@ -251,6 +259,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (an open set: checked in nst.settings)
     precision: Precision = Precision.auto
     deterministic: bool = False
+    compile: Compile = Compile.auto  # the evaluation under torch.compile: auto | off | default | reduce-overhead
     # Logging, sweeps, searches
     logger: LoggerConf = field(default_factory=LoggerConf)
     wandb: WandbConf = field(default_factory=WandbConf)
