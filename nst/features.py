@@ -188,7 +188,10 @@ def _load_caffe(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
             os.replace(tmp, path)  # whole or not at all: a process reading it meanwhile sees the old or none
         except OSError as e:
             log.debug("could not keep converted weights at %s (%s)", path, e)
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # its folder cannot be made: there is no temporary file either
     return [(state[name + ".weight"], state[name + ".bias"]) for name, kind, _ in layer_table(arch) if kind == "conv"]
 
 
