@@ -47,6 +47,7 @@ def resolve_mode(mode: str, device: torch.device, evaluations: int) -> str:
 class _Entry:
     extractor: torch.nn.Module
     compiled: dict[str, Callable] = field(default_factory=dict)  # mode -> the compiled module
+    ready: set[tuple] = field(default_factory=set)  # (mode, input shape) compiled forward and backward
     failed: set[str] = field(default_factory=set)  # modes that failed to compile here
 
 
@@ -98,9 +99,19 @@ class Evaluator:
             x = torch.cat([x, x[-1:].detach().expand(rows - k, -1, -1, -1)])
         try:
             fn = self._compiled()
+            if (self.mode, tuple(x.shape)) not in self._entry.ready:
+                # Compile a new shape's backward here too (torch compiles it at the first backward, in the
+                # runner, where a failure would fail the batch): a probe on a copy of the points.
+                probe = x.detach().clone().requires_grad_(True)
+                if self.mode == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()
+                torch.autograd.backward([f.float().sum() for f in fn(probe).values()])
+                self._entry.ready.add((self.mode, tuple(x.shape)))
             if self.mode == "reduce-overhead":
                 # CUDA graphs reuse their output buffers at the next replay: each tick's features are
-                # consumed (backward included) before the next tick begins, which this marks
+                # consumed (backward included) before the next tick begins, which this marks. (This
+                # path is written for CUDA GPUs and not yet run on one: on the CPU the mode is inductor's
+                # default, without graphs.)
                 torch.compiler.cudagraph_mark_step_begin()
             feats = fn(x)
         except torch.OutOfMemoryError:

@@ -481,11 +481,13 @@ def _evaluate(opt, asked: list, who: list[_Live], device: torch.device, terms: _
     """Forward and backward of the asked points as one [k,3,H,W] batch. Returns the batch, the terms per
     group of trials (device tensors, see _Terms), the gradients and each trial's loss scale (device)."""
     with torch.no_grad():
-        for _, x in asked:
-            # Keep pixels valid. Projecting the point asked for, in place, means each loss and
-            # gradient belong to the clamped image that is reported; an L-BFGS line-search point
-            # is discarded afterwards, so the search stays consistent.
-            x.clamp_(0, 1)
+        # Keep pixels valid. Projecting the point asked for, in place, means each loss and
+        # gradient belong to the clamped image that is reported; an L-BFGS line-search point
+        # is discarded afterwards, so the search stays consistent. (One call for the k points,
+        # the same arithmetic as clamp_(0, 1) on each.)
+        points = [p for _, p in asked]
+        torch._foreach_clamp_min_(points, 0.0)
+        torch._foreach_clamp_max_(points, 1.0)
     x = torch.stack([p for _, p in asked]).requires_grad_(True)  # [k,3,H,W]
     blocks, loss = terms(who, x)  # loss: [k]
     finite = torch.isfinite(loss.detach())
