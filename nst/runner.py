@@ -428,7 +428,8 @@ def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _
 
 class _Terms:
     """A tick's network evaluation and loss terms: the network once for every point, then the terms
-    once per group of trials that share targets (`_Live.shared`), the group's rows as one [g] batch of
+    once per group of trials that share targets (`_Live.shared`) and whether they have a TV term, the
+    group's rows as one [g] batch of
     its objective under the trials' own loss weights ([g] tensors, made from their settings when the
     set of trials changes, not per tick)."""
 
@@ -458,9 +459,10 @@ class _Terms:
     def _plan(self, who: list[_Live]) -> tuple:
         key = tuple(id(lv) for lv in who)
         if key not in self._plans:
-            by_target: dict[int, list[int]] = {}
+            # a trial without a TV term records tv = 0, as alone: it does not share a pass with one that has it
+            by_target: dict[tuple, list[int]] = {}
             for j, lv in enumerate(who):
-                by_target.setdefault(id(lv.shared), []).append(j)
+                by_target.setdefault((id(lv.shared), lv.trial.settings.tv_weight > 0), []).append(j)
             groups = []
             for rows in by_target.values():
                 ss = [who[j].trial.settings for j in rows]
