@@ -251,6 +251,7 @@ class Config:
     optimizer: OptimizerConf = MISSING  # from the group's default (config.yaml)
     init: InitConf = field(default_factory=InitConf)
     steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
+    compile: Compile = Compile.auto  # how each evaluation runs (pixels unchanged): the network under torch.compile: auto | off | default | reduce-overhead
     budget: Optional[float] = None  # the cost in full-size evaluations: steps and pyramid.steps scaled to it; null: as given
     average_decay: float = 0.0  # iterate averaging: the decay of a bias-corrected moving average of the iterates; 0: off
     frame_every: int = 50
@@ -259,7 +260,6 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (an open set: checked in nst.settings)
     precision: Precision = Precision.auto
     deterministic: bool = False
-    compile: Compile = Compile.auto  # the evaluation under torch.compile: auto | off | default | reduce-overhead
     # Logging, sweeps, searches
     logger: LoggerConf = field(default_factory=LoggerConf)
     wandb: WandbConf = field(default_factory=WandbConf)
