@@ -251,7 +251,7 @@ class Config:
     optimizer: OptimizerConf = MISSING  # from the group's default (config.yaml)
     init: InitConf = field(default_factory=InitConf)
     steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
-    compile: Compile = Compile.auto  # how each evaluation runs (pixels unchanged): the network under torch.compile: auto | off | default | reduce-overhead
+    compile: Compile = Compile.auto  # the network under torch.compile: auto (on a GPU, for long trials), off, default (inductor), reduce-overhead (with CUDA graphs); results equal up to float noise
     budget: Optional[float] = None  # the cost in full-size evaluations: steps and pyramid.steps scaled to it; null: as given
     average_decay: float = 0.0  # iterate averaging: the decay of a bias-corrected moving average of the iterates; 0: off
     frame_every: int = 50
