@@ -38,7 +38,8 @@ from nst.objective import Objective
 from nst.settings import Settings, load_inputs
 from nst.sinks import FileSink
 from nst.inputs import prepare
-from nst.device import cpu_bf16_units, cpu_model, cudnn_autotune, resolve_device, resolve_precision, set_determinism, set_precision
+from nst.device import (cpu_bf16_units, cpu_model, cpu_threads, cudnn_autotune, resolve_device, resolve_precision,
+                        set_determinism, set_precision)
 
 # Dense (no sparsity) peak TFLOP/s per precision, from the vendors' data sheets. The first entry
 # whose key is in torch.cuda.get_device_name() wins; None: a variant whose peak we do not list.
@@ -89,6 +90,10 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
     precision = resolve_precision(s.precision, device)
     set_precision(precision, device)
     set_determinism(s.deterministic, device, batch)
+    if device.type == "cpu":
+        # the runner's rule (the cores idle now): with another thread count the loop rows' ratio to this
+        # row compares thread counts, not loops (on a loaded 2-core machine the loop came out 4.6x "bare")
+        torch.set_num_threads(cpu_threads())
     layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
     ex = FeatureExtractor(s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device, precision,
                           channels_last=nhwc, bf16_autocast=autocast)
