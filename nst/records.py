@@ -220,6 +220,8 @@ def load_summary(folder: Path) -> tuple[dict, str | None]:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return {}, None
+    except IsADirectoryError:
+        return {}, "a folder, where nst keeps a file: move it away"
     except (OSError, ValueError) as e:
         text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
         return {}, f"unreadable ({text})"

@@ -149,6 +149,8 @@ def trial_dir(num, override_dirname, *, _root_) -> str:
     swept = _read(sweep_dir / STATE / "sweep.json", {})
     swept = swept.get("swept") if isinstance(swept, dict) else None
     name = swept_name(overrides, swept) if isinstance(swept, list) else ""
+    if not name and isinstance(swept, list):  # nothing swept (one value each): the trial's own overrides
+        name = swept_name(_own(overrides), [o.partition("=")[0] for o in _own(overrides)])
     return folder_name(number, name or str(override_dirname))
 
 

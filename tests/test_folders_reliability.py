@@ -81,7 +81,7 @@ def test_a_single_run_into_a_sweep_or_a_trial_folder_is_refused(run_nst, tmp_pat
     before = checksums(sweep)
     one_line(run_nst(*TINY, f"hydra.run.dir={sweep}"), f"hydra.run.dir: {sweep} is a sweep's folder")
     trial = sweep / trial_folders(sweep)[0]
-    one_line(run_nst(*TINY, f"hydra.run.dir={trial}"), f"hydra.run.dir: {trial} is not empty and was not made by nst")
+    one_line(run_nst(*TINY, f"hydra.run.dir='{trial}'"), f"hydra.run.dir: {trial} is not empty and was not made by nst")
     # and a sweep into a single run's folder
     run = tmp_path / "run"
     assert run_nst(*TINY, f"hydra.run.dir={run}").returncode == 0
@@ -221,8 +221,8 @@ def test_a_relative_image_path_with_chdir_is_refused_up_front(run_nst, tmp_path)
     r = run_nst("-m", "style_weight=1e3", *TINY, f"content={tmp_path / 'photo.jpg'}", "hydra.job.chdir=true",
                 f"hydra.sweep.dir={tmp_path / 'sw'}")
     assert r.returncode == 0, r.stderr[-2000:]
-    # the photograph's path is fixed: the folder is named by what was swept
-    assert trial_folders(tmp_path / "sw") == ["0_style_weight=1e3"]
+    # nothing swept: the folder is named by the trial's overrides, values as people write them
+    assert trial_folders(tmp_path / "sw") == ["0_content=photo.jpg,device=cpu,logger=none,size=32,steps=2,style_weight=1e3"]
 
 
 def test_a_trial_missing_its_image_reruns_and_an_odd_path_is_named_not_deleted(run_nst, tmp_path):
@@ -240,7 +240,8 @@ def test_a_trial_missing_its_image_reruns_and_an_odd_path_is_named_not_deleted(r
     assert r.returncode == 1
     assert (first / "final.png").is_file() and json.loads((first / "summary.json").read_text())["status"] == "completed"
     assert (first / "frames" / "mine.txt").read_text() == "put there by the user"  # the rerun's frames beside it
-    assert f"{second / 'summary.json'} is a folder or link, where nst keeps its own; move it away" in r.stderr
+    assert f"{second / 'summary.json'} is a folder or link, where nst keeps its own; move it away" in r.stdout + r.stderr
+    assert f"{second / 'summary.json'} is a folder, where nst keeps a file: move it away" in r.stderr.strip().splitlines()[-1]
     assert (second / "summary.json" / "keep.txt").read_text() == "the user's"
     assert not any(p.name == ".staging" for p in sweep.rglob("*"))
     (second / "summary.json" / "keep.txt").unlink()
