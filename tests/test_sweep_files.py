@@ -126,6 +126,7 @@ def test_a_sweep_beside_a_trial_with_a_cut_summary_reports_it_and_aggregates(tmp
     sweep = tmp_path / "sweep"
     other = sweep / "7_style_weight=5"
     (other / ".hydra").mkdir(parents=True)
+    (sweep / ".nst").mkdir()  # a folder nst made (nst writes into no other)
     (other / "summary.json").write_text('{"status": "compl')
     r = run_in(tmp_path, "-m", "style_weight=1e3", *BASE, "logger=none", f"hydra.sweep.dir={sweep}")
     assert "Traceback" not in r.stderr and "no summary.json" not in r.stderr
