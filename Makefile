@@ -9,14 +9,14 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?= size=256 steps=150
 ABLATION_ARGS ?= size=128 steps=200
 
-.PHONY: install demo test bench ablations clean-outputs gpu-bundle gpu-check
+.PHONY: install demo test docs bench ablations clean-outputs gpu-bundle gpu-check
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test,slurm,search]'
+	$(PY) -m pip install -q -e '.[test,slurm,search,docs]'
 	# the former Optuna sweeper plugin (it pinned optuna<3) would register hydra/sweeper=optuna too
 	$(PY) -m pip uninstall -q -y hydra-optuna-sweeper 2>/dev/null || true
 	touch $(STAMP)
@@ -29,6 +29,11 @@ demo: install
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 8 ] && n=8; echo $$n)
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# the manual (docs/, mkdocs.yml) into site/, offline; strict: a broken link, anchor or image, a page
+# left out of the nav or a schema key without its comment fails the build. `mkdocs serve` previews it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # the same sweep batched and one trial at a time (on a GPU: every preset of benchmarks/sweep.py)
 bench: install

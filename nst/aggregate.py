@@ -9,12 +9,13 @@ its row and its grid cell are marked, one warning names the file, and the rest o
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import logging
 import math
-import shlex
+import os
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,6 @@ import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from nst import search
 from nst.images import save_animation, save_atomic
 from nst.metrics import BETTER, NOISE_FLOOR, SWD_SCALES
 from nst.records import WriteError, load_summary, write_bytes_atomic
@@ -53,6 +53,10 @@ class Trial:
     @property
     def final(self) -> Path:
         return self.path / "final.png"
+
+    @property
+    def folder_unreadable(self) -> bool:
+        return any(p.startswith(".: ") for p in self.problems)
 
 
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -140,31 +144,42 @@ def _check_final(t: "Trial") -> None:
 
 def load_trials(sweep_dir: Path, warn: Callable[[str], None] | None = None) -> list[Trial]:
     """Every trial folder of the sweep. A file that cannot be read is recorded in the trial's
-    `problems`, and `warn` (default: the log) gets one line naming it."""
+    `problems`, and `warn` (default: the log) gets one line naming it; a trial folder that cannot be
+    read at all (permissions, a damaged disk) is a trial with status "unreadable"."""
     warn = warn or log.warning
     trials = []
     for d in sorted(Path(sweep_dir).iterdir()):
-        if not d.is_dir() or not (d / ".hydra").is_dir() and not (d / "summary.json").exists():
-            continue
         head = d.name.split("_", 1)[0]
         num = int(head) if head.isdigit() else len(trials)
-        problems: list[str] = []
-        summary, unreadable = load_summary(d)
-        if unreadable is not None:
-            problems.append(f"summary.json: {unreadable}")
-        status = "unreadable" if unreadable is not None else str(summary.get("status") or "unfinished")
-        rows = _metrics_rows(d / "metrics.jsonl", problems)
-        t = Trial(d, num, _overrides(d, summary, problems), summary, status, rows, problems)
-        _check_final(t)
+        try:
+            if not d.is_dir() or not (d / ".hydra").is_dir() and not (d / "summary.json").exists():
+                continue
+            t = _load_trial(d, num)
+        except OSError as e:  # the folder itself cannot be listed or its files stat'ed
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            t = Trial(d, num, {}, {}, "unreadable", [], [f".: the folder is unreadable ({_reason(e)})"])
         for problem in t.problems:
             warn(_warning(t, problem))
         trials.append(t)
     return sorted(trials, key=lambda t: t.num)
 
 
+def _load_trial(d: Path, num: int) -> Trial:
+    problems: list[str] = []
+    summary, unreadable = load_summary(d)
+    if unreadable is not None:
+        problems.append(f"summary.json: {unreadable}")
+    status = "unreadable" if unreadable is not None else str(summary.get("status") or "unfinished")
+    rows = _metrics_rows(d / "metrics.jsonl", problems)
+    t = Trial(d, num, _overrides(d, summary, problems), summary, status, rows, problems)
+    _check_final(t)
+    return t
+
+
 def _warning(t: Trial, problem: str) -> str:
     name, _, what = problem.partition(": ")
-    return f"{t.path / name}: {what} (the trial is marked in the report)"
+    return f"{t.path if name == '.' else t.path / name}: {what} (the trial is marked in the report)"
 
 
 def swept_axes(trials: list[Trial]) -> list[tuple[str, list[str]]]:
@@ -178,8 +193,33 @@ def swept_axes(trials: list[Trial]) -> list[tuple[str, list[str]]]:
     return [(k, v) for k, v in axes.items() if len(v) > 1]
 
 
+def human(v: float) -> str:
+    """Three significant digits, as people write them: 1e6, 3.27e10, 0.412, 47.6, 1230, 1.5e-4."""
+    if v == 0 or not math.isfinite(v):
+        return "0" if v == 0 else str(v)
+    exp = math.floor(math.log10(abs(v)))
+    if round(abs(v), 2 - exp) >= 10 ** (exp + 1):  # 999.7 rounds up to the next power of ten
+        exp += 1
+    if -3 <= exp < 4 and not (exp == 3 and round(v, 2 - exp) % 1000 == 0):  # 1e3, 2e3 as sweeps are typed
+        text = f"{round(v, 2 - exp):.{max(0, 2 - exp)}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    mantissa = f"{v / 10 ** exp:.2f}".rstrip("0").rstrip(".")
+    return f"{mantissa}e{exp}"
+
+
+def value_text(text: str | None) -> str:
+    """An override's value for people: a number written as `human` does (Hydra records 1e6 as
+    1000000.0), anything else as it is."""
+    text = "" if text is None else str(text)
+    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text.strip()):
+        v = float(text)
+        if math.isfinite(v) and not (v.is_integer() and abs(v) < 1e4 and "." not in text and "e" not in text.lower()):
+            return human(v)
+    return text
+
+
 def label(trial: Trial, keys: list[str]) -> str:
-    return ", ".join(f"{k}={trial.overrides.get(k, '')}" for k in keys) or trial.path.name
+    return ", ".join(f"{k}={value_text(trial.overrides.get(k, ''))}" for k in keys) or trial.path.name
 
 
 # ------------------------------------------------------------------------------------------ table
@@ -217,6 +257,57 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+_BREAK = re.compile(r"[^,\s/=_-]*[,\s/=_-]*")
+
+
+def _wrap(text: str, font, width: float) -> list[str]:
+    """Greedy lines of at most `width` px, broken after a comma, space, slash, '=', '_' or '-' where
+    one is near, else anywhere."""
+    lines, line = [], ""
+    for token in (t for t in _BREAK.findall(text) if t):
+        while token:
+            if font.getlength(line + token) <= width:
+                line, token = line + token, ""
+            elif line:
+                lines.append(line.rstrip())
+                line = ""
+            else:  # one token wider than the cell: as many characters as fit
+                n = max(1, max(i for i in range(1, len(token) + 1) if i == 1 or font.getlength(token[:i]) <= width))
+                lines.append(token[:n])
+                token = token[n:]
+    if line.strip() or not lines:
+        lines.append(line.rstrip())
+    return lines
+
+
+def fit_text(text: str, width: float, size: int = 13, smallest: int = 9, max_lines: int = 3):
+    """(font, lines): `text` in the largest font from `size` down to `smallest` that fits `width` px in at
+    most `max_lines` lines; what still does not fit ends in "..." on the last line."""
+    width = max(8.0, width)
+    for px in range(size, smallest - 1, -1):
+        font = _font(px)
+        lines = _wrap(text, font, width)
+        if len(lines) <= max_lines:
+            return font, lines
+    lines = lines[:max_lines]
+    last = lines[-1]
+    while last and font.getlength(last + "...") > width:
+        last = last[:-1]
+    return font, [*lines[:-1], last + "..."]
+
+
+def _line_height(font) -> int:
+    box = font.getbbox("Ag")
+    return int(box[3] - min(0, box[1])) + 3
+
+
+def draw_lines(d: ImageDraw.ImageDraw, xy: tuple[float, float], font, lines: list[str], fill="black") -> None:
+    x, y = xy
+    for line in lines:
+        d.text((x, y), line, fill=fill, font=font)
+        y += _line_height(font)
+
+
 SHORT = {"style_swd": "SWD", "gmsd": "GMSD", "psnr": "PSNR", "ssim": "SSIM", "gram_distance": "Gram",
          "content_distance": "content", "style_distance": "style (old)", **{f"style_swd_{f}x": f"SWD{f}x" for f in SWD_SCALES}}
 TIE = "\u2248"  # "≈" in report.html: within the float-noise floor of the best
@@ -244,7 +335,7 @@ def tied_with_best(trials: list[Trial], metric: str) -> set[str]:
 def _cell_box(trials: list[Trial]) -> tuple[int, int]:
     """Cell size: CELL px wide, with the aspect ratio of the first saved result."""
     for t in trials:
-        if t.final.exists() and not any(p.startswith("final.png") for p in t.problems):
+        if t.status == "completed" and t.final.exists() and not any(p.startswith("final.png") for p in t.problems):
             try:
                 with Image.open(t.final) as im:
                     w, h = im.size
@@ -258,7 +349,6 @@ PROBLEM = (230, 120, 0)  # the mark of a trial with an unreadable file
 
 
 def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int], ties: dict[str, set[str]]) -> Image.Image:
-    font = _font(12)
     w, h = box
     pad = 18 if annotate else 0
     img = None
@@ -272,9 +362,10 @@ def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int], ties: 
         cell = Image.new("RGB", (w, h + pad), "white")
         cell.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
         metrics = _mapping(trial.summary.get("metrics"))
-        text = "  ".join(f"{SHORT[m]} {_num(metrics.get(m)):.3g}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
+        text = "  ".join(f"{SHORT[m]} {human(_num(metrics.get(m)))}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
                          for m in annotate if _num(metrics.get(m)) is not None)
-        ImageDraw.Draw(cell).text((2, h + 3), text, fill="black", font=font)
+        font, lines = fit_text(text, w - 4, size=12, max_lines=1)
+        draw_lines(ImageDraw.Draw(cell), (2, h + 3), font, lines)
         return _mark_problem(cell, trial)
     # A failed, unfinished, unreadable or missing trial is a marked empty cell, never a missing one.
     cell = Image.new("RGB", (w, h + pad), (235, 235, 235))
@@ -293,26 +384,36 @@ def _mark_problem(cell: Image.Image, trial: Trial | None) -> Image.Image:
     d = ImageDraw.Draw(cell)
     d.rectangle((0, 0, cell.width - 1, cell.height - 1), outline=PROBLEM, width=4)
     d.rectangle((0, 0, cell.width - 1, 17), fill=PROBLEM)
-    files = ", ".join(dict.fromkeys(p.split(":", 1)[0] for p in trial.problems))
-    d.text((4, 2), f"! {files}", fill="white", font=_font(12))
+    files = ", ".join(dict.fromkeys(p.split(":", 1)[0].replace(".", "folder") if p.startswith(".:") else p.split(":", 1)[0]
+                                    for p in trial.problems))
+    font, lines = fit_text(f"! {files}", cell.width - 8, size=12, max_lines=1)
+    draw_lines(d, (4, 2), font, lines, fill="white")
     return cell
 
 
 def _table_image(rows: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], title: str) -> Image.Image:
-    font, tfont = _font(13), _font(15)
+    """The cells in rows and columns, every label fitted to its cell (wrapped, then smaller, then cut)."""
     cw, ch = rows[0][0].size
-    left = max([ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(s, font=font) for s in row_labels] + [0])
-    left = int(left) + 12 if any(row_labels) else 4
-    top = 22 + (20 if title else 0)
-    img = Image.new("RGB", (left + len(rows[0]) * (cw + 4) + 4, top + len(rows) * (ch + 4) + 4), "white")
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    # row labels: as wide as the widest needs, at most a cell's width
+    widest = max([probe.textlength(s, font=_font(13)) for s in row_labels] + [0])
+    left = int(min(widest, cw)) + 12 if any(row_labels) else 4
+    width = left + len(rows[0]) * (cw + 4) + 4
+    cols = [fit_text(s, cw - 4) for s in col_labels]
+    label_h = 18 + max([(len(lines) - 1) * _line_height(font) for font, lines in cols] + [0])  # 18: one line
+    titled = fit_text(title, width - 8, size=15, max_lines=2) if title else None
+    top = 4 + (len(titled[1]) * _line_height(titled[0]) + 2 if titled else 0) + label_h
+    img = Image.new("RGB", (width, top + len(rows) * (ch + 4) + 4), "white")
     d = ImageDraw.Draw(img)
-    if title:
-        d.text((4, 2), title, fill="black", font=tfont)
-    for j, s in enumerate(col_labels):
-        d.text((left + j * (cw + 4) + 2, top - 18), s, fill="black", font=font)
+    if titled:
+        draw_lines(d, (4, 2), *titled)
+    for j, (font, lines) in enumerate(cols):
+        draw_lines(d, (left + j * (cw + 4) + 2, top - label_h), font, lines)
     for i, row in enumerate(rows):
         y = top + i * (ch + 4)
-        d.text((4, y + ch // 2 - 7), row_labels[i], fill="black", font=font)
+        if row_labels[i]:
+            font, lines = fit_text(row_labels[i], left - 8, max_lines=max(1, ch // 16))
+            draw_lines(d, (4, y + (ch - len(lines) * _line_height(font)) // 2), font, lines)
         for j, cell in enumerate(row):
             img.paste(cell, (left + j * (cw + 4), y))
     return img
@@ -329,7 +430,7 @@ def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | Non
         ordered = [next((t for t in trials if t.overrides.get(key) == v), None) for v in values]
         if sort_by:
             ordered.sort(key=lambda t: _sort_key(t, sort_by))
-        labels = [f"{key}={t.overrides.get(key)}" if t else "" for t in ordered]
+        labels = [f"{key}={value_text(t.overrides.get(key))}" if t else "" for t in ordered]
         return _table_image([[_cell(t, annotate, box, ties) for t in ordered]], [""], labels, "")
     (rkey, rvals), (ckey, cvals), extra = axes[0], axes[1], axes[2:]
     combos: list[dict[str, str]] = [{}]
@@ -345,8 +446,9 @@ def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | Non
             return None
 
         rows = [[_cell(find(rv, cv), annotate, box, ties) for cv in cvals] for rv in rvals]
-        title = ", ".join(f"{k}={v}" for k, v in combo.items())
-        panels.append(_table_image(rows, [f"{rkey}={v}" for v in rvals], [f"{ckey}={v}" for v in cvals], title))
+        title = ", ".join(f"{k}={value_text(v)}" for k, v in combo.items())
+        panels.append(_table_image(rows, [f"{rkey}={value_text(v)}" for v in rvals], [f"{ckey}={value_text(v)}" for v in cvals],
+                                   title))
     if len(panels) == 1:
         return panels[0]
     out = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
@@ -365,15 +467,36 @@ def _sort_key(t: Trial | None, key: str) -> float:
 # ----------------------------------------------------------------------------------------- curves
 
 
-def make_curves(trials: list[Trial], axes, path: Path) -> None:
-    import os
+def _cache_dir() -> Path:
+    """Where matplotlib keeps its font cache: the user's cache folder ($XDG_CACHE_HOME or ~/.cache,
+    under nst/matplotlib), else the temporary folder; never a sweep folder (it is not the sweep's)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for d in (Path(base) / "nst" / "matplotlib", Path(tempfile.gettempdir()) / f"nst-matplotlib-{getattr(os, 'getuid', lambda: 0)()}"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if os.access(d, os.W_OK | os.X_OK):
+                return d
+        except OSError:
+            continue
+    return Path(tempfile.mkdtemp(prefix="nst-matplotlib-"))
 
-    # matplotlib keeps a font cache under the home folder; keep it in the sweep folder instead
-    os.environ.setdefault("MPLCONFIGDIR", str(path.parent / ".matplotlib"))
+
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only, its cache where _cache_dir says (a MPLCONFIGDIR the
+    user set is kept), and quiet: its first run builds a font cache and says so on the log."""
+    if not os.environ.get("MPLCONFIGDIR"):
+        os.environ["MPLCONFIGDIR"] = str(_cache_dir())
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def make_curves(trials: list[Trial], axes, path: Path) -> None:
+    plt = _pyplot()
 
     keys = [k for k, _ in axes]
     terms = ["total", "content", "style"] + (["tv"] if any(_num(r.get("tv")) for t in trials for r in t.rows) else [])
@@ -396,7 +519,7 @@ def make_curves(trials: list[Trial], axes, path: Path) -> None:
 
 
 def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     buf = io.BytesIO()
     try:
@@ -428,13 +551,7 @@ def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
               if t.status == "completed" and (v := _num(_mapping(t.summary.get("objective")).get("value"))) is not None]
     if not scored:
         return False
-    import os
-
-    os.environ.setdefault("MPLCONFIGDIR", str(path.parent / ".matplotlib"))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import matplotlib.ticker
 
     name = str(scored[0][0].summary["objective"].get("name", "objective"))
@@ -467,6 +584,117 @@ def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------------------- scatter
+
+
+def _thumbnail(path: Path, side: int) -> Image.Image | None:
+    try:
+        with Image.open(path) as im:
+            return ImageOps.contain(im.convert("RGB"), (side, side), Image.LANCZOS)
+    except (*_IMAGE_ERRORS, OSError):
+        return None
+
+
+def _short_label(text: str, width: int) -> str:
+    import textwrap
+
+    lines = textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+    if len(lines) > 2:
+        lines = [lines[0], lines[1][: width - 3] + "..."]
+    return "\n".join(lines)
+
+
+def _spread(points, w: float, h: float, rounds: int = 200):
+    """Offsets (in the points' units) that move boxes of w x h centred on `points` apart until none
+    overlap (or `rounds` passes): each overlapping pair is pushed apart along the shorter way."""
+    import numpy as np
+
+    off = np.zeros_like(points, dtype=float)
+    for _ in range(rounds):
+        moved = False
+        for i in range(len(points)):
+            for j in range(i + 1, len(points)):
+                d = (points[j] + off[j]) - (points[i] + off[i])
+                over = np.array([w, h]) - np.abs(d)
+                if (over <= 0).any():
+                    continue
+                axis = int(over[1] < over[0])  # push along the axis that needs less
+                sign = 1.0 if d[axis] >= 0 else -1.0
+                off[j, axis] += sign * (over[axis] / 2 + 1)
+                off[i, axis] -= sign * (over[axis] / 2 + 1)
+                moved = True
+        if not moved:
+            break
+    return off
+
+
+def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
+    """The trade-off, each completed trial's result at its point: a search's objective against its
+    first searched number, else style_swd (distance to the style) against gmsd (structure lost from
+    the content), both lower-is-better. False when no trial has the two numbers."""
+    import numpy as np
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage, TextArea, VPacker
+
+    keys = [k for k, _ in axes]
+    done = [t for t in trials if t.status == "completed"]
+    objective = [(t, v) for t in done if (v := _num(_mapping(t.summary.get("objective")).get("value"))) is not None]
+    if objective:
+        name = str(objective[0][0].summary["objective"].get("name", "objective"))
+        searched = [k for k in keys if all(_number(t.overrides.get(k)) is not None for t, _ in objective)]
+        xkey = searched[0] if searched else None
+        points = [(t, _number(t.overrides.get(xkey)) if xkey else float(t.num), v) for t, v in objective]
+        xlabel, ylabel = (xkey or "trial number"), f"{name}  (lower is better \u2193)"
+        title = f"{name} against {xkey or 'trial number'}"
+    else:
+        points = [(t, x, y) for t in done if (x := _num(_mapping(t.summary.get("metrics")).get("gmsd"))) is not None
+                  and (y := _num(_mapping(t.summary.get("metrics")).get("style_swd"))) is not None]
+        xlabel = "gmsd: structure lost from the content  (\u2190 lower is better)"
+        ylabel = "style_swd: distance to the style  (lower is better \u2193)"
+        title = "The trade-off: better results lie towards the lower left"
+    if not points:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    ax.plot(xs, ys, "o", color="#444", markersize=3, zorder=3)
+    if objective and _log_scale(xs):
+        ax.set_xscale("log")
+    if _log_scale(ys):
+        ax.set_yscale("log")
+    ax.margins(0.22)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    import matplotlib.ticker
+
+    for axis in (ax.xaxis, ax.yaxis):  # few ticks: close values would print on top of each other
+        if axis.get_scale() == "linear":
+            axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
+    side = 64 if len(points) <= 12 else 44 if len(points) <= 40 else 28
+    texts = len(points) <= 40
+    ax.set_xlim(ax.get_xlim())  # fixed now: the thumbnails are placed in screen space below
+    ax.set_ylim(ax.get_ylim())
+    fig.canvas.draw()
+    scale = fig.dpi / 72  # OffsetImage draws one image pixel per point
+    offsets = _spread(ax.transData.transform(np.array([(x, y) for _, x, y in points])),
+                      (side + 8) * scale, (side + (24 if texts else 8)) * scale) / scale
+    for (t, x, y), (dx, dy) in zip(points, offsets):
+        thumb = _thumbnail(t.final, side)
+        if thumb is None:
+            continue
+        parts = [OffsetImage(np.asarray(thumb), zoom=1)]
+        if texts:  # as wide as the thumbnail: two lines of about side / 3.4 characters at 6.5 pt
+            parts.append(TextArea(_short_label(label(t, keys) if keys else t.path.name, max(8, int(side / 3.4))),
+                                  textprops={"fontsize": 6.5}))
+        box = VPacker(children=parts, align="center", pad=0, sep=1)
+        ax.add_artist(AnnotationBbox(box, (x, y), xybox=(dx, dy), boxcoords="offset points", frameon=True, pad=0.15,
+                                     zorder=2, bboxprops={"edgecolor": "#777", "linewidth": 0.6},
+                                     arrowprops={"arrowstyle": "-", "color": "#777", "linewidth": 0.6}))
+    ax.grid(True, which="both", alpha=0.3)
+    _save_figure(fig, path)
+    return True
+
+
 # ------------------------------------------------------------------------------------- animations
 
 
@@ -486,150 +714,6 @@ def make_animation(trial: Trial, warn: Callable[[str], None] | None = None) -> P
     return None
 
 
-# ----------------------------------------------------------------------------------------- report
-
-
-def sweep_command(sweep_dir: Path) -> str:
-    f = sweep_dir / "multirun.yaml"
-    if not f.exists():
-        return ""
-    try:
-        task = OmegaConf.select(OmegaConf.load(f), "hydra.overrides.task") or []
-    except Exception:  # noqa: BLE001 - a damaged multirun.yaml costs the report its command line only
-        return ""
-    return "python -m nst.run -m " + " ".join(shlex.quote(str(o)) for o in task)
-
-
-_SORT_JS = """
-document.querySelectorAll('table.sortable th').forEach((th, i) => th.addEventListener('click', () => {
-  const tb = th.closest('table').tBodies[0], rows = Array.from(tb.rows);
-  const dir = th.dataset.dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
-  const val = r => { const t = r.cells[i].textContent.trim(), n = parseFloat(t); return isNaN(n) ? t : n; };
-  rows.sort((a, b) => { const x = val(a), y = val(b); const c = x < y ? -1 : x > y ? 1 : 0; return dir === 'asc' ? c : -c; });
-  rows.forEach(r => tb.appendChild(r));
-}));
-"""
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _search_section(sweep_dir: Path, trials: list[Trial]) -> str:
-    def value(t: Trial) -> float | None:
-        return _num(_mapping(t.summary.get("objective")).get("value"))
-
-    scored = [t for t in trials if t.status == "completed" and value(t) is not None]
-    if not scored:
-        return ""
-    e = html.escape
-    best = min(scored, key=value)
-    found = sweep_dir / "optimization_results.yaml"
-    try:
-        found_text = found.read_bytes().decode("utf-8", errors="replace") if found.exists() else None
-    except OSError:
-        found_text = None
-    name = str(best.summary["objective"].get("name", ""))
-    metric = search.METRIC_OF.get(name)
-    tied = "" if metric is None else ", ".join(
-        t.path.name for t in scored if t is not best and abs(value(t) - value(best)) <= floor_of(metric) * abs(value(best)))
-    tied = f"<p>Tied with it within the float-noise floor of {metric} ({100 * floor_of(metric):.2g} %): trials {e(tied)}.</p>" \
-        if tied else ""
-    sweeper = f"<p>The sweeper's result (<a href='{found.name}'>{found.name}</a>):</p><pre>{e(found_text)}</pre>" \
-        if found_text is not None else ""
-    return f"""<h2>Search</h2>
-<p>Objective <code>{e(name)}</code>, lowest in trial {e(best.path.name)}:
-{value(best):.6g}. {len(scored)} of {len(trials)} trials scored.</p>
-{tied}{sweeper}
-<img src="objective.png" alt="objective against trial number and searched values">
-"""
-
-
-def _metric_cell(r, column: str, ties: dict[str, set[str]]) -> str:
-    """A results cell: a metric tied with the column's best within the float-noise floor gets a
-    trailing "≈" (after the number, so the table still sorts by it); a coarse style scale that a
-    completed trial's image was too small for says "skipped"."""
-    text = _fmt(r[column])
-    if column in ties and r["trial"] in ties[column]:
-        return f"<td class='tie'>{html.escape(text)} {TIE}</td>"
-    if not text and column.startswith("style_swd_") and r["status"] == "completed" and "style_swd" in r and _fmt(r["style_swd"]):
-        text = "skipped"
-    return f"<td>{html.escape(text)}</td>"
-
-
-def _floors_note(columns) -> str:
-    floors = ", ".join(f"{m} {100 * floor_of(m):.2g} %" for m in columns if m in BETTER or m in LEGACY)
-    return (f"<p>Values marked {TIE} are within the float-noise floor of the column's best (lowest distance, "
-            f"highest PSNR or SSIM) and tie with it: the same trial on another thread count moves them that "
-            f"much (<code>benchmarks/noise_floor.py</code>). Floors: {html.escape(floors)}. style_swd, gmsd, "
-            f"psnr and ssim are the fair judges; gram_distance and content_distance are close to the default "
-            f"objective (README \"Standardised metrics\").</p>")
-
-
-def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes, animations: dict[str, Path]) -> Path:
-    keys = [k for k, _ in axes]
-    e = html.escape
-    ties = {c: tied_with_best(trials, c) for c in table.columns if c in BETTER or c in LEGACY}
-    head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
-    body = "".join(
-        f"<tr class='{e(str(r['status']))}{' problem' if r['problem'] else ''}'>"
-        + "".join(_metric_cell(r, c, ties) for c in table.columns) + "</tr>"
-        for _, r in table.iterrows())
-    damaged = [t for t in trials if t.problems]
-    problems = "" if not damaged else (
-        "<h2>Unreadable files</h2>\n<p>These trials' files could not be read; their rows and grid cells are marked "
-        "(orange). Re-running the sweep into its folder runs the trials without a readable summary.json again.</p>\n<ul>"
-        + "".join(f"<li>{e(t.path.name)}: {e(p)}</li>" for t in damaged for p in t.problems) + "</ul>\n")
-    gallery = "".join(
-        f"<figure><img src='{e(p.relative_to(sweep_dir).as_posix())}' alt='{e(label(t, keys))}'>"
-        f"<figcaption>{e(label(t, keys))}</figcaption></figure>"
-        for t in trials if (p := animations.get(t.path.name)) is not None)
-    command = sweep_command(sweep_dir)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>nst sweep: {e(sweep_dir.name)}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
-code {{ background: #f3f3f3; padding: 2px 5px; }}
-img {{ max-width: 100%; }}
-table {{ border-collapse: collapse; font-size: 12px; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
-th {{ cursor: pointer; background: #f3f3f3; position: sticky; top: 0; }}
-tr.failed td, tr.unfinished td, tr.unreadable td {{ background: #fde8e8; }}
-tr.problem td:first-child {{ border-left: 4px solid #e67800; }}
-tr.problem td {{ background: #fff1dc; }}
-td.tie {{ background: #e6f4e6; }}
-figure {{ display: inline-block; margin: 6px; text-align: center; }}
-figure img {{ width: 256px; height: auto; }}
-figcaption {{ font-size: 12px; }}
-</style></head><body>
-<h1>Sweep {e(sweep_dir.name)}</h1>
-<p>{len(trials)} trials; swept: {e(", ".join(f"{k} ({len(v)})" for k, v in axes) or "nothing")}.
-{sum(t.status == "completed" for t in trials)} completed, {sum(t.status != "completed" for t in trials)} failed or unfinished{
-f", {len(damaged)} with unreadable files (marked)" if damaged else ""}.</p>
-<p>Command: <code>{e(command)}</code></p>
-{problems}{_search_section(sweep_dir, trials)}<h2>Final images</h2>
-<img src="grid.png" alt="comparison grid">
-<h2>Loss curves</h2>
-<img src="curves.png" alt="loss curves">
-<h2>Results</h2>
-<p>Click a column to sort. Distances and PSNR/SSIM come from one fixed evaluator, so they compare across trials.
-Also in <a href="results.csv">results.csv</a>.</p>
-{_floors_note(table.columns)}
-<table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-<h2>How each image forms</h2>
-{gallery}
-<script>{_SORT_JS}</script>
-</body></html>
-"""
-    out = sweep_dir / "report.html"
-    write_bytes_atomic(out, page.encode("utf-8"))
-    return out
-
-
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -645,13 +729,18 @@ def aggregate(sweep_dir: Path, annotate: list[str] | None = None, sort_by: str |
     annotate = ["psnr", "style_swd"] if annotate is None else annotate
     axes = swept_axes(trials)
     # the animations first: a frame found unreadable there is marked in the table and the grid too
-    animations = {t.path.name: a for t in trials if (a := make_animation(t, warn)) is not None}
+    animations = {t.path.name: a for t in trials if not t.folder_unreadable and (a := make_animation(t, warn)) is not None}
     table = results_table(trials, axes)
     out = {"results": sweep_dir / "results.csv", "grid": sweep_dir / "grid.png", "curves": sweep_dir / "curves.png"}
     write_bytes_atomic(out["results"], table.to_csv(index=False).encode("utf-8"))
     save_atomic(make_grid(trials, axes, annotate, sort_by), out["grid"])
     make_curves(trials, axes, out["curves"])
+    if make_scatter(trials, axes, sweep_dir / "scatter.png"):
+        out["scatter"] = sweep_dir / "scatter.png"
     if make_objective_plot(trials, axes, sweep_dir / "objective.png"):
         out["objective"] = sweep_dir / "objective.png"
-    out["report"] = write_report(sweep_dir, table, trials, axes, animations)
+    # the page itself is nst.report's (which imports this module for its command)
+    from nst.report import write_report
+
+    out["report"] = write_report(sweep_dir, table, trials, axes, animations, scatter="scatter" in out)
     return out

@@ -20,12 +20,16 @@ class AggregateSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from nst.aggregate import aggregate
+        from nst.run import report_deferred
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            out = aggregate(sweep_dir)
-        except Exception as e:  # noqa: BLE001 - aggregation must never turn a finished sweep into a crash
-            log.error(f"aggregating {sweep_dir} failed: {type(e).__name__}: {e} (retry with: python -m nst.report {sweep_dir})")
+        with report_deferred():  # SIGTERM or Ctrl-C now stops the command once the report is whole
+            try:
+                out = aggregate(sweep_dir)
+            except Exception as e:  # noqa: BLE001 - aggregation must never turn a finished sweep into a crash
+                log.error(f"aggregating {sweep_dir} failed: {type(e).__name__}: {e} (retry with: python -m nst.report {sweep_dir})")
+                out = None
+        if out is None:
             return
         log.info(f"sweep report: {out['report'].resolve()}")
         if OmegaConf.select(config, "logger.name") == "wandb":

@@ -97,6 +97,7 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
              f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_discrete_sweep() else None
              for o in parsed]
     cfg = _compose([o for o in first if o is not None], hydra_config=True)
+    _check_launcher(cfg)
     try:
         sweep_dir = str(cfg.hydra.sweep.dir)
     except Exception as e:  # noqa: BLE001 - a folder that cannot be resolved
@@ -236,6 +237,15 @@ def _check_subdirs(grid: dict, trials: list[list[str]]) -> None:
         except Exception as e:  # noqa: BLE001 - a pattern that cannot be resolved
             raise InputError("hydra.sweep.subdir", _first_line(e)) from None
     sweep_folder.check_trial_dirs(grid["sweep_dir"], subdirs, search)
+
+
+def _check_launcher(cfg) -> None:
+    from hydra_plugins.nst_launcher.nst_launcher import NstLauncherConfigError, check_target
+
+    try:
+        check_target(cfg.hydra.launcher.get("_target_"))
+    except NstLauncherConfigError as e:
+        raise InputError("hydra.launcher._target_", str(e)) from None
 
 
 def _launcher_accepts(cfg) -> bool:

@@ -53,8 +53,8 @@ class WriteError(OSError):
 
 
 def disk_error(e: BaseException) -> bool:
-    """A full disk or an exhausted quota."""
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    """A full disk, an exhausted quota, or a file size limit (`ulimit -f`)."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextmanager
@@ -209,7 +209,14 @@ def trial_folders(folder: Path) -> list[Path]:
         return [folder]
     if not folder.is_dir():
         return []
-    return sorted(d for d in folder.iterdir() if d.is_dir() and ((d / ".hydra").is_dir() or (d / "summary.json").exists()))
+    return sorted(d for d in folder.iterdir() if _trial_folder(d))
+
+
+def _trial_folder(d: Path) -> bool:
+    try:
+        return d.is_dir() and ((d / ".hydra").is_dir() or (d / "summary.json").exists())
+    except OSError:  # a folder this user cannot look into (permissions): its trial reads as unreadable
+        return True
 
 
 def load_summary(folder: Path) -> tuple[dict, str | None]:

@@ -27,11 +27,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.nst_launcher._hydra_private import raised
 from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_results
 
 from nst import cli, sweep_folder
 from nst.errors import InputError, TrialFailed
-from nst.records import OUTPUTS, outcome, read_summary
+from nst.records import OUTPUTS, WriteError, outcome, read_summary
 
 log = logging.getLogger("nst")
 cli.register_resolvers()
@@ -105,21 +106,22 @@ def lost_batch(jobs: list[BatchJob], error: BaseException, since: float) -> list
                 values.append(_result(previous))
                 continue
             summary = {**record, "status": "failed", "error": str(error), "finished_unix": time.time()}
-            _record_failure(run_dir, summary)
-            log.error(f"{record['label']}: failed: {error}")
+            log.error(f"{record['label']}: failed: {error}{_record_failure(run_dir, summary)}")
             values.append(_result(summary))
     return values
 
 
-def _record_failure(run_dir: Path, summary: dict) -> None:
+def _record_failure(run_dir: Path, summary: dict) -> str:
     """A trial that failed outside the runner: its summary replaces an earlier attempt's files as a unit
-    (nst.records.record_failure); a full disk is a logged line, not a traceback."""
+    (nst.records.record_failure). Returns what to add to the trial's one line: on a full disk, why it
+    could not be recorded (as the runner says it)."""
     from nst.records import record_failure
 
     try:
         record_failure(run_dir, summary)
     except OSError as e:
-        log.error(f"{summary.get('label', 'trial')}: its failure could not be recorded ({e})")
+        return f" (not recorded: {e})"
+    return ""
 
 
 def _result(summary: dict):
@@ -253,8 +255,7 @@ def _prepare(cfg: DictConfig):
         # Validated when the trial is proposed: a sweeper that proposes trials as it goes (Optuna)
         # meets bad input here, not up front.
         summary = {**record, "status": "failed", "error": str(e), "finished_unix": time.time()}
-        _record_failure(run_dir, summary)
-        log.error(f"{label}: failed: {e}")
+        log.error(f"{label}: failed: {e}{_record_failure(run_dir, summary)}")
         return None, summary
     record["settings"] = settings.to_dict()
     sweep_dir = Path(hc.sweep.dir) if multirun else None
@@ -300,6 +301,9 @@ def wandb_tags(resolved: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["judge"]:  # `nst judge <sweep folder>`: the judging page (nst.judge)
+        from nst.judge import main as judge_main
+        return judge_main(argv[1:])
     started = time.time()
     with _stopped_by_signals() as stop:
         try:
@@ -308,16 +312,30 @@ def main(argv: list[str] | None = None) -> int:
             except InputError as e:
                 print(f"nst: error: {e}", file=sys.stderr)
                 return 2
+            except OSError as e:  # a path the system refuses (a name too long, a full disk): nothing ran
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"nst: error: {_os_error(e)}", file=sys.stderr)
+                return 2
             try:
-                app()
+                # A file the command itself cannot write (Hydra's multirun.yaml, the sweep folder's
+                # records on a full disk) stops it: one line, not Hydra's traceback. A trial's own
+                # files fail only that trial (nst.runner, the launcher).
+                with raised((OSError,)):
+                    app()
             finally:
                 from nst.wandb_sink import teardown
 
                 teardown()
         except KeyboardInterrupt:
             signum = stop.signum or signal.SIGINT
-            print(_stopped_line(signum, cli.split_argv(argv)[0]), file=sys.stderr)
+            print(_stopped_line(signum, cli.split_argv(argv)[0], stop.trials_ended), file=sys.stderr)
             return 128 + signum
+        except OSError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"nst: error: {_os_error(e)}; the command stopped (what it had written is kept)", file=sys.stderr)
+            return 1
     result = outcome(OUTPUTS, started)
     if result.skipped:
         print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
@@ -336,6 +354,11 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 class _Stop:
     signum: int | None = None  # the signal that is stopping the command
+    deferred = False  # a signal now waits for the end of a write that must be whole (report_deferred)
+    trials_ended = False  # the sweep's trials have all ended: its report is being written
+
+
+_current: _Stop | None = None  # main()'s, while its handlers are installed
 
 
 @contextlib.contextmanager
@@ -343,14 +366,18 @@ def _stopped_by_signals():
     """SIGINT, SIGTERM and SIGHUP each raise KeyboardInterrupt in the command, as Ctrl-C does: the
     trials that were running are left without a summary (nst.runner), the launcher stops its worker
     processes and tasks (hydra_plugins/nst_launcher: stop()), and main() says which signal it was. A
-    repeat while the command winds down is ignored (it must not cut that short); a signal the
-    command was started ignoring (nohup, a background job) stays ignored."""
+    repeat while the command winds down is ignored (it must not cut that short), and so is any after
+    it until the process is gone: Python's shutdown takes a moment (modules, W&B's service), and a
+    second Ctrl-C there would kill it by the default handler (exit -2, W&B's lines after the prompt).
+    A signal the command was started ignoring (nohup, a background job) stays ignored."""
+    global _current
     stop = _Stop()
 
     def handler(signum: int, frame) -> None:
         if stop.signum is None:
             stop.signum = signum
-            raise KeyboardInterrupt
+            if not stop.deferred:
+                raise KeyboardInterrupt
 
     installed = {}
     if threading.current_thread() is threading.main_thread():  # only it may set handlers
@@ -359,16 +386,52 @@ def _stopped_by_signals():
             if previous is not signal.SIG_IGN:
                 installed[sig] = previous
                 signal.signal(sig, handler)
+    _current = stop if installed else None
     try:
         yield stop
     finally:
+        _current = None
         for sig, previous in installed.items():
+            if stop.signum is not None:
+                previous = signal.SIG_IGN  # stopping: from here on the process only exits
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
 
-def _stopped_line(signum: int, multirun: bool) -> str:
+@contextlib.contextmanager
+def report_deferred():
+    """Around the writing of the end-of-sweep report, once every trial has ended: a stop signal takes
+    effect when the block ends, so that the report is the previous one or a whole new one, never
+    part of each (its files are written one by one)."""
+    stop = _current
+    if stop is None or stop.signum is not None:
+        yield
+        return
+    stop.trials_ended, stop.deferred = True, True
+    try:
+        yield
+    finally:
+        stop.deferred = False
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+
+
+def _os_error(e: OSError) -> str:
+    """A file the command itself could not write or read, in one line (a trial's own are the trial's)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if isinstance(e, WriteError):
+        return str(e)
+    if e.filename is not None:
+        return f"{reason}: {e.filename}"
+    # a write cut short (Hydra's multirun.yaml): the folder it was writing into
+    return f"{reason} while writing into {' '.join(sorted(OUTPUTS)) or 'the output folder'}"
+
+
+def _stopped_line(signum: int, multirun: bool, trials_ended: bool = False) -> str:
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
     outs = " ".join(sorted(OUTPUTS))
+    if trials_ended:
+        return (f"nst: stopped by {name} after every trial had ended: none was left unfinished, and the sweep "
+                f"report is whole (the previous one or the new one) ({outs})")
     if not outs:
         return f"nst: stopped by {name} before any trial started"
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"

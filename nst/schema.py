@@ -4,8 +4,9 @@ these dataclasses (registered below in Hydra's ConfigStore), so a misspelt key, 
 unknown choice fails at composition. What types cannot say (ranges, files, layer names, rules that
 join keys) is checked in nst.settings.
 
-The README's Configuration tables document these keys and defaults (tests/test_schema.py keeps
-them in step).
+The manual's configuration reference (docs/configuration.md) is generated from these dataclasses,
+each key's meaning from its trailing comment (a key without one fails the build), and the key tables
+there are checked against them (tests/test_schema.py).
 """
 
 import sys
@@ -61,7 +62,7 @@ class Pooling(Choice):
 
 class StyleSize(Choice):
     match = "match"  # the style image resized to the content's size (stretched when its aspect differs)
-    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count (the default: README "The default image")
+    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count (the default: docs/quality.md, "The default image")
     long_side = "long_side"  # its own aspect ratio, its long side the content's long side
 
 
@@ -149,8 +150,8 @@ def _list(values: list):
 
 @dataclass
 class ModelConf:  # group model/: vgg19 | vgg16
-    arch: Arch = Arch.vgg19
-    weights: Weights = Weights.caffe
+    arch: Arch = Arch.vgg19  # the network, set by the model group
+    weights: Weights = Weights.caffe  # the trained weights; they own the preprocessing and the default loss weights
 
 
 @dataclass
@@ -161,9 +162,9 @@ class OptimizerConf:  # group optimizer/: each option has its own keys (below)
 
 @dataclass
 class LbfgsConf(OptimizerConf):
-    name: OptimizerName = OptimizerName.lbfgs
+    name: OptimizerName = OptimizerName.lbfgs  # set by the optimizer group
     lr: float = 1.0  # the initial step scale
-    history_size: int = 100
+    history_size: int = 100  # L-BFGS memory: the pairs of vectors it keeps
     line_search: bool = True  # strong-Wolfe line search (as the paper's L-BFGS); false: fixed steps of lr
 
 
@@ -171,7 +172,7 @@ class LbfgsConf(OptimizerConf):
 class AdamConf(OptimizerConf):
     name: OptimizerName = OptimizerName.adam
     lr: float = 0.02  # pixels are in [0, 1]
-    betas: List[float] = _list([0.9, 0.999])
+    betas: List[float] = _list([0.9, 0.999])  # the moments' decay rates, two numbers in [0, 1)
 
 
 OPTIMIZER_SCHEMAS = {OptimizerName.lbfgs: LbfgsConf, OptimizerName.adam: AdamConf}
@@ -179,39 +180,39 @@ OPTIMIZER_SCHEMAS = {OptimizerName.lbfgs: LbfgsConf, OptimizerName.adam: AdamCon
 
 @dataclass
 class InitConf:  # group init/: content | noise | content_noise | image
-    kind: InitKind = InitKind.content
-    noise: Noise = Noise.uniform
+    kind: InitKind = InitKind.content  # set by the init group
+    noise: Noise = Noise.uniform  # the white noise of noise, content_noise and image
     noise_ratio: float = 0.0  # init = (1 - r) * image + r * noise, for content_noise and image
     path: Optional[str] = None  # the image to start from, for init=image
 
 
 @dataclass
 class LoggerConf:  # group logger/: wandb | none
-    name: LoggerName = LoggerName.wandb
+    name: LoggerName = LoggerName.wandb  # set by the logger group
 
 
 @dataclass
 class PyramidConf:  # coarse to fine: levels at size/factor^(levels-1) ... size, each from the previous result
-    levels: int = 1  # 1: off
-    factor: float = 2.0
+    levels: int = 1  # coarse-to-fine levels; 1: off
+    factor: float = 2.0  # size ratio between consecutive levels
     steps: Optional[List[int]] = None  # the coarser levels' budgets, coarse to fine (levels-1 numbers); null: `steps` each
     carry_optimizer: bool = False  # Adam's moments resized and carried to the next level; L-BFGS restarts at every level
 
 
 @dataclass
-class LossConf:
-    content: ContentForm = ContentForm.mse
-    style: StyleForm = StyleForm.mse
-    tv: TvForm = TvForm.mse
+class LossConf:  # the forms of the loss terms
+    content: ContentForm = ContentForm.mse  # the content term's form
+    style: StyleForm = StyleForm.mse  # the style term's form
+    tv: TvForm = TvForm.mse  # the total-variation term's form, on the image in [0, 1]
     style_layer_weights: Optional[List[float]] = None  # null: equal | one per style layer (normalised to sum 1)
 
 
 @dataclass
 class WandbConf:  # used with logger=wandb
-    mode: WandbMode = WandbMode.auto
-    project: str = "nst"
+    mode: WandbMode = WandbMode.auto  # no login prompt ever appears
+    project: str = "nst"  # the W&B project the runs go to
     entity: Optional[str] = None  # your W&B user or team; null: your default entity
-    tags: List[str] = _list([])
+    tags: List[str] = _list([])  # extra tags for every run
     init_timeout: float = 60.0  # seconds to wait for W&B to start before logging offline
 
 
@@ -222,22 +223,22 @@ class Config:
     style: Any = "starry_night"  # likewise, or a list of them blended by style_blend (str or list: checked in nst.settings)
     style_blend: Optional[List[float]] = None  # one weight per style (normalised to sum 1); null: equal
     size: int = 512  # long side of the output in px, before `scale`
-    scale: float = 1.0
-    style_size: StyleSize = StyleSize.keep_aspect
+    scale: float = 1.0  # multiplies size (the image-scale ablation)
+    style_size: StyleSize = StyleSize.keep_aspect  # how the style image is sized against the content
     style_scale: float = 1.0  # the style image at this multiple of the content's size
-    crop: Crop = Crop.none
-    color: Color = Color.none
+    crop: Crop = Crop.none  # crop the inputs before resizing
+    color: Color = Color.none  # colour control (Gatys et al. 2017)
     pyramid: PyramidConf = field(default_factory=PyramidConf)
     # Network
     model: ModelConf = field(default_factory=ModelConf)
-    pooling: Pooling = Pooling.max
+    pooling: Pooling = Pooling.max  # swaps every pooling layer of the network
     content_layers: Any = _list(PAPER_CONTENT_LAYERS)  # a layer name or a list of them (group layers/ sets both)
-    style_layers: Any = _list(PAPER_STYLE_LAYERS)
+    style_layers: Any = _list(PAPER_STYLE_LAYERS)  # a layer name or a list of them
     # Loss: total = content_weight*content + style_weight*style + tv_weight*tv; a null weight is the
     # default that suits the model's weights (caffe: 1e4 / 1e5, torchvision: 1 / 1e6)
-    content_weight: Optional[float] = None
-    style_weight: Optional[float] = None
-    tv_weight: float = 0.0
+    content_weight: Optional[float] = None  # weight of the content term; null: the weights' default
+    style_weight: Optional[float] = None  # weight of the style term; null: the weights' default
+    tv_weight: float = 0.0  # weight of the total-variation term (not in Gatys et al.)
     loss: LossConf = field(default_factory=LossConf)
     # Optimisation
     optimizer: OptimizerConf = MISSING  # from the group's default (config.yaml)
@@ -245,17 +246,17 @@ class Config:
     steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
     budget: Optional[float] = None  # the cost in full-size evaluations: steps and pyramid.steps scaled to it; null: as given
     average_decay: float = 0.0  # iterate averaging: the decay of a bias-corrected moving average of the iterates; 0: off
-    frame_every: int = 50
-    log_every: int = 1
-    seed: int = 0
+    frame_every: int = 50  # save a frame every N evaluations
+    log_every: int = 1  # write a metrics.jsonl row every N evaluations
+    seed: int = 0  # seeds the trial's start noise (drawn on the CPU: the same on every device and in any batch)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (an open set: checked in nst.settings)
-    precision: Precision = Precision.auto
-    deterministic: bool = False
+    precision: Precision = Precision.auto  # the network's arithmetic; Gram matrices, losses and optimiser stay float32
+    deterministic: bool = False  # deterministic kernels (slower on a GPU)
     # Logging, sweeps, searches
     logger: LoggerConf = field(default_factory=LoggerConf)
     wandb: WandbConf = field(default_factory=WandbConf)
     sweep_name: str = "sweep"  # names the sweep folder; set by the ready sweeps
-    objective: Optional[Objective] = None  # what a search minimises (README "Scaling out"); null: a grid needs none
+    objective: Optional[Objective] = None  # what a search minimises (docs/scaling-out.md); null: a grid needs none
     target_psnr: float = 15.0  # dB, for objective=style_swd_at_psnr
 
 

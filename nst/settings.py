@@ -253,6 +253,10 @@ def _styles(d: dict) -> tuple[list[str], list[float]]:
 
 
 def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
+    """(levels, factor, steps, the coarser levels' steps). A level at which the content or a style image
+    would be too small for the network's poolings is dropped, coarsest first, as crowsonkb/style-transfer-pytorch's pyramid
+    starts at a minimum scale and has fewer levels for small images: the coarsest level kept gets the
+    coarsest level's budget. The levels run are recorded in the trial's settings (pyramid_levels)."""
     levels = _number(d, "pyramid.levels", positive=True, maximum=MAX_LEVELS)
     factor = _number(d, "pyramid.factor", positive=True)
     if factor <= 1:
@@ -264,7 +268,40 @@ def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
     if len(coarse) != levels - 1 or not all(n > 0 for n in coarse):
         raise InputError("pyramid.steps", f"must be null or {levels - 1} positive whole number(s), the budgets of the "
                                           f"coarser levels from coarse to fine, got {coarse!r}")
-    return levels, factor, steps, coarse
+    if levels == 1:
+        return levels, factor, steps, coarse
+    try:  # the content's and styles' sizes after the crop (from their headers), and what the network needs
+        crop = (lambda w, h: (min(w, h),) * 2) if d["crop"] == "square" else (lambda w, h: (w, h))
+        content = crop(*images.oriented_size("content", d["content"]))
+        style_layers = _names(d, "style_layers", "layer names")
+        used = [*_names(d, "content_layers", "layer names"), *style_layers]
+        need = 2 ** _poolings_before(d["model"]["arch"], [*used, "conv5_1"])
+        styles = [crop(*images.oriented_size("style", name)) for name in _styles(d)[0]] if style_layers else []
+        style_need = 2 ** _poolings_before(d["model"]["arch"], style_layers) if style_layers else 0
+        style_scale = _number(d, "style_scale", positive=True)
+        long_side = max(1, round(_number(d, "size", positive=True) * _number(d, "scale", positive=True)))
+    except (InputError, ValueError, KeyError, TypeError):
+        return levels, factor, steps, coarse  # the checks that follow say what is wrong, in their words
+    from types import SimpleNamespace
+
+    sizing = SimpleNamespace(style_size=d["style_size"])  # all style_base_size reads of the settings
+
+    def fits(n: int) -> bool:  # the coarsest of n levels, as check_image_size measures it
+        w, h = images.target_size(*content, max(1, round(long_side / factor ** (n - 1))))
+        return min(w, h) >= need and all(min(style_base_size(sizing, st, (w, h))) * style_scale >= style_need
+                                         for st in styles)
+
+    keep = levels
+    while keep > 1 and not fits(keep):
+        keep -= 1
+    if keep < levels:
+        import logging
+
+        logging.getLogger("nst").info(
+            f"pyramid: {levels - keep} of {levels} levels dropped: the image would be smaller than the {need} px its "
+            f"short side needs for the network's poolings at size {long_side}; {keep} level(s) run")
+        coarse = [coarse[0], *coarse[levels - keep + 1:]] if keep > 1 else []
+    return keep, factor, steps, coarse
 
 
 def level_sizes(s: Settings) -> list[tuple[int, int]]:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from nst.errors import InputError
-from nst.records import ATTEMPT_FILES, OWN, STAGING
+from nst.records import ATTEMPT_FILES, OWN, STAGING, write_bytes_atomic
 
 STATE = ".nst"
 SELECTORS = ("sweep=", "sweep_name=", "search=")  # choose a sweep, not a trial
@@ -350,12 +350,30 @@ def check_trial_dirs(sweep_dir: str, subdirs: list[str], search: bool) -> None:
 
 def _read(path: Path, default):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return default
+    # valid JSON of another shape: not a file nst wrote, and nothing to build on
+    expected = _SHAPES.get(path.name)
+    if expected is not None and not expected[0](data):
+        raise InputError("hydra.sweep.dir", f"{path} is not as nst writes it (expected {expected[1]}); move it away, "
+                                            "or leave hydra.sweep.dir unset for a new folder")
+    return data
+
+
+def _strings(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_SHAPES = {
+    "trials.json": (lambda d: isinstance(d, dict) and all(type(n) is int for n in d.values()),
+                    "an object mapping each trial's overrides to its number"),
+    "sweep.json": (lambda d: isinstance(d, dict) and _strings(d.get("fixed", [])) and _strings(d.get("swept", []))
+                   and isinstance(d.get("history", []), list) and all(isinstance(h, dict) for h in d.get("history", [])),
+                   "an object with the lists `fixed`, `swept` and `history`"),
+}
 
 
 def _write(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    # whole or not at all; a full disk raises WriteError naming the file and leaves no temporary file
+    write_bytes_atomic(path, json.dumps(data, indent=2).encode("utf-8"))

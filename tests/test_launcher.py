@@ -274,6 +274,21 @@ def test_failing_batch_function_fails_only_its_batch(tmp_path):
     assert ends == {0: crashed, 2: crashed, 1: ("COMPLETED", "'ok-1'"), 3: ("COMPLETED", "'ok-3'")}
 
 
+def test_a_job_whose_files_cannot_be_written_fails_alone(tmp_path):
+    # job 1's .hydra/ is taken by a file: its config cannot be saved (as on a full disk); it fails in
+    # its place, the other jobs of its batch run, and no half-written file is left
+    (tmp_path / "sweep" / "1").mkdir(parents=True)
+    (tmp_path / "sweep" / "1" / ".hydra").write_text("not a folder")
+    out = run_toy(tmp_path, "hydra/launcher=nst", "x=1,2,3")
+    config = (tmp_path / "sweep" / "1" / ".hydra" / "config.yaml").resolve()
+    assert_error_for(out, ["x=2"], f"JobNotStarted: File exists while writing {config}")
+    assert batches(results(tmp_path)) == [(0, 2)]
+    assert "Traceback" not in out.stderr.split("Error executing job")[0]
+    assert not list((tmp_path / "sweep").rglob("*.tmp"))
+    ends = {e["num"]: e["status"] for e in events(tmp_path) if e["event"] == "end"}
+    assert ends == {0: "COMPLETED", 2: "COMPLETED"}  # a job that never started has no callbacks
+
+
 def test_job_whose_batch_key_fails_runs_alone(tmp_path):
     out = run_toy(tmp_path, "hydra/launcher=nst", "x=1,2", "key=a,boom")
     assert out.returncode == 0, out.stderr

@@ -1,5 +1,6 @@
 """The report page in a real headless Chromium (Debian's chromium + chromium-driver): offline, no
-broken image, one table row per trial, sortable."""
+broken image (the embedded inputs and the scatter included), one table row per trial, sortable, and
+no wider than the window."""
 
 import shutil
 
@@ -23,16 +24,33 @@ def test_report_loads_offline_with_every_image(failing_trial_sweep, tmp_path):
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1024,768",
                  f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
         driver.get((sweep / "report.html").as_uri())
         images = driver.execute_script("return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
-        # grid, curves, and the animation of the completed trial
-        assert {"grid.png", "curves.png", f"{completed}/animation.gif"} <= {src for src, _ in images}
+        # grid, curves, the scatter, and the animation of the completed trial
+        assert {"grid.png", "curves.png", "scatter.png", f"{completed}/animation.gif"} <= {src for src, _ in images}
+        # the content and style images, embedded in the page
+        inputs = driver.execute_script("return Array.from(document.images).filter(i => i.src.startsWith('data:'))"
+                                       ".map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+        assert sorted(inputs) == [["content: tubingen", True], ["style: starry_night", True]]
         broken = [src for src, ok in images if not ok]
         assert broken == []
+
+        def page_fits():
+            return driver.execute_script(
+                "const t = document.getElementById('results').getBoundingClientRect();"
+                "return [document.documentElement.scrollWidth, window.innerWidth, t.right]")
+
+        scroll, inner, right = page_fits()
+        assert scroll <= inner and right <= inner
+        driver.find_element(By.CSS_SELECTOR, "details summary").click()  # the folded columns
+        assert driver.find_element(By.ID, "more").is_displayed()
+        scroll, inner, _ = page_fits()
+        assert scroll <= inner
         rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
         assert len(rows) == 2
         assert len(driver.find_elements(By.CSS_SELECTOR, "#results tbody tr.failed")) == 1

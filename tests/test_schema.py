@@ -17,7 +17,7 @@ from nst import cli, features, objective, optimizers, schema, search, wandb_sink
 from nst.errors import InputError
 from nst.settings import settings_from_dict
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"  # the key tables moved there from the README
 CONF = cli.CONF_DIR
 
 
@@ -42,7 +42,7 @@ def _readme_rows() -> list[tuple[str, list[str]]]:
     """(key, the code spans of its default cell) for every row of the `| key | default | meaning |`
     tables of the README's Configuration section."""
     text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split("\n## The keys explained\n", 1)[1].split("\n## ", 1)[0]
     rows, in_table = [], False
     for line in section.splitlines():
         if line.startswith("| key | default | meaning |"):

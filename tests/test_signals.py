@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -283,3 +284,96 @@ def test_sigterm_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named()
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------------------ repeats, the report, a dead worker
+
+
+class Output:
+    """A process's stdout and stderr lines, each with the time it arrived."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[tuple[float, str, str]] = []
+        self.threads = [threading.Thread(target=self._read, args=(f, name), daemon=True)
+                        for f, name in ((proc.stdout, "out"), (proc.stderr, "err"))]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, f, name: str) -> None:
+        for line in f:
+            self.lines.append((time.time(), name, line.rstrip("\n")))
+
+    def close(self) -> None:
+        for t in self.threads:
+            t.join(30)
+
+    def text(self, name: str) -> str:
+        return "\n".join(line for _, n, line in self.lines if n == name)
+
+
+@pytest.mark.parametrize("logger, gap", [("none", 0.05), ("wandb", 0.3)])
+def test_a_second_ctrl_c_is_ignored_however_soon_it_comes(tmp_path, logger, gap):
+    # Ctrl-C reaches every process of the terminal's group (W&B's service too), twice, `gap` s apart;
+    # the second used to find Python shutting down with its default handler back: exit -2.
+    args = ["style_weight=1e3,1e5", *[a for a in SLOW if not a.startswith("logger=")], f"logger={logger}"]
+    proc = start(tmp_path, *args)
+    output = Output(proc)
+    sweep = tmp_path / "out"
+    try:
+        wait_for(lambda: optimising(sweep, 0) or proc.poll() is not None, 120, "the batch never started")
+        assert proc.poll() is None, output.text("err")
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(gap)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        ended = time.time()
+        output.close()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output.text("err")
+    assert_one_line(output.text("err"), "SIGINT (Ctrl-C)", sweep)
+    # nothing (W&B's lines included) is printed once the command has exited
+    assert [line for t, _, line in output.lines if t > ended + 0.2] == []
+    assert assert_left_for_resume(sweep) == 0
+
+
+def test_sigterm_while_the_report_is_written_leaves_it_whole_and_says_no_trial_was_running(tmp_path):
+    proc = start(tmp_path, "style_weight=1e3,1e5", "size=32", "steps=2", "device=cpu", "logger=none")
+    sweep = tmp_path / "out"
+    try:
+        # results.csv is the report's first file; grid.png, curves.png and report.html follow it
+        wait_for(lambda: (sweep / "results.csv").exists() or proc.poll() is not None, 180, "no report was started")
+        assert proc.poll() is None, "the command ended before the signal could be sent"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nst: stopped by SIGTERM after every trial had ended"), err
+    assert "were running" not in err and "Traceback" not in err
+    assert all((sweep / name).is_file() for name in ("results.csv", "grid.png", "curves.png", "report.html"))
+    assert "2 trials" in (sweep / "report.html").read_text() and not list(sweep.rglob("*.tmp"))
+    assert [summary(d)["status"] for d in sorted(sweep.glob("*_*")) if (d / ".hydra").is_dir()] == ["completed"] * 2
+
+
+def test_a_worker_killed_outright_is_one_line_without_multiprocessing_warnings(tmp_path):
+    args = [*TWO, "hydra.launcher.workers=2"]
+    proc = start(tmp_path, *args)
+    sweep = tmp_path / "out"
+    try:
+        wait_for(lambda: optimising(sweep, 0, 1) or proc.poll() is not None, 120, "the batches never started")
+        workers = workers_in(descendants(proc.pid))
+        assert proc.poll() is None and len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "worker process died (killed by SIGKILL)" in lines[0], err
+    assert "leaked" not in err + out and "resource_tracker" not in err + out and "Traceback" not in err + out

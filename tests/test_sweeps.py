@@ -37,7 +37,7 @@ def sweep_copy(sweep, tmp_path) -> Path:
 
 
 def _referenced(report: Path) -> list[str]:
-    return re.findall(r"""(?:src|href)=["']([^"'#]+)["']""", report.read_text())
+    return re.findall(r"""(?:src|href)=["'](?!data:)([^"'#]+)["']""", report.read_text())  # data: is in the page
 
 
 def test_two_axis_sweep_aggregates(sweep):

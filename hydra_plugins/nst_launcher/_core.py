@@ -30,6 +30,7 @@ import copy
 import logging
 import os
 import pickle
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from textwrap import dedent
@@ -68,6 +69,7 @@ class Job(BatchJob):
         self.output_dir: Optional[Path] = None
         self.overrides: List[str] = []
         self._ret: Optional[JobReturn] = None
+        self.started = False  # its folder and .hydra/ files written, on_job_start called
 
     def __repr__(self) -> str:
         return f"Job(idx={self.idx}, output_dir={str(self.output_dir)!r})"
@@ -83,8 +85,8 @@ class Job(BatchJob):
         previous = private.saved_hydra_config()
         HydraConfig.instance().set_config(self.config)
         _active.append(self)
-        configure_log(hydra.job_logging, hydra.verbose)
         try:
+            _job_logging(hydra)
             with env_override(hydra.job.env_set):
                 yield self
         finally:
@@ -92,7 +94,7 @@ class Job(BatchJob):
             _active.pop()
             outer = _active[-1].config.hydra if _active else None
             if outer is not None:
-                configure_log(outer.job_logging, outer.verbose)
+                _job_logging(outer)
             else:
                 configure_log(hydra.hydra_logging, hydra.verbose)
             private.restore_hydra_config(previous)
@@ -117,7 +119,13 @@ class Job(BatchJob):
             ret.cfg = task_cfg
             ret.hydra_cfg = copy.deepcopy(private.saved_hydra_config())  # the job just made current
             ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            self.cfg, self._ret = task_cfg, ret
+            self.output_dir = Path(config.hydra.runtime.output_dir)
+            self.overrides = list(ret.overrides)
+            # A folder or file that cannot be written (a full disk, a file size limit, a name too
+            # long) fails this job alone: execute_batch ends it as lost, and the sweep goes on.
+            with _writing(Path(output_dir)):
+                Path(output_dir).mkdir(parents=True, exist_ok=True)
             if effective_chdir(config, warn=True):
                 os.chdir(output_dir)  # only ever for a batch of one; execute_batch changes back
                 ret.working_dir = output_dir
@@ -126,17 +134,15 @@ class Job(BatchJob):
 
             if config.hydra.output_subdir is not None:
                 hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
-                private.save_config(task_cfg, "config.yaml", hydra_output)
-                private.save_config(ret.hydra_cfg, "hydra.yaml", hydra_output)
-                private.save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+                _save_config(task_cfg, "config.yaml", hydra_output)
+                _save_config(ret.hydra_cfg, "hydra.yaml", hydra_output)
+                _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
         finally:
             # Between activate() blocks no job is current (HydraConfig.get() fails rather than
             # silently answering for the last job started).
             private.restore_hydra_config(previous)
 
-        self.cfg, self._ret = task_cfg, ret
-        self.output_dir = Path(config.hydra.runtime.output_dir)
-        self.overrides = list(ret.overrides)
+        self.started = True
         with self.activate():
             hydra_context.callbacks.on_job_start(config=config, task_function=task_function)
 
@@ -147,9 +153,46 @@ class Job(BatchJob):
         ret.return_value = value
         ret.status = JobStatus.FAILED if isinstance(value, BaseException) else JobStatus.COMPLETED
         ret.task_name = JobRuntime.instance().get("name")
-        with self.activate():
-            hydra_context.callbacks.on_job_end(config=self.config, job_return=ret)
+        if self.started:  # a job that could not start had no on_job_start either
+            with self.activate():
+                hydra_context.callbacks.on_job_end(config=self.config, job_return=ret)
         return ret
+
+
+class JobNotStarted(RuntimeError):
+    """A job's folder or its `.hydra/` files could not be written: `<reason> while writing <path>`."""
+
+
+@contextmanager
+def _writing(path: Path, tmp: Optional[Path] = None) -> Iterator[None]:
+    """An OSError while writing `path` (through `tmp`) becomes JobNotStarted naming it; `tmp` is removed."""
+    try:
+        yield
+    except OSError as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        reason = e.strerror or str(e) or type(e).__name__
+        raise JobNotStarted(f"{reason} while writing {path}") from None
+
+
+def _save_config(cfg: Any, filename: str, output_dir: Path) -> None:
+    """run_job's _save_config, written whole or not at all (a full disk leaves no half file)."""
+    path, tmp = output_dir / filename, output_dir / f".{filename}.tmp"
+    with _writing(path, tmp):
+        private.save_config(cfg, tmp.name, output_dir)
+        os.replace(tmp, path)
+
+
+def _job_logging(hydra: DictConfig) -> None:
+    """A job's logging; where its log file cannot be opened (its folder unreadable, or not there: a
+    full disk), the console alone, as Hydra logs outside jobs. The job still runs and reports."""
+    try:
+        configure_log(hydra.job_logging, hydra.verbose)
+    except (OSError, ValueError):  # logging.config wraps the handler's OSError in a ValueError
+        configure_log(hydra.hydra_logging, hydra.verbose)
 
 
 def effective_chdir(config: DictConfig, warn: bool = False) -> bool:
@@ -332,9 +375,21 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
     chdir = effective_chdir(jobs[0].config)  # then the batch is this one job; _start changes folder
     hydra_cfg = private.saved_hydra_config()
     try:
-        for job in jobs:
-            job._start(hydra_context, task_function)
-        values = _call(task_function, jobs) if lost is None else _lost(task_function, jobs, lost, since)
+        values: List[Any] = [None] * len(jobs)
+        for n, job in enumerate(jobs):
+            try:
+                job._start(hydra_context, task_function)
+            except JobNotStarted as e:
+                # The app records and reports it as it does a lost batch's jobs (or says why it cannot).
+                values[n] = _lost(task_function, [job], e, time.time())[0]
+                if chdir:
+                    os.chdir(old_cwd)
+        started = [n for n, job in enumerate(jobs) if job.started]
+        if started:
+            run = [jobs[n] for n in started]
+            got = _call(task_function, run) if lost is None else _lost(task_function, run, lost, since)
+            for n, value in zip(started, got):
+                values[n] = value
         return [job._end(hydra_context, value) for job, value in zip(jobs, values)]
     finally:
         private.restore_hydra_config(hydra_cfg)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, List, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Optional, Tuple, Type
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,6 +32,7 @@ PIECES = {
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper.split_arguments": ("overrides", "max_batch_size"),
     "hydra.core.hydra_config.HydraConfig.cfg": None,
     "hydra.core.utils.JobReturn._return_value": None,
+    "hydra._internal.utils.run_and_report": ("func",),
 }
 # sha256 of inspect.getsource(hydra.core.utils.run_job) in the CHECKED versions: if it changes,
 # re-read it against _core.Job._start/_end (1.4.0.dev, for one, resolves env_set and records a
@@ -76,6 +78,10 @@ try:
     # nst.cli validates every trial of a grid before Hydra runs: it expands the command line into
     # the very override lists Hydra's basic sweeper will launch (sweep order, later keys winning).
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as _BasicSweeper
+
+    # hydra.main runs the app inside run_and_report, which prints any Exception as a traceback and
+    # exits 1; `raised` lets chosen kinds through, for nst.run to report in one line.
+    import hydra._internal.utils as _internal_utils
 except ImportError as e:
     raise ImportError(f"{__name__}: hydra-core {hydra.__version__} lacks a private piece the nst launcher "
                       f"uses ({e}); checked versions: {', '.join(CHECKED)}") from e
@@ -108,3 +114,30 @@ def job_value(ret: JobReturn) -> Any:
     reads it to check that it can travel back pickled. (Setting it is public: `ret.return_value = v`.)
     """
     return ret._return_value
+
+
+class _Through(BaseException):
+    """Carries an exception past run_and_report, which catches Exception only."""
+
+
+@contextmanager
+def raised(kinds: Tuple[Type[BaseException], ...]) -> Iterator[None]:
+    """Within this block, an exception of `kinds` raised inside hydra.main's app reaches the caller
+    as itself, not printed by Hydra. Hydra's own handling is restored on exit."""
+    original = _internal_utils.run_and_report
+
+    def run_and_report(func: Any) -> Any:
+        def passing() -> Any:
+            try:
+                return func()
+            except kinds as e:
+                raise _Through(e) from None
+        return original(passing)
+
+    _internal_utils.run_and_report = run_and_report
+    try:
+        yield
+    except _Through as t:
+        raise t.args[0] from None
+    finally:
+        _internal_utils.run_and_report = original

@@ -240,8 +240,29 @@ def _size_here(payload: bytes) -> Optional[int]:
     return batch_size(cfgs)
 
 
+# multiprocessing's resource tracker, told to stay quiet about semaphores a dead worker left behind.
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
+
+
+def _start_quiet_tracker() -> None:
+    """A worker killed outright (SIGKILL, the out-of-memory killer) cannot release the semaphores it
+    made (a library's lock: tqdm makes one in every process that shows a bar); the resource tracker the
+    workers share with this process unlinks them when the command ends, then warns of "leaked semaphore
+    objects", after the launcher has said in one line that the worker died. Started here, before any
+    worker, the tracker runs with that warning silenced; its cleanup still runs. (One already running,
+    started by something else in this process, is left as it is.)"""
+    if os.name != "posix":
+        return  # no resource tracker elsewhere
+    from multiprocessing import resource_tracker
+
+    current = os.environ.get("PYTHONWARNINGS")
+    with _environment({"PYTHONWARNINGS": f"{current},{_QUIET_TRACKER}" if current else _QUIET_TRACKER}):
+        resource_tracker.ensure_running()
+
+
 class PoolRunner:
     def __init__(self, gpus: List[str], hydra_context: HydraContext, task_function: TaskFunction) -> None:
+        _start_quiet_tracker()
         self.hydra_context = hydra_context
         self.task_function = task_function
         threads = None

@@ -138,6 +138,25 @@ def worker_gpus(gpus: Any, workers: Optional[int], picked: List[str]) -> Optiona
     return [picked[i % len(picked)] for i in range(workers)]
 
 
+def check_target(target: Any) -> None:
+    """hydra.launcher._target_ must name a Launcher class: Hydra calls whatever it names (a function,
+    say, whose refusal of the launcher's settings it then reports in twenty lines)."""
+    import importlib
+
+    parts, found = str(target).split("."), None
+    for cut in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except Exception:  # noqa: BLE001 - not a module (or a broken one): try a shorter prefix
+            continue
+        for name in parts[cut:]:
+            found = getattr(found, name, None)
+        break
+    if not (isinstance(found, type) and issubclass(found, Launcher)):
+        raise NstLauncherConfigError(f"'{target}' is not a Hydra launcher class; choose a launcher with "
+                                     "hydra/launcher=nst, slurm or basic")
+
+
 _SLURM_NUMBERS = {  # key: (least value, may be null)
     "gpus_per_task": (0, True), "cpus_per_task": (1, True), "timeout_min": (1, False),
     "array_parallelism": (1, False), "max_num_timeout": (0, False),
