@@ -307,15 +307,16 @@ class _updating:
     share the folder's lock, and may record themselves at the same moment)."""
 
     def __init__(self, state: Path):
-        self.path = state / ".update.lock"
+        self.path = state
 
     def __enter__(self):
-        self.f = open(self.path, "a+")
-        fcntl.flock(self.f, fcntl.LOCK_EX)
+        # the folder itself is locked: no file to create (which a full disk could refuse)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
-        self.f.close()
+        os.close(self.fd)
 
 
 def odd_paths(run_dir: Path) -> list[Path]:
