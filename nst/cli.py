@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import uuid
 from datetime import datetime
 from dataclasses import fields, is_dataclass
@@ -54,6 +55,9 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
     for a in argv:
         if a in ("-m", "--multirun"):
             multirun = True
+        elif a.split("=", 1)[0] == "hydra.mode" and a.split("=", 1)[-1].strip().upper() == "MULTIRUN":
+            multirun = True  # what -m does: the up-front checks must see it as a sweep
+            overrides.append(a)
         elif a.split("=", 1)[0] in _HYDRA_ONLY_FLAGS or a.startswith("-"):
             return multirun, overrides, True
         else:
@@ -94,11 +98,19 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
              for o in parsed]
     cfg = _compose([o for o in first if o is not None], hydra_config=True)
     _check_launcher(cfg)
+    try:
+        sweep_dir = str(cfg.hydra.sweep.dir)
+    except Exception as e:  # noqa: BLE001 - a folder that cannot be resolved
+        raise InputError("hydra.sweep.dir", _first_line(e)) from None
     if reads_results(cfg.hydra.sweeper):
         # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: what the command
         # fixes is checked here, and each trial again when it is proposed (nst.run._prepare).
         check_search(cfg)
-        return [[o.input_line for o in parsed if not o.is_sweep_override()]], None
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        space = {str(k): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
+        space.update({o.get_key_element(): o.input_line.split("=", 1)[-1] for o in sweeps})  # the command line wins
+        return [fixed], {"sweep_dir": sweep_dir, "cfg": cfg, "search": True,
+                         "identity": sweep_folder.search_identity(fixed, space, cfg.get("objective"))}
     if None in first:
         o = parsed[first.index(None)]
         raise InputError(o.get_key_element(), "a range to sample from needs a sweeper that samples (hydra/sweeper=optuna); "
@@ -108,10 +120,6 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
     trials = split_arguments(parser.parse_overrides(params + overrides), None)[0]
     swept = [o.get_key_element() for o in sweeps] + [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    try:
-        sweep_dir = str(cfg.hydra.sweep.dir)
-    except Exception as e:  # noqa: BLE001 - a folder that cannot be resolved
-        raise InputError("hydra.sweep.dir", _first_line(e)) from None
     return trials, {"sweep_dir": sweep_dir, "identity": sweep_folder.identity(fixed, swept), "cfg": cfg}
 
 
@@ -140,9 +148,8 @@ def check(argv: list[str]) -> int:
     if leave:
         return 0
     trials, grid = _expand(overrides, multirun)
-    if len({sweep_folder.trial_key(t) for t in trials}) < len(trials):
-        raise InputError("command line", "the sweep names the same trial twice; give each value once")
     seen_files: set[tuple] = set()
+    checked = []
     for trial in trials:
         cfg = _compose(trial)
         try:
@@ -155,13 +162,81 @@ def check(argv: list[str]) -> int:
         if files not in seen_files:  # decode each distinct set of inputs once
             load_inputs(settings)
             seen_files.add(files)
+        checked.append(settings)
     if grid is None and not multirun and trials:
-        _check_run_dir(trials[0])
-    if grid is not None and _launcher_accepts(grid["cfg"]):
-        # Last, once every trial and the launcher's settings are known to be valid: nothing is written
-        # into a folder for a command that is refused.
-        sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
+        run_dir = _check_run_dir(trials[0], checked)
+        if run_dir is not None:
+            sweep_folder.claim_run(run_dir, argv)
+    if grid is not None:
+        _check_chdir(grid["cfg"], checked)
+        _check_subdirs(grid, trials)
+        sweep_folder.check_folder(Path(grid["sweep_dir"]), "hydra.sweep.dir")
+        journal = _journal(grid) if grid.get("search") else None
+        if journal is not None:
+            from hydra_plugins.nst_launcher.optuna_sweeper import JournalError, read_journal
+
+            try:
+                read_journal(journal)
+            except JournalError as e:
+                raise InputError("hydra.sweeper.storage", str(e)) from None
+        if _launcher_accepts(grid["cfg"]):
+            # Last, once every trial and the launcher's settings are known to be valid: nothing is written
+            # into a folder for a command that is refused.
+            sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
+            if journal is not None:
+                from hydra_plugins.nst_launcher.optuna_sweeper import repair_journal
+
+                repaired = repair_journal(journal)
+                if repaired:
+                    print(f"nst: {repaired}", file=sys.stderr)
     return len(trials)
+
+
+def _journal(grid: dict) -> Path | None:
+    """The journal file a search appends to (None: a database)."""
+    storage = grid["cfg"].hydra.sweeper.get("storage")
+    if storage and "://" in str(storage):
+        return None
+    return Path(str(storage)).expanduser() if storage else Path(grid["sweep_dir"]) / "optuna.journal"
+
+
+def _check_chdir(cfg, checked: list) -> None:
+    """hydra.job.chdir=true runs each trial in its folder, where a relative image path names nothing."""
+    from nst.images import bundled_images
+
+    if not OmegaConf.select(cfg, "hydra.job.chdir"):
+        return
+    bundled = bundled_images()
+    for s in checked:
+        for key, value in (("content", s.content), *((("style", v) for v in s.style)), ("init.path", s.init_path)):
+            if value and str(value) not in bundled and not os.path.isabs(str(value)):
+                raise InputError(key, f"{value!r} is a relative path, and hydra.job.chdir=true runs each trial in its "
+                                      f"own folder, where it names nothing: give {os.path.abspath(str(value))}, or "
+                                      "leave hydra.job.chdir unset")
+
+
+def _check_subdirs(grid: dict, trials: list[list[str]]) -> None:
+    """hydra.sweep.subdir must give every trial a folder of its own (nst's own pattern does: its number)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    raw = OmegaConf.to_container(grid["cfg"].hydra.sweep, resolve=False).get("subdir")
+    if raw == sweep_folder.DEFAULT_SUBDIR:
+        return
+    search = bool(grid.get("search"))
+    jobs = [(trials[0], 0), (trials[0], 1)] if search else [(t, n) for n, t in enumerate(trials)]
+    subdirs = []
+    for overrides, num in jobs:
+        cfg = _compose(overrides, hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+            cfg.hydra.job.id = num
+        HydraConfig.instance().set_config(cfg)
+        try:
+            subdirs.append(str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
+        except Exception as e:  # noqa: BLE001 - a pattern that cannot be resolved
+            raise InputError("hydra.sweep.subdir", _first_line(e)) from None
+    sweep_folder.check_trial_dirs(grid["sweep_dir"], subdirs, search)
 
 
 def _check_launcher(cfg) -> None:
@@ -187,17 +262,22 @@ def _launcher_accepts(cfg) -> bool:
     return True
 
 
-def _check_run_dir(overrides: list[str]) -> None:
-    """A single run's folder (hydra.run.dir) must be a folder this process can create and write."""
+def _check_run_dir(overrides: list[str], checked: list = ()) -> Path | None:
+    """A single run's folder (hydra.run.dir) must be a folder this process can create and write, and
+    nst's to write into (nst.sweep_folder: new, empty or its own run folder)."""
     try:
-        run_dir = Path(str(_compose(overrides, hydra_config=True).hydra.run.dir))
+        cfg = _compose(overrides, hydra_config=True)
+        run_dir = Path(str(cfg.hydra.run.dir))
     except InputError:
-        return  # composition errors were reported above; nothing more to say here
+        return None  # composition errors were reported above; nothing more to say here
+    _check_chdir(cfg, list(checked))
     parent = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError("hydra.run.dir", f"{run_dir} exists and is not a folder")
     if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
         raise InputError("hydra.run.dir", f"cannot create or write {run_dir}: {parent} is not a folder this user can write")
+    sweep_folder.check_folder(run_dir, "hydra.run.dir")
+    return run_dir
 
 
 def settings_for(overrides: list[str]):

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -28,6 +29,14 @@ from pathlib import Path
 # The folders this command writes into: its run folder, or its sweep folders. Recorded as soon as
 # they are known (by the app, or by the sweep callback in the submitting process).
 OUTPUTS: set[str] = set()
+# The trials of each sweep folder (by its resolved path) that this command names: a grid's trial
+# numbers (nst.sweep_folder.claim), or None for a search (its trials are those it ran, told by when
+# they finished). A sweep folder missing here is read whole. Earlier commands' trials are not this
+# command's: they neither fail it nor count as resumed.
+OWN: dict[str, set[int] | None] = {}
+# A trial folder whose trial was stopped and proposed again under another number (a search): its
+# summary.json says so, and it is neither a failure nor a result.
+SUPERSEDED = "superseded"
 
 # What one attempt at a trial writes (summary.json aside), and where an attempt at a folder holding
 # an earlier attempt's files writes them until it ends.
@@ -134,6 +143,9 @@ def promote_attempt(run_dir: Path, out: Path) -> None:
     for name in ATTEMPT_FILES:
         old, new = run_dir / name, out / name
         with writing(old):
+            if name == "frames" and old.is_dir() and not old.is_symlink():
+                _replace_frames(old, new)
+                continue
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
             elif not new.exists() or new.is_dir():
@@ -141,6 +153,22 @@ def promote_attempt(run_dir: Path, out: Path) -> None:
             if new.exists():
                 os.replace(new, old)
     shutil.rmtree(out, ignore_errors=True)
+
+
+_FRAME = re.compile(r"\d+\.png")
+
+
+def _replace_frames(old: Path, new: Path) -> None:
+    """The earlier attempt's frames go and this attempt's take their place; a file in frames/ that nst
+    did not write (not a numbered frame) stays: nst never deletes what it did not write."""
+    for f in old.iterdir():
+        if _FRAME.fullmatch(f.name) and f.is_file() and not f.is_symlink():
+            f.unlink()
+    if new.is_dir():
+        for f in new.iterdir():
+            os.replace(f, old / f.name)
+    if not any(old.iterdir()):
+        old.rmdir()
 
 
 def record_failure(run_dir: Path, summary: dict) -> None:
@@ -199,6 +227,8 @@ def load_summary(folder: Path) -> tuple[dict, str | None]:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return {}, None
+    except IsADirectoryError:
+        return {}, "a folder, where nst keeps a file: move it away"
     except (OSError, ValueError) as e:
         text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
         return {}, f"unreadable ({text})"
@@ -216,15 +246,38 @@ def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def _number_of(d: Path) -> int | None:
+    head = d.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _ran_since(d: Path, summary: dict, since: float) -> bool:
+    """A search's trial that this command ran: finished since it started, or unfinished and made since."""
+    finished = _number(summary.get("finished_unix"))
+    if finished is not None:
+        return finished >= since
+    try:
+        return d.stat().st_mtime >= since - 1
+    except OSError:
+        return True
+
+
 def outcome(folders, since: float) -> Outcome:
-    """The trials in `folders`; `since`: when this command started (time.time())."""
+    """The trials in `folders` that this command names (OWN); `since`: when it started (time.time())."""
     out = Outcome()
     for folder in sorted(set(map(str, folders))):
+        own = OWN.get(str(Path(folder).resolve()), ...)
         for d in trial_folders(Path(folder)):
+            if own is not ... and own is not None and _number_of(d) not in own and d != Path(folder):
+                continue
             s, problem = load_summary(d)
+            if own is None and not _ran_since(d, s, since):
+                continue
             label = s.get("label") or d.name
             if problem is not None:
                 out.failed.append(f"{label}: {d / 'summary.json'} is {problem}")
+            elif s.get("status") == SUPERSEDED:
+                continue
             elif s.get("status") == "completed":
                 out.completed += 1
                 out.skipped += (_number(s.get("finished_unix")) or 0) < since

@@ -232,9 +232,16 @@ def _prepare(cfg: DictConfig):
     OUTPUTS.add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir.resolve()))
     label, resolved = record["label"], record["config"]
 
+    odd = sweep_folder.odd_paths(run_dir)
+    if odd:
+        # Not nst's to remove, and in the way of this trial's files: one line, nothing written.
+        error = f"{odd[0]} is a {'file' if odd[0].is_file() else 'folder or link'}, where nst keeps its own; move it away"
+        log.error(f"{label}: failed: {error}")
+        return None, {**record, "status": "failed", "error": error, "finished_unix": time.time()}
     previous = read_summary(run_dir)
-    if previous.get("status") == "completed" and previous.get("config") == resolved:
-        # Resume: re-running a sweep into its folder skips what already completed with this config.
+    if previous.get("status") == "completed" and previous.get("config") == resolved and (run_dir / "final.png").is_file():
+        # Resume: re-running a sweep into its folder skips what already completed with this config
+        # (and still has its image).
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
         return None, previous
 

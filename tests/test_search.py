@@ -83,9 +83,16 @@ def test_a_stopped_search_resumes_to_its_total(tmp_path):
         assert t.params == s.trials[t.user_attrs["retry_of"]].params and t.state.name == "COMPLETE"
     assert len(completed_summaries(tmp_path / "out")) == 4
     assert_best_is_the_best_trial(tmp_path / "out")
-    # the same command once more runs nothing
+    # each stopped trial's folder says it was superseded (neither a failure nor a result)
+    folders = {d.name.split("_", 1)[0]: d for d in (tmp_path / "out").iterdir() if d.name[0].isdigit()}
+    stopped = [str(t.user_attrs["retry_of"]) for t in retried if str(t.user_attrs["retry_of"]) in folders]
+    for number in stopped:
+        assert summary(folders[number])["status"] == "superseded"
+    assert sum((d / "summary.json").exists() and summary(d)["status"] == "superseded" for d in folders.values()) == len(stopped)
+    # the same command once more runs nothing, and the study being complete, exits 0
     r = run(tmp_path, *SEARCH)
     assert r.returncode == 0 and states(study(tmp_path / "out")).count("COMPLETE") == 4
+    assert "trial(s) failed" not in r.stderr
 
 
 def test_a_trial_a_killed_command_left_running_is_failed_and_proposed_again(tmp_path):

@@ -126,6 +126,7 @@ def test_a_sweep_beside_a_trial_with_a_cut_summary_reports_it_and_aggregates(tmp
     sweep = tmp_path / "sweep"
     other = sweep / "7_style_weight=5"
     (other / ".hydra").mkdir(parents=True)
+    (sweep / ".nst").mkdir()  # a folder nst made (nst writes into no other)
     (other / "summary.json").write_text('{"status": "compl')
     r = run_in(tmp_path, "-m", "style_weight=1e3", *BASE, "logger=none", f"hydra.sweep.dir={sweep}")
     assert "Traceback" not in r.stderr and "no summary.json" not in r.stderr
@@ -206,7 +207,7 @@ def test_a_sweep_on_a_full_disk_fails_the_trial_with_one_line_and_goes_on(tmp_pa
     sweep = tmp_path / "sweep"
     args = ["-m", "style_weight=1e3,1e5", "device=cpu", "size=32", "steps=10", "frame_every=1", "logger=none",
             f"hydra.sweep.dir={sweep}"]
-    r = subprocess.run([sys.executable, "inject.py", "style_weight=1000.0/frames/.06.png.tmp", *args], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "inject.py", "style_weight=1e3/frames/.06.png.tmp", *args], cwd=tmp_path,
                        env=nst_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout

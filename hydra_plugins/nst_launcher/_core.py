@@ -225,13 +225,25 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
             items.append((idx, sweep_config))
+        # Jobs whose folders are one (a value given twice, `x=1,1.0`) are one job: it runs once, and
+        # each of them returns its result.
+        same_as: Dict[int, int] = {}
+        first: Dict[str, int] = {}
+        for idx, sweep_config in items:
+            folder = job_output_dir(sweep_config)
+            if folder in first:
+                same_as[idx] = first[folder]
+                log.info(f"#{idx} is #{first[folder]} (the same folder, {folder}): it runs once")
+            else:
+                first[folder] = idx
+        all_items, items = items, [item for item in items if item[0] not in same_as]
 
         spread = runner.parallel if runner is not None else 1
         sizer = runner.batch_size if runner is not None else None
         batches = plan_batches(task_function, items, max_batch, sizer=sizer, spread=spread)
         where = f" {runner.describe()}" if runner is not None else ""
         log.info(f"nst launcher: {len(items)} jobs in {len(batches)} batches (max_batch={max_batch}){where}")
-        for (idx, _), overrides in zip(items, job_overrides):
+        for (idx, _), overrides in zip(all_items, job_overrides):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
 
         returns: Dict[int, JobReturn] = {}
@@ -255,7 +267,19 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
             runner.close()
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     # In the order of job_overrides: sweepers pair returns with their trials by position.
-    return [returns[idx] for idx, _ in items]
+    return [returns[same_as.get(idx, idx)] for idx, _ in all_items]
+
+
+def job_output_dir(config: DictConfig) -> str:
+    """The job's folder: hydra.sweep.dir/hydra.sweep.subdir, resolved with the job current (the subdir
+    may read ${hydra:...})."""
+    previous = private.saved_hydra_config()
+    try:
+        HydraConfig.instance().set_config(config)
+        return os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                            str(OmegaConf.select(config, "hydra.sweep.subdir"))))
+    finally:
+        private.restore_hydra_config(previous)
 
 
 Sizer = Callable[[Callable[[list], Optional[int]], List[DictConfig]], Optional[int]]

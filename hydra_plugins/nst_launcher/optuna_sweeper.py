@@ -12,6 +12,13 @@ lock that works on network file systems), or in the database a `storage` URL nam
   so together they run `n_trials` trials, none twice;
 - `optuna-dashboard <sweep dir>/optuna.journal` shows it.
 
+The journal is read before it is appended to: a last line cut short (a full disk, a command killed
+mid-write) is removed, saying so once, for an append onto it would corrupt every later line; a journal
+Optuna cannot read (a line that is not a record, a binary file) is refused in one line naming it. A
+trial that a command asked for and could not start (a search space the study cannot take) is failed
+at once; one left stopped (Ctrl-C, a dead command) has its folder marked superseded in its
+summary.json (`status: superseded`), its parameters proposed again under a new number.
+
 The search space keeps the syntax of Hydra's Optuna sweeper: `interval(a, b)` (floats),
 `tag(log, interval(a, b))`, `tag(int, interval(a, b))`, `choice(a, b, ...)`, `range(a, b[, step])`, from
 `hydra.sweeper.params` or sweep overrides on the command line; plain values are fixed.
@@ -19,6 +26,7 @@ The search space keeps the syntax of Hydra's Optuna sweeper: `interval(a, b)` (f
 
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -34,7 +42,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
-from hydra.errors import HydraException
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -74,8 +82,58 @@ class NstOptunaSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=NstOptunaSweeperConf, provider="nst")
 
 
-class SearchConfigError(HydraException, ValueError):
-    """A bad search setting: one line."""
+class SearchConfigError(CompactHydraException, ValueError):
+    """A bad search setting: one line (Hydra prints a compact exception's message alone)."""
+
+
+class JournalError(ValueError):
+    """A journal file Optuna cannot read: one line naming it."""
+
+
+def read_journal(path: Path) -> int:
+    """Check that every whole line of the journal at `path` is a record Optuna can read; returns the
+    size of its whole lines (less than the file's when the last line was cut). Raises JournalError."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        raise JournalError(f"{path} cannot be read ({e.strerror or e})") from None
+    whole = data.rfind(b"\n") + 1
+    for number, line in enumerate(data[:whole].splitlines(), start=1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            record = None
+        if not isinstance(record, dict) or "op_code" not in record:
+            raise JournalError(f"{path} is not an Optuna journal that can be read (line {number} is not a journal "
+                               "record); move it away, or give another hydra.sweep.dir") from None
+    return whole
+
+
+def repair_journal(path: Path) -> Optional[str]:
+    """Remove a cut last line from the journal (under its own lock, as Optuna appends): appending onto
+    it would make the next record unreadable, and with it the study. Returns what was done, or None."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    lock = JournalFileOpenLock(str(path))
+    lock.acquire()
+    try:
+        whole = read_journal(path)
+        size = path.stat().st_size
+        if whole == size:
+            return None
+        with open(path, "r+b") as f:
+            f.truncate(whole)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    return (f"{path}: its last line was cut short (a full disk or a stopped command); removed it ({size - whole} "
+            "bytes), the records before it kept")
 
 
 def distribution(override: Override):
@@ -151,6 +209,12 @@ def open_storage(storage: Optional[str], sweep_dir: Path):
         return optuna.storages.RDBStorage(storage), ask_lock, storage
     path = Path(storage).expanduser() if storage else sweep_dir / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        repaired = repair_journal(path)
+    except JournalError as e:
+        raise SearchConfigError(f"hydra.sweeper.storage: {e}") from None
+    if repaired:
+        log.warning(repaired)
     backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
     return optuna.storages.JournalStorage(backend), ask_lock, str(path)
 
@@ -175,6 +239,13 @@ def recover_lost(study) -> List[int]:
 
     lost = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "owner" not in t.user_attrs:
+            # asked but never started (the ask failed, or the command died between asking and naming
+            # its owner): under the ask lock no command is between the two, so no one owns it. It
+            # does not use up one of n_trials.
+            study._storage.set_trial_user_attr(t._trial_id, "never_started", True)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            continue
         if not _alive(t.user_attrs.get("owner", "")):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
@@ -184,12 +255,12 @@ def recover_lost(study) -> List[int]:
 
 def counted(study) -> int:
     """Trials that count towards n_trials: finished or running, less each lost one that a retry
-    (a trial marked `retry_of`, in whatever state) replaces."""
+    (a trial marked `retry_of`, in whatever state) replaces, and those never started."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     used = sum(t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
-    return used - sum("retry_of" in t.user_attrs for t in trials)
+    return used - sum("retry_of" in t.user_attrs or "never_started" in t.user_attrs for t in trials)
 
 
 class NstOptunaSweeper(Sweeper, ReadsResults):
@@ -238,6 +309,8 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
                 # under the lock, each round: a command that died meanwhile (this machine) gives its
                 # trials back, and no two commands recover the same one
                 lost = recover_lost(study)
+                for number in lost:
+                    supersede(self.sweep_dir, number)
                 if lost:
                     log.info(f"trial(s) {', '.join(map(str, lost))} left running by a dead command: failed, "
                              "proposed again")
@@ -246,7 +319,16 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
                 trials = []
                 with _ctrl_c_deferred():
                     for _ in range(min(self.n_jobs, left)):
-                        trials.append(study.ask(space))
+                        try:
+                            trials.append(study.ask(space))
+                        except Exception as e:  # a space the study cannot take (another distribution)
+                            recover_lost(study)  # the trial it made, ownerless, is failed
+                            for t in trials:
+                                study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+                            text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                            raise SearchConfigError(f"hydra.sweeper.params: the study '{name}' in {where} cannot "
+                                                    f"sample this search space ({text}); a changed search space "
+                                                    "needs a new hydra.sweep.dir") from None
                         trials[-1].set_user_attr("owner", OWNER)
             finally:
                 ask_lock.release()
@@ -268,6 +350,7 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
                         if state[t.number] == TrialState.RUNNING:
                             study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
                             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+                            supersede(self.sweep_dir, t.number)
                 finally:
                     ask_lock.release()
                 raise
@@ -303,6 +386,31 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
         if complete:
             log.info(f"Best value {results['best_value']:.6g} (trial {results['best_trial']}): {results['best_params']}")
+
+
+def supersede(sweep_dir: Path, number: int) -> None:
+    """Mark the folder of a stopped trial, whose parameters are proposed again under a new number, as
+    superseded in its summary.json: not a failure of the search, nor a result. A completed trial's
+    summary (it finished before it could be told) and one that cannot be read are left as they are."""
+    for d in sorted(Path(sweep_dir).glob(f"{number}_*")):
+        summary = d / "summary.json"
+        if not d.is_dir() or summary.is_symlink() or (summary.exists() and not summary.is_file()):
+            continue
+        try:
+            data = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {"label": d.name.split("_", 1)[-1]}
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("status") == "completed":
+            continue
+        data.update(status="superseded", superseded="stopped before it finished; its parameters were proposed "
+                                                    "again as a new trial")
+        tmp = d / ".summary.json.tmp"
+        try:
+            tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+            os.replace(tmp, summary)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            log.warning(f"{summary} could not be marked superseded ({e.strerror or e})")
 
 
 @contextlib.contextmanager
