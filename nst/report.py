@@ -244,6 +244,7 @@ th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
 td.text { text-align: left; overflow-wrap: anywhere; max-width: 24em; }
 th { cursor: pointer; background: #f3f3f3; position: sticky; top: 0; }
 tr.failed td, tr.unfinished td, tr.unreadable td { background: #fde8e8; }
+tr.superseded td { color: #777; background: #f4f4f4; }
 tr.problem td:first-child { border-left: 4px solid #e67800; }
 tr.problem td { background: #fff1dc; }
 td.tie { background: #e6f4e6; }
@@ -280,13 +281,16 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes
         "<img src='scatter.png' alt='the trade-off: each trial's result at its point'>\n")
     command = sweep_command(sweep_dir)
     completed = sum(t.status == "completed" for t in trials)
+    # A stopped search's trial whose parameters were proposed again: neither a result nor a failure.
+    superseded = sum(t.status == "superseded" for t in trials)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>nst sweep: {e(sweep_dir.name)}</title>
 <style>{_STYLE}</style></head><body>
 <h1>Sweep {e(sweep_dir.name)}</h1>
 <p>{len(trials)} trials; swept: {e(", ".join(f"{k} ({len(v)})" for k, v in axes) or "nothing")}.
-{completed} completed, {len(trials) - completed} failed, unfinished or unreadable{
+{completed} completed, {len(trials) - completed - superseded} failed, unfinished or unreadable{
+f", {superseded} superseded (stopped, proposed again)" if superseded else ""}{
 f", {len(damaged)} with unreadable files (marked)" if damaged else ""}.</p>
 <p>Command: <code>{e(command)}</code></p>
 {_inputs_section(trials)}{problems}{_search_section(sweep_dir, trials)}{judging_html(sweep_dir)}<h2>Results</h2>

@@ -93,6 +93,11 @@ def test_a_stopped_search_resumes_to_its_total(tmp_path):
     r = run(tmp_path, *SEARCH)
     assert r.returncode == 0 and states(study(tmp_path / "out")).count("COMPLETE") == 4
     assert "trial(s) failed" not in r.stderr
+    # the report counts them apart: superseded, not failed
+    page = (tmp_path / "out" / "report.html").read_text()
+    if stopped:
+        assert f"{len(stopped)} superseded" in page and "<tr class='superseded" in page
+        assert "0 failed, unfinished or unreadable" in page
 
 
 def test_a_trial_a_killed_command_left_running_is_failed_and_proposed_again(tmp_path):
