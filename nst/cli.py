@@ -22,7 +22,6 @@ from nst import schema, sweep_folder
 from nst.errors import InputError
 from nst.search import OBJECTIVES
 from nst.search import check as check_objective
-from nst.settings import load_inputs, settings_from_dict
 
 # The configs ship inside the package (nst/conf; the ready sweeps are its sweep/ group, also reached as
 # sweeps/ from a clone), so that an installed wheel runs from any folder.
@@ -138,6 +137,7 @@ def check(argv: list[str]) -> int:
     multirun, overrides, leave = split_argv(argv)
     if leave:
         return 0
+    from nst.settings import load_inputs, settings_from_dict  # torch: not for --help or completion
     trials, grid = _expand(overrides, multirun)
     if len({sweep_folder.trial_key(t) for t in trials}) < len(trials):
         raise InputError("command line", "the sweep names the same trial twice; give each value once")
@@ -192,6 +192,8 @@ def _check_run_dir(overrides: list[str]) -> None:
 
 def settings_for(overrides: list[str]):
     """The validated settings of one trial from its overrides, as a script or test wants them."""
+    from nst.settings import settings_from_dict
+
     return settings_from_dict(OmegaConf.to_container(_compose(list(overrides)), resolve=True, enum_to_str=True))
 
 

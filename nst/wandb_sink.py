@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nst.errors import InputError
-from nst.sinks import due
 
 log = logging.getLogger("nst")
 MODES = ("auto", "online", "offline", "disabled")
@@ -126,6 +125,8 @@ class WandbSink:
     def on_step(self, rec) -> None:
         if self.run is None:
             return
+        from nst.sinks import due  # here, not at the top: nst.sinks imports torch, which teardown() needs not
+
         n = rec.evaluation
         row: dict = {}
         try:
