@@ -73,6 +73,7 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
     from hydra_plugins.nst_launcher._hydra_private import split_arguments
     from hydra_plugins.nst_launcher.contract import reads_results
 
+    _split_by_the_shell(overrides)
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -82,10 +83,22 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
                 f"{odd[0].split('=', 1)[0]}='{odd[0].split('=', 1)[-1]}' (and '~' is not expanded: give the full path)"
                 if odd else "")
         raise InputError("command line", _first_line(e) + hint) from None
+    for o in parsed:
+        if o.key_or_group in _SELECTORS and o.get_key_element() == o.key_or_group and not o.is_delete():
+            # sweep/search are absent from the defaults list: Hydra's own message would be "not a config key"
+            raise InputError(o.key_or_group, f"a ready {o.key_or_group} is chosen with a leading '+': "
+                                             f"-m +{o.key_or_group}={o.value()}")
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if not multirun:
+        chosen = [o for o in parsed if o.key_or_group in _SELECTORS]
+        if chosen:
+            # without -m Hydra would run one default transfer and exit 0: never what was meant
+            raise InputError(chosen[0].get_key_element(), f"selects a {'search' if chosen[0].key_or_group == 'search' else 'sweep'}, "
+                                                          f"which runs as a multirun: add -m (nst -m {' '.join(overrides)})")
         if sweeps:
-            raise InputError(sweeps[0].get_key_element(), "has several values: add -m to run one trial per value")
+            key = sweeps[0].get_key_element()
+            hint = f"; or, if the comma is part of a file name, quote it for Hydra: {_quoted(sweeps[0])}" if key in _PATH_KEYS else ""
+            raise InputError(key, f"has several values: add -m to run one trial per value{hint}")
         return [overrides], None
     # Compose once with each sweep at its first value, to read hydra.sweeper (from sweeps/).
     first = [o.input_line if not o.is_sweep_override() else
@@ -113,6 +126,34 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
     return trials, {"sweep_dir": sweep_dir, "identity": sweep_folder.identity(fixed, swept), "cfg": cfg}
 
 
+_SELECTORS = ("sweep", "search")  # config groups that choose a sweep or a search, not a trial's setting
+_PATH_KEYS = ("content", "style", "init.path")  # keys whose values are file names, which may hold a comma
+
+
+def _quoted(o) -> str:
+    """An override whose value Hydra split at commas, written so that Hydra reads the value whole
+    (double quotes for Hydra, single quotes around the argument for the shell)."""
+    key, value = o.input_line.split("=", 1)
+    return f"""'{key}="{value}"'"""
+
+
+def _split_by_the_shell(overrides: list[str]) -> None:
+    """The shell splits an argument at a space: `style_weight=1e3, 1e4` reaches us as `style_weight=1e3,`
+    and `1e4`, which Hydra's parser reports without naming either. Say what happened instead."""
+    for n, o in enumerate(overrides):
+        if o.endswith(",") and "=" in o:
+            key = o.split("=", 1)[0].lstrip("+~")
+            if n + 1 < len(overrides):
+                raise InputError(key, f"'{o} {overrides[n + 1]}': a space after a comma splits the argument in the shell; "
+                                      f"write the values without spaces: {o}{overrides[n + 1]}")
+            raise InputError(key, f"'{o}' ends with a comma; give the next value after it, without a space")
+        if "=" not in o and not o.startswith("~") and n > 0 and "=" in overrides[n - 1]:
+            prev = overrides[n - 1]
+            raise InputError(prev.split("=", 1)[0].lstrip("+~"), f"'{o}' follows '{prev}' as an argument of its own (the shell "
+                                                              f"splits at a space); if it belongs to that value, quote the "
+                                                              f"whole argument: '{prev} {o}'")
+
+
 def check_search(cfg) -> None:
     """A search needs an objective to report to its sweeper, and storage that works here."""
     if cfg.get("objective") is None:
@@ -134,14 +175,22 @@ def check_search(cfg) -> None:
 
 def check(argv: list[str]) -> int:
     """Validate every trial the command line asks for; returns how many (0 when left to Hydra)."""
+    return len(checked(argv))
+
+
+def checked(argv: list[str]) -> list:
+    """Validate every trial the command line asks for; returns their Settings (none when left to
+    Hydra; for a search, the part every trial shares)."""
     multirun, overrides, leave = split_argv(argv)
     if leave:
-        return 0
-    from nst.settings import load_inputs, settings_from_dict  # torch: not for --help or completion
+        return []
+    from nst.settings import check_cuda_here, load_inputs, settings_from_dict  # torch: not for --help or completion
+
     trials, grid = _expand(overrides, multirun)
     if len({sweep_folder.trial_key(t) for t in trials}) < len(trials):
         raise InputError("command line", "the sweep names the same trial twice; give each value once")
     seen_files: set[tuple] = set()
+    out = []
     for trial in trials:
         cfg = _compose(trial)
         try:
@@ -152,15 +201,46 @@ def check(argv: list[str]) -> int:
         check_objective(resolved.get("objective"), resolved.get("target_psnr"))
         files = (settings.content, settings.style if settings.objective.style_layers else None, settings.init_path)
         if files not in seen_files:  # decode each distinct set of inputs once
-            load_inputs(settings)
+            try:
+                load_inputs(settings)
+            except InputError as e:
+                raise _comma_in_path(e, overrides) from None
             seen_files.add(files)
+        out.append(settings)
+    devices = sorted({s.device for s in out if s.device.startswith("cuda")})
+    if devices and (not multirun or _runs_here(trials[0])):
+        for device in devices:
+            check_cuda_here(device)
     if grid is None and not multirun and trials:
         _check_run_dir(trials[0])
     if grid is not None and _launcher_accepts(grid["cfg"]):
         # Last, once every trial and the launcher's settings are known to be valid: nothing is written
         # into a folder for a command that is refused.
         sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
-    return len(trials)
+    return out
+
+
+def _comma_in_path(e: InputError, overrides: list[str]) -> InputError:
+    """A missing file whose name came from a value with a comma: Hydra split it into several values."""
+    key = e.key.split("[", 1)[0]
+    if key not in _PATH_KEYS or "no such file" not in str(e):
+        return e
+    for o in overrides:
+        k, _, value = o.lstrip("+").partition("=")
+        if k == key and "," in value and not value.startswith(("[", "'", '"')):
+            return InputError(e.key, f"{str(e)[len(e.key) + 2:]}; if the comma is part of the file name, quote it for Hydra: "
+                                     f"""'{k}="{value}"'""")
+    return e
+
+
+def _runs_here(overrides: list[str]) -> bool:
+    """Whether a multirun's trials run on this machine (the nst launcher's own process or its worker
+    processes), not on SLURM nodes, whose GPUs the submitting machine may lack."""
+    try:
+        launcher = _compose(overrides, hydra_config=True).hydra.launcher
+    except InputError:
+        return True
+    return launcher.get("cluster") != "slurm"
 
 
 def _launcher_accepts(cfg) -> bool:
