@@ -316,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
     for out in sorted(OUTPUTS):
         print(f"outputs: {out}")
+    from nst.wandb_sink import sync_line
+
+    line = sync_line(sorted(OUTPUTS))  # W&B offline (the default without a login): say how to upload
+    if line:
+        print(line)
     if result.failed:
         print(f"nst: {len(result.failed)} trial(s) failed: {'; '.join(result.failed)}", file=sys.stderr)
         return 1
