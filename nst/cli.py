@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 from datetime import datetime
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -173,17 +173,23 @@ def check_search(cfg) -> None:
             raise InputError("hydra.sweeper.sampler.name", f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
 
 
+@dataclass(frozen=True)
+class Checked:
+    settings: list  # every trial's Settings (for a search, the part every trial shares); [] when left to Hydra
+    runs_here: bool  # the trials run on this machine (not on SLURM nodes)
+    search: bool = False  # a sweeper that proposes its trials as it goes (their number is its own)
+
+
 def check(argv: list[str]) -> int:
     """Validate every trial the command line asks for; returns how many (0 when left to Hydra)."""
-    return len(checked(argv))
+    return len(checked(argv).settings)
 
 
-def checked(argv: list[str]) -> list:
-    """Validate every trial the command line asks for; returns their Settings (none when left to
-    Hydra; for a search, the part every trial shares)."""
+def checked(argv: list[str]) -> Checked:
+    """Validate every trial the command line asks for, before anything is written."""
     multirun, overrides, leave = split_argv(argv)
     if leave:
-        return []
+        return Checked([], True)
     from nst.settings import check_cuda_here, load_inputs, settings_from_dict  # torch: not for --help or completion
 
     trials, grid = _expand(overrides, multirun)
@@ -207,17 +213,16 @@ def checked(argv: list[str]) -> list:
                 raise _comma_in_path(e, overrides) from None
             seen_files.add(files)
         out.append(settings)
-    devices = sorted({s.device for s in out if s.device.startswith("cuda")})
-    if devices and (not multirun or _runs_here(trials[0])):
-        for device in devices:
-            check_cuda_here(device)
+    here = not multirun or _runs_here(trials[0])
+    for device in sorted({s.device for s in out if s.device.startswith("cuda")} if here else ()):
+        check_cuda_here(device)
     if grid is None and not multirun and trials:
         _check_run_dir(trials[0])
     if grid is not None and _launcher_accepts(grid["cfg"]):
         # Last, once every trial and the launcher's settings are known to be valid: nothing is written
         # into a folder for a command that is refused.
         sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
-    return out
+    return Checked(out, here, search=multirun and grid is None)
 
 
 def _comma_in_path(e: InputError, overrides: list[str]) -> InputError:

@@ -297,10 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     with _stopped_by_signals() as stop:
         try:
             try:
-                cli.check(argv)
+                checked = cli.checked(argv)
             except InputError as e:
                 print(f"nst: error: {e}", file=sys.stderr)
                 return 2
+            _estimate(checked)
             try:
                 app()
             finally:
@@ -325,6 +326,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nst: {len(result.failed)} trial(s) failed: {'; '.join(result.failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _estimate(checked) -> None:
+    """Before a long command starts, how long it will take here, and what a CPU-sized one would."""
+    if not checked.settings or checked.search:
+        return
+    from nst.estimate import line
+
+    text = line(checked.settings, checked.runs_here)
+    if text:
+        print(text, file=sys.stderr, flush=True)
 
 
 # What ends a command as Ctrl-C does: SIGTERM is what `kill`, `timeout` and SLURM send, SIGHUP what a
