@@ -234,6 +234,8 @@ def _prepare(cfg: DictConfig):
     if previous.get("status") == "completed" and previous.get("config") == resolved:
         # Resume: re-running a sweep into its folder skips what already completed with this config.
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
+        if multirun and _SweepProgress.current() is not None:
+            _SweepProgress.current().done(run_dir)
         return None, previous
 
     try:
@@ -248,6 +250,8 @@ def _prepare(cfg: DictConfig):
         summary = {**record, "status": "failed", "error": str(e), "finished_unix": time.time()}
         _record_failure(run_dir, summary)
         log.error(f"{label}: failed: {e}")
+        if multirun and _SweepProgress.current() is not None:
+            _SweepProgress.current().done(run_dir)
         return None, summary
     record["settings"] = settings.to_dict()
     sweep_dir = Path(hc.sweep.dir) if multirun else None
@@ -256,8 +260,11 @@ def _prepare(cfg: DictConfig):
         from nst.sinks import FileSink, ProgressSink
 
         steps = settings.total_steps  # every pyramid level's evaluations
+        sweep = _SweepProgress.current() if multirun else None
         sinks = [FileSink(run_dir, log_every=settings.log_every, frame_every=settings.frame_every, steps=steps),
-                 ProgressSink(steps, label if multirun else "nst", position)]
+                 ProgressSink(steps, label if multirun else "nst", position + (sweep is not None))]
+        if sweep is not None:
+            sinks.append(sweep.sink(run_dir, steps))
         if resolved["logger"]["name"] == "wandb":
             from nst import wandb_sink
 
@@ -302,9 +309,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"nst: error: {e}", file=sys.stderr)
                 return 2
             _estimate(checked)
+            _SweepProgress.start(checked)
             try:
                 app()
             finally:
+                _SweepProgress.stop()
                 from nst.wandb_sink import teardown
 
                 teardown()
@@ -326,6 +335,75 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nst: {len(result.failed)} trial(s) failed: {'; '.join(result.failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+class _SweepProgress:
+    """The sweep-wide bar above the trials' bars: trials done of all, evaluations done of all, elapsed
+    time and what is left at the pace so far. It lives in the command's own process and counts the
+    trials that run there (the nst launcher in this process); trials in worker processes or SLURM tasks
+    are counted by the launcher's own line as each batch ends. NST_PROGRESS=0 turns it off, as the
+    trials' bars."""
+
+    _current: "_SweepProgress | None" = None
+
+    def __init__(self, trials: list) -> None:
+        from tqdm import tqdm
+
+        self.pid = os.getpid()
+        self.trials = len(trials)
+        self.per_trial = {}  # run folder -> evaluations counted (a retried attempt starts again at 0)
+        self.mean_steps = sum(s.total_steps for s in trials) / max(1, len(trials))
+        self.finished: set = set()
+        self.bar = tqdm(total=sum(s.total_steps for s in trials), desc=f"sweep: 0/{len(trials)} trials done", unit="eval", file=sys.stderr,
+                        dynamic_ncols=True, position=0, leave=True,
+                        bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} evaluations [{elapsed} elapsed, {remaining} left]")
+
+    @classmethod
+    def start(cls, checked) -> None:
+        if os.environ.get("NST_PROGRESS", "") == "0" or checked.search or not checked.runs_here or len(checked.settings) < 2:
+            return
+        cls._current = cls(checked.settings)
+
+    @classmethod
+    def current(cls) -> "_SweepProgress | None":
+        me = cls._current
+        return me if me is not None and me.pid == os.getpid() else None
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls._current is not None:
+            cls._current.bar.close()
+            cls._current = None
+
+    def _postfix(self) -> None:
+        self.bar.set_description_str(f"sweep: {len(self.finished)}/{self.trials} trials done", refresh=True)
+
+    def count(self, run_dir: Path, evaluations: int) -> None:
+        before = self.per_trial.get(run_dir, 0)
+        if evaluations > before:
+            self.per_trial[run_dir] = evaluations
+            self.bar.update(evaluations - before)
+
+    def done(self, run_dir: Path, steps: int | None = None) -> None:
+        if run_dir in self.finished:
+            return
+        self.finished.add(run_dir)
+        # a trial that stopped early (a tolerance), failed, or was skipped: its remaining evaluations are done
+        self.count(run_dir, round(steps if steps is not None else self.mean_steps))
+        self._postfix()
+
+    def sink(self, run_dir: Path, steps: int):
+        progress = self
+
+        class Sink:
+            def on_step(self, rec) -> None:
+                progress.count(run_dir, rec.evaluation)
+
+            def close(self, summary: dict) -> None:
+                if summary.get("status") in ("completed", "failed"):
+                    progress.done(run_dir, steps)
+
+        return Sink()
 
 
 def _estimate(checked) -> None:
