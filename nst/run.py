@@ -300,6 +300,10 @@ def wandb_tags(resolved: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    text = cli.quick_help(argv)
+    if text is not None:
+        print(text)
+        return 0
     started = time.time()
     with _stopped_by_signals() as stop:
         try:

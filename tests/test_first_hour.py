@@ -153,3 +153,11 @@ def test_cuda_without_cuda_is_refused_up_front(run_nst, tmp_path, device):
     assert r.stderr.strip() == (f"nst: error: device: '{device}' asked for, but no CUDA device is available here; "
                                 "use device=cpu or device=auto")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []  # no run folder, no W&B run
+
+
+def test_quick_help_is_hydras_help_word_for_word(run_nst):
+    # `--help` alone is answered from the config folder; with an override it is Hydra's own
+    quick, hydras = run_nst("--help"), run_nst("--help", "seed=0")
+    assert quick.returncode == hydras.returncode == 0
+    assert "Config groups" in quick.stdout and "sweep: color, content_by_style," in quick.stdout
+    assert quick.stdout == hydras.stdout
