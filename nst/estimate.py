@@ -19,9 +19,10 @@ CPU_SIZED = {"size": 256, "steps": 150}  # the alternative the line offers
 # the noise of the rate at 192-384 px (19-22 GFLOP/s under load), at a quarter of 256 px's time; a
 # GPU needs larger images to be busy.
 PROBE_SIDE = {"cpu": 128, "mps": 384, "cuda": 512}
-# Time per evaluation beyond the network's convolutions (the losses and Gram matrices, the optimiser,
-# frames and metrics files): a factor on the convolutions' time, measured on a 2-core CPU against
-# whole runs at 64-256 px (README "Speed"); and per trial, the targets and the final metrics.
+# What a run does beyond the probe's convolutions: per evaluation the losses and Gram matrices, the
+# optimiser and the files (a factor on the convolutions' time), per trial the targets and the final
+# metrics (seconds). Margins chosen, not fitted; checked against whole runs on a shared 2-core CPU at
+# 128, 256 and 384 px: estimates 4 % under, 20 % under and 2 % over the measured wall time.
 OVERHEAD = 1.15
 PER_TRIAL_S = 2.0
 # Upper bounds on what a device does at best (FLOP/s): above any real rate of these kinds, so that a

@@ -358,8 +358,8 @@ class _SweepProgress:
         self.per_trial = {}  # run folder -> evaluations counted (a retried attempt starts again at 0)
         self.mean_steps = sum(s.total_steps for s in trials) / max(1, len(trials))
         self.finished: set = set()
-        self.bar = tqdm(total=sum(s.total_steps for s in trials), desc=f"sweep: 0/{len(trials)} trials done", unit="eval", file=sys.stderr,
-                        dynamic_ncols=True, position=0, leave=True,
+        self.bar = tqdm(total=sum(s.total_steps for s in trials), desc=f"sweep: 0/{len(trials)} trials done", unit="eval",
+                        file=sys.stderr, dynamic_ncols=True, position=0, leave=True,
                         bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} evaluations [{elapsed} elapsed, {remaining} left]")
 
     @classmethod
@@ -379,7 +379,7 @@ class _SweepProgress:
             cls._current.bar.close()
             cls._current = None
 
-    def _postfix(self) -> None:
+    def _describe(self) -> None:
         self.bar.set_description_str(f"sweep: {len(self.finished)}/{self.trials} trials done", refresh=True)
 
     def count(self, run_dir: Path, evaluations: int) -> None:
@@ -394,20 +394,24 @@ class _SweepProgress:
         self.finished.add(run_dir)
         # a trial that stopped early (a tolerance), failed, or was skipped: its remaining evaluations are done
         self.count(run_dir, round(steps if steps is not None else self.mean_steps))
-        self._postfix()
+        self._describe()
 
-    def sink(self, run_dir: Path, steps: int):
-        progress = self
+    def sink(self, run_dir: Path, steps: int) -> "_SweepSink":
+        return _SweepSink(self, run_dir, steps)
 
-        class Sink:
-            def on_step(self, rec) -> None:
-                progress.count(run_dir, rec.evaluation)
 
-            def close(self, summary: dict) -> None:
-                if summary.get("status") in ("completed", "failed"):
-                    progress.done(run_dir, steps)
+class _SweepSink:
+    """One trial's evaluations, counted into the sweep's bar."""
 
-        return Sink()
+    def __init__(self, progress: _SweepProgress, run_dir: Path, steps: int) -> None:
+        self.progress, self.run_dir, self.steps = progress, run_dir, steps
+
+    def on_step(self, rec) -> None:
+        self.progress.count(self.run_dir, rec.evaluation)
+
+    def close(self, summary: dict) -> None:
+        if summary.get("status") in ("completed", "failed"):  # not an attempt that is retried (out of memory)
+            self.progress.done(self.run_dir, self.steps)
 
 
 def _estimate(checked) -> None:
