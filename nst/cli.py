@@ -110,7 +110,8 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
                                              f"-m +{o.key_or_group}={o.value()}")
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if not multirun:
-        chosen = [o for o in parsed if o.key_or_group in _SELECTORS]
+        # (an unknown one is left to the composition, whose message lists the ones there are)
+        chosen = [o for o in parsed if o.key_or_group in _SELECTORS and (CONF_DIR / o.key_or_group / f"{o.value()}.yaml").exists()]
         if chosen:
             # without -m Hydra would run one default transfer and exit 0: never what was meant
             raise InputError(chosen[0].get_key_element(), f"selects a {'search' if chosen[0].key_or_group == 'search' else 'sweep'}, "
