@@ -19,12 +19,13 @@ CPU_SIZED = {"size": 256, "steps": 150}  # the alternative the line offers
 # the noise of the rate at 192-384 px (19-22 GFLOP/s under load), at a quarter of 256 px's time; a
 # GPU needs larger images to be busy.
 PROBE_SIDE = {"cpu": 128, "mps": 384, "cuda": 512}
-# What a run does beyond the probe's convolutions: per evaluation the losses and Gram matrices, the
-# optimiser and the files (a factor on the convolutions' time), per trial the targets and the final
-# metrics (seconds). Margins chosen, not fitted; checked against whole runs on a shared 2-core CPU at
-# 128, 256 and 384 px: estimates 4 % under, 20 % under and 2 % over the measured wall time.
-OVERHEAD = 1.15
-PER_TRIAL_S = 2.0
+# What a run does beyond the probe's convolutions, from the time split of whole runs on a 2-core CPU
+# (summary.json's wall_time against optimisation_time, 128-512 px): per evaluation the losses, Gram
+# matrices, optimiser and files, a factor of 0.93-1.19 on the convolutions' time; per trial its
+# targets, final metrics and animation, 4.6-7 full-size evaluations; per command the start-up.
+OVERHEAD = 1.05
+PER_TRIAL_EVALUATIONS = 6
+START_S = 4.0
 # Upper bounds on what a device does at best (FLOP/s): above any real rate of these kinds, so that a
 # command under LONG_S at this rate is under it for certain, and needs no probe.
 BEST_RATE = {"cpu": 2.5e11, "mps": 5e13, "cuda": 2e15}  # cpu: per core
@@ -48,7 +49,15 @@ def cpu_sized(s):
 
 
 def seconds(settings: list, rate: float) -> float:
-    return sum(trial_flops(s) * OVERHEAD / rate + PER_TRIAL_S for s in settings)
+    return START_S + sum((trial_flops(s) * OVERHEAD + PER_TRIAL_EVALUATIONS * _full_size_flops(s)) / rate for s in settings)
+
+
+def _full_size_flops(s) -> float:
+    from nst import features
+
+    names = features.layer_names(s.arch)
+    deepest = max((*s.objective.content_layers, *s.objective.style_layers), key=names.index)
+    return float(features.evaluation_flops(s.arch, deepest, *_size(s)))
 
 
 def best_rate(device_type: str) -> float:

@@ -172,7 +172,7 @@ def test_only_a_command_that_could_be_long_is_probed(monkeypatch):
     default = settings("device=cpu")  # 512 px, 500 evaluations
     line = estimate.line([default] * 4)
     assert len(probed) == 1
-    took = estimate._duration(4 * (estimate.trial_flops(default) * estimate.OVERHEAD / 1e11 + estimate.PER_TRIAL_S))
-    assert took == "1.8 h"  # 568 TFLOP at 100 GFLOP/s
+    took = estimate._duration(estimate.seconds([default] * 4, 1e11))
+    assert took == "1.7 h"  # 568 TFLOP at 100 GFLOP/s
     assert line.startswith(f"nst: this will take about {took} on this CPU (4 trial(s), 2000 evaluations in all, at 512x")
     assert "; a CPU-sized sweep: size=256 steps=150, about " in line
