@@ -13,7 +13,7 @@ import re
 import sys
 import uuid
 from datetime import datetime
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -23,7 +23,6 @@ from nst import schema, sweep_folder
 from nst.errors import InputError
 from nst.search import OBJECTIVES
 from nst.search import check as check_objective
-from nst.settings import load_inputs, settings_from_dict
 
 # The configs ship inside the package (nst/conf; the ready sweeps are its sweep/ group, also reached as
 # sweeps/ from a clone), so that an installed wheel runs from any folder.
@@ -37,6 +36,26 @@ _STARTED = datetime.now()
 _HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-p", "--package",
                      "--resolve", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name",
                      "-cd", "--config-dir", "--experimental-rerun"}
+
+
+def quick_help(argv: list[str]) -> str | None:
+    """`nst --help` as Hydra prints it, or None to leave it to Hydra. Hydra lists every config group
+    through its config repository, copying the whole config store once per group (2-5 s on a 2-core
+    CPU, more than the rest of the command); the groups are the config folder's, read from it here.
+    Anything beyond the bare flag (an override, another config) is left to Hydra."""
+    if argv not in (["--help"], ["-h"]):
+        return None
+    import string
+
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import get_args_parser
+
+    template = str(OmegaConf.load(CONF_DIR / "config.yaml").hydra.help.template)
+    groups = sorted(d for d in CONF_DIR.iterdir() if d.is_dir() and any(d.glob("*.yaml")))
+    if "$HYDRA_CONFIG_GROUPS" in template or "$CONFIG" in template or any(p.is_dir() for d in groups for p in d.iterdir()):
+        return None
+    listed = "".join(f"{d.name}: {', '.join(sorted(p.stem for p in d.glob('*.yaml')))}\n" for d in groups)
+    return string.Template(template).substitute(FLAGS_HELP=Hydra.format_args_help(get_args_parser()), APP_CONFIG_GROUPS=listed)
 
 
 def register_resolvers() -> None:
@@ -78,6 +97,7 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
     from hydra_plugins.nst_launcher._hydra_private import split_arguments
     from hydra_plugins.nst_launcher.contract import reads_results
 
+    _split_by_the_shell(overrides)
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -87,10 +107,23 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
                 f"{odd[0].split('=', 1)[0]}='{odd[0].split('=', 1)[-1]}' (and '~' is not expanded: give the full path)"
                 if odd else "")
         raise InputError("command line", _first_line(e) + hint) from None
+    for o in parsed:
+        if o.key_or_group in _SELECTORS and o.get_key_element() == o.key_or_group and not o.is_delete():
+            # sweep/search are absent from the defaults list: Hydra's own message would be "not a config key"
+            raise InputError(o.key_or_group, f"a ready {o.key_or_group} is chosen with a leading '+': "
+                                             f"-m +{o.key_or_group}={o.value()}")
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if not multirun:
+        # (an unknown one is left to the composition, whose message lists the ones there are)
+        chosen = [o for o in parsed if o.key_or_group in _SELECTORS and (CONF_DIR / o.key_or_group / f"{o.value()}.yaml").exists()]
+        if chosen:
+            # without -m Hydra would run one default transfer and exit 0: never what was meant
+            raise InputError(chosen[0].get_key_element(), f"selects a {'search' if chosen[0].key_or_group == 'search' else 'sweep'}, "
+                                                          f"which runs as a multirun: add -m (nst -m {' '.join(overrides)})")
         if sweeps:
-            raise InputError(sweeps[0].get_key_element(), "has several values: add -m to run one trial per value")
+            key = sweeps[0].get_key_element()
+            hint = f"; or, if the comma is part of a file name, quote it for Hydra: {_quoted(sweeps[0])}" if key in _PATH_KEYS else ""
+            raise InputError(key, f"has several values: add -m to run one trial per value{hint}")
         return [overrides], None
     # Compose once with each sweep at its first value, to read hydra.sweeper (from sweeps/).
     first = [o.input_line if not o.is_sweep_override() else
@@ -123,6 +156,34 @@ def _expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict
     return trials, {"sweep_dir": sweep_dir, "identity": sweep_folder.identity(fixed, swept), "cfg": cfg}
 
 
+_SELECTORS = ("sweep", "search")  # config groups that choose a sweep or a search, not a trial's setting
+_PATH_KEYS = ("content", "style", "init.path")  # keys whose values are file names, which may hold a comma
+
+
+def _quoted(o) -> str:
+    """An override whose value Hydra split at commas, written so that Hydra reads the value whole
+    (double quotes for Hydra, single quotes around the argument for the shell)."""
+    key, value = o.input_line.split("=", 1)
+    return f"""'{key}="{value}"'"""
+
+
+def _split_by_the_shell(overrides: list[str]) -> None:
+    """The shell splits an argument at a space: `style_weight=1e3, 1e4` reaches us as `style_weight=1e3,`
+    and `1e4`, which Hydra's parser reports without naming either. Say what happened instead."""
+    for n, o in enumerate(overrides):
+        if o.endswith(",") and "=" in o:
+            key = o.split("=", 1)[0].lstrip("+~")
+            if n + 1 < len(overrides):
+                raise InputError(key, f"'{o} {overrides[n + 1]}': a space after a comma splits the argument in the shell; "
+                                      f"write the values without spaces: {o}{overrides[n + 1]}")
+            raise InputError(key, f"'{o}' ends with a comma; give the next value after it, without a space")
+        if "=" not in o and not o.startswith("~") and n > 0 and "=" in overrides[n - 1]:
+            prev = overrides[n - 1]
+            raise InputError(prev.split("=", 1)[0].lstrip("+~"), f"'{o}' follows '{prev}' as an argument of its own (the shell "
+                                                              f"splits at a space); if it belongs to that value, quote the "
+                                                              f"whole argument: '{prev} {o}'")
+
+
 def check_search(cfg) -> None:
     """A search needs an objective to report to its sweeper, and storage that works here."""
     if cfg.get("objective") is None:
@@ -142,14 +203,28 @@ def check_search(cfg) -> None:
             raise InputError("hydra.sweeper.sampler.name", f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
 
 
+@dataclass(frozen=True)
+class Checked:
+    settings: list  # every trial's Settings (for a search, the part every trial shares); [] when left to Hydra
+    runs_here: bool  # the trials run on this machine (not on SLURM nodes)
+    search: bool = False  # a sweeper that proposes its trials as it goes (their number is its own)
+
+
 def check(argv: list[str]) -> int:
     """Validate every trial the command line asks for; returns how many (0 when left to Hydra)."""
+    return len(checked(argv).settings)
+
+
+def checked(argv: list[str]) -> Checked:
+    """Validate every trial the command line asks for, before anything is written."""
     multirun, overrides, leave = split_argv(argv)
     if leave:
-        return 0
+        return Checked([], True)
+    from nst.settings import check_cuda_here, load_inputs, settings_from_dict  # torch: not for --help or completion
+
     trials, grid = _expand(overrides, multirun)
     seen_files: set[tuple] = set()
-    checked = []
+    out = []
     for trial in trials:
         cfg = _compose(trial)
         try:
@@ -160,15 +235,21 @@ def check(argv: list[str]) -> int:
         check_objective(resolved.get("objective"), resolved.get("target_psnr"))
         files = (settings.content, settings.style if settings.objective.style_layers else None, settings.init_path)
         if files not in seen_files:  # decode each distinct set of inputs once
-            load_inputs(settings)
+            try:
+                load_inputs(settings)
+            except InputError as e:
+                raise _comma_in_path(e, overrides) from None
             seen_files.add(files)
-        checked.append(settings)
+        out.append(settings)
+    here = not multirun or _runs_here(trials[0])
+    for device in sorted({s.device for s in out if s.device.startswith("cuda")} if here else ()):
+        check_cuda_here(device)
     if grid is None and not multirun and trials:
-        run_dir = _check_run_dir(trials[0], checked)
+        run_dir = _check_run_dir(trials[0], out)
         if run_dir is not None:
             sweep_folder.claim_run(run_dir, argv)
     if grid is not None:
-        _check_chdir(grid["cfg"], checked)
+        _check_chdir(grid["cfg"], out)
         _check_subdirs(grid, trials)
         sweep_folder.check_folder(Path(grid["sweep_dir"]), "hydra.sweep.dir")
         journal = _journal(grid) if grid.get("search") else None
@@ -189,7 +270,30 @@ def check(argv: list[str]) -> int:
                 repaired = repair_journal(journal)
                 if repaired:
                     print(f"nst: {repaired}", file=sys.stderr)
-    return len(trials)
+    return Checked(out, here, search=multirun and (grid is None or bool(grid.get("search"))))
+
+
+def _comma_in_path(e: InputError, overrides: list[str]) -> InputError:
+    """A missing file whose name came from a value with a comma: Hydra split it into several values."""
+    key = e.key.split("[", 1)[0]
+    if key not in _PATH_KEYS or "no such file" not in str(e):
+        return e
+    for o in overrides:
+        k, _, value = o.lstrip("+").partition("=")
+        if k == key and "," in value and not value.startswith(("[", "'", '"')):
+            return InputError(e.key, f"{str(e)[len(e.key) + 2:]}; if the comma is part of the file name, quote it for Hydra: "
+                                     f"""'{k}="{value}"'""")
+    return e
+
+
+def _runs_here(overrides: list[str]) -> bool:
+    """Whether a multirun's trials run on this machine (the nst launcher's own process or its worker
+    processes), not on SLURM nodes, whose GPUs the submitting machine may lack."""
+    try:
+        launcher = _compose(overrides, hydra_config=True).hydra.launcher
+    except InputError:
+        return True
+    return launcher.get("cluster") != "slurm"
 
 
 def _journal(grid: dict) -> Path | None:
@@ -282,6 +386,8 @@ def _check_run_dir(overrides: list[str], checked: list = ()) -> Path | None:
 
 def settings_for(overrides: list[str]):
     """The validated settings of one trial from its overrides, as a script or test wants them."""
+    from nst.settings import settings_from_dict
+
     return settings_from_dict(OmegaConf.to_container(_compose(list(overrides)), resolve=True, enum_to_str=True))
 
 

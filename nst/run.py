@@ -243,6 +243,8 @@ def _prepare(cfg: DictConfig):
         # Resume: re-running a sweep into its folder skips what already completed with this config
         # (and still has its image).
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
+        if multirun and _SweepProgress.current() is not None:
+            _SweepProgress.current().done(run_dir)
         return None, previous
 
     try:
@@ -256,6 +258,8 @@ def _prepare(cfg: DictConfig):
         # meets bad input here, not up front.
         summary = {**record, "status": "failed", "error": str(e), "finished_unix": time.time()}
         log.error(f"{label}: failed: {e}{_record_failure(run_dir, summary)}")
+        if multirun and _SweepProgress.current() is not None:
+            _SweepProgress.current().done(run_dir)
         return None, summary
     record["settings"] = settings.to_dict()
     sweep_dir = Path(hc.sweep.dir) if multirun else None
@@ -264,8 +268,11 @@ def _prepare(cfg: DictConfig):
         from nst.sinks import FileSink, ProgressSink
 
         steps = settings.total_steps  # every pyramid level's evaluations
+        sweep = _SweepProgress.current() if multirun else None
         sinks = [FileSink(run_dir, log_every=settings.log_every, frame_every=settings.frame_every, steps=steps),
-                 ProgressSink(steps, label if multirun else "nst", position)]
+                 ProgressSink(steps, label if multirun else "nst", position + (sweep is not None))]
+        if sweep is not None:
+            sinks.append(sweep.sink(run_dir, steps))
         if resolved["logger"]["name"] == "wandb":
             from nst import wandb_sink
 
@@ -304,11 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["judge"]:  # `nst judge <sweep folder>`: the judging page (nst.judge)
         from nst.judge import main as judge_main
         return judge_main(argv[1:])
+    text = cli.quick_help(argv)
+    if text is not None:
+        print(text)
+        return 0
     started = time.time()
     with _stopped_by_signals() as stop:
         try:
             try:
-                cli.check(argv)
+                checked = cli.checked(argv)
             except InputError as e:
                 print(f"nst: error: {e}", file=sys.stderr)
                 return 2
@@ -317,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 print(f"nst: error: {_os_error(e)}", file=sys.stderr)
                 return 2
+            _estimate(checked)
+            _SweepProgress.start(checked)
             try:
                 # A file the command itself cannot write (Hydra's multirun.yaml, the sweep folder's
                 # records on a full disk) stops it: one line, not Hydra's traceback. A trial's own
@@ -324,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 with raised((OSError,)):
                     app()
             finally:
+                _SweepProgress.stop()
                 from nst.wandb_sink import teardown
 
                 teardown()
@@ -341,10 +355,99 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
     for out in sorted(OUTPUTS):
         print(f"outputs: {out}")
+    from nst.wandb_sink import sync_line
+
+    line = sync_line(sorted(OUTPUTS))  # W&B offline (the default without a login): say how to upload
+    if line:
+        print(line)
     if result.failed:
         print(f"nst: {len(result.failed)} trial(s) failed: {'; '.join(result.failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+class _SweepProgress:
+    """The sweep-wide bar above the trials' bars: trials done of all, evaluations done of all, elapsed
+    time and what is left at the pace so far. It lives in the command's own process and counts the
+    trials that run there (the nst launcher in this process); trials in worker processes or SLURM tasks
+    are counted by the launcher's own line as each batch ends. NST_PROGRESS=0 turns it off, as the
+    trials' bars."""
+
+    _current: "_SweepProgress | None" = None
+
+    def __init__(self, trials: list) -> None:
+        from tqdm import tqdm
+
+        self.pid = os.getpid()
+        self.trials = len(trials)
+        self.per_trial = {}  # run folder -> evaluations counted (a retried attempt starts again at 0)
+        self.mean_steps = sum(s.total_steps for s in trials) / max(1, len(trials))
+        self.finished: set = set()
+        self.bar = tqdm(total=sum(s.total_steps for s in trials), desc=f"sweep: 0/{len(trials)} trials done", unit="eval",
+                        file=sys.stderr, dynamic_ncols=True, position=0, leave=True,
+                        bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} evaluations [{elapsed} elapsed, {remaining} left]")
+
+    @classmethod
+    def start(cls, checked) -> None:
+        if os.environ.get("NST_PROGRESS", "") == "0" or checked.search or not checked.runs_here or len(checked.settings) < 2:
+            return
+        cls._current = cls(checked.settings)
+
+    @classmethod
+    def current(cls) -> "_SweepProgress | None":
+        me = cls._current
+        return me if me is not None and me.pid == os.getpid() else None
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls._current is not None:
+            cls._current.bar.close()
+            cls._current = None
+
+    def _describe(self) -> None:
+        self.bar.set_description_str(f"sweep: {len(self.finished)}/{self.trials} trials done", refresh=True)
+
+    def count(self, run_dir: Path, evaluations: int) -> None:
+        before = self.per_trial.get(run_dir, 0)
+        if evaluations > before:
+            self.per_trial[run_dir] = evaluations
+            self.bar.update(evaluations - before)
+
+    def done(self, run_dir: Path, steps: int | None = None) -> None:
+        if run_dir in self.finished:
+            return
+        self.finished.add(run_dir)
+        # a trial that stopped early (a tolerance), failed, or was skipped: its remaining evaluations are done
+        self.count(run_dir, round(steps if steps is not None else self.mean_steps))
+        self._describe()
+
+    def sink(self, run_dir: Path, steps: int) -> "_SweepSink":
+        return _SweepSink(self, run_dir, steps)
+
+
+class _SweepSink:
+    """One trial's evaluations, counted into the sweep's bar."""
+
+    def __init__(self, progress: _SweepProgress, run_dir: Path, steps: int) -> None:
+        self.progress, self.run_dir, self.steps = progress, run_dir, steps
+
+    def on_step(self, rec) -> None:
+        self.progress.count(self.run_dir, rec.evaluation)
+
+    def close(self, summary: dict) -> None:
+        if summary.get("status") in ("completed", "failed"):  # not an attempt that is retried (out of memory)
+            self.progress.done(self.run_dir, self.steps)
+
+
+def _estimate(checked) -> None:
+    """Before a long command starts, how long it will take here, and what a CPU-sized one would."""
+    if not checked.settings or checked.search:
+        return
+    from nst.estimate import line
+
+    text = line(checked.settings, checked.runs_here)
+    if text:
+        print(text, file=sys.stderr, flush=True)
 
 
 # What ends a command as Ctrl-C does: SIGTERM is what `kill`, `timeout` and SLURM send, SIGHUP what a

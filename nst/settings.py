@@ -372,6 +372,20 @@ def check_device_here(device: str) -> None:
         raise InputError("device", NO_MPS)
 
 
+def check_cuda_here(device: str) -> None:
+    """device=cuda or cuda:N, checked up front where the trials will run on this machine (nst.cli: a
+    single run, or a sweep whose launcher runs here), so that a command asking for a GPU that is not
+    there is refused before anything is written, as device=mps is. Sweeps sent to SLURM nodes are left
+    to each trial (nst.device.resolve_device). Creates no CUDA context (worker processes come later)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise InputError("device", f"'{device}' asked for, but no CUDA device is available here; use device=cpu or device=auto")
+    if device.startswith("cuda:") and int(device[5:]) >= count:
+        raise InputError("device", f"'{device}' does not exist: {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+
+
 def content_size(s: Settings, size: tuple[int, int]) -> tuple[int, int]:
     """The content image's (width, height) after the crop, before resizing."""
     return (min(size), min(size)) if s.crop == "square" else size

@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nst.errors import InputError
-from nst.sinks import due
 
 log = logging.getLogger("nst")
 MODES = ("auto", "online", "offline", "disabled")
@@ -126,6 +125,8 @@ class WandbSink:
     def on_step(self, rec) -> None:
         if self.run is None:
             return
+        from nst.sinks import due  # here, not at the top: nst.sinks imports torch, which teardown() needs not
+
         n = rec.evaluation
         row: dict = {}
         try:
@@ -210,6 +211,32 @@ def log_aggregate(opts: dict, sweep_dir: Path, outputs: dict, *, group: str, con
         warn_once("aggregate", f"W&B could not log the sweep's aggregate ({type(e).__name__}: {e})")
     finally:
         run.finish(exit_code=exit_code)
+
+
+def offline_runs(folder: Path) -> list[Path]:
+    """The offline W&B runs in a run or sweep folder not yet uploaded (`wandb sync` leaves a
+    `<run>.wandb.synced` file beside each run it uploads): a run's own, and a sweep's aggregate and trials'."""
+    folder = Path(folder)
+    found = [*folder.glob("wandb/offline-run-*"), *folder.glob("*/wandb/offline-run-*")]
+    return sorted(d for d in found if d.is_dir() and not any(d.glob("*.wandb.synced")))
+
+
+def sync_line(folders) -> str | None:
+    """One line naming the offline runs a command left and the command that uploads them, or None."""
+    runs = {Path(f): offline_runs(f) for f in folders}
+    runs = {f: r for f, r in runs.items() if r}
+    if not runs:
+        return None
+    import shlex
+
+    globs = []  # the folder quoted for the shell, the pattern left for it to expand
+    for folder, found in runs.items():
+        if any(r.parent.parent == folder for r in found):
+            globs.append(f"{shlex.quote(str(folder))}/wandb/offline-run-*")
+        if any(r.parent.parent != folder for r in found):
+            globs.append(f"{shlex.quote(str(folder))}/*/wandb/offline-run-*")
+    count = sum(len(r) for r in runs.values())
+    return f"W&B: {count} offline run(s) not uploaded yet; to upload them: wandb sync {' '.join(globs)}"
 
 
 _TEARDOWN_TIMEOUT = [60.0]  # seconds: the last wandb.init_timeout a run started with

@@ -86,7 +86,7 @@ def test_a_multirun_logs_trials_and_an_aggregate_in_one_group(style_weight_sweep
 
 
 def test_failed_trial_run_ends_with_non_zero_exit_code(failing_trial_sweep):
-    sweep, r = failing_trial_sweep  # -m device=cuda:99,cpu
+    sweep, r = failing_trial_sweep  # -m style_weight=1e39,1e5
     assert r.returncode == 1
     by_trial = {f.parents[2].name.split("_")[0]: inspect(f) for f in sweep.glob("*/wandb/*/*.wandb")}
     assert by_trial["0"]["exit_code"] != 0 and by_trial["0"]["summary"]["status"] == "failed"

@@ -247,15 +247,18 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
 
         returns: Dict[int, JobReturn] = {}
+        started = time.monotonic()
         if runner is None:
             for number, batch in enumerate(batches, 1):
                 log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]}")
                 for (idx, _), ret in zip(batch, execute_batch(hydra_context, task_function, batch)):
                     returns[idx] = ret
+                _progress(len(returns), len(items), started, len(batches))
         else:
             for batch, rets in runner.run(batches):
                 for (idx, _), ret in zip(batch, rets):
                     returns[idx] = ret
+                _progress(len(returns), len(items), started, len(batches))
     except BaseException:
         # Stopped (KeyboardInterrupt: Ctrl-C, or SIGTERM and SIGHUP as the app turns them) or failed:
         # no worker process or task may go on writing into the sweep once the command is gone.
@@ -280,6 +283,17 @@ def job_output_dir(config: DictConfig) -> str:
                                             str(OmegaConf.select(config, "hydra.sweep.subdir"))))
     finally:
         private.restore_hydra_config(previous)
+
+
+def _progress(done: int, total: int, started: float, batches: int) -> None:
+    """The sweep's progress as each batch ends (the jobs may run elsewhere): jobs done, time, time left
+    at the pace so far. Nothing for a sweep of one batch, whose end is the sweep's."""
+    if batches < 2:
+        return
+    elapsed = time.monotonic() - started
+    left = elapsed / done * (total - done) if done < total else 0.0
+    clock = lambda s: f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"  # noqa: E731
+    log.info(f"nst launcher: {done}/{total} jobs done, {clock(elapsed)} elapsed, about {clock(left)} left")
 
 
 Sizer = Callable[[Callable[[list], Optional[int]], List[DictConfig]], Optional[int]]
