@@ -166,7 +166,7 @@ def run(args) -> int:
                                    **common, **overrides_dict(ov))
             wall = time.perf_counter() - t0
             for m, img in zip(mults, images):
-                summary = img.info["summary"]
+                summary = img.summary
                 rows.append({"pair": f"{content}:{style}", "recipe": name, "multiplier": m,
                              "style_weight": base_weight[name] * m, "cost": round(trial_cost(summary), 1),
                              "wall_s_batch": round(wall, 1), "device": summary.get("device"),
@@ -198,7 +198,7 @@ def measure_floor(pair, entry, base_weight, common, out, args, first: dict) -> t
     def alone(folder: str) -> dict:
         img = stylize_batch(content, style, [{"style_weight": base_weight[name]}], out_dir=out / "noise_floor" / folder,
                             **common, **overrides_dict(ov))[0]
-        return img.info["summary"]
+        return img.summary
 
     if str(first.get("device") or "cpu").startswith("cpu"):
         threads = int(first.get("cpu_threads") or torch.get_num_threads())
