@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(ROOT))  # nst, from this checkout
 
-# The targets the README's Speed section sets for one H100/H200-class GPU.
+# The targets docs/speed.md sets for one H100/H200-class GPU.
 TARGETS = {
     "bare_ms_bf16": 1.0,  # a bare evaluation at 512x384, ms
     "bare_ms_tf32": 2.0,

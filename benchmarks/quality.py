@@ -4,7 +4,7 @@
     python benchmarks/quality.py --size 128 --budget 60 --pairs tubingen:the_scream
     python benchmarks/quality.py --variant aspect:style_size=keep_aspect --variant relu:layers=paper_relu
 
-Every recipe (`recipe=...`, README "Recipes") and every --variant (named overrides on top of
+Every recipe (`recipe=...`, docs/quality.md, "Recipes") and every --variant (named overrides on top of
 nst's defaults) runs on every pair at a few style weights: the recipe's own style weight times
 each --multipliers value, so each recipe traces its own trade-off curve between style and content.
 All trials cost the same: `budget=<--budget>` full-size evaluations (a pyramid's coarse levels

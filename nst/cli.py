@@ -189,7 +189,7 @@ def check_search(cfg) -> None:
     if cfg.get("objective") is None:
         raise InputError("objective", f"a search ({cfg.hydra.sweeper._target_.rsplit('.', 1)[-1]}) minimises the trials' "
                                       f"objective, and none is set: objective={' | '.join(OBJECTIVES)}, "
-                                      "or a ready search: +search=adam_lr (README: Scaling out)")
+                                      "or a ready search: +search=adam_lr (manual: docs/scaling-out.md)")
     sweeper = cfg.hydra.sweeper
     if sweeper._target_.endswith("NstOptunaSweeper"):
         try:
@@ -430,7 +430,7 @@ def describe(e: Exception) -> InputError:
             siblings = sorted(k[len(prefix):] for k in known if k.startswith(prefix) and "." not in k[len(prefix):])
         close = difflib.get_close_matches(key[len(prefix):], siblings, n=1, cutoff=0.75)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(siblings)}"
-        return InputError(key, f"is not a config key{hint} (README: Configuration)")
+        return InputError(key, f"is not a config key{hint} (manual: docs/configuration.md)")
     m = re.search(r"An item is already at '([^']+)'", msg)
     if m:
         return InputError(m.group(1), "already exists: set it without the leading '+'")

@@ -70,7 +70,7 @@ def cpu_bf16_units() -> str | None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: tf32 on a CUDA GPU, fp32 on the CPU whatever its bf16 units. Both as measured (README "Speed"):
+    """auto: tf32 on a CUDA GPU, fp32 on the CPU whatever its bf16 units. Both as measured (docs/speed.md):
     on an H200 bf16 was no faster than tf32 (bare evaluation at 512x384: 6.3 against 5.1 ms); on an
     Intel Xeon with AMX-BF16 (2 threads) bf16 evaluated 1.8-2.2x faster than fp32 but moved the
     standardised metrics 9.5 % from fp32's, beyond that run's float-noise floor of 5.3 %
@@ -98,7 +98,7 @@ def channels_last(device: torch.device, precision: str) -> bool:
     """Whether the network runs in the channels-last (NHWC) layout: for bf16 on the CPU, where oneDNN's
     bf16 kernels want it (Intel Xeon with AMX-BF16, 2 threads, 256x192: 6.4 against 5.2 evaluations/s).
     Elsewhere it won nothing measurable (fp32 on that CPU +3 %, on an AMD EPYC -1.5 %; an H200's tf32
-    bare evaluation +5 % with its optimiser loops unchanged, its bf16 slower), README "Speed".
+    bare evaluation +5 % with its optimiser loops unchanged, its bf16 slower), docs/speed.md.
     NST_CHANNELS_LAST=1/0 forces it (the benchmarks compare both)."""
     forced = _switch("NST_CHANNELS_LAST")
     if forced is not None:
@@ -200,7 +200,7 @@ def set_determinism(deterministic: bool, device: torch.device, batch_size: int =
 
 def cudnn_autotune(batch_size: int = 1) -> bool:
     """Whether cuDNN times its algorithms for each new input shape (torch.backends.cudnn.benchmark).
-    Measured on an H200 (torch 2.11, tf32, README "Speed"): for a batch of one, whose shape never
+    Measured on an H200 (torch 2.11, tf32, docs/speed.md): for a batch of one, whose shape never
     changes, autotuning is worth it (bare evaluation at 512x384: 6.2 ms against 6.8 ms with cuDNN's
     heuristics; six 64 px trials one at a time: 6.6 s against 7.6 s). A batch shrinks as its trials
     finish, and every new size is tuned again: six trials batched took 7.7 s with autotuning and 4.5 s

@@ -274,7 +274,7 @@ class FeatureExtractor(nn.Module):
         # what comes out is cast back to float32 by the objective (Gram matrices, losses and the
         # optimiser stay float32). The same arithmetic as autocast, without autocast's casting of
         # every weight at every call (its cache skips weights that need no gradient): the CPU
-        # profile in README "Speed" shows those copies. bf16_autocast keeps the autocast path, for
+        # profile in docs/speed.md shows those copies. bf16_autocast keeps the autocast path, for
         # benchmarks/throughput.py --bf16-autocast to compare.
         bf16 = precision == "bf16"
         self.autocast_dtype = torch.bfloat16 if bf16 and bf16_autocast else None

@@ -86,7 +86,7 @@ def _bf16_hint(settings: list) -> None:
         return  # the trial reports its own bad device
     if on_cpu and cpu_bf16_units() == "amx_bf16":
         log.info("this CPU has AMX-BF16 units: precision=bf16 evaluates about 2x faster than the fp32 that "
-                 "auto picks, with results a little beyond fp32's float noise (README \"Speed\")")
+                 "auto picks, with results a little beyond fp32's float noise (docs/speed.md)")
 
 
 def lost_batch(jobs: list[BatchJob], error: BaseException, since: float) -> list:

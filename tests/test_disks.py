@@ -1,4 +1,4 @@
-"""Full disks and bad files (README "Signals and failures"): a write that fails is one line for its
+"""Full disks and bad files (docs/reliability.md): a write that fails is one line for its
 trial, or, when the command cannot go on, one line for the command; the other trials are still
 attempted, the report is written if it can be, and no temporary file is left. Files in the sweep's
 `.nst/` of the wrong shape, names the system refuses, a launcher that is no launcher and a trial

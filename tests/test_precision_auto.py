@@ -1,4 +1,4 @@
-"""precision=auto: tf32 on a GPU, fp32 on the CPU whatever its bf16 units (README "Speed" has the
+"""precision=auto: tf32 on a GPU, fp32 on the CPU whatever its bf16 units (docs/speed.md has the
 measurements behind both). The CPU's bf16 units are read from /proc/cpuinfo; NST_CPU_BF16 overrides
 what is read (the suite pins it to 'none', conftest.py). On a CPU with AMX-BF16 a run says once what
 precision=bf16 would offer."""

@@ -1,4 +1,4 @@
-"""Scaling out (README "Scaling out"): the launcher's worker pool, the SLURM launcher through
+"""Scaling out (docs/scaling-out.md): the launcher's worker pool, the SLURM launcher through
 submitit, and Optuna searches, as real Hydra multiruns in subprocesses (CPU, 32 px, a few
 evaluations); then the settings' one-line errors, in this process."""
 
@@ -313,7 +313,7 @@ def test_slurm_settings(monkeypatch, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["-m", "hydra/sweeper=optuna", "style_weight=tag(log, interval(1e2, 1e8))"],
      "objective: a search (NstOptunaSweeper) minimises the trials' objective, and none is set: "
-     "objective=final_loss | style_swd_at_psnr, or a ready search: +search=adam_lr (README: Scaling out)"),
+     "objective=final_loss | style_swd_at_psnr, or a ready search: +search=adam_lr (manual: docs/scaling-out.md)"),
     (["-m", "+search=adam_lr", "hydra.sweeper.sampler.name=grid"],
      "hydra.sweeper.sampler.name: unknown sampler 'grid'; allowed: tpe, random, cmaes"),
     (["-m", "+search=adam_lr", "content=nowhere.jpg"], "content: "),  # what every trial shares is checked up front

@@ -241,4 +241,4 @@ def test_a_key_the_chosen_option_lacks_names_that_options_keys():
     GlobalHydra.instance().clear()
     with pytest.raises(InputError) as e:
         cli.check(["optimizer=adam", "optimizer.history_size=3", "logger=none"])
-    assert str(e.value) == "optimizer.history_size: is not a config key; keys of optimizer: betas, lr, name (README: Configuration)"
+    assert str(e.value) == "optimizer.history_size: is not a config key; keys of optimizer: betas, lr, name (manual: docs/configuration.md)"

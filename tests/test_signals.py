@@ -1,4 +1,4 @@
-"""Signals (README "Signals"): SIGTERM and SIGHUP end a command as Ctrl-C does (one line, exit code
+"""Signals (docs/reliability.md, "Signals"): SIGTERM and SIGHUP end a command as Ctrl-C does (one line, exit code
 128 + the signal, the running trials left for resume to run again), its worker processes and local
 SLURM tasks are stopped before it exits, and a command killed outright (SIGKILL) takes its workers
 with it. Real commands in subprocesses (CPU, 32 px); then the SLURM runner's cancel, in this process."""
