@@ -142,7 +142,7 @@ def test_a_schema_key_without_its_comment_fails_the_reference():
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SPAN = re.compile(r"`([^`\n]+)`")
-NST = re.compile(r"^(?:python -m nst(?:\.run)?|nst)(?=\s|$)")
+NST = re.compile(r"^(?:python -m nst(?:\.run)?|nst)(?=\s|$)(?!\s+judge\b)")  # `nst judge`: tests/test_judge.py
 PLACEHOLDER = re.compile(r"<[^>]*>|…|\.\.\.|\[--|\[size=")
 
 
