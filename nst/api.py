@@ -423,17 +423,13 @@ def _claimed(root: Path | None, fixed: list[str], swept: list[str], own: list[li
         message = str(e)[len(e.key) + 2:] if str(e).startswith(f"{e.key}: ") else str(e)
         raise InputError("out_dir", message.replace("leave hydra.sweep.dir unset for a new folder", "give another out_dir")
                          .replace("hydra.sweep.dir", "out_dir")) from None
-    lock = root / sweep_folder.STATE / "lock"
     try:
         registry = json.loads((root / sweep_folder.STATE / "trials.json").read_text(encoding="utf-8"))
-        # the folder's own lookup where it has one (it also knows the keys older folders were written with)
-        lookup = getattr(sweep_folder, "_number_of", lambda reg, t, default: reg.get(sweep_folder.trial_key(t), default))
-        yield [int(lookup(registry, t, None)) for t in full]
+        # the folder's own lookup (it also knows the keys older folders were written with)
+        yield [int(sweep_folder.number_of(registry, t, None)) for t in full]
     finally:
         # The lock is held for this call only (a notebook's kernel lives on): let the next command in.
-        for f in [f for f in sweep_folder._held if Path(f.name) == lock]:
-            sweep_folder._held.remove(f)
-            f.close()
+        sweep_folder.release(root)
 
 
 # --- sinks -----------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def trial_dir(num, override_dirname, *, _root_) -> str:
     trial that has a folder keeps it, so a sweep made when folders were named otherwise still resumes."""
     sweep_dir = Path(str(_root_.hydra.sweep.dir))
     overrides = list(_root_.hydra.overrides.task)
-    number = int(_number_of(_read(sweep_dir / STATE / "trials.json", {}), overrides, num))
+    number = int(number_of(_read(sweep_dir / STATE / "trials.json", {}), overrides, num))
     existing = _existing(sweep_dir, number)
     if existing is not None:
         return existing
@@ -154,7 +154,8 @@ def trial_dir(num, override_dirname, *, _root_) -> str:
     return folder_name(number, name or str(override_dirname))
 
 
-def _number_of(registry, overrides: list[str], default):
+def number_of(registry, overrides: list[str], default):
+    """A trial's number in `.nst/trials.json`, under its key or the key older folders were written with."""
     if not isinstance(registry, dict):
         return default
     found = registry.get(trial_key(overrides), registry.get(_legacy_key(overrides)))
@@ -245,7 +246,7 @@ def claim(sweep_dir: Path, ident: dict, trials: list[list[str]], argv: list[str]
             registry = _read(state / "trials.json", {})
             registry = registry if isinstance(registry, dict) else {}
             for t in trials:
-                number = _number_of(registry, t, None)
+                number = number_of(registry, t, None)
                 if number is None:
                     number = max((v for v in registry.values() if isinstance(v, int)), default=-1) + 1
                     registry[trial_key(t)] = number
@@ -378,3 +379,12 @@ _SHAPES = {
 def _write(path: Path, data) -> None:
     # whole or not at all; a full disk raises WriteError naming the file and leaves no temporary file
     write_bytes_atomic(path, json.dumps(data, indent=2).encode("utf-8"))
+
+
+def release(sweep_dir: Path) -> None:
+    """Let go of this process's lock on the folder (the Python API holds it for one call, as a
+    notebook's kernel outlives it); a command keeps its lock until it exits."""
+    lock = Path(sweep_dir) / STATE / "lock"
+    for f in [f for f in _held if Path(f.name) == lock]:
+        _held.remove(f)
+        f.close()
