@@ -47,15 +47,14 @@ def quick_help(argv: list[str]) -> str | None:
         return None
     import string
 
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import get_args_parser
+    from hydra_plugins.nst_launcher._hydra_private import flags_help
 
     template = str(OmegaConf.load(CONF_DIR / "config.yaml").hydra.help.template)
     groups = sorted(d for d in CONF_DIR.iterdir() if d.is_dir() and any(d.glob("*.yaml")))
     if "$HYDRA_CONFIG_GROUPS" in template or "$CONFIG" in template or any(p.is_dir() for d in groups for p in d.iterdir()):
         return None
     listed = "".join(f"{d.name}: {', '.join(sorted(p.stem for p in d.glob('*.yaml')))}\n" for d in groups)
-    return string.Template(template).substitute(FLAGS_HELP=Hydra.format_args_help(get_args_parser()), APP_CONFIG_GROUPS=listed)
+    return string.Template(template).substitute(FLAGS_HELP=flags_help(), APP_CONFIG_GROUPS=listed)
 
 
 def register_resolvers() -> None:

@@ -340,7 +340,9 @@ def act(driver, how: str) -> None:
 
 
 def setting_of(sweep: Path, trial: str) -> str:
-    return next(label for end, label in LABELS.items() if trial.endswith(end))
+    # the label the page records for a trial, from the style weight its own summary says it ran with
+    weight = json.loads((sweep / trial / "summary.json").read_text())["config"]["style_weight"]
+    return next(label for key, label in LABELS.items() if float(key.split("=")[1]) == float(weight))
 
 
 @needs_browser

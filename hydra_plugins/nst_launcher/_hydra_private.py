@@ -33,6 +33,8 @@ PIECES = {
     "hydra.core.hydra_config.HydraConfig.cfg": None,
     "hydra.core.utils.JobReturn._return_value": None,
     "hydra._internal.utils.run_and_report": ("func",),
+    "hydra._internal.hydra.Hydra.format_args_help": ("args_parser",),
+    "hydra._internal.utils.get_args_parser": (),
 }
 # sha256 of inspect.getsource(hydra.core.utils.run_job) in the CHECKED versions: if it changes,
 # re-read it against _core.Job._start/_end (1.4.0.dev, for one, resolves env_set and records a
@@ -141,3 +143,12 @@ def raised(kinds: Tuple[Type[BaseException], ...]) -> Iterator[None]:
         raise t.args[0] from None
     finally:
         _internal_utils.run_and_report = original
+
+
+def flags_help() -> str:
+    """The flags part of Hydra's `--help` (Hydra.format_args_help of its own argument parser), for
+    an app that answers a bare --help without composing (nst.cli.quick_help)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import get_args_parser
+
+    return Hydra.format_args_help(get_args_parser())
