@@ -10,7 +10,6 @@ its row and its grid cell are marked, one warning names the file, and the rest o
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -26,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from nst.images import save_animation, save_atomic
 from nst.metrics import BETTER, NOISE_FLOOR, SWD_SCALES
-from nst.records import WriteError, load_summary, write_bytes_atomic
+from nst.records import WriteError, load_summary, read_jsonl, trial_number, write_bytes_atomic
 
 log = logging.getLogger("nst")
 
@@ -105,25 +104,19 @@ def _metrics_rows(path: Path, problems: list[str]) -> list[dict]:
     if not path.exists():
         return []
     try:
-        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        parsed, count = read_jsonl(path)
     except OSError as e:
         problems.append(f"metrics.jsonl: unreadable ({_reason(e)})")
         return []
     rows, bad = [], []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
+    for n, row in parsed:
         if isinstance(row, dict) and _num(row.get("evaluation")) is not None:
             rows.append(row)
         else:
             bad.append(n)
     if bad:
         which = f"line {bad[0]} is" if len(bad) == 1 else f"{len(bad)} lines are (first: line {bad[0]})"
-        cut = " (cut short?)" if bad == [len(lines)] else ""
+        cut = " (cut short?)" if bad == [count] else ""
         problems.append(f"metrics.jsonl: {which} not a JSON row{cut}; left out")
     return rows
 
@@ -149,8 +142,8 @@ def load_trials(sweep_dir: Path, warn: Callable[[str], None] | None = None) -> l
     warn = warn or log.warning
     trials = []
     for d in sorted(Path(sweep_dir).iterdir()):
-        head = d.name.split("_", 1)[0]
-        num = int(head) if head.isdigit() else len(trials)
+        num = trial_number(d)
+        num = len(trials) if num is None else num
         try:
             if not d.is_dir() or not (d / ".hydra").is_dir() and not (d / "summary.json").exists():
                 continue

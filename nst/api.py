@@ -463,19 +463,14 @@ class _CurveSink:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    rows: list[dict] = []
+    from nst.records import read_jsonl
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        parsed, _ = read_jsonl(path)
     except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a cut line (the run was stopped while writing it)
-        if isinstance(row, dict) and "evaluation" in row:
-            rows.append(row)
-    return rows
+        return []
+    # a cut line (the run was stopped while writing it) is left out
+    return [row for _, row in parsed if isinstance(row, dict) and "evaluation" in row]
 
 
 def _plain(d: dict) -> dict:

@@ -246,9 +246,25 @@ def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _number_of(d: Path) -> int | None:
+def trial_number(d: Path) -> int | None:
+    """A trial folder's number, from its name (`<number>_<swept values>`); None for another folder."""
     head = d.name.split("_", 1)[0]
     return int(head) if head.isdigit() else None
+
+
+def read_jsonl(path: Path) -> tuple[list[tuple[int, object]], int]:
+    """A JSON-lines file nst or a person may have cut short (a stopped command, a full disk): each
+    non-blank line by its number from 1, parsed, or None where it is not JSON; and the number of lines.
+    Raises OSError when the file cannot be read."""
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    parsed: list[tuple[int, object]] = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                parsed.append((n, json.loads(line)))
+            except ValueError:
+                parsed.append((n, None))
+    return parsed, len(lines)
 
 
 def _ran_since(d: Path, summary: dict, since: float) -> bool:
@@ -268,7 +284,7 @@ def outcome(folders, since: float) -> Outcome:
     for folder in sorted(set(map(str, folders))):
         own = OWN.get(str(Path(folder).resolve()), ...)
         for d in trial_folders(Path(folder)):
-            if own is not ... and own is not None and _number_of(d) not in own and d != Path(folder):
+            if own is not ... and own is not None and trial_number(d) not in own and d != Path(folder):
                 continue
             s, problem = load_summary(d)
             if own is None and not _ran_since(d, s, since):

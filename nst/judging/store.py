@@ -43,14 +43,10 @@ def valid(record) -> bool:
 def read(path: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
     if not path.exists():
         return []
+    from nst.records import read_jsonl
+
     out, bad = [], []
-    for n, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
+    for n, record in read_jsonl(path)[0]:
         (out.append(record) if valid(record) else bad.append(n))
     if bad and warn:
         warn(f"{path}: {len(bad)} line(s) not a judgement (first: line {bad[0]}); left out")
