@@ -240,7 +240,7 @@ def checked(argv: list[str]) -> Checked:
                 raise _comma_in_path(e, overrides) from None
             seen_files.add(files)
         out.append(settings)
-    here = not multirun or _runs_here(trials[0])
+    here = grid is None or _runs_here(grid["cfg"])
     for device in sorted({s.device for s in out if s.device.startswith("cuda")} if here else ()):
         check_cuda_here(device)
     if grid is None and not multirun and trials:
@@ -285,14 +285,11 @@ def _comma_in_path(e: InputError, overrides: list[str]) -> InputError:
     return e
 
 
-def _runs_here(overrides: list[str]) -> bool:
+def _runs_here(cfg) -> bool:
     """Whether a multirun's trials run on this machine (the nst launcher's own process or its worker
-    processes), not on SLURM nodes, whose GPUs the submitting machine may lack."""
-    try:
-        launcher = _compose(overrides, hydra_config=True).hydra.launcher
-    except InputError:
-        return True
-    return launcher.get("cluster") != "slurm"
+    processes), not on SLURM nodes, whose GPUs the submitting machine may lack; `cfg` is the sweep's
+    config with Hydra's, as _expand composed it (no second composition)."""
+    return OmegaConf.select(cfg, "hydra.launcher.cluster") != "slurm"
 
 
 def _journal(grid: dict) -> Path | None:
