@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?= size=256 steps=150
 ABLATION_ARGS ?= size=128 steps=200
 
-.PHONY: install demo test docs bench ablations clean-outputs gpu-bundle gpu-check
+.PHONY: install demo test lint docs bench ablations clean-outputs gpu-bundle gpu-check
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ demo: install
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 8 ] && n=8; echo $$n)
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# ruff (lint and import order) and mypy (types) on nst/, the launcher, the benchmarks and the tests;
+# pyproject.toml configures both
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # the manual (docs/, mkdocs.yml) into site/, offline; strict: a broken link, anchor or image, a page
 # left out of the nav or a schema key without its comment fails the build. `mkdocs serve` previews it.
