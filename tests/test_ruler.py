@@ -172,14 +172,30 @@ def test_every_allowance_is_still_needed():
     (("loss.style=w2", "style_layers=[relu3_3]"), "matches a distribution (distribution) at relu3_3"),
     (("recipe=crowsonkb", "style_layers=[relu4_3]", "loss.style_layer_weights=null"), "at relu4_3, one convolution below"),
     (("model=vgg16", "style_layers=[relu3_3]"), "optimises relu3_3 (Gram)"),  # VGG-16's last of block 3
+    # STROTSS's hypercolumn mapped to VGG-19 by name, under a distribution distance
+    (("recipe=crowsonkb", "style_layers=[relu1_1,relu1_2,relu2_1,relu2_2,relu3_1,relu3_2,relu3_3,relu4_3,relu5_3]",
+      "loss.style_layer_weights=null"), "optimises relu2_2 (distribution)"),
 ])
 def test_the_check_catches_a_config_that_touches_the_ruler(overrides, expected):
     found = violations("probe", settings(*overrides))
     assert any(expected in v for v in found), found
 
 
+def test_a_layer_under_a_key_or_form_the_check_does_not_know_is_the_worst_case():
+    # what a new recipe's settings might carry: hypercolumn layers under their own key, a new loss form
+    part = dataclasses.make_dataclass("Part", [("hypercolumn_layers", tuple), ("hypercolumn_form", str)])
+    probe = dataclasses.make_dataclass("Probe", [("arch", str), ("strotss", part)])
+    s = probe("vgg19", part(("relu1_1", "relu3_1"), "remd"))
+    worst = "hypercolumn: remd (taken for a distribution distance)"
+    assert optimised_layers(s) == [("strotss.hypercolumn_layers", "relu1_1", worst),
+                                   ("strotss.hypercolumn_layers", "relu3_1", worst)]
+    assert violations("probe", s) == [f"probe: strotss.hypercolumn_layers matches a distribution ({worst}) at relu1_1, "
+                                      "one convolution below a ruler layer"]
+
+
+@pytest.mark.parametrize("name", ["SWD_LAYERS", "SELF_SIM_LAYERS"])
 @pytest.mark.parametrize("ruler", [(), ("relu9_9",), ("conv1_2",)])
-def test_the_check_fails_when_the_ruler_loses_its_layers(monkeypatch, ruler):
-    monkeypatch.setattr(metrics, "SWD_LAYERS", ruler)
+def test_the_check_fails_when_the_ruler_loses_its_layers(monkeypatch, name, ruler):
+    monkeypatch.setattr(metrics, name, ruler)
     with pytest.raises(AssertionError, match="ruler"):
         violations("defaults", composed())
