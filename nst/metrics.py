@@ -8,8 +8,9 @@ pixel count (nst.inputs: `plain_styles`), whatever style sizing the trial used.
 The fair judges (what reports, grids and searches rank by) measure what no recipe optimises:
 - `style_swd` (lower is better, 0 = the painting's feature distribution): the sliced Wasserstein-2
   distance (Heitz et al. 2021) between the output's and the painting's rectified VGG features at
-  relu1_2, relu2_2, relu3_4 and relu4_4 (no preset uses them as a loss), at the image's own scale
-  and with both images downsampled 2x and 4x before the network, so large structures count.
+  relu1_2, relu2_2, relu3_4 and relu4_4 (no recipe optimises them: tests/test_ruler.py), at the
+  image's own scale and with both images downsampled 2x and 4x before the network, so large
+  structures count.
 - `gmsd` (lower is better, 0 = the photograph's edges): gradient magnitude similarity deviation
   (Xue et al. 2014) on luminance against the photograph.
 - `self_sim_dist` (lower is better, 0 = the photograph's layout): how far the output's feature
