@@ -1,8 +1,8 @@
 """The standardised metrics on the bundled paintings and photograph (real Caffe VGG-19 weights, <= 64 px)."""
 
 import torch
-
 from helpers import settings
+
 from nst import images, metrics
 from nst.inputs import prepare
 from nst.settings import load_inputs
@@ -27,7 +27,27 @@ def test_an_image_against_itself_scores_zero_distance_and_full_similarity():
     star = picture("starry_night")
     m = metrics.standard_metrics(star, star, [star])
     assert m["style_swd"] == 0 and m["style_swd_1x"] == 0 and m["gram_distance"] == 0 and m["content_distance"] == 0
-    assert m["gmsd"] == 0 and abs(m["ssim"] - 1) < 1e-6 and m["psnr"] == float("inf")
+    assert m["gmsd"] == 0 and m["self_sim_dist"] == 0 and abs(m["ssim"] - 1) < 1e-6 and m["psnr"] == float("inf")
+
+
+def test_the_self_similarity_distance_sees_the_layout_not_the_colours():
+    photo = picture("tubingen")  # 64x48
+    painting = picture("starry_night", tuple(photo.shape[-1:-3:-1]))
+    recoloured = {"channels swapped": photo.flip(1), "darker": 0.6 * photo}
+    rearranged = {"halves swapped": shuffled_tiles(photo), "mirrored": photo.flip(-1), "the painting": painting}
+    d = {k: metrics.standard_metrics(x, photo, None)["self_sim_dist"] for k, x in {**recoloured, **rearranged}.items()}
+    # a photograph in other colours is still the photograph; the same parts elsewhere are not
+    assert max(d[k] for k in recoloured) < 0.5 * min(d[k] for k in rearranged), d
+
+
+def test_the_self_similarity_distance_pools_large_maps_to_a_fixed_grid():
+    gen = torch.Generator().manual_seed(0)
+    # 4x the grid along the long side, as relu3_4 is at 512 px: pooled 4x4 to 32x24 positions
+    f = {layer: torch.rand(1, 8, 96, 128, generator=gen) for layer in metrics.SELF_SIM_LAYERS}
+    assert metrics._self_similarity(f[metrics.SELF_SIM_LAYERS[0]]).shape == (32 * 24, 32 * 24)
+    # cosine likeness: the scale of the features does not count, their arrangement does
+    assert metrics.self_sim_dist({k: 3 * v for k, v in f.items()}, f) < 1e-6
+    assert metrics.self_sim_dist({k: v.roll(16, -1) for k, v in f.items()}, f) > 0.01
 
 
 def test_shuffled_tiles_keep_the_style_but_lose_the_structure():
