@@ -157,7 +157,7 @@ def test_the_search_space_syntax_of_hydras_optuna_sweeper():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from hydra_plugins.nst_launcher.optuna_sweeper import SearchConfigError, search_space
+    from hydra_plugins.nst_sweeper.optuna_sweeper import SearchConfigError, search_space
 
     parser = OverridesParser.create()
     space, fixed = search_space(parser, {"optimizer.lr": "tag(log, interval(1e-3, 1.0))", "size": "64"},
@@ -182,7 +182,7 @@ def test_a_range_keeps_its_last_value_and_sampled_values_read_back_as_themselves
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from optuna.distributions import IntDistribution
 
-    from hydra_plugins.nst_launcher.optuna_sweeper import _value, search_space
+    from hydra_plugins.nst_sweeper.optuna_sweeper import _value, search_space
 
     parser = OverridesParser.create()
     space, _ = search_space(parser, {}, ["seed=range(0, 10, 3)"])

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from ._core import AUTO_BATCH, BatchLost, Item, dump_batch, end_lost_batch, load_returns, run_payload
 from ._errors import NstLauncherConfigError
+from ._processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _local_task(owner: int) -> None:
     parent = os.getppid()  # its controller
 
     def watch() -> None:
-        while os.getppid() == parent and _alive(owner):
+        while os.getppid() == parent and pid_alive(owner):
             time.sleep(1.0)
         folder = os.environ.get("SUBMITIT_FOLDER")  # what the command would have tidied (close())
         if folder:
@@ -86,20 +87,6 @@ def _on_stop(signum: int, frame: Any) -> None:
     if _stopping is None:  # once: a repeat must not cut short its trials' ending
         _stopping = signum
         raise KeyboardInterrupt
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone too (Linux)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def _plain(value: Any) -> Any:

@@ -47,7 +47,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from .contract import ReadsResults
+from hydra_plugins.nst_launcher._processes import pid_alive
+from hydra_plugins.nst_launcher.contract import ReadsResults
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class SamplerConf:
 
 @dataclass
 class NstOptunaSweeperConf:
-    _target_: str = "hydra_plugins.nst_launcher.optuna_sweeper.NstOptunaSweeper"
+    _target_: str = "hydra_plugins.nst_sweeper.optuna_sweeper.NstOptunaSweeper"
     direction: str = "minimize"  # minimize | maximize
     n_trials: int = 16  # the study's total, across every command that shares it
     n_jobs: int = 4  # trials asked together, run as one batch
@@ -223,13 +224,7 @@ def _alive(owner: str) -> bool:
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's command: it cannot be checked from here, so it is left running
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(pid))
 
 
 def recover_lost(study) -> List[int]:
