@@ -101,7 +101,7 @@ def _short(text: str) -> str:
     0.012345678, a path by its file name."""
     try:
         value = _parse(f"k={text}").value()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - text the override parser refuses: shown as written
         value = text
     if isinstance(value, float) and math.isfinite(value):
         def plain(c: str) -> str:  # 1e+03 -> 1e3, 1.5e-05 -> 1.5e-5

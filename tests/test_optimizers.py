@@ -43,7 +43,10 @@ def problems(specs: list[tuple]) -> dict[str, torch.Tensor]:
         rosen = s[0] == "rosen"
         a.append(s[1] if rosen else 0.0), b.append(s[2] if rosen else 0.0), w.append(float(rosen))
         h.append([0.0 if rosen else s[1]] * N)
-    col = lambda v: torch.tensor(v, dtype=torch.float32).unsqueeze(1)  # noqa: E731  [B, 1]
+
+    def col(v: list[float]) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.float32).unsqueeze(1)  # [B, 1]
+
     return {"a": col(a), "b": col(b), "w": col(w), "h": torch.tensor(h, dtype=torch.float32)}
 
 

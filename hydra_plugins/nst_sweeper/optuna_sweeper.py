@@ -326,7 +326,7 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
                     for _ in range(min(self.n_jobs, left)):
                         try:
                             trials.append(study.ask(space))
-                        except Exception as e:  # noqa: BLE001 - a space the study cannot take (another distribution): one line below
+                        except Exception as e:  # noqa: BLE001 - a space the study cannot take: one line below
                             recover_lost(study)  # the trial it made, ownerless, is failed
                             for t in trials:
                                 study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
