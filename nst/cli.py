@@ -195,7 +195,7 @@ def check_search(cfg) -> None:
             import optuna  # noqa: F401
         except ImportError:
             raise InputError("hydra/sweeper", "optuna needs Optuna: pip install '.[search]' in a clone") from None
-        from hydra_plugins.nst_launcher.optuna_sweeper import SAMPLERS
+        from hydra_plugins.nst_sweeper.optuna_sweeper import SAMPLERS
 
         sampler = (sweeper.get("sampler") or {}).get("name", "tpe")
         if sampler not in SAMPLERS:
@@ -253,7 +253,7 @@ def checked(argv: list[str]) -> Checked:
         sweep_folder.check_folder(Path(grid["sweep_dir"]), "hydra.sweep.dir")
         journal = _journal(grid) if grid.get("search") else None
         if journal is not None:
-            from hydra_plugins.nst_launcher.optuna_sweeper import JournalError, read_journal
+            from hydra_plugins.nst_sweeper.optuna_sweeper import JournalError, read_journal
 
             try:
                 read_journal(journal)
@@ -264,7 +264,7 @@ def checked(argv: list[str]) -> Checked:
             # into a folder for a command that is refused.
             sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
             if journal is not None:
-                from hydra_plugins.nst_launcher.optuna_sweeper import repair_journal
+                from hydra_plugins.nst_sweeper.optuna_sweeper import repair_journal
 
                 repaired = repair_journal(journal)
                 if repaired:

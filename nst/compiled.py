@@ -18,8 +18,8 @@ extractor evaluates eagerly from then on, in this process.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -93,6 +93,8 @@ class Evaluator:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.mode == "off":
             return self.extractor(x)
+        entry = self._entry
+        assert entry is not None  # a compiled mode only for a cached extractor (__init__)
         x0, k = x, x.shape[0]
         rows = bucket(k, self.batch)
         if rows > k:
@@ -100,15 +102,15 @@ class Evaluator:
             # not used and no gradient flows to them (the slice below drops them)
             x = torch.cat([x, x[-1:].detach().expand(rows - k, -1, -1, -1)])
         try:
-            fn = self._compiled()
-            if (self.mode, tuple(x.shape)) not in self._entry.ready:
+            fn = self._compiled(entry)
+            if (self.mode, tuple(x.shape)) not in entry.ready:
                 # Compile a new shape's backward here too (torch compiles it at the first backward, in the
                 # runner, where a failure would fail the batch): a probe on a copy of the points.
                 probe = x.detach().clone().requires_grad_(True)
                 if self.mode == "reduce-overhead":
                     torch.compiler.cudagraph_mark_step_begin()
                 torch.autograd.backward([f.float().sum() for f in fn(probe).values()])
-                self._entry.ready.add((self.mode, tuple(x.shape)))
+                entry.ready.add((self.mode, tuple(x.shape)))
             if self.mode == "reduce-overhead":
                 # CUDA graphs reuse their output buffers at the next replay: each tick's features are
                 # consumed (backward included) before the next tick begins, which this marks. (This
@@ -123,15 +125,15 @@ class Evaluator:
             cause = getattr(e, "inner_exception", None) or e.__cause__ or e
             first = (str(cause).strip().splitlines() or [""])[0][:200]
             log.warning("compile=%s failed (%s: %s); evaluating without compiling", self.mode, type(cause).__name__, first)
-            self._entry.failed.add(self.mode)
-            self._entry.compiled.pop(self.mode, None)
+            entry.failed.add(self.mode)
+            entry.compiled.pop(self.mode, None)
             self.mode = "off"
             return self.extractor(x0)
         return feats if rows == k else {name: f[:k] for name, f in feats.items()}
 
-    def _compiled(self) -> Callable:
+    def _compiled(self, entry: _Entry) -> Callable:
         global compilations
-        fn = self._entry.compiled.get(self.mode)
+        fn = entry.compiled.get(self.mode)
         if fn is None:
             compilations += 1
             # Every extractor's graphs hang off the one forward's code, one per (network, shape, rows):
@@ -141,5 +143,5 @@ class Evaluator:
             dynamo = torch._dynamo.config
             dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
             fn = torch.compile(self.extractor, mode=None if self.mode == "default" else self.mode, dynamic=False)
-            self._entry.compiled[self.mode] = fn
+            entry.compiled[self.mode] = fn
         return fn

@@ -215,9 +215,13 @@ class _Batch:
         average = self.average(i)
         self._finished.append((i, flat.view(self._shape) if average is None else average, reason))
 
+    def drop(self, i: int, reason: str) -> None:
+        """Stop trial i now, with `reason` (each driver knows its trial's last iterate)."""
+        raise NotImplementedError
+
     def _hard_budget(self, budget, b: int) -> None:
         """Per-trial caps on counted evaluations (None: none beyond the algorithm's own)."""
-        self._budget = [None] * b if budget is None else [int(v) for v in _per_trial(budget, b, "budget")]
+        self._budget: list[int | None] = [None] * b if budget is None else [int(v) for v in _per_trial(budget, b, "budget")]
         self._spent = [0] * b
 
     def _spend(self, asked: list[int], void: set[int]) -> None:
@@ -227,7 +231,8 @@ class _Batch:
             if i in void:
                 continue
             self._spent[i] += 1
-            if self._budget[i] is not None and self._spent[i] >= self._budget[i] and i in self._running:
+            cap = self._budget[i]
+            if cap is not None and self._spent[i] >= cap and i in self._running:
                 self.drop(i, "evaluation budget")
 
     def _check_tell(self, losses: Sequence[float], grads: Tensor) -> Tensor:
@@ -329,7 +334,7 @@ class BatchAdam(_Batch):
         # per-trial bias corrections in Python doubles, as torch's non-capturable Adam
         bc1 = [1 - self._beta1[i] ** self._steps[i] for i in self._rows]
         bc2 = [1 - self._beta2[i] ** self._steps[i] for i in self._rows]
-        neg_step_size = self._column([-(self._lr[i] / c) for i, c in zip(self._rows, bc1)])
+        neg_step_size = self._column([-(self._lr[i] / c) for i, c in zip(self._rows, bc1, strict=True)])
         bc2_sqrt = self._column([c**0.5 for c in bc2])
 
         self._exp_avg.lerp_(g, self._w1)
@@ -391,9 +396,14 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a, b)
 
 
+# A trial's L-BFGS in reverse-communication form: yields None (evaluate x) or a step t (evaluate
+# x + t d), is sent each evaluation's _Eval, returns why it stopped.
+_TrialSteps = Generator[float | None, _Eval, str]
+
+
 class BatchLBFGS(_Batch):
-    """The L-BFGS of the reference port `lbfgs()` in tests/lbfgs_oracle.py (one torch.optim.LBFGS step() per trial, each trial its own history,
-    step sizes, line search and stopping tests) vectorised across the trials of a batch.
+    """The L-BFGS of the reference port `lbfgs()` in tests/lbfgs_oracle.py (one torch.optim.LBFGS step() per trial, each
+    trial its own history, step sizes, line search and stopping tests) vectorised across the trials of a batch.
 
     What the runner does per tick, and what it costs, whatever the history size:
     - measure(): for all asked points at once, the few scalars the host-side decisions need (g.d,
@@ -454,7 +464,7 @@ class BatchLBFGS(_Batch):
         self._count, self._head = [0] * b, [0] * b  # pairs stored; the slot the next pair goes to
         self._void: set[int] = set()
         self._index_cache: dict[tuple[int, ...], Tensor] = {}
-        self._gens: dict[int, Generator] = {}
+        self._gens: dict[int, _TrialSteps] = {}
         self._pending: dict[int, Tensor] = {}  # trial -> the [n] point to evaluate
         self._tol = (tolerance_grad, tolerance_change)
         for i in range(b):
@@ -486,13 +496,14 @@ class BatchLBFGS(_Batch):
         """Hand each trial its evaluation; returns the trials whose evaluation was void (see the class)."""
         G = self._check_tell(losses, grads)
         if measured is None:
-            measured = self.measure(grads).tolist()  # host synchronisation; the runner passes the measures it brought over with the tick's one
+            # host synchronisation; the runner passes the measures it brought over with the tick's one
+            measured = self.measure(grads).tolist()
         asked, self._asked = self._asked, []
         void = []
         for j, i in enumerate(asked):
             if i not in self._gens:  # dropped after ask(): its row is ignored
                 continue
-            ev = _Eval(float(losses[j]), *map(float, measured[j]), g=G[j])
+            ev = _Eval._make([float(losses[j]), *map(float, measured[j]), G[j]])
             self._fresh.discard(i)
             try:
                 request = self._gens[i].send(ev)
@@ -619,7 +630,7 @@ class BatchLBFGS(_Batch):
 
     # -- each trial's decisions, on the host: `lbfgs()` with its tensors replaced by measures
 
-    def _trial(self, i: int, *, lr, max_iter, max_eval, line_search) -> Generator:
+    def _trial(self, i: int, *, lr, max_iter, max_eval, line_search) -> _TrialSteps:
         """Yields None (evaluate x) or t (evaluate x + t d); is sent an _Eval; returns why it stopped."""
         tolerance_grad, tolerance_change = self._tol
         X, D = self._X[i], self._D[i]

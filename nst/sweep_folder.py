@@ -101,7 +101,7 @@ def _short(text: str) -> str:
     0.012345678, a path by its file name."""
     try:
         value = _parse(f"k={text}").value()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - text the override parser refuses: shown as written
         value = text
     if isinstance(value, float) and math.isfinite(value):
         def plain(c: str) -> str:  # 1e+03 -> 1e3, 1.5e-05 -> 1.5e-5
@@ -238,7 +238,8 @@ def claim(sweep_dir: Path, ident: dict, trials: list[list[str]], argv: list[str]
                     "and other values of its swept keys")
             raise InputError("hydra.sweep.dir", f"{sweep_dir} {_describe(recorded)}; {hint}")
     _lock(sweep_dir, shared=search)
-    OWN[str(sweep_dir.resolve())] = None if search else set()
+    owned: set[int] = set()  # a grid's trials, numbered below; a search's are all its own
+    OWN[str(sweep_dir.resolve())] = None if search else owned
     with _updating(state):
         recorded = _read(state / "sweep.json", None)
         recorded = recorded if isinstance(recorded, dict) else {}
@@ -250,9 +251,9 @@ def claim(sweep_dir: Path, ident: dict, trials: list[list[str]], argv: list[str]
                 if number is None:
                     number = max((v for v in registry.values() if isinstance(v, int)), default=-1) + 1
                     registry[trial_key(t)] = number
-                OWN[str(sweep_dir.resolve())].add(number)
+                owned.add(number)
             _write(state / "trials.json", registry)
-        history = recorded.get("history") if isinstance(recorded.get("history"), list) else []
+        history: list = recorded["history"] if isinstance(recorded.get("history"), list) else []
         history.append({"command": " ".join(["nst", *argv]), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                         "trials": None if search else len(trials)})
         _write(state / "sweep.json", {**ident, "history": history})
@@ -272,7 +273,7 @@ def claim_run(run_dir: Path, argv: list[str]) -> None:
     state = run_dir / STATE
     with _updating(state):
         recorded = _read(state / "run.json", None)
-        history = recorded.get("history") if isinstance(recorded, dict) and isinstance(recorded.get("history"), list) else []
+        history: list = recorded["history"] if isinstance(recorded, dict) and isinstance(recorded.get("history"), list) else []
         history.append({"command": " ".join(["nst", *argv]), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         _write(state / "run.json", {"kind": "run", "history": history})
 
@@ -342,7 +343,8 @@ def check_trial_dirs(sweep_dir: str, subdirs: list[str], search: bool) -> None:
         path = os.path.normpath(os.path.join(root, str(sub)))
         if path == root or not path.startswith(root + os.sep):
             raise InputError("hydra.sweep.subdir", f"{sub!r} puts a trial in {path}, not in a folder of its own inside "
-                                                   f"the sweep folder; leave hydra.sweep.subdir unset (or use ${{hydra.job.num}} in it)")
+                                                   "the sweep folder; leave hydra.sweep.subdir unset (or use "
+                                                   "${hydra.job.num} in it)")
         if path in seen:
             what = "two trials of a search" if search else "two trials"
             raise InputError("hydra.sweep.subdir", f"{sub!r} gives {what} one folder ({path}), where they would overwrite "

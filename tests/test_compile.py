@@ -41,7 +41,7 @@ def _close(a: float, b: float, rel: float) -> bool:
 
 def test_compiled_results_equal_eager_within_the_float_noise_floor(runs):
     tmp = runs["tmp"]
-    for i, (c, e) in enumerate(zip(runs["compiled"], runs["eager"])):
+    for i, (c, e) in enumerate(zip(runs["compiled"], runs["eager"], strict=True)):
         assert c["status"] == e["status"] == "completed", (c.get("error"), e.get("error"))
         assert c["compile"] == "default" and e["compile"] == "off"
         assert c["evaluations"] == e["evaluations"] == 6

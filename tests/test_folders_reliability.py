@@ -161,7 +161,7 @@ def test_a_search_space_the_study_cannot_take_leaves_no_ownerless_running_trial(
     trials = load_study(search / "optuna.journal").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
     assert trials[1].user_attrs == {"never_started": True}  # failed at once, and not one of n_trials
-    from hydra_plugins.nst_launcher.optuna_sweeper import counted
+    from hydra_plugins.nst_sweeper.optuna_sweeper import counted
 
     assert counted(load_study(search / "optuna.journal")) == 1
 

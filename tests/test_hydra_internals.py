@@ -104,7 +104,7 @@ def test_save_config_flush_loggers_and_the_chdir_warning(tmp_path, monkeypatch):
     private.save_config(cfg, "config.yaml", tmp_path / ".hydra")
     assert (tmp_path / ".hydra" / "config.yaml").read_text() == OmegaConf.to_yaml(cfg)
 
-    handler = logging.StreamHandler(open(tmp_path / "log.txt", "w"))  # noqa: SIM115 - closed below
+    handler = logging.StreamHandler(open(tmp_path / "log.txt", "w"))  # closed below
     logging.getLogger("test_hydra_internals").addHandler(handler)
     try:
         handler.stream.write("buffered")

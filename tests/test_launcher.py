@@ -411,7 +411,7 @@ def test_a_sweeper_says_whether_it_reads_results():
     def sweeper(target):
         return OmegaConf.create({"_target_": target})
 
-    assert reads_results(sweeper("hydra_plugins.nst_launcher.optuna_sweeper.NstOptunaSweeper"))
+    assert reads_results(sweeper("hydra_plugins.nst_sweeper.optuna_sweeper.NstOptunaSweeper"))
     assert not reads_results(sweeper("hydra._internal.core_plugins.basic_sweeper.BasicSweeper"))
     assert not reads_results(sweeper("nowhere.Sweeper"))
     assert not reads_results()  # no job is current: no sweeper
@@ -496,7 +496,7 @@ def sigint_handler():
 def test_ctrl_c_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named(sigint_handler):
     import signal
 
-    from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
+    from hydra_plugins.nst_sweeper.optuna_sweeper import _ctrl_c_deferred
 
     sigint_handler(signal.default_int_handler)  # Python's own, as in a terminal
     done = []
@@ -510,7 +510,7 @@ def test_ctrl_c_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named(si
 def test_ctrl_c_while_the_optuna_sweeper_asks_stays_ignored_where_the_command_ignores_it(sigint_handler):
     import signal
 
-    from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
+    from hydra_plugins.nst_sweeper.optuna_sweeper import _ctrl_c_deferred
 
     sigint_handler(signal.SIG_IGN)  # a command started as `nst ... &` from a script
     done = []

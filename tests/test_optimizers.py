@@ -43,7 +43,10 @@ def problems(specs: list[tuple]) -> dict[str, torch.Tensor]:
         rosen = s[0] == "rosen"
         a.append(s[1] if rosen else 0.0), b.append(s[2] if rosen else 0.0), w.append(float(rosen))
         h.append([0.0 if rosen else s[1]] * N)
-    col = lambda v: torch.tensor(v, dtype=torch.float32).unsqueeze(1)  # noqa: E731  [B, 1]
+
+    def col(v: list[float]) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.float32).unsqueeze(1)  # [B, 1]
+
     return {"a": col(a), "b": col(b), "w": col(w), "h": torch.tensor(h, dtype=torch.float32)}
 
 
@@ -123,7 +126,7 @@ def drive(opt, p, *, box=None, on_tick=None) -> dict:
 
 def assert_same_points(ours: list[torch.Tensor], theirs: list[torch.Tensor], atol: float) -> None:
     assert len(ours) == len(theirs)
-    diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
+    diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True))
     assert diff <= atol, diff
 
 
@@ -373,7 +376,7 @@ def test_ask_is_repeatable_and_state_is_per_trial(kind):
         sizes, seen = [], []
         while opt.running:
             a, b = opt.ask(), opt.ask()
-            assert [i for i, _ in a] == [i for i, _ in b] and all(torch.equal(u, v) for (_, u), (_, v) in zip(a, b))
+            assert [i for i, _ in a] == [i for i, _ in b] and all(torch.equal(u, v) for (_, u), (_, v) in zip(a, b, strict=True))
             assert all(pt.shape == x0.shape[1:] for _, pt in a)
             sizes.append(opt.state_bytes())
             f, g = objective(torch.stack([pt.reshape(-1) for _, pt in a]), rows(p, [idx[i] for i, _ in a]))
@@ -445,7 +448,7 @@ def test_iterate_averaging_is_the_bias_corrected_average_of_the_iterates_per_tri
     plain, averaged = drive(make(0.0), p, box=(0, 1)), drive(first, p, box=(0, 1))
     for i, d in enumerate(decay):
         # averaging does not change the path, and a trial without it ends exactly where it did
-        assert all(torch.equal(a, b) for a, b in zip(plain["asked"][i], averaged["asked"][i]))
+        assert all(torch.equal(a, b) for a, b in zip(plain["asked"][i], averaged["asked"][i], strict=True))
         if d == 0:
             assert torch.equal(plain["done"][i][0], averaged["done"][i][0])
             continue
@@ -475,8 +478,9 @@ def test_adam_state_resized_to_a_larger_level_is_the_interpolation_of_the_old():
     m, v = torch.randn(3, 6, 8, generator=g), torch.rand(3, 6, 8, generator=g) * 1e-3
     big = AdamState(m, v, 17).resized((12, 16))
     assert big.exp_avg.shape == big.exp_avg_sq.shape == (3, 12, 16) and big.steps == 17
-    assert torch.equal(big.exp_avg, torch.nn.functional.interpolate(m[None], size=(12, 16), mode="bicubic", align_corners=False)[0])
-    assert torch.equal(big.exp_avg_sq, torch.nn.functional.interpolate(v[None], size=(12, 16), mode="bilinear", align_corners=False)[0])
+    interpolate = torch.nn.functional.interpolate
+    assert torch.equal(big.exp_avg, interpolate(m[None], size=(12, 16), mode="bicubic", align_corners=False)[0])
+    assert torch.equal(big.exp_avg_sq, interpolate(v[None], size=(12, 16), mode="bilinear", align_corners=False)[0])
     assert (big.exp_avg_sq >= 0).all()
     # a second moment with a sharp edge: bicubic would overshoot below 0, bilinear with the clamp cannot
     edge = torch.zeros(3, 6, 8)
@@ -485,8 +489,6 @@ def test_adam_state_resized_to_a_larger_level_is_the_interpolation_of_the_old():
 
 
 def test_adam_from_a_carried_state_steps_as_torch_adam_loaded_with_it():
-    from nst.optimizers import AdamState
-
     p = problems([("rosen", 1.0, 100.0), ("quad", 3.0)])
     x0 = start_points(2, seed=7)
     # a coarser level: 5 steps, state kept
@@ -499,11 +501,13 @@ def test_adam_from_a_carried_state_steps_as_torch_adam_loaded_with_it():
     fresh = drive(BatchAdam(x0, lr=0.05, betas=(0.9, 0.99), max_iter=4), p)
     assert len(carried["asked"][0]) == 4  # the level's budget counts its own steps
     assert float((carried["asked"][0][1] - fresh["asked"][0][1]).abs().max()) > 1e-4  # its first step differs
-    assert all(torch.equal(a, b) for a, b in zip(carried["asked"][1], fresh["asked"][1]))  # the other trial's did not
+    # the other trial's did not
+    assert all(torch.equal(a, b) for a, b in zip(carried["asked"][1], fresh["asked"][1], strict=True))
     # torch.optim.Adam with that state loaded takes the same steps
     x = x0[0].reshape(-1).clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.05, betas=(0.9, 0.99), foreach=False)
-    opt.state[x] = {"step": torch.tensor(5.0), "exp_avg": st.exp_avg.reshape(-1).clone(), "exp_avg_sq": st.exp_avg_sq.reshape(-1).clone()}
+    opt.state[x] = {"step": torch.tensor(5.0), "exp_avg": st.exp_avg.reshape(-1).clone(),
+                    "exp_avg_sq": st.exp_avg_sq.reshape(-1).clone()}
     for k in range(4):
         assert float((x.detach() - carried["asked"][0][k]).abs().max()) <= ATOL_ADAM
         _, grad = objective(x.detach().unsqueeze(0), rows(p, [0]))

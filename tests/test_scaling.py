@@ -225,7 +225,7 @@ def test_ready_searches(search, objective, searched):
     with initialize_config_dir(config_dir=str(cli.CONF_DIR), version_base=cli.VERSION_BASE, job_name="nst"):
         cfg = compose(config_name="config", overrides=[f"+search={search}"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "hydra_plugins.nst_launcher.optuna_sweeper.NstOptunaSweeper"
+    assert sweeper._target_ == "hydra_plugins.nst_sweeper.optuna_sweeper.NstOptunaSweeper"
     assert cfg.objective == objective and sweeper.params == searched and sweeper.direction == "minimize"
     assert sweeper.storage is None  # the journal file in the sweep folder
     assert (sweeper.n_trials, sweeper.n_jobs, sweeper.max_failure_rate, sweeper.sampler.seed) == (16, 4, 0.5, 0)

@@ -157,7 +157,7 @@ def test_the_search_space_syntax_of_hydras_optuna_sweeper():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from hydra_plugins.nst_launcher.optuna_sweeper import SearchConfigError, search_space
+    from hydra_plugins.nst_sweeper.optuna_sweeper import SearchConfigError, search_space
 
     parser = OverridesParser.create()
     space, fixed = search_space(parser, {"optimizer.lr": "tag(log, interval(1e-3, 1.0))", "size": "64"},
@@ -180,13 +180,58 @@ def test_a_database_url_keeps_the_study_there(tmp_path):
 
 def test_a_range_keeps_its_last_value_and_sampled_values_read_back_as_themselves():
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from optuna.distributions import IntDistribution
+    from optuna.distributions import CategoricalDistribution, IntDistribution
 
-    from hydra_plugins.nst_launcher.optuna_sweeper import _value, search_space
+    from hydra_plugins.nst_sweeper.optuna_sweeper import _value, search_space
 
     parser = OverridesParser.create()
-    space, _ = search_space(parser, {}, ["seed=range(0, 10, 3)"])
+    space, _ = search_space(parser, {}, ["seed=range(0, 10, 3)", "tv_weight=range(0.5, 2, 0.5)"])
     assert space["seed"] == IntDistribution(0, 9, step=3)  # 0, 3, 6, 9
+    assert space["tv_weight"] == CategoricalDistribution([0.5, 1.0, 1.5])  # a range of floats: its values
     for v in [None, "max", "c,d", "e=f", "it's", "1", "null", "[1]", "with space", -3, 1e16, 0.1, True]:
         (o,) = parser.parse_overrides([f"k={_value(v)}"])
         assert o.value() == v and type(o.value()) is type(v), v
+
+
+def test_the_sweeper_is_a_light_plugin_package_of_its_own(tmp_path):
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    from conftest import ROOT
+
+    # By name: Hydra's scan executes plugin modules again, so classes imported before it are other objects.
+    found = [f"{c.__module__}.{c.__qualname__}" for c in Plugins.instance().discover(Sweeper)]
+    assert "hydra_plugins.nst_sweeper.optuna_sweeper.NstOptunaSweeper" in found
+    assert (ROOT / "hydra_plugins" / "nst_sweeper" / "__init__.py").exists()
+    assert not (ROOT / "hydra_plugins" / "nst_launcher" / "optuna_sweeper.py").exists()
+    # Hydra imports it in every app of the environment: Optuna and torch only once a search runs
+    code = ("import sys, hydra_plugins.nst_sweeper.optuna_sweeper; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'optuna', 'nst'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=nst_env(tmp_path), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are read from /proc (Linux)")
+def test_a_trial_owner_is_alive_until_its_process_has_ended_or_is_a_zombie():
+    import socket
+
+    from hydra_plugins.nst_launcher._processes import pid_alive
+    from hydra_plugins.nst_sweeper.optuna_sweeper import _alive
+
+    host = socket.gethostname()
+    assert pid_alive(os.getpid()) and _alive(f"{host}:{os.getpid()}")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        # ended, not yet collected: a zombie, whose pid still answers a signal
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not end"
+            time.sleep(0.02)
+        assert not pid_alive(child.pid) and not _alive(f"{host}:{child.pid}")
+    finally:
+        child.wait()
+    assert not pid_alive(child.pid)  # collected: no such process
+    # another machine's command cannot be checked from here: it is left running
+    assert _alive(f"{host}-elsewhere:{child.pid}") and _alive("")

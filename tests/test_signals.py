@@ -266,7 +266,7 @@ def test_the_slurm_runner_cancels_each_job_array_once_when_the_command_stops(tmp
 
 def test_sigterm_while_the_optuna_sweeper_asks_waits_for_the_owner_to_be_named():
     # as Ctrl-C does (test_launcher), where the command handles SIGTERM (nst.run's main)
-    from hydra_plugins.nst_launcher.optuna_sweeper import _ctrl_c_deferred
+    from hydra_plugins.nst_sweeper.optuna_sweeper import _ctrl_c_deferred
 
     got, done = [], []
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, ContextManager, Hashable, List, Optional
+from typing import Any, cast
 
 
 class BatchJob(abc.ABC):
@@ -21,13 +22,13 @@ class BatchJob(abc.ABC):
     inside one.
     """
 
-    idx: Optional[int]
+    idx: int | None
     cfg: Any
-    output_dir: Optional[Path]
-    overrides: List[str]
+    output_dir: Path | None
+    overrides: list[str]
 
     @abc.abstractmethod
-    def activate(self) -> ContextManager["BatchJob"]:
+    def activate(self) -> contextlib.AbstractContextManager[BatchJob]:
         """Make this the current job: HydraConfig (HydraConfig.get(), ${hydra:...}), its log file and
         its hydra.job.env_set, all restored on exit. Nests: leaving an inner one gives the outer back."""
 
@@ -60,7 +61,7 @@ class BatchApp(abc.ABC):
         return value
 
     @abc.abstractmethod
-    def run_batch(self, jobs: List[BatchJob]) -> List[Any]:
+    def run_batch(self, jobs: list[BatchJob]) -> list[Any]:
         """Run these jobs together; one value per job, in their order: what the job returns (its
         JobReturn.return_value), or a BaseException instance for a job that failed. Raising fails
         the whole batch with that error (other batches go on); KeyboardInterrupt and SystemExit
@@ -71,13 +72,13 @@ class BatchApp(abc.ABC):
         raising runs the job alone. Default: any jobs may share one."""
         return None
 
-    def batch_size(self, cfgs: List[Any]) -> Optional[int]:
+    def batch_size(self, cfgs: list[Any]) -> int | None:
         """The largest batch for these jobs of one group (an integer >= 1), used when
         hydra.launcher.max_batch=auto; called where the batches run (in a worker process, on its
         GPU). None: the launcher's default (8). Raising runs them one at a time."""
         return None
 
-    def lost_batch(self, jobs: List[BatchJob], error: BaseException, since: float) -> List[Any]:
+    def lost_batch(self, jobs: list[BatchJob], error: BaseException, since: float) -> list[Any]:
         """The batch ran elsewhere and was lost (its worker process died, its SLURM task failed):
         one value per job, as run_batch would have returned. Called in the launching process, each
         job started as for run_batch; `since`: time.time() when the batch was handed out, so that
@@ -86,7 +87,7 @@ class BatchApp(abc.ABC):
         return [error] * len(jobs)
 
 
-def batch_app(task_function: Any) -> Optional[BatchApp]:
+def batch_app(task_function: Any) -> BatchApp | None:
     """The app behind the task function Hydra handed a launcher, or None (a plain task function)."""
     return task_function if isinstance(task_function, BatchApp) else None
 
@@ -96,15 +97,16 @@ class CurrentJob(BatchJob):
 
     def __init__(self, cfg: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
-        hc = HydraConfig.get() if HydraConfig.initialized() else None
+        # HydraConfig.get() is annotated as the HydraConf dataclass; what it returns is its DictConfig
+        hc = cast(DictConfig, HydraConfig.get()) if HydraConfig.initialized() else None
         self.cfg = cfg
         self.idx = OmegaConf.select(hc, "job.num", default=None) if hc is not None else None  # unset in a single run
         self.output_dir = Path(hc.runtime.output_dir) if hc is not None else None
         self.overrides = list(hc.overrides.task) if hc is not None else []
 
-    def activate(self) -> ContextManager["BatchJob"]:
+    def activate(self) -> contextlib.AbstractContextManager[BatchJob]:
         return contextlib.nullcontext(self)  # Hydra made it current before calling the task
 
 

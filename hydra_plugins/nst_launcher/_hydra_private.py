@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Tuple, Type
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
+
+# What the rest of the project takes from here: the three Hydra helpers imported below are handed on
+# as they are (the launcher's _core.py calls them), the rest are defined here.
+__all__ = ["CHECKED", "PIECES", "RUN_JOB_SHA256", "UncheckedHydraVersion", "deprecation_warning", "flags_help",
+           "flush_loggers", "job_value", "raised", "restore_hydra_config", "save_config", "saved_hydra_config",
+           "split_arguments"]
 
 CHECKED = ("1.3.0", "1.3.1", "1.3.2", "1.3.3", "1.3.4", "1.3.5", "1.3.8")
 
@@ -64,32 +71,32 @@ def _warn_if_unchecked() -> None:
 _warn_if_unchecked()
 
 try:
-    # Writes a job's .hydra/config.yaml, hydra.yaml and overrides.yaml exactly as run_job does: the
-    # launcher starts each job of a batch itself.
-    from hydra.core.utils import _save_config as save_config
+    # hydra.main runs the app inside run_and_report, which prints any Exception as a traceback and
+    # exits 1; `raised` lets chosen kinds through, for nst.run to report in one line.
+    import hydra._internal.utils as _internal_utils
+
+    # nst.cli validates every trial of a grid before Hydra runs: it expands the command line into
+    # the very override lists Hydra's basic sweeper will launch (sweep order, later keys winning).
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as _BasicSweeper
+
+    # The warning run_job gives when hydra.job.chdir is unset under a version_base before 1.2; it
+    # honours HYDRA_DEPRECATION_WARNINGS_AS_ERRORS like Hydra's other deprecations.
+    from hydra._internal.deprecation_warning import deprecation_warning
 
     # Flushes every logging handler, as run_job does before on_job_end and the launcher does when a
     # job stops being current; Python offers no public way to reach all handlers
     # (logging._handlerList), so Hydra's helper is used rather than a second copy.
     from hydra.core.utils import _flush_loggers as flush_loggers
 
-    # The warning run_job gives when hydra.job.chdir is unset under a version_base before 1.2; it
-    # honours HYDRA_DEPRECATION_WARNINGS_AS_ERRORS like Hydra's other deprecations.
-    from hydra._internal.deprecation_warning import deprecation_warning
-
-    # nst.cli validates every trial of a grid before Hydra runs: it expands the command line into
-    # the very override lists Hydra's basic sweeper will launch (sweep order, later keys winning).
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as _BasicSweeper
-
-    # hydra.main runs the app inside run_and_report, which prints any Exception as a traceback and
-    # exits 1; `raised` lets chosen kinds through, for nst.run to report in one line.
-    import hydra._internal.utils as _internal_utils
+    # Writes a job's .hydra/config.yaml, hydra.yaml and overrides.yaml exactly as run_job does: the
+    # launcher starts each job of a batch itself.
+    from hydra.core.utils import _save_config as save_config
 except ImportError as e:
     raise ImportError(f"{__name__}: hydra-core {hydra.__version__} lacks a private piece the nst launcher "
                       f"uses ({e}); checked versions: {', '.join(CHECKED)}") from e
 
 
-def split_arguments(overrides: List[Any], max_batch_size: Optional[int] = None) -> List[List[List[str]]]:
+def split_arguments(overrides: list[Any], max_batch_size: int | None = None) -> list[list[list[str]]]:
     """BasicSweeper.split_arguments: parsed overrides -> batches of jobs' override lists."""
     return _BasicSweeper.split_arguments(overrides, max_batch_size)
 
@@ -123,7 +130,7 @@ class _Through(BaseException):
 
 
 @contextmanager
-def raised(kinds: Tuple[Type[BaseException], ...]) -> Iterator[None]:
+def raised(kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
     """Within this block, an exception of `kinds` raised inside hydra.main's app reaches the caller
     as itself, not printed by Hydra. Hydra's own handling is restored on exit."""
     original = _internal_utils.run_and_report

@@ -20,8 +20,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any
 
 import submitit
 from hydra.types import HydraContext, TaskFunction
@@ -29,6 +30,7 @@ from omegaconf import OmegaConf
 
 from ._core import AUTO_BATCH, BatchLost, Item, dump_batch, end_lost_batch, load_returns, run_payload
 from ._errors import NstLauncherConfigError
+from ._processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class BatchTask(submitit.helpers.Checkpointable):
 
     owner: with cluster=local, the submitting command's process id (see _local_task)."""
 
-    def __init__(self, owner: Optional[int] = None) -> None:
+    def __init__(self, owner: int | None = None) -> None:
         self.owner = owner
 
     def __call__(self, payload: bytes) -> bytes:
@@ -56,7 +58,7 @@ class BatchTask(submitit.helpers.Checkpointable):
             raise SystemExit(128 + _stopping) from None
 
 
-_stopping: Optional[int] = None  # the signal that stops this task (local tasks)
+_stopping: int | None = None  # the signal that stops this task (local tasks)
 
 
 def _local_task(owner: int) -> None:
@@ -71,7 +73,7 @@ def _local_task(owner: int) -> None:
     parent = os.getppid()  # its controller
 
     def watch() -> None:
-        while os.getppid() == parent and _alive(owner):
+        while os.getppid() == parent and pid_alive(owner):
             time.sleep(1.0)
         folder = os.environ.get("SUBMITIT_FOLDER")  # what the command would have tidied (close())
         if folder:
@@ -88,37 +90,23 @@ def _on_stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone too (Linux)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-
-
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 class SlurmRunner:
-    def __init__(self, params: Dict[str, Any], hydra_context: HydraContext, task_function: TaskFunction) -> None:
+    def __init__(self, params: dict[str, Any], hydra_context: HydraContext, task_function: TaskFunction) -> None:
         self.params = {k: _plain(v) for k, v in params.items()}  # the launcher's cluster and submitit settings
         self.cluster: str = self.params["cluster"]
         self.hydra_context = hydra_context
         self.task_function = task_function
-        self.jobs: List[submitit.Job] = []
+        self.jobs: list[submitit.Job] = []
 
     @property
     def parallel(self) -> int:
         return int(self.params["array_parallelism"])
 
-    def batch_size(self, hook: Callable[[list], Optional[int]], cfgs: list) -> int:
+    def batch_size(self, hook: Callable[[list], int | None], cfgs: list) -> int:
         # The nodes' GPUs are unknown from here; a batch that does not fit is split by the task.
         return AUTO_BATCH
 
@@ -146,7 +134,7 @@ class SlurmRunner:
         executor.update_parameters(**settings)
         return executor
 
-    def run(self, batches: List[List[Item]]) -> Iterator[Tuple[List[Item], list]]:
+    def run(self, batches: list[list[Item]]) -> Iterator[tuple[list[Item], list]]:
         executor = self.executor()
         payloads = [dump_batch(self.hydra_context, self.task_function, batch) for batch in batches]
         since = time.time()
@@ -162,9 +150,9 @@ class SlurmRunner:
         first = self.jobs[0].job_id.split("_")[0] if self.jobs else "-"
         what = f"SLURM job array {first}" if self.cluster == "slurm" else "local submitit jobs"
         log.info(f"submitted {len(self.jobs)} batches as {what}; logs in {executor.folder}")
-        for number, (job, batch) in enumerate(zip(self.jobs, batches), 1):
+        for number, (job, batch) in enumerate(zip(self.jobs, batches, strict=True), 1):
             log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]} -> task {job.job_id}")
-        for job, batch in zip(self.jobs, batches):
+        for job, batch in zip(self.jobs, batches, strict=True):
             try:
                 returns = load_returns(job.result())
                 log.info(f"task {job.job_id} finished: jobs {[idx for idx, _ in batch]}")
@@ -215,7 +203,7 @@ class SlurmRunner:
         self.jobs = []
 
 
-def _wait_done(jobs: List[submitit.Job], seconds: float) -> bool:
+def _wait_done(jobs: list[submitit.Job], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while any(not job.done() for job in jobs):
         if time.monotonic() > deadline:

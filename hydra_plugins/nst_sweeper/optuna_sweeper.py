@@ -33,9 +33,10 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Literal
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -43,11 +44,13 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.errors import CompactHydraException
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from .contract import ReadsResults
+from hydra_plugins.nst_launcher._processes import pid_alive
+from hydra_plugins.nst_launcher.contract import ReadsResults
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +63,12 @@ OWNER = f"{socket.gethostname()}:{os.getpid()}"
 @dataclass
 class SamplerConf:
     name: str = "tpe"  # tpe | random | cmaes
-    seed: Optional[int] = 0
+    seed: int | None = 0
 
 
 @dataclass
 class NstOptunaSweeperConf:
-    _target_: str = "hydra_plugins.nst_launcher.optuna_sweeper.NstOptunaSweeper"
+    _target_: str = "hydra_plugins.nst_sweeper.optuna_sweeper.NstOptunaSweeper"
     direction: str = "minimize"  # minimize | maximize
     n_trials: int = 16  # the study's total, across every command that shares it
     n_jobs: int = 4  # trials asked together, run as one batch
@@ -74,9 +77,9 @@ class NstOptunaSweeperConf:
     sampler: SamplerConf = field(default_factory=SamplerConf)
     # null: the journal file <sweep dir>/optuna.journal; a path to another journal file; or a
     # database URL (sqlite:///..., postgresql://...)
-    storage: Optional[str] = None
-    study_name: Optional[str] = None  # null: the sweep_name
-    params: Optional[Dict[str, str]] = None
+    storage: str | None = None
+    study_name: str | None = None  # null: the sweep_name
+    params: dict[str, str] | None = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=NstOptunaSweeperConf, provider="nst")
@@ -111,7 +114,7 @@ def read_journal(path: Path) -> int:
     return whole
 
 
-def repair_journal(path: Path) -> Optional[str]:
+def repair_journal(path: Path) -> str | None:
     """Remove a cut last line from the journal (under its own lock, as Optuna appends): appending onto
     it would make the next record unreadable, and with it the study. Returns what was done, or None."""
     from optuna.storages.journal import JournalFileOpenLock
@@ -143,23 +146,25 @@ def distribution(override: Override):
     key, value = override.get_key_element(), override.value()
     if isinstance(value, IntervalSweep):
         log_scale = "log" in value.tags
+        assert value.start is not None and value.end is not None  # interval(a, b): the grammar wants both
         if "int" in value.tags:  # Hydra reads an interval's ends as floats
             return IntDistribution(int(value.start), int(value.end), log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
-        if all(isinstance(v, int) for v in (start, stop, step)) and step > 0 and "log" not in value.tags:
+        if isinstance(start, int) and isinstance(stop, int) and isinstance(step, int) and step > 0 and "log" not in value.tags:
             # range's stop is exclusive: the last value it yields
             return IntDistribution(start, start + (stop - start - 1) // step * step, step=step)
-        return CategoricalDistribution(list(override.sweep_iterator()))
-    if isinstance(value, ChoiceSweep):
-        return CategoricalDistribution(list(override.sweep_iterator()))
+    if isinstance(value, (RangeSweep, ChoiceSweep)):
+        # Optuna takes None, bools, numbers and strings, and warns about any other choice
+        choices: list[Any] = list(override.sweep_iterator())
+        return CategoricalDistribution(choices)
     if override.is_sweep_override():
         raise SearchConfigError(f"{key}: a search cannot sample {value!r}; use interval(), choice() or range()")
     return None
 
 
-def search_space(parser: OverridesParser, params: Dict[str, str], arguments: List[str]) -> tuple[dict, List[str]]:
+def search_space(parser: OverridesParser, params: dict[str, str], arguments: list[str]) -> tuple[dict, list[str]]:
     """(name -> distribution, the fixed overrides every trial gets): hydra.sweeper.params first, the
     command line's overrides after (they win)."""
     space: dict = {}
@@ -195,7 +200,7 @@ def make_sampler(conf: Any, offset: int = 0):
     raise SearchConfigError(f"hydra.sweeper.sampler.name: unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
 
-def open_storage(storage: Optional[str], sweep_dir: Path):
+def open_storage(storage: str | None, sweep_dir: Path):
     """(Optuna storage, a lock that serialises asking between commands, where it lives)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
@@ -223,16 +228,10 @@ def _alive(owner: str) -> bool:
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's command: it cannot be checked from here, so it is left running
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(pid))
 
 
-def recover_lost(study) -> List[int]:
+def recover_lost(study) -> list[int]:
     """Trials left RUNNING by a command of this machine that has died: each is failed and its
     parameters enqueued again (a trial marked `retry_of`). Returns their numbers."""
     from optuna.trial import TrialState
@@ -266,15 +265,21 @@ def counted(study) -> int:
 class NstOptunaSweeper(Sweeper, ReadsResults):
     """ReadsResults: a failed trial must reach it as a failure (it is told FAIL and counted), not as None."""
 
+    # Hydra calls setup() before sweep(): set there
+    hydra_context: HydraContext
+    config: DictConfig
+    launcher: Launcher
+
     def __init__(self, direction: str, n_trials: int, n_jobs: int, max_failure_rate: float, sampler: Any,
-                 storage: Optional[str], study_name: Optional[str], params: Optional[Dict[str, str]]) -> None:
+                 storage: str | None, study_name: str | None, params: dict[str, str] | None) -> None:
         super().__init__()
         if direction not in ("minimize", "maximize"):
             raise SearchConfigError(f"hydra.sweeper.direction: {direction!r}; allowed: minimize, maximize")
         for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
             if type(value) is not int or value < 1:
                 raise SearchConfigError(f"hydra.sweeper.{key} must be an integer >= 1, got {value!r}")
-        self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
+        self.direction: Literal["minimize", "maximize"] = "maximize" if direction == "maximize" else "minimize"
+        self.n_trials, self.n_jobs = n_trials, n_jobs
         self.max_failure_rate, self.sampler_conf = float(max_failure_rate), sampler
         self.storage, self.study_name, self.params = storage, study_name, dict(params or {})
 
@@ -284,7 +289,7 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
                                                                 task_function=task_function, config=config)
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         try:
             import optuna
         except ImportError as e:
@@ -321,7 +326,7 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
                     for _ in range(min(self.n_jobs, left)):
                         try:
                             trials.append(study.ask(space))
-                        except Exception as e:  # a space the study cannot take (another distribution)
+                        except Exception as e:  # noqa: BLE001 - a space the study cannot take: one line below
                             recover_lost(study)  # the trial it made, ownerless, is failed
                             for t in trials:
                                 study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
@@ -354,7 +359,7 @@ class NstOptunaSweeper(Sweeper, ReadsResults):
                 finally:
                     ask_lock.release()
                 raise
-            for t, ret, overrides in zip(trials, results, batch):
+            for t, ret, overrides in zip(trials, results, batch, strict=True):
                 # (.return_value raises a failed job's exception: read only a completed one's)
                 value = ret.return_value if ret.status == JobStatus.COMPLETED else None
                 ran += 1
@@ -414,7 +419,7 @@ def supersede(sweep_dir: Path, number: int) -> None:
 
 
 @contextlib.contextmanager
-def _ctrl_c_deferred():
+def _ctrl_c_deferred() -> Iterator[None]:
     """Ctrl-C takes effect at the end of the block. Asking Optuna for a trial and naming its owner
     are two writes: a trial stopped between them is RUNNING with no owner, which no later command
     recovers (it may be another machine's). Stopped after them, the trial is recovered as lost.
@@ -440,7 +445,7 @@ def _ctrl_c_deferred():
                 handler(*received[0])
 
 
-def _runs(numbers: List[int]) -> List[tuple]:
+def _runs(numbers: list[int]) -> list[tuple]:
     """(start, end) index ranges of the consecutive runs in a list of trial numbers."""
     runs, start = [], 0
     for i in range(1, len(numbers) + 1):
