@@ -25,7 +25,7 @@ Only the tests and `benchmarks/optimizer.py` use it.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import torch
