@@ -263,9 +263,9 @@ def input_anchors(content: str, style: str, size: tuple[int, int]) -> dict:
     content_img, style_img = (eval_set.open_image(x) if not Path(x).is_file() else _open(x) for x in (content, style))
     ratio = style_img.width / style_img.height
     ph = max(1, round((w * h / ratio) ** 0.5))
-    plain = _tensor(style_img.resize((max(1, round(ph * ratio)), ph), Image.LANCZOS))
-    photo = _tensor(content_img.resize((w, h), Image.LANCZOS))
-    stretched = _tensor(style_img.resize((w, h), Image.LANCZOS))
+    plain = _tensor(style_img.resize((max(1, round(ph * ratio)), ph), Image.Resampling.LANCZOS))
+    photo = _tensor(content_img.resize((w, h), Image.Resampling.LANCZOS))
+    stretched = _tensor(style_img.resize((w, h), Image.Resampling.LANCZOS))
     of_photo = standard_metrics(photo, photo, plain)
     of_painting = standard_metrics(stretched, photo, plain)
     of_painting.update(style_swd(plain, [plain], [1.0]))  # the painting's own distribution: the style axis' 0
