@@ -365,11 +365,15 @@ def set_summary(rows, args, floor, say, out: Path) -> None:
     say(f"\nevaluation set: {len(pairs)} pair(s) every recipe finished; hypervolume of each recipe's points in the pair's "
         f"unit box ({args.style_metric} from the painting (0) to the photograph (1), {args.content_metric} from the "
         f"photograph (0) to the painting (1); higher is better, 1 at most)")
-    lines = ["| recipe | mean hypervolume | median | pairs | wall time per trial (mean, s) | cost (full-size evaluations) |",
+    lines = ["| recipe | mean hypervolume | median | pairs | wall time per trial (s; its batch's over its trials, mean) | "
+             "cost (full-size evaluations) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for n in names:
         vals = [hv[p][n] for p in pairs]
-        walls = [float(r["wall_s"]) for r in rows if r["recipe"] == n and r.get("wall_s") not in ("", None)]
+        # a batch's trials run together: each one's share is its batch's wall time over the trials in it
+        batches = {(r["pair"], r["recipe"]): [x for x in rows if x["pair"] == r["pair"] and x["recipe"] == n]
+                   for r in rows if r["recipe"] == n}
+        walls = [float(b[0]["wall_s_batch"]) / len(b) for b in batches.values()]
         costs = [float(r["cost"]) for r in rows if r["recipe"] == n]
         mean = sum(vals) / len(vals) if vals else float("nan")
         wall = sum(walls) / len(walls) if walls else float("nan")
@@ -391,13 +395,13 @@ def set_summary(rows, args, floor, say, out: Path) -> None:
         best = max(hv[p][n] for n in names)
         cells = (f"**{hv[p][n]:.4f}**" if hv[p][n] == best else f"{hv[p][n]:.4f}" for n in names)
         per_pair.append(f"| {p} | " + " | ".join(cells) + " |")
-    plot_hypervolume(hv, pairs, names, args, out / "hypervolume.png")
     device = next((r.get("device_name") or r.get("device") for r in rows if r.get("device")), "not recorded")
     precision = ", ".join(sorted({str(r.get("precision")) for r in rows if r.get("precision")})) or "not recorded"
     # what the trials ran with, from the rows (a summary remade from a CSV has no other record of it)
     size = ", ".join(f"{float(v):g}" for v in dict.fromkeys(r.get("size", args.size) for r in rows))
     budget = ", ".join(f"{float(v):g}" for v in dict.fromkeys(r.get("budget", args.budget) for r in rows))
     mults = ",".join(f"{float(v):g}" for v in dict.fromkeys(r["multiplier"] for r in rows))
+    plot_hypervolume(hv, pairs, names, f"{size} px, {budget} full-size evaluations", out / "hypervolume.png")
     page = [f"# Quality on the evaluation set: {len(pairs)} pairs, {len(names)} recipes", "",
             f"{size} px, {budget} full-size evaluations per trial, style weights x{mults} each "
             f"recipe's own; device {device}, precision {precision}, torch {torch.__version__}. Command:", "",
@@ -410,7 +414,7 @@ def set_summary(rows, args, floor, say, out: Path) -> None:
     (out / "summary.md").write_text("\n".join(page))
 
 
-def plot_hypervolume(hv, pairs, names, args, path: Path) -> None:
+def plot_hypervolume(hv, pairs, names, what: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -423,7 +427,7 @@ def plot_hypervolume(hv, pairs, names, args, path: Path) -> None:
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels(order, rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("hypervolume (higher is better)")
-    ax.set_title(f"hypervolume per pair, {args.size} px, {args.budget:g} full-size evaluations", fontsize=9)
+    ax.set_title(f"hypervolume per pair, {what}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
