@@ -139,7 +139,7 @@ def from_csv(args) -> int:
     if args.floor is None:
         raise SystemExit("--from-csv needs --floor (the noise floor is measured only by a run)")
     with open(args.from_csv, newline="") as f:
-        text = ("pair", "recipe", "device", "device_name", "precision")
+        text = ("pair", "recipe", "device", "device_name", "precision", "resumed")
         rows = [{k: (float(v) if k not in text and v not in ("", None) else v) for k, v in r.items()}
                 for r in csv.DictReader(f)]
     out = Path(args.from_csv).parent
@@ -202,11 +202,13 @@ def run(args) -> int:
             images = stylize_batch(content, style, variants, out_dir=out / f"{cname}__{sname}" / name,
                                    **common, **overrides_dict(ov))
             wall = time.perf_counter() - t0
+            if all(img.resumed for img in images):  # read back from an earlier run: the time it took then
+                wall = max(float(img.summary.get("wall_time") or 0) for img in images)
             for m, img in zip(mults, images, strict=True):
                 fields = summary_fields(img.summary)
                 row = {"pair": f"{cname}:{sname}", "recipe": name, "size": args.size, "budget": args.budget, "multiplier": m,
                        "style_weight": base_weight[name] * m, "cost": round(trial_cost(img.summary), 1),
-                       "wall_s_batch": round(wall, 1), "wall_s": fields.pop("wall_s"), **fields}
+                       "wall_s_batch": round(wall, 1), "wall_s": fields.pop("wall_s"), "resumed": img.resumed, **fields}
                 if args.set:
                     key = (cname, sname, tuple(img.size))
                     if key not in anchors_cache:

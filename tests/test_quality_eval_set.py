@@ -124,11 +124,13 @@ def _quality(tmp_path, *args, timeout=600):
 def test_two_pairs_two_recipes_end_to_end(tmp_path):
     pytest.importorskip("skimage", reason="scikit-image (the quality and test extras) ships the set's photographs")
     out = tmp_path / "q"
-    r = _quality(tmp_path, "--set", "--only", "tubingen:great_wave,chelsea:the_scream", "--recipes", "nst,pastiche",
-                 "--size", "32", "--budget", "2", "--multipliers", "1,4", "--floor", "0.01", "--out", str(out))
+    command = ["--set", "--only", "tubingen:great_wave,chelsea:the_scream", "--recipes", "nst,pastiche",
+               "--size", "32", "--budget", "2", "--multipliers", "1,4", "--floor", "0.01", "--out", str(out)]
+    r = _quality(tmp_path, *command)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    assert {x["resumed"] for x in rows} == {"False"}
     assert [(x["pair"], x["recipe"]) for x in rows] == [
         ("tubingen:great_wave", "nst")] * 2 + [("chelsea:the_scream", "nst")] * 2 + [
         ("tubingen:great_wave", "pastiche")] * 2 + [("chelsea:the_scream", "pastiche")] * 2
@@ -154,12 +156,24 @@ def test_two_pairs_two_recipes_end_to_end(tmp_path):
     assert "32 px, 2 full-size evaluations per trial, style weights x1,4" in summary
     assert (out / "hypervolume.png").stat().st_size > 0 and (out / "pareto.png").stat().st_size > 0
 
+    # the same command again resumes: every trial read back, the same numbers, the batches' times from then
+    again = _quality(tmp_path, *command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with open(out / "results.csv", newline="") as f:
+        resumed = list(csv.DictReader(f))
+    assert {x["resumed"] for x in resumed} == {"True"}
+    for before, after in zip(rows, resumed, strict=True):
+        assert [before[k] for k in ("pair", "recipe", "style_swd", "gmsd", "wall_s", "photo_style_swd")] == [
+            after[k] for k in ("pair", "recipe", "style_swd", "gmsd", "wall_s", "photo_style_swd")]
+    resumed_summary = (out / "summary.md").read_text()
+    assert resumed_summary.split("## Per pair")[1] == summary.split("## Per pair")[1]
+
     # the same summary again from the CSV alone (nothing re-run), whatever the defaults say
     (out / "summary.md").unlink()
     again = _quality(tmp_path, "--from-csv", str(out / "results.csv"), "--floor", "0.01", timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     remade = (out / "summary.md").read_text()
-    assert remade.split("Command:")[1].split("\n", 3)[3] == summary.split("Command:")[1].split("\n", 3)[3]
+    assert remade.split("Command:")[1].split("\n", 3)[3] == resumed_summary.split("Command:")[1].split("\n", 3)[3]
     assert "32 px, 2 full-size evaluations" in remade
 
 
