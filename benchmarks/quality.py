@@ -456,7 +456,8 @@ def plot(rows, args, floor, path: Path) -> None:
         on = {id(r) for r in front(pts, args.style_metric, args.content_metric, args.content_higher_better, floor)}
         for n in names:
             mine = sorted((r for r in pts if r["recipe"] == n), key=lambda r: r["multiplier"])
-            ax.plot([r[args.style_metric] for r in mine], [r[args.content_metric] for r in mine], "-", color=colours[n], alpha=0.5)
+            xs, ys = [r[args.style_metric] for r in mine], [r[args.content_metric] for r in mine]
+            ax.plot(xs, ys, "-", color=colours[n], alpha=0.5)
             for r in mine:
                 ax.scatter(r[args.style_metric], r[args.content_metric], color=colours[n], s=60 if id(r) in on else 18,
                            edgecolors="black" if id(r) in on else "none", label=n if r is mine[0] else None, zorder=3)
@@ -465,7 +466,9 @@ def plot(rows, args, floor, path: Path) -> None:
         ax.set_ylabel(f"{args.content_metric} ({'higher' if args.content_higher_better else 'lower'}: more content)")
         ax.set_title(pair, fontsize=9)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{args.size} px, {args.budget:g} full-size evaluations; ringed: on the front (floor {floor:.1%})", fontsize=9)
+    size, budget = (", ".join(f"{float(v):g}" for v in dict.fromkeys(r.get(k, getattr(args, k)) for r in rows))
+                    for k in ("size", "budget"))  # from the rows: a plot remade from a CSV says what ran
+    fig.suptitle(f"{size} px, {budget} full-size evaluations; ringed: on the front (floor {floor:.1%})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
