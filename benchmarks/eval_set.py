@@ -13,7 +13,8 @@ from PIL import Image
 
 DEFAULT = Path(__file__).with_name("eval_set.toml")
 # content metrics whose photograph-against-itself value is finite (its best): the content axis' 0
-CONTENT_METRICS = ("gmsd", "ssim")
+# (psnr's is infinite); each is used where nst.metrics measures it
+CONTENT_METRICS = ("gmsd", "ssim", "self_sim_dist")
 FIELDS = ("source", "work", "author", "licence")
 # skimage.data's photographs that are inside the wheel (skimage/data/, its legacy datasets); others
 # would be fetched from the network by pooch, which an offline set must not do

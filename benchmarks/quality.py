@@ -89,8 +89,9 @@ def parse_args(argv=None):
     if args.only and not args.set:
         p.error("--only selects pairs of the evaluation set: add --set")
     if args.set and args.content_metric not in eval_set.CONTENT_METRICS:
+        allowed = ", ".join(m for m in eval_set.CONTENT_METRICS if m in BETTER)
         p.error(f"--set normalises the content axis by the photograph's own value: --content-metric one of "
-                f"{', '.join(eval_set.CONTENT_METRICS)} (psnr of the photograph against itself is infinite)")
+                f"{allowed} (psnr of the photograph against itself is infinite)")
     return args
 
 
@@ -271,7 +272,7 @@ def input_anchors(content: str, style: str, size: tuple[int, int]) -> dict:
     of_photo = standard_metrics(photo, photo, plain)
     of_painting = standard_metrics(stretched, photo, plain)
     of_painting.update(style_swd(plain, [plain], [1.0]))  # the painting's own distribution: the style axis' 0
-    keys = ("style_swd", *eval_set.CONTENT_METRICS)
+    keys = [k for k in ("style_swd", *eval_set.CONTENT_METRICS) if k in of_photo]
     return {**{f"photo_{k}": of_photo[k] for k in keys}, **{f"painting_{k}": of_painting[k] for k in keys}}
 
 
