@@ -185,13 +185,13 @@ def _depths(layers: Sequence[str]) -> list[int]:
 
 
 def hypercolumn_maps(extractor: FeatureExtractor, image: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
-    """[image, feature maps...] in float32, the features scaled to the peer's magnitudes."""
+    """[image, feature maps...] in the image's dtype, the features scaled to the peer's magnitudes."""
     missing = [name for name in layers if name not in extractor.layers]
     if missing:
         raise InputError("layers", f"the extractor lacks {', '.join(missing)}; build it with the layers {', '.join(layers)}")
     feats = extractor(image)
     scale = FEATURE_SCALE.get(extractor.spec.name, 1.0)
-    return [image] + [feats[name].float() * scale for name in layers]
+    return [image] + [feats[name].to(image.dtype) * scale for name in layers]
 
 
 def grid_positions(height: int, width: int, cells: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,6 +408,13 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: FeatureExtrac
     if len(gens) != b:
         raise InputError("generators", f"one generator per trial ({b}), got {len(gens)}")
     depths = _depths(schedule.layers)
+    smallest = 2 ** max(depths)  # the deepest layer's map must keep at least one position
+    for key, x in (("content", content), ("style", style)):
+        for side in schedule.long_sides:
+            f = side / max(x.shape[-2:])
+            if min(int(x.shape[-2] * f), int(x.shape[-1] * f)) < smallest:
+                raise InputError(key, f"its short side at the scale of long side {side} is under {smallest} px, "
+                                      f"too small for {schedule.layers[-1]}; use a larger coarsest scale")
     device = content.device
     image: torch.Tensor | None = None
     losses: list[torch.Tensor] = []
@@ -425,7 +432,7 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: FeatureExtrac
                               draws=schedule.bank_draws, draw_size=schedule.bank_draw_size)
             stats = StyleStats.of(bank)
         alpha_k = alphas * schedule.content_weight_factor**k
-        lr_k = torch.full((b,), lr, device=device)
+        lr_k = torch.full((b,), lr, dtype=torch.float64, device=device)
         pyramid = [level.detach().clone().requires_grad_(True) for level in decompose(image, schedule.pyramid_levels)]
         square = [torch.zeros_like(level) for level in pyramid]
         sampler = OutputSampler(c_k.shape[-2], c_k.shape[-1], gens, samples=schedule.samples,
