@@ -280,3 +280,12 @@ def test_too_small_an_image_is_refused_before_any_work(extractor):
     schedule = S.Schedule.for_size(48, coarsest=24, iterations=1)
     with pytest.raises(InputError, match="style.*under 16 px"):
         S.stylize(content, style, extractor, schedule=schedule)
+
+
+def test_batched_trials_in_float32_see_the_same_first_objective(extractor):
+    content, style = bundled("tubingen", 48), bundled("the_scream", 48)
+    schedule = S.Schedule(long_sides=(48,), lrs=(2e-3,), iterations=(1,), samples=128, bank_draws=2, bank_draw_size=200)
+    both = S.stylize(content.expand(2, -1, -1, -1), style, extractor, schedule=schedule, alpha=[16.0, 2.0], generators=gens(3, 4))
+    for t, (a, seed) in enumerate([(16.0, 3), (2.0, 4)]):
+        alone = S.stylize(content, style, extractor, schedule=schedule, alpha=[a], generators=gens(seed))
+        torch.testing.assert_close(both.losses[0, t], alone.losses[0, 0], rtol=1e-5, atol=1e-7)
