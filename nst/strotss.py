@@ -394,8 +394,8 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: FeatureExtrac
             generators: Sequence[torch.Generator] | None = None,
             on_step: Callable[[int, int, dict[str, torch.Tensor]], None] | None = None) -> Result:
     """STROTSS over a batch of B trials: content [B,3,H,W] and style [B or 1,3,h,w] in [0,1]. Each trial
-    has its content weight alpha (default: the schedule's) and its generator (default: seeded with
-    its index), so a trial gives what it gives alone. `extractor` must return `schedule.layers`
+    has its content weight alpha (default: the schedule's) and its generator (default: one seeded 0,
+    as a trial alone would have), so a trial gives what it gives alone. `extractor` must return `schedule.layers`
     (max pooling, as the peer's VGG). The output has the content's size, resized to the schedule's
     last long side; on_step(scale, step, terms) sees every step's per-trial terms."""
     schedule = schedule or Schedule.for_size(max(content.shape[-2:]))
@@ -404,7 +404,7 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: FeatureExtrac
         raise InputError("style", f"one style image or one per trial ({b}), got {style.shape[0]}")
     style = style.expand(b, -1, -1, -1)
     alphas = torch.as_tensor(schedule.content_weight if alpha is None else alpha, dtype=torch.float32).expand(b).clone()
-    gens = list(generators) if generators is not None else [torch.Generator().manual_seed(i) for i in range(b)]
+    gens = list(generators) if generators is not None else [torch.Generator().manual_seed(0) for _ in range(b)]
     if len(gens) != b:
         raise InputError("generators", f"one generator per trial ({b}), got {len(gens)}")
     depths = _depths(schedule.layers)
