@@ -19,27 +19,34 @@ Pieces, each usable alone:
 - `stylize`: a minimal end-to-end loop over a batch, plain PyTorch;
 - `step_flops` / `run_flops`: the cost of a step and of a run, the losses' work counted with the network's.
 
-Layers. The peer's hypercolumn is RGB and torchvision VGG-16 at feature indices [1,3,6,8,11,13,15,22,29]:
+Layers. The peer's hypercolumn is RGB and torchvision VGG-16 at feature indices [1,3,6,8,11,13,15,22,29].
+nst's ruler measures relu1_2, relu2_2, relu3_4, relu4_4 of VGG-19 (nst.metrics: SWD_LAYERS and the
+self-similarity layers), and its guard (tests/test_ruler.py) refuses a distribution distance, which REMD
+is, on those layers or one convolution below them (relu1_1, relu2_1, relu3_3, relu4_3) unless the peer's
+own layer forces it. The rule used: a peer layer keeps its VGG-19 name where that layer is free; a block's
+last layer goes to the deepest free layer of the VGG-19 block; a layer with no free place is dropped.
 
-| VGG-16 (peer) | VGG-19 here | why                                                                    |
-| ------------- | ----------- | ---------------------------------------------------------------------- |
-| RGB           | RGB         | the image itself, as the peer                                          |
-| relu1_1       | relu1_1     | same layer                                                             |
-| relu1_2       | (dropped)   | relu1_2 is a layer nst's ruler measures (nst.metrics.SWD_LAYERS)       |
-| relu2_1       | relu2_1     | same layer                                                             |
-| relu2_2       | (dropped)   | relu2_2 is a ruler layer                                               |
-| relu3_1       | relu3_1     | same layer                                                             |
-| relu3_2       | relu3_2     | same layer                                                             |
-| relu3_3       | relu3_3     | same name; block 3's last in VGG-16, VGG-19's last (relu3_4) is a ruler layer |
-| relu4_3       | relu4_3     | same name; block 4's last in VGG-16, VGG-19's last (relu4_4) is a ruler layer |
-| relu5_3       | relu5_3     | same name, as relu3_3 and relu4_3 (block 5 is not measured)            |
+| VGG-16 (peer) | VGG-19 here | why                                                                        |
+| ------------- | ----------- | -------------------------------------------------------------------------- |
+| RGB           | RGB         | the image itself, as the peer                                              |
+| relu1_1       | relu1_1     | the peer's own layer; one convolution below relu1_2, block 1 has no other  |
+| relu1_2       | (dropped)   | a ruler layer                                                              |
+| relu2_1       | relu2_1     | the peer's own layer; one convolution below relu2_2, block 2 has no other  |
+| relu2_2       | (dropped)   | a ruler layer                                                              |
+| relu3_1       | relu3_1     | same layer                                                                 |
+| relu3_2       | relu3_2     | same layer                                                                 |
+| relu3_3       | (dropped)   | block 3's last: relu3_4 is the ruler's, relu3_3 feeds it, relu3_2 is in   |
+| relu4_3       | relu4_2     | block 4's last: relu4_4 is the ruler's, relu4_3 feeds it; the deepest free |
+| relu5_3       | relu5_4     | block 5's last, to VGG-19's last (block 5 is not measured)                 |
 
-Mapping each block's last layer to VGG-19's last would put relu3_4 and relu4_4 into the objective, and
-keeping relu1_2 and relu2_2 would optimise the ruler's layers outright. Dropping the two instead of
-duplicating relu1_1 and relu2_1 keeps each remaining layer's share of the cosine distance as it is; the
-hypercolumn has 1987 channels instead of 2179. `PEER_LAYERS` is the faithful set on VGG-19 (relu1_2 and
-relu2_2 kept, "same name" elsewhere), for a variant that measures what the deviation costs; it touches
-the ruler, so any result from it must be judged with those layers left out.
+relu1_1 and relu2_1 stay because without them the hypercolumn has nothing finer than relu3_1 but the
+RGB: every layer of VGG-19's blocks 1 and 2 is either the ruler's or one convolution below it. A recipe
+built on these layers needs them named, with that reason, in the ruler guard's allowances (as
+crowsonkb's relu1_1 and relu2_1 are). Dropping layers rather than duplicating others keeps each
+remaining layer's share of the cosine distance; the hypercolumn has 1731 channels instead of 2179.
+`PEER_LAYERS` is the peer's set by name on VGG-19 (relu1_2 and relu2_2 kept), for a variant that
+measures what the deviation costs; it touches the ruler, so a result from it must be judged with those
+layers left out.
 
 Not matched, and why:
 - the network: the Caffe VGG-19 (offline) instead of torchvision's VGG-16 (not downloadable here). Its
@@ -69,7 +76,7 @@ import torch.nn.functional as F
 from nst.errors import InputError
 from nst.features import IMAGENET_STD, FeatureExtractor, evaluation_flops, layer_table
 
-HYPERCOLUMN_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu3_3", "relu4_3", "relu5_3")
+HYPERCOLUMN_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_2", "relu5_4")
 PEER_LAYERS: tuple[str, ...] = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu4_3", "relu5_3")
 # Caffe features divided by 255 / mean ImageNet std: the input-scale ratio between the Caffe and the
 # torchvision networks, so that feature magnitudes are near those the peer's loss balance was set on.
