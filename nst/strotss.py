@@ -112,6 +112,10 @@ class Schedule:
             raise InputError("strotss.schedule", f"long_sides, lrs and iterations need one entry per scale, got {counts}")
         if list(self.long_sides) != sorted(self.long_sides) or min(self.long_sides) < 2:
             raise InputError("strotss.schedule", f"long_sides must rise from coarse to fine, each >= 2, got {self.long_sides}")
+        relus = [name for name, kind, _ in layer_table("vgg19") if kind == "relu"]
+        wrong = [name for name in self.layers if name not in relus]
+        if not self.layers or wrong:
+            raise InputError("strotss.layers", f"rectified VGG-19 layers only ({', '.join(relus)}), got {list(self.layers)}")
 
     @classmethod
     def for_size(cls, long_side: int, *, coarsest: int = 64, iterations: int = 250, **kw) -> Schedule:

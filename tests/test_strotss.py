@@ -217,6 +217,8 @@ def test_schedule_holds_the_peers_defaults():
     assert S.Schedule.for_size(256).long_sides == (64, 128, 256)
     with pytest.raises(InputError, match="strotss.schedule"):
         S.Schedule(long_sides=(64, 128), lrs=(1e-3,), iterations=(1, 1))
+    with pytest.raises(InputError, match="strotss.layers: rectified VGG-19 layers only"):
+        S.Schedule(layers=("relu1_1", "conv3_1"))
 
 
 # --- cost ------------------------------------------------------------------------------------------
