@@ -67,14 +67,20 @@ def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, xc.T @ xc / x.shape[0]
 
 
-def zca(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """content [N,D] whitened and recoloured so that its mean and covariance are the style's [M,D]
-    (plus a 1e-4 ridge on both covariances, as the peer's)."""
+# The peer's ridge on both covariances. OkLab chroma variances of photographs and paintings are 1e-4 to
+# 1e-3, so it is not negligible: a content whose chroma varies little along some direction is whitened
+# only partly there, and the result has less than the style's variance along it.
+ZCA_RIDGE = 1e-4
+
+
+def zca(content: torch.Tensor, style: torch.Tensor, ridge: float = ZCA_RIDGE) -> torch.Tensor:
+    """content [N,D] whitened and recoloured so that its mean is the style's [M,D], and its covariance
+    the style's as the ridge tends to 0."""
     mu_c, cov_c = moments(content)
     mu_s, cov_s = moments(style)
-    ridge = 1e-4 * torch.eye(cov_c.shape[0], dtype=cov_c.dtype, device=cov_c.device)
-    _, whiten = _sqrt_and_inverse(cov_c + ridge)
-    color, _ = _sqrt_and_inverse(cov_s + ridge)
+    eye = ridge * torch.eye(cov_c.shape[0], dtype=cov_c.dtype, device=cov_c.device)
+    _, whiten = _sqrt_and_inverse(cov_c + eye)
+    color, _ = _sqrt_and_inverse(cov_s + eye)
     out = (content.double() - mu_c) @ (color @ whiten).T + mu_s  # symmetric matrices: ZCA, no rotation
     return out.to(content.dtype)
 
@@ -107,23 +113,32 @@ def _clamp_to_range(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.minimum(x, hi.view(3, 1, 1)), lo.view(3, 1, 1))
 
 
-def nnst_color(content: torch.Tensor, style: torch.Tensor, output: torch.Tensor, *, moment_only: bool = False) -> torch.Tensor:
+def nnst_color(content: torch.Tensor, style: torch.Tensor, output: torch.Tensor, *, moment_only: bool = False,
+               filter_iterations: int = 5, ridge: float = ZCA_RIDGE) -> torch.Tensor:
     """The output [B,3,H,W] recoloured: its luminance, clamped to the style's range, with the content's
     chroma ZCA-matched to the style's and filtered along the luminance (the peer's color_match).
     For a grey style, or with moment_only, the output's own L, a, b are ZCA-matched to the style's
-    instead, unfiltered. `style` may hold one image for the whole batch."""
+    instead, unfiltered. `style` may hold one image for the whole batch. filter_iterations: the peer's 5;
+    0 leaves the ZCA-matched chroma as it is. Colours outside the RGB cube are clipped to it."""
     with torch.no_grad():
-        lab_c, lab_s, lab_o = rgb_to_oklab(content), rgb_to_oklab(style), rgb_to_oklab(output)
-        out = []
-        for b in range(output.shape[0]):
-            c, s, o = lab_c[b], lab_s[b if lab_s.shape[0] > 1 else 0], lab_o[b]
-            new = _clamp_to_range(o, s)
-            _, cov_s = moments(_pixels(s))
-            if moment_only or cov_s[1:, 1:].abs().max() < GREY_STYLE_COVARIANCE:
-                new = torch.cat([new[:1], o[1:]], 0)
-                new = zca(_pixels(new), _pixels(s)).T.reshape(new.shape)
-            else:
-                chroma = zca(_pixels(c[1:]), _pixels(s[1:])).T.reshape(c[1:].shape)
-                new = guided_chroma_filter(torch.cat([new[:1], chroma], 0).unsqueeze(0))[0]
-            out.append(_clamp_to_range(new, s))
-        return oklab_to_rgb(torch.stack(out))
+        lab = nnst_color_oklab(rgb_to_oklab(content), rgb_to_oklab(style), rgb_to_oklab(output),
+                               moment_only=moment_only, filter_iterations=filter_iterations, ridge=ridge)
+        return oklab_to_rgb(lab)
+
+
+def nnst_color_oklab(lab_c: torch.Tensor, lab_s: torch.Tensor, lab_o: torch.Tensor, *, moment_only: bool,
+                     filter_iterations: int, ridge: float) -> torch.Tensor:
+    """nnst_color in OkLab, before the clipping to the RGB cube."""
+    out = []
+    for b in range(lab_o.shape[0]):
+        c, s, o = lab_c[b], lab_s[b if lab_s.shape[0] > 1 else 0], lab_o[b]
+        new = _clamp_to_range(o, s)
+        _, cov_s = moments(_pixels(s))
+        if moment_only or cov_s[1:, 1:].abs().max() < GREY_STYLE_COVARIANCE:
+            new = torch.cat([new[:1], o[1:]], 0)
+            new = zca(_pixels(new), _pixels(s), ridge).T.reshape(new.shape)
+        else:
+            chroma = zca(_pixels(c[1:]), _pixels(s[1:]), ridge).T.reshape(c[1:].shape)
+            new = guided_chroma_filter(torch.cat([new[:1], chroma], 0).unsqueeze(0), filter_iterations)[0]
+        out.append(_clamp_to_range(new, s))
+    return torch.stack(out)
