@@ -273,7 +273,7 @@ def resolve_scales(p: NNSTParams, height: int, width: int) -> int:
     return max(1, int(math.floor(math.log2(max(height, width) / 64))) + 1)
 
 
-def _optimise(pyr: list[torch.Tensor], scale: int, loss_fn: Callable[[torch.Tensor, int], torch.Tensor], steps: int,
+def optimise_pyramid(pyr: list[torch.Tensor], scale: int, loss_fn: Callable[[torch.Tensor, int], torch.Tensor], steps: int,
               params: Sequence[NNSTParams]) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Adam on the pyramid's levels from `scale` down to the coarsest; returns the pyramid re-decomposed
     from the image reached (as the peer does) and the losses [steps,B]. Per trial: lr, betas, eps."""
@@ -346,7 +346,7 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: Extractor, pa
         def hm_loss(image, _step, target=target):
             return cosine_loss(extract_hypercolumns(extractor, image, p.layers, p.hypercolumn_stride), target)
 
-        s_pyr, losses = _optimise(s_pyr, scl, hm_loss, p.steps, plist)
+        s_pyr, losses = optimise_pyramid(s_pyr, scl, hm_loss, p.steps, plist)
         history.append((f"scale {li} ({max(content_s.shape[2:])} px)", losses))
 
     # Final pass: per-layer matching at full resolution against the (full) style.
@@ -356,7 +356,7 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: Extractor, pa
     def fs_loss(image, _step):
         return feature_splitting_loss(extractor(image), banks, p.layers, generators, p.final_max_side, p.chunk_elements)
 
-    s_pyr, losses = _optimise(s_pyr, 0, fs_loss, p.final_steps, plist)
+    s_pyr, losses = optimise_pyramid(s_pyr, 0, fs_loss, p.final_steps, plist)
     history.append(("final", losses))
     with torch.no_grad():
         raw = synthesise(s_pyr).clamp(0, 1)

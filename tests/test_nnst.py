@@ -16,6 +16,7 @@ from nst.nnst import (
     feature_splitting_loss,
     nearest_centred_cosine,
     nnst_flops,
+    optimise_pyramid,
     replace_features,
     style_bank,
     stylize,
@@ -269,3 +270,25 @@ def test_flops_count_the_distance_matrices_as_well_as_the_network():
     # the peer's setting at 512 px: the final pass's distances rival the network
     big = nnst_flops(NNSTParams(), 512, 512, 512, 512)
     assert big["final_distances"] > 0.5 * big["network_steps"]
+
+
+def test_pyramid_adam_takes_torch_adams_steps_for_each_trial():
+    target = torch.rand(2, 3, 8, 10)  # the image at scale 1: half the size
+    pyr = decompose(torch.rand(2, 3, 16, 20), 3)
+    params = [NNSTParams(lr=0.05), NNSTParams(lr=0.01, betas=(0.8, 0.99), eps=1e-6)]
+
+    def loss_fn(image, _step, target=target):
+        return (image - target).pow(2).flatten(1).mean(1) + image.pow(3).flatten(1).mean(1)  # [B]
+
+    out, losses = optimise_pyramid(pyr, 1, loss_fn, 6, params)
+    assert losses.shape == (6, 2) and torch.equal(out[0], pyr[0])  # levels finer than the scale untouched
+    for b, p in enumerate(params):
+        levels = [x[b:b + 1].clone().requires_grad_(True) for x in pyr[1:]]
+        opt = torch.optim.Adam(levels, lr=p.lr, betas=p.betas, eps=p.eps)
+        for _ in range(6):
+            opt.zero_grad()
+            loss_fn(synthesise(levels), 0, target[b:b + 1]).sum().backward()
+            opt.step()
+        with torch.no_grad():
+            expected = synthesise([pyr[0][b:b + 1]] + levels)
+        assert torch.allclose(synthesise(out)[b:b + 1], expected, atol=1e-5)
