@@ -41,7 +41,12 @@ Could not be matched, or departs on purpose:
   each chunk of rows by the chunk's own mean, so its matches depend on the chunk size (a memory
   setting); here chunked and unchunked searches agree.
 - The peer's final pass, for a layer no larger than 64 px per side, compares the style's features
-  with the previous layer's sampled output (a stale variable, `cs_tmp`); here it uses the layer's own.
+  with the previous layer's sampled output (a stale variable, `cs_tmp`, viewed with the layer's
+  channel count); here it uses the layer's own. So at its default 512 px the peer's relu4_x terms
+  compare the style's relu4 features with relu3_3's values regrouped (and below 512 px more layers are
+  affected): its final pass as run matches blocks 1-3 only, and is gentler on the content than the pass
+  it describes, which is the one here. `final_layers` picks the layers, so both can be tried
+  (blocks 1-3: relu1_1, relu2_1, relu3_1, relu3_2, relu3_3).
 - Each scale ends with the pyramid after Adam's last step; the peer re-decomposes the image from
   before its last step.
 - The peer's 8-level pyramid and 4 scales assume a 512 px image; at small sizes the pyramid's levels
@@ -87,6 +92,7 @@ class NNSTParams:
     pyramid_levels: int = 8  # Laplacian levels of the image (capped so the coarsest keeps >= 1 px)
     rotations: bool = True  # search the style rotated by 90, 180 and 270 degrees too
     layers: tuple[str, ...] = LAYERS
+    final_layers: tuple[str, ...] | None = None  # the final pass's layers; None: `layers`
     hypercolumn_stride: int = 4  # hypercolumns at 1/4 of the image's side
     final_max_side: int = 64  # the final pass samples each layer with a stride down to this side
     chunk_elements: int = 128 ** 4  # distance-matrix entries computed at once (the peer's 128^2 rows per 128^2 style vectors)
@@ -251,9 +257,11 @@ def check_params(p: NNSTParams, height: int, width: int) -> None:
     """One-line errors, before any work, for settings the method cannot run with."""
     if not 0.0 <= p.alpha <= 1.0:
         raise ValueError(f"nnst.alpha must be between 0 and 1, got {p.alpha}")
-    unknown = [n for n in p.layers if n not in layer_names("vgg19")]
-    if unknown:
-        raise ValueError(f"nnst.layers: unknown VGG-19 layer(s) {', '.join(unknown)}")
+    for key, names in (("layers", p.layers), ("final_layers", p.final_layers or ())):
+        unknown = [n for n in names if n not in layer_names("vgg19")]
+        if unknown:
+            valid = ", ".join(layer_names("vgg19"))
+            raise ValueError(f"nnst.{key}: unknown VGG-19 layer(s) {', '.join(unknown)}; valid: {valid}")
     scales = resolve_scales(p, height, width)
     if scales < 1:
         raise ValueError(f"nnst.scales must be at least 1, got {scales}")
@@ -350,11 +358,12 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: Extractor, pa
         history.append((f"scale {li} ({max(content_s.shape[2:])} px)", losses))
 
     # Final pass: per-layer matching at full resolution against the (full) style.
+    final_layers = p.final_layers or p.layers
     with torch.no_grad():
-        banks = style_layer_banks(extractor, synthesise(style_pyr), p.layers, p.rotations)
+        banks = style_layer_banks(extractor, synthesise(style_pyr), final_layers, p.rotations)
 
     def fs_loss(image, _step):
-        return feature_splitting_loss(extractor(image), banks, p.layers, generators, p.final_max_side, p.chunk_elements)
+        return feature_splitting_loss(extractor(image), banks, final_layers, generators, p.final_max_side, p.chunk_elements)
 
     s_pyr, losses = optimise_pyramid(s_pyr, 0, fs_loss, p.final_steps, plist)
     history.append(("final", losses))
@@ -375,15 +384,17 @@ def nnst_flops(params: NNSTParams, height: int, width: int, style_height: int, s
     a target extraction is a forward). Losses: the matrix products of the distance matrices, 2*N*M*C
     forward and as much again backward for the query's gradient (the bank is fixed); the cosine loss,
     resizes, pyramid and colour post-process are O(pixels x channels) and not counted."""
+    final_layers = params.final_layers or params.layers
     deepest = max(params.layers, key=layer_names("vgg19").index)
+    deepest_final = max(final_layers, key=layer_names("vgg19").index)
     channels = {n: c for n, _, c in layer_table("vgg19")}
     hc_channels = sum(channels[n] for n in params.layers)
     rot = 4 if params.rotations else 1
     scales = resolve_scales(params, height, width)
     parts = {"network_steps": 0, "network_targets": 0, "nn_search": 0, "final_distances": 0}
 
-    def fwd(h, w):
-        return evaluation_flops("vgg19", deepest, w, h) // 2
+    def fwd(h, w, last=deepest):
+        return evaluation_flops("vgg19", last, w, h) // 2
 
     for scl in reversed(range(scales)):
         h, w, sh, sw = height >> scl, width >> scl, style_height >> scl, style_width >> scl
@@ -392,11 +403,11 @@ def nnst_flops(params: NNSTParams, height: int, width: int, style_height: int, s
         n = (h // params.hypercolumn_stride) * (w // params.hypercolumn_stride)
         m = rot * (sh // params.hypercolumn_stride) * (sw // params.hypercolumn_stride)
         parts["nn_search"] += 2 * n * m * hc_channels
-    parts["network_steps"] += params.final_steps * 2 * fwd(height, width)
-    parts["network_targets"] += rot * fwd(style_height, style_width)
-    sizes = _layer_sizes(params.layers, height, width)
-    style_sizes = _layer_sizes(params.layers, style_height, style_width)
-    for layer in params.layers:
+    parts["network_steps"] += params.final_steps * 2 * fwd(height, width, deepest_final)
+    parts["network_targets"] += rot * fwd(style_height, style_width, deepest_final)
+    sizes = _layer_sizes(final_layers, height, width)
+    style_sizes = _layer_sizes(final_layers, style_height, style_width)
+    for layer in final_layers:
         (h, w), (sh, sw) = sizes[layer], style_sizes[layer]
         stride = max(h, w) // params.final_max_side if max(h, w) > params.final_max_side else 1
         q = math.ceil(h / stride) * math.ceil(w / stride)

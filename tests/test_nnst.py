@@ -251,11 +251,14 @@ def test_bad_settings_are_refused_before_any_work(extractor):
         stylize(content, style, extractor, NNSTParams(**{**TINY.__dict__, "scales": 4}), gens)
     with pytest.raises(ValueError, match="nnst.layers: unknown VGG-19 layer"):
         stylize(content, style, extractor, NNSTParams(**{**TINY.__dict__, "layers": ("relu9_1",)}), gens)
+    with pytest.raises(ValueError, match="nnst.final_layers: unknown VGG-19 layer"):
+        stylize(content, style, extractor, NNSTParams(**{**TINY.__dict__, "final_layers": ("relu9_1",)}), gens)
 
 
 def test_the_layers_are_none_of_the_rulers():
     # the style ruler's (sliced W2) and the content ruler's self-similarity layers
     assert not set(LAYERS) & (set(SWD_LAYERS) | {"relu3_4", "relu4_4"})
+    assert NNSTParams().layers == LAYERS and NNSTParams().final_layers is None  # the final pass: the same
 
 
 def test_flops_count_the_distance_matrices_as_well_as_the_network():
@@ -267,6 +270,10 @@ def test_flops_count_the_distance_matrices_as_well_as_the_network():
     # final pass, per step: relu1_1 is 64 px (not sampled), relu2_1 32 px; forward and backward
     assert f["final_distances"] == 5 * 4 * (4096 * 4096 * 64 + 1024 * 1024 * 128)
     assert nnst_flops(p, 64, 64, 64, 64, batch=3)["nn_search"] == 3 * f["nn_search"]
+    shallow = nnst_flops(NNSTParams(**{**p.__dict__, "final_layers": ("relu1_1",)}), 64, 64, 64, 64)
+    assert shallow["final_distances"] == 5 * 4 * 4096 * 4096 * 64
+    assert shallow["network_steps"] == (10 * evaluation_flops("vgg19", "relu2_1", 64, 64)
+                                        + 5 * evaluation_flops("vgg19", "relu1_1", 64, 64))
     # the peer's setting at 512 px: the final pass's distances rival the network
     big = nnst_flops(NNSTParams(), 512, 512, 512, 512)
     assert big["final_distances"] > 0.5 * big["network_steps"]
