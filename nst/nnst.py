@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 
 from nst.color import nnst_color
+from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names, layer_table
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu3_3", "relu4_1", "relu4_2", "relu4_3")
@@ -248,30 +249,30 @@ def _per_trial(params: Sequence[NNSTParams]) -> NNSTParams:
     first = params[0]
     for f in fields(NNSTParams):
         if f.name not in PER_TRIAL and any(getattr(p, f.name) != getattr(first, f.name) for p in params):
-            raise ValueError(f"nnst.{f.name} must be the same for every trial of a batch "
-                             f"(only {', '.join(PER_TRIAL)} may differ)")
+            raise InputError(f"nnst.{f.name}", f"must be the same for every trial of a batch "
+                                               f"(only {', '.join(PER_TRIAL)} may differ)")
     return first
 
 
 def check_params(p: NNSTParams, height: int, width: int) -> None:
     """One-line errors, before any work, for settings the method cannot run with."""
     if not 0.0 <= p.alpha <= 1.0:
-        raise ValueError(f"nnst.alpha must be between 0 and 1, got {p.alpha}")
+        raise InputError("nnst.alpha", f"must be between 0 and 1, got {p.alpha}")
     for key, names in (("layers", p.layers), ("final_layers", p.final_layers or ())):
         unknown = [n for n in names if n not in layer_names("vgg19")]
         if unknown:
             valid = ", ".join(layer_names("vgg19"))
-            raise ValueError(f"nnst.{key}: unknown VGG-19 layer(s) {', '.join(unknown)}; valid: {valid}")
+            raise InputError(f"nnst.{key}", f"unknown VGG-19 layer(s) {', '.join(unknown)}; valid: {valid}")
     scales = resolve_scales(p, height, width)
     if scales < 1:
-        raise ValueError(f"nnst.scales must be at least 1, got {scales}")
+        raise InputError("nnst.scales", f"must be at least 1, got {scales}")
     coarse = min(height, width) >> (scales - 1)
     table = layer_table("vgg19")
     deepest = max(layer_names("vgg19").index(n) for n in p.layers)
     pools = sum(kind == "pool" for _, kind, _ in table[:deepest])  # each halves the side
     need = max(2 ** pools, p.hypercolumn_stride)
     if coarse < need:
-        raise ValueError(f"nnst.scales={scales}: the coarsest scale of a {width}x{height} image is {coarse} px on its short "
+        raise InputError("nnst.scales", f"{scales} scales: the coarsest of a {width}x{height} image is {coarse} px on its short "
                          f"side; the layers and hypercolumn stride need at least {need} px")
 
 
@@ -320,16 +321,16 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: Extractor, pa
     B, _, H, W = content.shape
     plist = [params] * B if isinstance(params, NNSTParams) else list(params)
     if len(plist) != B or len(generators) != B:
-        raise ValueError(f"nnst: {B} trials need {B} params and {B} generators, got {len(plist)} and {len(generators)}")
+        raise InputError("nnst", f"{B} trials need {B} params and {B} generators, got {len(plist)} and {len(generators)}")
     if style.shape[0] not in (1, B):
-        raise ValueError(f"nnst: style batch {style.shape[0]} is neither 1 nor the content's {B}")
+        raise InputError("nnst", f"the style batch ({style.shape[0]}) is neither 1 nor the content's ({B})")
     p = _per_trial(plist)
     for q in plist:
         check_params(q, H, W)
     scales = resolve_scales(p, H, W)
     levels = min(p.pyramid_levels, max_pyramid_levels(H, W), max_pyramid_levels(*style.shape[2:]))
     if levels < scales - 1:
-        raise ValueError(f"nnst.scales={scales} needs {scales - 1} pyramid levels; the images allow {levels}")
+        raise InputError("nnst.scales", f"{scales} scales need {scales - 1} pyramid levels; the images allow {levels}")
     alpha = content.new_tensor([q.alpha for q in plist]).view(B, 1, 1, 1)
 
     style_pyr, c_pyr = decompose(style, levels), decompose(content, levels)

@@ -239,15 +239,18 @@ def test_stylize_lowers_its_losses_at_48px_and_a_batch_of_two_equals_two_runs_al
         assert gap.max() < params[b].lr and gap.mean() < 1e-5, (gap.max(), gap.mean())
 
 
-def test_bad_settings_are_refused_before_any_work(extractor):
+def test_bad_settings_are_refused_in_one_line_naming_the_key_before_any_work():
     content, style = torch.rand(2, 3, 48, 48), torch.rand(1, 3, 48, 48)
     gens = [torch.Generator(), torch.Generator()]
-    with pytest.raises(ValueError, match="nnst.steps must be the same for every trial"):
+
+    def extractor(image):
+        raise AssertionError("the network ran before the settings were checked")
+    with pytest.raises(ValueError, match="nnst.steps: must be the same for every trial"):
         stylize(content, style, extractor, [TINY, NNSTParams(**{**TINY.__dict__, "steps": 5})], gens)
-    with pytest.raises(ValueError, match="nnst.alpha must be between 0 and 1"):
+    with pytest.raises(ValueError, match="nnst.alpha: must be between 0 and 1"):
         stylize(content, style, extractor, NNSTParams(**{**TINY.__dict__, "alpha": 1.5}), gens)
     # relu4_x lies behind three poolings: 8 px at least; 48 px over 4 scales is 6 px
-    with pytest.raises(ValueError, match=r"nnst.scales=4: the coarsest scale of a 48x48 image is 6 px .* at least 8 px"):
+    with pytest.raises(ValueError, match=r"nnst.scales: 4 scales: the coarsest of a 48x48 image is 6 px .* at least 8 px"):
         stylize(content, style, extractor, NNSTParams(**{**TINY.__dict__, "scales": 4}), gens)
     with pytest.raises(ValueError, match="nnst.layers: unknown VGG-19 layer"):
         stylize(content, style, extractor, NNSTParams(**{**TINY.__dict__, "layers": ("relu9_1",)}), gens)
