@@ -317,7 +317,8 @@ def stylize(content: torch.Tensor, style: torch.Tensor, extractor: Extractor, pa
             generators: Sequence[torch.Generator], *, color: bool = True) -> NNSTResult:
     """B trials at once: content [B,3,H,W], style [B,3,H',W'] or [1,3,H',W'] for all, in [0,1];
     `params` one for all or one per trial (only PER_TRIAL fields may differ); one generator per trial.
-    `extractor` must return at least the params' layers (a FeatureExtractor on the Caffe VGG-19)."""
+    `extractor` must return at least the params' layers and final layers (a FeatureExtractor on the
+    Caffe VGG-19, max pooling). `color`: apply nst.color.nnst_color to the result (the peer's default)."""
     B, _, H, W = content.shape
     plist = [params] * B if isinstance(params, NNSTParams) else list(params)
     if len(plist) != B or len(generators) != B:
