@@ -32,6 +32,10 @@ recipe may optimise those layers:
 
 So the hypercolumn has 8 layers (64+128+256*3+512*3 = 2496 channels) instead of 10 (2688): blocks 1
 and 2 weigh half as much in the cosine as in the peer's. `NNSTParams.layers` holds the set as data.
+relu1_1, relu2_1, relu3_3 and relu4_3 each feed a ruler layer through one convolution. The per-scale
+passes match them position by position against fixed targets (a feature match, as a content loss);
+the final pass by nearest neighbours, a distribution distance: `final_layers=CLEAR_OF_RULER` keeps it
+off them (and off blocks 1-2 altogether), at a cost to the picture not yet measured.
 
 Could not be matched, or departs on purpose:
 - The network (above), and with it the features' magnitudes: each layer is divided by its channel
@@ -75,6 +79,11 @@ from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names, layer_table
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu3_3", "relu4_1", "relu4_2", "relu4_3")
+# The final pass's distance (each output vector to its nearest style vector) is a distribution
+# distance: matched one convolution below a ruler layer it pins much of the ruler's distribution there
+# (relu1_1, relu2_1, relu3_3 and relu4_3 feed relu1_2, relu2_2, relu3_4 and relu4_4). These layers are
+# neither the ruler's nor below them: a `final_layers` for a recipe judged by that ruler.
+CLEAR_OF_RULER = ("relu3_1", "relu3_2", "relu4_1", "relu4_2")
 
 Extractor = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # [B,3,H,W] RGB [0,1] -> {layer: [B,C,h,w]}
 

@@ -9,6 +9,7 @@ from nst.color import ZCA_RIDGE, moments, nnst_color, nnst_color_oklab, rgb_to_o
 from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec
 from nst.metrics import SWD_LAYERS
 from nst.nnst import (
+    CLEAR_OF_RULER,
     LAYERS,
     NNSTParams,
     cosine_loss,
@@ -260,7 +261,13 @@ def test_bad_settings_are_refused_in_one_line_naming_the_key_before_any_work():
 
 def test_the_layers_are_none_of_the_rulers():
     # the style ruler's (sliced W2) and the content ruler's self-similarity layers
-    assert not set(LAYERS) & (set(SWD_LAYERS) | {"relu3_4", "relu4_4"})
+    ruler = set(SWD_LAYERS) | {"relu3_4", "relu4_4"}
+    assert not set(LAYERS) & ruler
+    # and the final pass's ruler-clear choice does not feed one through a single convolution either
+    for name in CLEAR_OF_RULER:
+        block, index = name.removeprefix("relu").split("_")
+        assert name not in ruler and f"relu{block}_{int(index) + 1}" not in ruler, name
+    assert {f"relu{b}_{i + 1}" for b, i in ((1, 1), (2, 1), (3, 3), (4, 3))} <= ruler  # why the others are left out
     assert NNSTParams().layers == LAYERS and NNSTParams().final_layers is None  # the final pass: the same
 
 
