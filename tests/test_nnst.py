@@ -7,7 +7,7 @@ import torch
 from nst import images
 from nst.color import ZCA_RIDGE, moments, nnst_color, nnst_color_oklab, rgb_to_oklab, zca
 from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec
-from nst.metrics import SWD_LAYERS
+from nst.metrics import SELF_SIM_LAYERS, SWD_LAYERS
 from nst.nnst import (
     CLEAR_OF_RULER,
     LAYERS,
@@ -261,7 +261,7 @@ def test_bad_settings_are_refused_in_one_line_naming_the_key_before_any_work():
 
 def test_the_layers_are_none_of_the_rulers():
     # the style ruler's (sliced W2) and the content ruler's self-similarity layers
-    ruler = set(SWD_LAYERS) | {"relu3_4", "relu4_4"}
+    ruler = set(SWD_LAYERS) | set(SELF_SIM_LAYERS)
     assert not set(LAYERS) & ruler
     # and the final pass's ruler-clear choice does not feed one through a single convolution either
     for name in CLEAR_OF_RULER:
