@@ -25,7 +25,9 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from nst.images import save_animation, save_atomic
 from nst.metrics import BETTER, NOISE_FLOOR, SWD_SCALES
-from nst.records import WriteError, load_summary, read_jsonl, trial_number, write_bytes_atomic
+from nst.records import WriteError, read_jsonl, trial_number, write_bytes_atomic
+from nst.summary import Summary
+from nst.summary import load as load_summary
 
 log = logging.getLogger("nst")
 
@@ -44,7 +46,7 @@ class Trial:
     path: Path
     num: int
     overrides: dict[str, str]
-    summary: dict
+    summary: Summary  # an empty one (no status) when it has none or it cannot be read
     status: str  # the summary's, "unfinished" without one, "unreadable" when it cannot be read
     rows: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # "<file>: what is wrong with it", one per unreadable file
@@ -75,14 +77,23 @@ def _value(v) -> int | float | None:
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def objective_value(t: Trial) -> float | None:
+    """The trial's recorded objective (a search's), when it is a finite number."""
+    return _num(t.summary.objective.value) if t.summary.objective else None
+
+
+def _objective_name(t: Trial) -> str:
+    return t.summary.objective.name if t.summary.objective else "objective"
+
+
 def _reason(e: BaseException) -> str:
     return (str(e).strip() or type(e).__name__).splitlines()[0]
 
 
-def _overrides(path: Path, summary: dict, problems: list[str]) -> dict[str, str]:
+def _overrides(path: Path, summary: Summary, problems: list[str]) -> dict[str, str]:
     """The trial's overrides: its summary's (written with its files, as a unit), else Hydra's record."""
-    items = summary.get("overrides")
-    if not isinstance(items, list):
+    items: list | None = summary.overrides
+    if items is None:
         f = path / ".hydra" / "overrides.yaml"
         items = []
         if f.exists():
@@ -151,7 +162,7 @@ def load_trials(sweep_dir: Path, warn: Callable[[str], None] | None = None) -> l
         except OSError as e:  # the folder itself cannot be listed or its files stat'ed
             if d.name.startswith(".") or not d.is_dir():
                 continue
-            t = Trial(d, num, {}, {}, "unreadable", [], [f".: the folder is unreadable ({_reason(e)})"])
+            t = Trial(d, num, {}, Summary(schema_version=0), "unreadable", [], [f".: the folder is unreadable ({_reason(e)})"])
         for problem in t.problems:
             warn(_warning(t, problem))
         trials.append(t)
@@ -160,10 +171,11 @@ def load_trials(sweep_dir: Path, warn: Callable[[str], None] | None = None) -> l
 
 def _load_trial(d: Path, num: int) -> Trial:
     problems: list[str] = []
-    summary, unreadable = load_summary(d)
+    loaded, unreadable = load_summary(d / "summary.json")
+    summary = loaded or Summary(schema_version=0)
     if unreadable is not None:
         problems.append(f"summary.json: {unreadable}")
-    status = "unreadable" if unreadable is not None else str(summary.get("status") or "unfinished")
+    status = "unreadable" if unreadable is not None else summary.status or "unfinished"
     rows = _metrics_rows(d / "metrics.jsonl", problems)
     t = Trial(d, num, _overrides(d, summary, problems), summary, status, rows, problems)
     _check_final(t)
@@ -225,17 +237,17 @@ def results_table(trials: list[Trial], axes) -> pd.DataFrame:
         rec = {"trial": t.path.name, "num": t.num}
         rec.update({k: t.overrides.get(k) for k, _ in axes})
         rec["status"] = t.status
-        rec["error"] = s.get("error", "")
+        rec["error"] = s.error if s.error is not None else ""
         rec["problem"] = "; ".join(t.problems)  # files of the trial that could not be read
         for term in ("total", "content", "style", "tv"):
-            rec[f"final_{term}"] = _value(_mapping(s.get("final")).get(term))
-        for m in METRICS + tuple(k for k in LEGACY if any(k in _mapping(x.summary.get("metrics")) for x in trials)):
-            rec[m] = _value(_mapping(s.get("metrics")).get(m))
+            rec[f"final_{term}"] = _value(s.final.get(term))
+        for m in METRICS + tuple(k for k in LEGACY if any(k in x.summary.metrics for x in trials)):
+            rec[m] = _value(s.metrics.get(m))
         for key in ("evaluations", "wall_time", "evals_per_second", "peak_memory_mb"):
-            rec[key] = _value(s.get(key))
-        rec["device"] = s.get("device")
-        if any(x.summary.get("objective") for x in trials):
-            rec["objective"] = _value(_mapping(s.get("objective")).get("value"))
+            rec[key] = _value(getattr(s, key))
+        rec["device"] = s.device
+        if any(x.summary.objective for x in trials):
+            rec["objective"] = s.objective.value if s.objective else None
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
@@ -317,7 +329,7 @@ def tied_with_best(trials: list[Trial], metric: str) -> set[str]:
     they tie, their order says nothing that float noise could not change; empty when the best stands
     alone beyond the floor."""
     values = {t.path.name: v for t in trials if t.status == "completed"
-              and (v := _num(_mapping(t.summary.get("metrics")).get(metric))) is not None}
+              and (v := _num(t.summary.metrics.get(metric))) is not None}
     if len(values) < 2:
         return set()
     best = (min if BETTER[LEGACY.get(metric, metric)] == "min" else max)(values.values())
@@ -354,7 +366,7 @@ def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int], ties: 
     if img is not None:
         cell = Image.new("RGB", (w, h + pad), "white")
         cell.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
-        metrics = _mapping(trial.summary.get("metrics"))
+        metrics = trial.summary.metrics
         text = "  ".join(f"{SHORT[m]} {human(_num(metrics.get(m)))}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
                          for m in annotate if _num(metrics.get(m)) is not None)
         font, lines = fit_text(text, w - 4, size=12, max_lines=1)
@@ -453,7 +465,7 @@ def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | Non
 
 
 def _sort_key(t: Trial | None, key: str) -> float:
-    v = _num(_mapping(t.summary.get("metrics")).get(key)) if t else None
+    v = _num(t.summary.metrics.get(key)) if t else None
     return math.inf if v is None else v
 
 
@@ -541,13 +553,13 @@ def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
     """A search: its objective against the trial number (with the best so far) and against each
     searched value. False when no trial recorded an objective (a grid)."""
     scored = [(t, v) for t in trials
-              if t.status == "completed" and (v := _num(_mapping(t.summary.get("objective")).get("value"))) is not None]
+              if t.status == "completed" and (v := objective_value(t)) is not None]
     if not scored:
         return False
     plt = _pyplot()
     import matplotlib.ticker
 
-    name = str(scored[0][0].summary["objective"].get("name", "objective"))
+    name = _objective_name(scored[0][0])
     searched = [k for k, _ in axes if all(_number(t.overrides.get(k)) is not None for t, _ in scored)]
     fig, axs = plt.subplots(1, 1 + len(searched), figsize=(4.4 * (1 + len(searched)), 3.6), squeeze=False)
     ys = [v for _, v in scored]
@@ -630,17 +642,17 @@ def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
 
     keys = [k for k, _ in axes]
     done = [t for t in trials if t.status == "completed"]
-    objective = [(t, v) for t in done if (v := _num(_mapping(t.summary.get("objective")).get("value"))) is not None]
+    objective = [(t, v) for t in done if (v := objective_value(t)) is not None]
     if objective:
-        name = str(objective[0][0].summary["objective"].get("name", "objective"))
+        name = _objective_name(objective[0][0])
         searched = [k for k in keys if all(_number(t.overrides.get(k)) is not None for t, _ in objective)]
         xkey = searched[0] if searched else None
         points = [(t, _number(t.overrides.get(xkey)) if xkey else float(t.num), v) for t, v in objective]
         xlabel, ylabel = (xkey or "trial number"), f"{name}  (lower is better \u2193)"
         title = f"{name} against {xkey or 'trial number'}"
     else:
-        points = [(t, x, y) for t in done if (x := _num(_mapping(t.summary.get("metrics")).get("gmsd"))) is not None
-                  and (y := _num(_mapping(t.summary.get("metrics")).get("style_swd"))) is not None]
+        points = [(t, x, y) for t in done if (x := _num(t.summary.metrics.get("gmsd"))) is not None
+                  and (y := _num(t.summary.metrics.get("style_swd"))) is not None]
         xlabel = "gmsd: structure lost from the content  (\u2190 lower is better)"
         ylabel = "style_swd: distance to the style  (lower is better \u2193)"
         title = "The trade-off: better results lie towards the lower left"

@@ -34,12 +34,11 @@ from nst.aggregate import (
     METRICS,
     TIE,
     Trial,
-    _mapping,
-    _num,
     aggregate,
     floor_of,
     human,
     label,
+    objective_value,
     tied_with_best,
     value_text,
 )
@@ -75,8 +74,7 @@ def inputs_of(trials: list[Trial]) -> list[tuple[str, str]]:
     seen: dict[tuple[str, str], None] = {}
     for role in ("content", "style"):
         for t in trials:
-            settings, config = _mapping(t.summary.get("settings")), _mapping(t.summary.get("config"))
-            value = settings.get(role) or config.get(role)
+            value = t.summary.settings.get(role) or t.summary.config.get(role)
             for v in ([value] if isinstance(value, str) else value if isinstance(value, list) else []):
                 if isinstance(v, str) and v:
                     seen.setdefault((role, v), None)
@@ -197,30 +195,28 @@ def _floors_note(columns) -> str:
 
 
 def _search_section(sweep_dir: Path, trials: list[Trial]) -> str:
-    def value(t: Trial) -> float | None:
-        return _num(_mapping(t.summary.get("objective")).get("value"))
-
-    scored = [t for t in trials if t.status == "completed" and value(t) is not None]
+    scored = [t for t in trials if t.status == "completed" and objective_value(t) is not None]
     if not scored:
         return ""
     e = html.escape
-    best = min(scored, key=value)
+    values = {t.path: v for t in scored if (v := objective_value(t)) is not None}
+    best = min(scored, key=lambda t: values[t.path])
     found = sweep_dir / "optimization_results.yaml"
     try:
         found_text = found.read_bytes().decode("utf-8", errors="replace") if found.exists() else None
     except OSError:
         found_text = None
-    name = str(best.summary["objective"].get("name", ""))
+    name = best.summary.objective.name if best.summary.objective else ""
     metric = search.METRIC_OF.get(name)
     tied = "" if metric is None else ", ".join(
-        t.path.name for t in scored if t is not best and abs(value(t) - value(best)) <= floor_of(metric) * abs(value(best)))
+        t.path.name for t in scored if t is not best and abs(values[t.path] - values[best.path]) <= floor_of(metric) * abs(values[best.path]))
     tied = f"<p>Tied with it within the float-noise floor of {metric} ({100 * floor_of(metric):.2g} %): trials {e(tied)}.</p>" \
         if tied else ""
     sweeper = f"<p>The sweeper's result (<a href='{found.name}'>{found.name}</a>):</p><pre>{e(found_text)}</pre>" \
         if found_text is not None else ""
     return f"""<h2>Search</h2>
 <p>Objective <code>{e(name)}</code>, lowest in trial {e(best.path.name)}:
-{value(best):.6g}. {len(scored)} of {len(trials)} trials scored.</p>
+{values[best.path]:.6g}. {len(scored)} of {len(trials)} trials scored.</p>
 {tied}{sweeper}
 <img src="objective.png" alt="objective against trial number and searched values">
 """

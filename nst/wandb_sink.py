@@ -13,10 +13,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from nst.errors import InputError
-
 log = logging.getLogger("nst")
-MODES = ("auto", "online", "offline", "disabled")
+MODES = ("auto", "online", "offline", "disabled")  # wandb.mode's choices (nst.schema.WandbMode)
 _warned: set[str] = set()
 
 
@@ -24,11 +22,6 @@ def warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         log.warning(message)
-
-
-def check_options(opts: dict) -> None:
-    if opts.get("mode") not in MODES:
-        raise InputError("wandb.mode", f"unknown value {opts.get('mode')!r}; allowed: {', '.join(MODES)}")
 
 
 def logged_in() -> bool:
@@ -146,10 +139,12 @@ class WandbSink:
             warn_once("log", f"W&B logging failed ({type(e).__name__}: {e}); continuing with local outputs only")
             self._finish(1)
 
-    def close(self, summary: dict) -> None:
+    def close(self, record: dict) -> None:
         if self.run is None:
             return
-        ok = summary.get("status") == "completed"
+        from nst.summary import Summary, score
+
+        summary = Summary.from_dict(record)
         try:
             import wandb
 
@@ -159,25 +154,21 @@ class WandbSink:
             if (self.run_dir / "animation.gif").exists():
                 media["animation"] = wandb.Video(str(self.run_dir / "animation.gif"), format="gif")
             if media:
-                self.run.log({**media, "evaluation": summary.get("evaluations") or self.steps})
-            flat = {f"final/{k}": v for k, v in (summary.get("final") or {}).items()}
-            flat.update({f"metrics/{k}": v for k, v in (summary.get("metrics") or {}).items()})
+                self.run.log({**media, "evaluation": summary.evaluations or self.steps})
+            flat: dict = {f"final/{k}": v for k, v in summary.final.items()}
+            flat.update({f"metrics/{k}": v for k, v in summary.metrics.items()})
             for key in ("status", "error", "evaluations", "wall_time", "optimisation_time", "evals_per_second",
                         "peak_memory_mb", "peak_memory_kind", "device", "device_name"):
-                if summary.get(key) is not None:
-                    flat[key] = summary[key]
-            objective = (summary.get("config") or {}).get("objective")
-            if ok and objective:
-                # what a search minimises, as summary.json will record it (nst.run._result)
-                from nst import search
-
-                flat["objective"] = search.value(objective, summary, summary["config"].get("target_psnr"))
-                flat["objective_name"] = objective
+                if getattr(summary, key) is not None:
+                    flat[key] = getattr(summary, key)
+            scored = score(summary)  # what a search minimises, as summary.json records it
+            if scored is not None:
+                flat["objective"], flat["objective_name"] = scored.value, scored.name
             self.run.summary.update(flat)
         except Exception as e:  # noqa: BLE001
             warn_once("close", f"W&B could not record the run's results ({type(e).__name__}: {e})")
         finally:
-            self._finish(0 if ok else 1)
+            self._finish(0 if summary.completed else 1)
 
     def _finish(self, exit_code: int) -> None:
         run, self.run = self.run, None

@@ -19,6 +19,7 @@ from conftest import ROOT, nst_env
 from PIL import Image
 
 from nst import aggregate
+from nst.summary import Score
 
 
 def _env(cwd: Path, **extra) -> dict:
@@ -238,12 +239,12 @@ def test_a_search_scatter_plots_its_objective_against_its_parameter(sweep, tmp_p
     sweep, _ = sweep
     trials = aggregate.load_trials(sweep)
     for i, t in enumerate(trials):  # as a search's trials record it
-        t.summary["objective"] = {"name": "final_loss", "value": 10.0 - i}
+        t.summary.objective = Score("final_loss", 10.0 - i)
     assert aggregate.make_scatter(trials, aggregate.swept_axes(trials), tmp_path / "scatter.png")
     with Image.open(tmp_path / "scatter.png") as im:
         assert im.width > 300
     for t in trials:
-        t.summary["metrics"] = {}
-        t.summary.pop("objective")
+        t.summary.metrics = {}
+        t.summary.objective = None
     assert not aggregate.make_scatter(trials, aggregate.swept_axes(trials), tmp_path / "none.png")  # nothing to plot
     assert not (tmp_path / "none.png").exists()

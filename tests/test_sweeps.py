@@ -104,7 +104,7 @@ def test_resume_runs_only_what_is_missing(sweep_copy, run_nst):
     s["status"] = "failed"
     (trials[2].path / "summary.json").write_text(json.dumps(s))
     kept = {t.path.name: (t.path / "final.png").stat().st_mtime_ns for t in (trials[0], trials[3])}
-    batches = {t.path.name: t.summary["batch"]["id"] for t in trials}
+    batches = {t.path.name: t.summary.batch.id for t in trials if t.summary.batch}
     r = run_nst(*SWEEP, f"hydra.sweep.dir={d}")
     assert r.returncode == 0, r.stderr
     assert (r.stdout + r.stderr).count("already completed with this config, skipped") == 2
@@ -114,7 +114,7 @@ def test_resume_runs_only_what_is_missing(sweep_copy, run_nst):
     assert all(t.status == "completed" for t in aggregate.load_trials(d))
     # the launcher ran just the two missing trials (they differ in pooling: a batch each); the
     # skipped ones keep the batch they ran in the first time
-    after = {t.path.name: t.summary["batch"]["id"] for t in aggregate.load_trials(d)}
+    after = {t.path.name: t.summary.batch.id for t in aggregate.load_trials(d) if t.summary.batch}
     assert {after[name] for name in kept} == {batches[name] for name in kept}
     assert not {after[t.path.name] for t in trials[1:3]} & set(batches.values())
 

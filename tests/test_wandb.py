@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import read_jsonl, summary
+from nst.summary import SCHEMA_VERSION
 
 WANDB = str(Path(sys.executable).parent / "wandb")
 
@@ -42,6 +43,7 @@ def test_a_multirun_logs_trials_and_an_aggregate_in_one_group(style_weight_sweep
         trial_dir = f.parents[2]
         assert f.is_relative_to(trial_dir / "wandb")  # W&B files live in the trial's folder
         s = summary(trial_dir)
+        assert s["schema_version"] == SCHEMA_VERSION  # as nst.summary writes it
         assert rec["display_name"] == s["label"]
         # the W&B config is the composed config (plus the effective loss weights)
         config = summaries[f]["config"]
