@@ -293,7 +293,7 @@ def _result(run_dir: Path | None, summary: Summary, settings, rows: list[dict], 
 
 
 def _report(sweep_dir: Path) -> None:
-    from nst.aggregate import aggregate
+    from nst.report import aggregate
 
     try:
         with _backend_kept():

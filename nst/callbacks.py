@@ -19,7 +19,7 @@ class AggregateSweep(Callback):
         OUTPUTS.add(str(Path(config.hydra.sweep.dir).resolve()))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from nst.aggregate import aggregate
+        from nst.report import aggregate
         from nst.run import report_deferred
 
         sweep_dir = Path(config.hydra.sweep.dir)

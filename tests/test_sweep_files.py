@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import nst_env, run_in
 from helpers import read_jsonl, settings, trial
-from nst import aggregate, records, report, runner
+from PIL import Image
+
+from nst import records, report, runner
 from nst import summary as trial_summary
+from nst.report import figures, tables
 
 BASE = ("device=cpu", "size=32", "steps=4")
 FULL = "No space left on device while writing "
@@ -85,8 +86,8 @@ def test_report_marks_a_cut_summary_and_a_cut_metrics_line_and_writes_the_rest(t
 
     # the grid: one row of cells 4 px apart from x=4, y=22; the damaged trials' cells wear the orange mark
     grid = Image.open(sweep / "grid.png").convert("RGB")
-    w = aggregate._cell_box(aggregate.load_trials(sweep, warn=lambda m: None))[0]
-    marked = [grid.getpixel((4 + j * (w + 4) + 1, 22 + 1)) == aggregate.PROBLEM for j in range(3)]
+    w = figures._cell_box(tables.load_trials(sweep, warn=lambda m: None))[0]
+    marked = [grid.getpixel((4 + j * (w + 4) + 1, 22 + 1)) == figures.PROBLEM for j in range(3)]
     assert marked == [False, True, True]
     # the cut summary is an empty, crossed cell; the trial with a cut metrics line keeps its image
     assert grid.getpixel((4 + (w + 4) + w // 2, 22 + 30)) == (235, 235, 235)
@@ -277,8 +278,8 @@ class _Watch:
 
 
 def _rerun(s, run_dir: Path, watch: _Watch, frame_every: int):
-    from nst.sinks import FileSink
     from nst.settings import load_inputs
+    from nst.sinks import FileSink
 
     def open_sinks(pos):
         return [FileSink(run_dir, log_every=1, frame_every=frame_every, steps=s.total_steps), watch]

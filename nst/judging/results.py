@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nst.aggregate import load_trials, swept_axes
 from nst.errors import InputError
 from nst.images import resolve_image_path
 from nst.judging.store import JUDGEMENTS
 from nst.records import trial_folders
+from nst.report.tables import load_trials, number, swept_axes
 from nst.summary import Summary
 
 # keys that choose the pair being stylised, not the way it is stylised
@@ -88,10 +88,6 @@ def _setting(t, key: str) -> str:
         return value
 
 
-def _number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def load(folders: list[Path]) -> SweepSet:
     """Raises InputError (one line naming the folder) for a folder that is not a sweep folder and when
     no content/style pair has two completed results with different settings."""
@@ -116,7 +112,7 @@ def load(folders: list[Path]) -> SweepSet:
         styles = pair[1].split("+")
         results.append(Result(
             ref=os.path.relpath(t.path, folders[0]), folder=i, path=t.path, pair=pair, setting=setting,
-            closeness=_number(t.summary.metrics.get("gmsd")), content_file=_input(pair[0]),
+            closeness=number(t.summary.metrics.get("gmsd")), content_file=_input(pair[0]),
             style_files=tuple(p for p in map(_input, styles) if p is not None)))
     comparable = {r.pair for r in results for o in results if o.pair == r.pair and o.setting != r.setting}
     if not comparable:

@@ -1,27 +1,15 @@
-"""A sweep's report.html, and `python -m nst.report <sweep dir>`: (re)build a sweep's results.csv,
-grid.png, curves.png, scatter.png, animations and report.html from its folder alone.
-
-The page shows what went in (the content and style images, embedded as thumbnails: they live outside
+"""report.html: what went in (the content and style images, embedded as thumbnails: they live outside
 the sweep folder) and what came out: the results table (the swept values, status, the fair metrics and
-time first; the other columns folded away), the trade-off scatter, the grid, the loss curves and each
-trial's animation. It links only to files in the sweep folder, so the folder is the whole report,
-offline.
-
-A trial file that cannot be read (a summary.json cut short, a cut metrics.jsonl line, a trial folder
-that cannot be opened) is a warning naming it and a marked row and cell; the report is still written
-(exit 0). Exit 2: no such sweep folder, no trial folder in it, or a bad option; exit 1: a report file
-could not be written (a full disk, a read-only folder).
-"""
-
+time first; the other columns folded away), a search's best trial, people's judgements, the trade-off
+scatter, the grid, the loss curves and each trial's animation. It links only to files in the sweep
+folder, so the folder is the whole report, offline."""
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import math
 import shlex
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -29,12 +17,13 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
 from nst import search
-from nst.aggregate import (
+from nst.judging import judging_html
+from nst.metrics import BETTER
+from nst.records import write_bytes_atomic
+from nst.report.tables import (
     LEGACY,
-    METRICS,
     TIE,
-    Trial,
-    aggregate,
+    TrialRecord,
     floor_of,
     human,
     label,
@@ -42,11 +31,6 @@ from nst.aggregate import (
     tied_with_best,
     value_text,
 )
-from nst.judging import judging_html
-from nst.metrics import BETTER
-from nst.records import write_bytes_atomic
-
-KNOWN = (*METRICS, *LEGACY)  # old sweep folders' style_distance too
 
 # The table's first columns: what was swept (inserted after "num"), how it went, the fair judges
 # (nst.metrics: not any recipe's objective) and the time; the rest are folded away.
@@ -69,7 +53,7 @@ def sweep_command(sweep_dir: Path) -> str:
 # --------------------------------------------------------------------------------------- inputs
 
 
-def inputs_of(trials: list[Trial]) -> list[tuple[str, str]]:
+def inputs_of(trials: list[TrialRecord]) -> list[tuple[str, str]]:
     """(role, image) of every distinct input, in trial order: content first, then style(s)."""
     seen: dict[tuple[str, str], None] = {}
     for role in ("content", "style"):
@@ -95,7 +79,7 @@ def _thumbnail_uri(role: str, value: str) -> tuple[str | None, str]:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
 
 
-def _inputs_section(trials: list[Trial]) -> str:
+def _inputs_section(trials: list[TrialRecord]) -> str:
     e = html.escape
     found = inputs_of(trials)
     if not found:
@@ -194,7 +178,7 @@ def _floors_note(columns) -> str:
 # --------------------------------------------------------------------------------------- search
 
 
-def _search_section(sweep_dir: Path, trials: list[Trial]) -> str:
+def _search_section(sweep_dir: Path, trials: list[TrialRecord]) -> str:
     scored = [t for t in trials if t.status == "completed" and objective_value(t) is not None]
     if not scored:
         return ""
@@ -250,7 +234,7 @@ summary { cursor: pointer; }
 """
 
 
-def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes, animations: dict[str, Path],
+def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[TrialRecord], axes, animations: dict[str, Path],
                  scatter: bool = False) -> Path:
     keys = [k for k, _ in axes]
     e = html.escape
@@ -306,43 +290,3 @@ evaluator, so they compare across trials. Also in <a href="results.csv">results.
     out = sweep_dir / "report.html"
     write_bytes_atomic(out, page.encode("utf-8"))
     return out
-
-
-# -------------------------------------------------------------------------------------- command
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nst.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep_dir", type=Path, help="a folder made by `python -m nst.run -m ...`")
-    ap.add_argument("--annotate", default="psnr,style_swd",
-                    help=f"metrics written under each grid cell, comma-separated, from: {', '.join(KNOWN)} ('' for none)")
-    ap.add_argument("--sort", default=None, choices=KNOWN, help="order a one-axis grid by this metric (ascending)")
-    args = ap.parse_args(argv)
-    annotate = [m for m in args.annotate.split(",") if m]
-    bad = [m for m in annotate if m not in KNOWN]
-    if bad:
-        print(f"nst.report: error: --annotate: unknown metric '{bad[0]}'; allowed: {', '.join(KNOWN)}", file=sys.stderr)
-        return 2
-    if not args.sweep_dir.is_dir():
-        print(f"nst.report: error: {args.sweep_dir}: no such folder", file=sys.stderr)
-        return 2
-
-    def warn(message: str) -> None:
-        print(f"nst.report: warning: {message}", file=sys.stderr)
-
-    try:
-        out = aggregate(args.sweep_dir, annotate=annotate, sort_by=args.sort, warn=warn)
-    except FileNotFoundError as e:
-        print(f"nst.report: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a report file that cannot be written (a full disk, a read-only folder)
-        print(f"nst.report: error: {e}", file=sys.stderr)
-        return 1
-    for name, path in out.items():
-        print(f"{name}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
