@@ -45,7 +45,7 @@ class WriteError(OSError):
         return f"{self.strerror} while writing {self.filename}"
 
 
-def disk_error(e: BaseException) -> bool:
+def disk_error(e: BaseException | None) -> bool:
     """A full disk, an exhausted quota, or a file size limit (`ulimit -f`)."""
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

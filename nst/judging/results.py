@@ -12,7 +12,7 @@ from nst.errors import InputError
 from nst.images import resolve_image_path
 from nst.judging.store import JUDGEMENTS
 from nst.records import trial_folders
-from nst.report.tables import load_trials, number, swept_axes
+from nst.report.tables import TrialRecord, load_trials, number, swept_axes
 from nst.summary import Summary
 
 # keys that choose the pair being stylised, not the way it is stylised
@@ -92,7 +92,8 @@ def load(folders: list[Path]) -> SweepSet:
     """Raises InputError (one line naming the folder) for a folder that is not a sweep folder and when
     no content/style pair has two completed results with different settings."""
     folders = list(dict.fromkeys(Path(f).resolve() for f in folders))  # a folder named twice is judged once
-    trials, warnings = [], []
+    trials: list[tuple[int, TrialRecord]] = []
+    warnings: list[str] = []
     for i, folder in enumerate(folders):
         if not folder.is_dir():
             raise InputError(str(folder), "no such folder")

@@ -128,15 +128,15 @@ def _cell(trial: TrialRecord | None, annotate: list[str], box: tuple[int, int], 
     if trial is not None and trial.status == "completed" and not any(p.startswith("final.png") for p in trial.problems):
         try:
             with Image.open(trial.final) as im:
-                img = ImageOps.contain(im.convert("RGB"), box, Image.LANCZOS)
+                img = ImageOps.contain(im.convert("RGB"), box, Image.Resampling.LANCZOS)
         except IMAGE_ERRORS:
             img = None
-    if img is not None:
+    if trial is not None and img is not None:
         cell = Image.new("RGB", (w, h + pad), "white")
         cell.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
-        metrics = trial.summary.metrics
-        text = "  ".join(f"{SHORT[m]} {human(number(metrics.get(m)))}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
-                         for m in annotate if number(metrics.get(m)) is not None)
+        shown = {m: v for m in annotate if (v := number(trial.summary.metrics.get(m))) is not None}
+        text = "  ".join(f"{SHORT[m]} {human(v)}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
+                         for m, v in shown.items())
         font, lines = fit_text(text, w - 4, size=12, max_lines=1)
         draw_lines(ImageDraw.Draw(cell), (2, h + 3), font, lines)
         return _mark_problem(cell, trial)
@@ -211,7 +211,7 @@ def make_grid(trials: list[TrialRecord], axes, annotate: list[str], sort_by: str
         combos = [{**c, k: v} for c in combos for v in vals]
     panels = []
     for combo in combos:
-        def find(rv, cv):
+        def find(rv, cv, combo=combo):  # bound now: called in this iteration only, but said so
             for t in trials:
                 o = t.overrides
                 if o.get(rkey) == rv and o.get(ckey) == cv and all(o.get(k) == v for k, v in combo.items()):
@@ -244,7 +244,8 @@ def _cache_dir() -> Path:
     """Where matplotlib keeps its font cache: the user's cache folder ($XDG_CACHE_HOME or ~/.cache,
     under nst/matplotlib), else the temporary folder; never a sweep folder (it is not the sweep's)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for d in (Path(base) / "nst" / "matplotlib", Path(tempfile.gettempdir()) / f"nst-matplotlib-{getattr(os, 'getuid', lambda: 0)()}"):
+    user = getattr(os, "getuid", lambda: 0)()  # no uid on Windows
+    for d in (Path(base) / "nst" / "matplotlib", Path(tempfile.gettempdir()) / f"nst-matplotlib-{user}"):
         try:
             d.mkdir(parents=True, exist_ok=True)
             if os.access(d, os.W_OK | os.X_OK):
@@ -274,11 +275,11 @@ def make_curves(trials: list[TrialRecord], axes, path: Path) -> None:
     keys = [k for k, _ in axes]
     terms = ["total", "content", "style"] + (["tv"] if any(number(r.get("tv")) for t in trials for r in t.rows) else [])
     fig, axs = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6), squeeze=False)
-    for ax, term in zip(axs[0], terms):
+    for ax, term in zip(axs[0], terms, strict=True):
         for t in trials:
             pts = [(r["evaluation"], v) for r in t.rows if (v := number(r.get(term))) is not None and v > 0]
             if pts:
-                x, y = zip(*pts)
+                x, y = zip(*pts, strict=True)
                 ax.plot(x, y, label=label(t, keys), linestyle="-" if t.status == "completed" else "--", linewidth=1.3)
         ax.set_yscale("log")
         ax.set_xlabel("objective evaluations")
@@ -337,15 +338,15 @@ def make_objective_plot(trials: list[TrialRecord], axes, path: Path) -> bool:
     for t, v in scored:
         best = min(best, v)
         steps.append((t.num, best))
-    ax.step(*zip(*steps), where="post", label="best so far")
+    ax.step(*zip(*steps, strict=True), where="post", label="best so far")
     ax.set_xlabel("trial number")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title(name)
     ax.legend(fontsize=8, frameon=False)
-    for ax, key in zip(axs[0][1:], searched):
-        xs = [_number(t.overrides.get(key)) for t, _ in scored]
+    for ax, key in zip(axs[0][1:], searched, strict=True):
+        xs = [x for t, _ in scored if (x := _number(t.overrides.get(key))) is not None]  # all of them: `searched`
         ax.plot(xs, ys, "o")
-        if _log_scale(xs):  # type: ignore[arg-type]
+        if _log_scale(xs):
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_title(f"{name} against {key}")
@@ -363,7 +364,7 @@ def make_objective_plot(trials: list[TrialRecord], axes, path: Path) -> bool:
 def _thumbnail(path: Path, side: int) -> Image.Image | None:
     try:
         with Image.open(path) as im:
-            return ImageOps.contain(im.convert("RGB"), (side, side), Image.LANCZOS)
+            return ImageOps.contain(im.convert("RGB"), (side, side), Image.Resampling.LANCZOS)
     except (*IMAGE_ERRORS, OSError):
         return None
 
@@ -415,7 +416,8 @@ def make_scatter(trials: list[TrialRecord], axes, path: Path) -> bool:
         name = objective_name(objective[0][0])
         searched = [k for k in keys if all(_number(t.overrides.get(k)) is not None for t, _ in objective)]
         xkey = searched[0] if searched else None
-        points = [(t, _number(t.overrides.get(xkey)) if xkey else float(t.num), v) for t, v in objective]
+        # every trial has the number (`searched`)
+        points = [(t, x, v) for t, v in objective if (x := _number(t.overrides.get(xkey)) if xkey else float(t.num)) is not None]
         xlabel, ylabel = (xkey or "trial number"), f"{name}  (lower is better \u2193)"
         title = f"{name} against {xkey or 'trial number'}"
     else:
@@ -451,11 +453,11 @@ def make_scatter(trials: list[TrialRecord], axes, path: Path) -> bool:
     scale = fig.dpi / 72  # OffsetImage draws one image pixel per point
     offsets = _spread(ax.transData.transform(np.array([(x, y) for _, x, y in points])),
                       (side + 8) * scale, (side + (24 if texts else 8)) * scale) / scale
-    for (t, x, y), (dx, dy) in zip(points, offsets):
+    for (t, x, y), (dx, dy) in zip(points, offsets, strict=True):
         thumb = _thumbnail(t.final, side)
         if thumb is None:
             continue
-        parts = [OffsetImage(np.asarray(thumb), zoom=1)]
+        parts: list = [OffsetImage(np.asarray(thumb), zoom=1)]
         if texts:  # as wide as the thumbnail: two lines of about side / 3.4 characters at 6.5 pt
             parts.append(TextArea(_short_label(label(t, keys) if keys else t.path.name, max(8, int(side / 3.4))),
                                   textprops={"fontsize": 6.5}))

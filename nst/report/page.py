@@ -73,7 +73,7 @@ def _thumbnail_uri(role: str, value: str) -> tuple[str | None, str]:
         img = images.load_image(role, value)
     except Exception as e:  # noqa: BLE001 - a missing or damaged input costs the page its thumbnail only
         return None, (str(e).strip() or type(e).__name__).splitlines()[0]
-    thumb = ImageOps.contain(img, (THUMB, THUMB), Image.LANCZOS)
+    thumb = ImageOps.contain(img, (THUMB, THUMB), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     thumb.save(buf, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
@@ -152,7 +152,8 @@ def _table(table: pd.DataFrame, columns: list[str], keys: list[str], ties, id_: 
         (f"<tr class='{html.escape(str(r['status']))}{' problem' if r['problem'] else ''}'>" if marked else "<tr>")
         + "".join(_cell(r, c, keys, ties) for c in columns) + "</tr>"
         for _, r in table.iterrows())
-    return f"<div class='wide'><table class='sortable' id='{id_}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    return (f"<div class='wide'><table class='sortable' id='{id_}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
 
 
 _SORT_JS = """
@@ -192,10 +193,13 @@ def _search_section(sweep_dir: Path, trials: list[TrialRecord]) -> str:
         found_text = None
     name = best.summary.objective.name if best.summary.objective else ""
     metric = search.METRIC_OF.get(name)
-    tied = "" if metric is None else ", ".join(
-        t.path.name for t in scored if t is not best and abs(values[t.path] - values[best.path]) <= floor_of(metric) * abs(values[best.path]))
-    tied = f"<p>Tied with it within the float-noise floor of {metric} ({100 * floor_of(metric):.2g} %): trials {e(tied)}.</p>" \
-        if tied else ""
+    low = values[best.path]
+    tied = ""
+    if metric is not None:
+        floor = floor_of(metric)
+        names = ", ".join(t.path.name for t in scored if t is not best and abs(values[t.path] - low) <= floor * abs(low))
+        tied = f"<p>Tied with it within the float-noise floor of {metric} ({100 * floor:.2g} %): trials {e(names)}.</p>" \
+            if names else ""
     sweeper = f"<p>The sweeper's result (<a href='{found.name}'>{found.name}</a>):</p><pre>{e(found_text)}</pre>" \
         if found_text is not None else ""
     return f"""<h2>Search</h2>

@@ -143,7 +143,7 @@ def load_trials(sweep_dir: Path, warn: Callable[[str], None] | None = None) -> l
     `problems`, and `warn` (default: the log) gets one line naming it; a trial folder that cannot be
     read at all (permissions, a damaged disk) is a trial with status "unreadable"."""
     warn = warn or log.warning
-    trials = []
+    trials: list[TrialRecord] = []
     for d in sorted(Path(sweep_dir).iterdir()):
         num = trial_number(d)
         num = len(trials) if num is None else num
@@ -154,7 +154,8 @@ def load_trials(sweep_dir: Path, warn: Callable[[str], None] | None = None) -> l
         except OSError as e:  # the folder itself cannot be listed or its files stat'ed
             if d.name.startswith(".") or not d.is_dir():
                 continue
-            t = TrialRecord(d, num, {}, Summary(schema_version=0), "unreadable", [], [f".: the folder is unreadable ({reason(e)})"])
+            problem = f".: the folder is unreadable ({reason(e)})"
+            t = TrialRecord(d, num, {}, Summary(schema_version=0), "unreadable", [], [problem])
         for problem in t.problems:
             warn(warning(t, problem))
         trials.append(t)
