@@ -227,9 +227,9 @@ def _settings(overrides: list[str]):
 
 def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[str], numbers_: list[int],
          work: Path, keep: bool, given: dict, *, callback, progress, max_batch) -> list[Stylized]:
-    from nst.summary import read as read_summary
     from nst.runner import Trial, run_trials
     from nst.sinks import FileSink, ProgressSink
+    from nst.summary import read as read_summary
 
     curves: dict[int, list[dict]] = {}
     trials: list[Trial] = []
