@@ -3,15 +3,15 @@
 import json
 
 import pandas as pd
-import test_sweep_files as sweep_files  # its fake sweep folder (a module import: its tests are not collected twice)
 
+import test_sweep_files as sweep_files  # its fake sweep folder (a module import: its tests are not collected twice)
 from nst import report
 from nst.metrics import NOISE_FLOOR
 from nst.report import tables
 
 
 def _set_metrics(sweep, values: list[dict]) -> None:
-    for d, metrics in zip(sorted(p for p in sweep.iterdir() if p.is_dir()), values):
+    for d, metrics in zip(sorted(p for p in sweep.iterdir() if p.is_dir()), values, strict=True):
         summary = json.loads((d / "summary.json").read_text())
         summary["metrics"] = metrics
         (d / "summary.json").write_text(json.dumps(summary))
@@ -23,7 +23,7 @@ def test_values_within_the_noise_floor_of_the_best_are_marked_as_tied(tmp_path):
     swd = [0.3, 0.3 * (1 + floor / 2), 0.3 * (1 + 3 * floor)]  # the best, one within its floor, one beyond
     _set_metrics(sweep, [{"style_swd": v, "style_swd_1x": v, "style_swd_2x": None, "style_swd_4x": None, "gmsd": g,
                           "psnr": 20.0 + i, "ssim": 0.5, "gram_distance": 1e3, "content_distance": 1e4}
-                         for i, (v, g) in enumerate(zip(swd, (0.1, 0.2, 0.3)))])
+                         for i, (v, g) in enumerate(zip(swd, (0.1, 0.2, 0.3), strict=True))])
     assert report.main([str(sweep)]) == 0
     trials = tables.load_trials(sweep)
     names = [t.path.name for t in trials]

@@ -15,9 +15,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, nst_env
 from PIL import Image
 
+from conftest import ROOT, nst_env
 from nst.report import figures, tables
 from nst.summary import Score
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_in
 from PIL import Image
 
+from conftest import run_in
 from nst import report
 from nst.report import figures, tables
 

@@ -14,9 +14,10 @@ WANDB = str(Path(sys.executable).parent / "wandb")
 
 
 def inspect(run_file: Path, *, records: bool = False):
-    args = [WANDB, "leet", "inspect", "--json", str(run_file)] if records else [WANDB, "leet", "inspect", "--summary", "--json", str(run_file)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
-    return [json.loads(l) for l in out.splitlines() if l.strip()] if records else json.loads(out)
+    what = ["--json"] if records else ["--summary", "--json"]
+    out = subprocess.run([WANDB, "leet", "inspect", *what, str(run_file)], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()] if records else json.loads(out)
 
 
 def run_record(records: list) -> dict:
