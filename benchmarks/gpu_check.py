@@ -91,6 +91,14 @@ def _load(path: Path) -> dict | None:
         return None
 
 
+def _summary(path: Path) -> dict:
+    """A trial's summary.json as nst reads it (nst.summary), by its keys; {} when it has none or it is unreadable."""
+    from nst.summary import load
+
+    summary, _ = load(path)
+    return summary.to_dict() if summary is not None else {}
+
+
 # --- the parts ------------------------------------------------------------------------------
 
 
@@ -170,7 +178,7 @@ def _default_cmd(c: Context) -> list[str]:
 
 
 def _default_read(c: Context, rec: dict) -> None:
-    s = _load(c.work / "default_run" / "summary.json")
+    s = _summary(c.work / "default_run" / "summary.json")
     if s:
         rec["figures"] = {k: s.get(k) for k in ("status", "error", "device_name", "precision", "image_size", "evaluations",
                                                 "optimisation_time", "evals_per_second", "wall_time", "peak_memory_mb",
@@ -196,7 +204,7 @@ def _workers_cmd(c: Context) -> list[str]:
 
 def _workers_read(c: Context, rec: dict) -> None:
     sweep = c.work / "two_workers"
-    summaries = [_load(p) or {} for p in sorted(sweep.glob("*/summary.json"))]
+    summaries = [_summary(p) for p in sorted(sweep.glob("*/summary.json"))]
     workers = [line for line in rec.get("output", "").splitlines() if "worker process" in line]
     rec["figures"] = {"trials": len(summaries), "completed": sum(s.get("status") == "completed" for s in summaries),
                       "batches": len({(s.get("batch") or {}).get("id") for s in summaries}),
@@ -321,7 +329,7 @@ def inner_host_demo(out: Path, dry: bool) -> None:
         t = time.perf_counter()
         rc |= subprocess.call([sys.executable, "-m", "nst.run", f"size={size}", f"steps={steps}", "device=cpu",
                                f"precision={p}", "logger=none", f"hydra.run.dir={run_dir}"])
-        s = _load(run_dir / "summary.json") or {}
+        s = _summary(run_dir / "summary.json")
         result[p] = {"end_to_end_s": round(time.perf_counter() - t, 2), **{k: s.get(k) for k in keys if k in s}}
         print(f"host demo {p}: {json.dumps(result[p])}", flush=True)
     if "bf16" in result and result["fp32"].get("optimisation_time") and result["bf16"].get("optimisation_time"):

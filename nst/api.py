@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Union
 from PIL import Image, ImageOps
 
 from nst.errors import InputError, TrialFailed
+from nst.summary import Summary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,32 +87,36 @@ class Stylized(Image.Image):
             it was read back rather than run again.
     """
 
-    summary: dict
     settings: Settings
     run_dir: Path | None
     resumed: bool
     _rows: list[dict]
+    _summary: Summary
+
+    @property
+    def summary(self) -> dict:
+        return self._summary.to_dict()
 
     @property
     def final(self) -> dict[str, float]:
         """The loss terms of the returned image: total, content, style, tv, and per layer."""
-        return dict(self.summary.get("final") or {})
+        return dict(self._summary.final)
 
     @property
     def metrics(self) -> dict[str, float | None]:
         """The standardised quality metrics (the same for every recipe, so trials can be compared):
         psnr and gmsd against the photograph, style_swd against the painting, ..."""
-        return dict(self.summary.get("metrics") or {})
+        return dict(self._summary.metrics)
 
     @property
     def wall_time(self) -> float:
         """Seconds the trial took, setting up its images and targets included."""
-        return float(self.summary.get("wall_time") or 0.0)
+        return self._summary.wall_time or 0.0
 
     @property
     def evaluations(self) -> int:
         """Objective evaluations spent (forward and backward passes: the unit of cost)."""
-        return int(self.summary.get("evaluations") or 0)
+        return self._summary.evaluations or 0
 
     @property
     def losses(self) -> pd.DataFrame:
@@ -222,9 +227,9 @@ def _settings(overrides: list[str]):
 
 def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[str], numbers_: list[int],
          work: Path, keep: bool, given: dict, *, callback, progress, max_batch) -> list[Stylized]:
-    from nst.records import read_summary
     from nst.runner import Trial, run_trials
     from nst.sinks import FileSink, ProgressSink
+    from nst.summary import read as read_summary
 
     curves: dict[int, list[dict]] = {}
     trials: list[Trial] = []
@@ -233,8 +238,8 @@ def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[s
     for i, (s, inp, o) in enumerate(zip(settings, inputs, own)):
         label = ",".join(o) or "nst"
         run_dir = work / (_trial_folder(work, numbers_[i], o) if keep else str(i))
-        previous = read_summary(run_dir)
-        if (previous.get("status") == "completed" and previous.get("settings") == _plain(s.to_dict())
+        previous = read_summary(run_dir / "summary.json")
+        if (previous.completed and previous.settings == _plain(s.to_dict())
                 and (run_dir / "final.png").is_file()):
             results[i] = _result(run_dir, previous, s, _read_rows(run_dir / "metrics.jsonl"), resumed=True)
             log.info(f"{label}: already completed with these settings in {run_dir}, read back")
@@ -261,7 +266,7 @@ def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[s
     for i, trial, summary in zip(todo, trials, summaries):
         if summary.get("status") != "completed":
             raise TrialFailed(f"{summary.get('label', 'trial')}: {summary.get('error', 'did not complete')}")
-        results[i] = _result(trial.run_dir if keep else None, summary, trial.settings, curves.get(i, []),
+        results[i] = _result(trial.run_dir if keep else None, Summary.from_dict(summary), trial.settings, curves.get(i, []),
                              resumed=False, image_dir=trial.run_dir)
     return results  # type: ignore[return-value]
 
@@ -275,7 +280,7 @@ def _trial_folder(root: Path, number: int, own: list[str]) -> str:
     return existing[0] if existing else folder_name(number, ",".join(own))
 
 
-def _result(run_dir: Path | None, summary: dict, settings, rows: list[dict], *, resumed: bool,
+def _result(run_dir: Path | None, summary: Summary, settings, rows: list[dict], *, resumed: bool,
             image_dir: Path | None = None) -> Stylized:
     folder = image_dir or run_dir
     assert folder is not None
@@ -283,12 +288,12 @@ def _result(run_dir: Path | None, summary: dict, settings, rows: list[dict], *, 
         rgb = img.convert("RGB")
     out = Stylized.__new__(Stylized)
     out.__dict__.update(rgb.__dict__)  # the decoded picture itself, not a copy of its pixels
-    out.summary, out.settings, out.run_dir, out.resumed, out._rows = summary, settings, run_dir, resumed, rows
+    out._summary, out.settings, out.run_dir, out.resumed, out._rows = summary, settings, run_dir, resumed, rows
     return out
 
 
 def _report(sweep_dir: Path) -> None:
-    from nst.aggregate import aggregate
+    from nst.report import aggregate
 
     try:
         with _backend_kept():

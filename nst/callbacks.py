@@ -19,7 +19,7 @@ class AggregateSweep(Callback):
         OUTPUTS.add(str(Path(config.hydra.sweep.dir).resolve()))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from nst.aggregate import aggregate
+        from nst.report import aggregate
         from nst.run import report_deferred
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -27,7 +27,8 @@ class AggregateSweep(Callback):
             try:
                 out = aggregate(sweep_dir)
             except Exception as e:  # noqa: BLE001 - aggregation must never turn a finished sweep into a crash
-                log.error(f"aggregating {sweep_dir} failed: {type(e).__name__}: {e} (retry with: python -m nst.report {sweep_dir})")
+                log.error(f"aggregating {sweep_dir} failed: {type(e).__name__}: {e} "
+                          f"(retry with: python -m nst.report {sweep_dir})")
                 out = None
         if out is None:
             return
@@ -37,6 +38,8 @@ class AggregateSweep(Callback):
             from nst.run import wandb_tags
 
             # the hydra node holds per-job values (hydra.job.num) that no longer resolve here
-            resolved = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True, enum_to_str=True)
+            job = OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
+            resolved = OmegaConf.to_container(job, resolve=True, enum_to_str=True)
+            assert isinstance(resolved, dict)  # a config's root is a mapping
             wandb_sink.log_aggregate(resolved["wandb"], sweep_dir, out, group=sweep_dir.name, config=resolved,
                                      tags=wandb_tags(resolved))

@@ -1,8 +1,6 @@
-"""A trial's records on disk: its files written as a unit, summary.json written atomically, and what a
-command's trials came to, read from their files alone.
-
-A launcher may run trials in this process, in worker processes or on other machines, so the exit
-status and the resume count are never kept in memory: they are read from each trial's summary.json.
+"""A trial's records on disk: files written atomically, each attempt's files written as a unit, the
+trial folders of a run or sweep folder. What summary.json holds, and what a command's trials came to
+(read from their summaries alone, as a launcher may run them in other processes), is nst.summary.
 
 Each attempt at a trial writes its files (ATTEMPT_FILES) as a unit. A first attempt writes straight
 into the trial's folder; an attempt at a folder that holds an earlier attempt's files writes into
@@ -17,13 +15,11 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 # The folders this command writes into: its run folder, or its sweep folders. Recorded as soon as
@@ -34,9 +30,6 @@ OUTPUTS: set[str] = set()
 # they finished). A sweep folder missing here is read whole. Earlier commands' trials are not this
 # command's: they neither fail it nor count as resumed.
 OWN: dict[str, set[int] | None] = {}
-# A trial folder whose trial was stopped and proposed again under another number (a search): its
-# summary.json says so, and it is neither a failure nor a result.
-SUPERSEDED = "superseded"
 
 # What one attempt at a trial writes (summary.json aside), and where an attempt at a folder holding
 # an earlier attempt's files writes them until it ends.
@@ -52,7 +45,7 @@ class WriteError(OSError):
         return f"{self.strerror} while writing {self.filename}"
 
 
-def disk_error(e: BaseException) -> bool:
+def disk_error(e: BaseException | None) -> bool:
     """A full disk, an exhausted quota, or a file size limit (`ulimit -f`)."""
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -93,11 +86,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         with open(tmp, "wb", buffering=0) as f:
             _write_all(f, data)
         os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write `data` as JSON so that a reader sees the old file or the new one, never a part."""
-    write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------- attempts as units
@@ -171,36 +159,12 @@ def _replace_frames(old: Path, new: Path) -> None:
         old.rmdir()
 
 
-def record_failure(run_dir: Path, summary: dict) -> None:
-    """A trial failed without the runner ending an attempt at it (its input refused when it was
-    proposed, its batch lost with a worker process): record `summary` as that attempt's, replacing
-    an earlier attempt's files as a unit. What a staged attempt wrote replaces them; a folder with a
-    summary.json holds a finished earlier attempt, whose files go; files without one are the failed
-    attempt's own (written in place) and stay. Raises WriteError when summary.json cannot be written."""
-    run_dir = Path(run_dir)
-    if (run_dir / STAGING).is_dir():
-        out = run_dir / STAGING
-    elif (run_dir / "summary.json").exists():
-        out = begin_attempt(run_dir)
-    else:
-        out = run_dir
-    promote_attempt(run_dir, out)
-    write_json_atomic(run_dir / "summary.json", summary)
-
-
 def discard_attempt(run_dir: Path) -> None:
     """Remove the staging folder of an attempt that did not end (the earlier files stay as they were)."""
     shutil.rmtree(Path(run_dir) / STAGING, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------- reading
-
-
-@dataclass
-class Outcome:
-    failed: list[str] = field(default_factory=list)  # "label: error" per failed or unfinished trial
-    skipped: int = 0  # trials that had completed before this command started (resume)
-    completed: int = 0
 
 
 def trial_folders(folder: Path) -> list[Path]:
@@ -217,33 +181,6 @@ def _trial_folder(d: Path) -> bool:
         return d.is_dir() and ((d / ".hydra").is_dir() or (d / "summary.json").exists())
     except OSError:  # a folder this user cannot look into (permissions): its trial reads as unreadable
         return True
-
-
-def load_summary(folder: Path) -> tuple[dict, str | None]:
-    """(the trial's summary, None); ({}, None) when it has no summary.json; ({}, why) when its
-    summary.json cannot be read (cut short, not JSON, not an object)."""
-    path = Path(folder) / "summary.json"
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return {}, None
-    except IsADirectoryError:
-        return {}, "a folder, where nst keeps a file: move it away"
-    except (OSError, ValueError) as e:
-        text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
-        return {}, f"unreadable ({text})"
-    if not isinstance(data, dict):
-        return {}, f"unreadable (a JSON {type(data).__name__}, not an object)"
-    return data, None
-
-
-def read_summary(folder: Path) -> dict:
-    """The trial's summary; {} when it has none or it cannot be read."""
-    return load_summary(folder)[0]
-
-
-def _number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def trial_number(d: Path) -> int | None:
@@ -265,43 +202,6 @@ def read_jsonl(path: Path) -> tuple[list[tuple[int, object]], int]:
             except ValueError:
                 parsed.append((n, None))
     return parsed, len(lines)
-
-
-def _ran_since(d: Path, summary: dict, since: float) -> bool:
-    """A search's trial that this command ran: finished since it started, or unfinished and made since."""
-    finished = _number(summary.get("finished_unix"))
-    if finished is not None:
-        return finished >= since
-    try:
-        return d.stat().st_mtime >= since - 1
-    except OSError:
-        return True
-
-
-def outcome(folders, since: float) -> Outcome:
-    """The trials in `folders` that this command names (OWN); `since`: when it started (time.time())."""
-    out = Outcome()
-    for folder in sorted(set(map(str, folders))):
-        own = OWN.get(str(Path(folder).resolve()), ...)
-        for d in trial_folders(Path(folder)):
-            if own is not ... and own is not None and trial_number(d) not in own and d != Path(folder):
-                continue
-            s, problem = load_summary(d)
-            if own is None and not _ran_since(d, s, since):
-                continue
-            label = s.get("label") or d.name
-            if problem is not None:
-                out.failed.append(f"{label}: {d / 'summary.json'} is {problem}")
-            elif s.get("status") == SUPERSEDED:
-                continue
-            elif s.get("status") == "completed":
-                out.completed += 1
-                out.skipped += (_number(s.get("finished_unix")) or 0) < since
-            elif s.get("status") == "failed":
-                out.failed.append(f"{label}: {s.get('error', 'unknown error')}")
-            else:
-                out.failed.append(f"{label}: did not finish (no summary.json in {d})")
-    return out
 
 
 class LogFileHandler(logging.FileHandler):

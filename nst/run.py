@@ -32,7 +32,9 @@ from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_result
 
 from nst import cli, sweep_folder
 from nst.errors import InputError, TrialFailed
-from nst.records import OUTPUTS, WriteError, outcome, read_summary
+from nst.records import OUTPUTS, WriteError
+from nst.summary import Summary, outcome
+from nst.summary import read as read_summary
 
 log = logging.getLogger("nst")
 cli.register_resolvers()
@@ -71,7 +73,7 @@ def run_jobs(jobs: list[BatchJob]) -> list:
     for (n, job, trial), summary in zip(prepared, summaries):
         with job.activate():
             _report(trial, summary)
-            values[n] = _result(summary)
+            values[n] = _result(Summary.from_dict(summary))
     return values
 
 
@@ -97,25 +99,25 @@ def lost_batch(jobs: list[BatchJob], error: BaseException, since: float) -> list
     for job in jobs:
         with job.activate():
             run_dir, record = _record(job.cfg)
-            previous = read_summary(run_dir)
-            same = previous.get("config") == record["config"]
+            previous = read_summary(run_dir / "summary.json")
+            same = previous.config == record["config"]
             # A result this batch wrote before it was lost stands (a minute's slack for the clocks of
             # other machines), and so does a completed one with this config, as for resume.
-            ours = same and previous.get("finished_unix", 0) >= since - 60
-            if (previous.get("status") == "completed" and same) or (previous.get("status") == "failed" and ours):
+            ours = same and (previous.finished_unix or 0) >= since - 60
+            if (previous.completed and same) or (previous.status == "failed" and ours):
                 values.append(_result(previous))
                 continue
-            summary = {**record, "status": "failed", "error": str(error), "finished_unix": time.time()}
+            summary = Summary.from_dict({**record, "status": "failed", "error": str(error), "finished_unix": time.time()})
             log.error(f"{record['label']}: failed: {error}{_record_failure(run_dir, summary)}")
             values.append(_result(summary))
     return values
 
 
-def _record_failure(run_dir: Path, summary: dict) -> str:
+def _record_failure(run_dir: Path, summary: Summary) -> str:
     """A trial that failed outside the runner: its summary replaces an earlier attempt's files as a unit
-    (nst.records.record_failure). Returns what to add to the trial's one line: on a full disk, why it
+    (nst.summary.record_failure). Returns what to add to the trial's one line: on a full disk, why it
     could not be recorded (as the runner says it)."""
-    from nst.records import record_failure
+    from nst.summary import record_failure
 
     try:
         record_failure(run_dir, summary)
@@ -124,23 +126,21 @@ def _record_failure(run_dir: Path, summary: dict) -> str:
     return ""
 
 
-def _result(summary: dict):
+def _result(summary: Summary):
     """What run_jobs returns for the active job's trial, from its summary (see run_jobs). A completed
     trial's objective is also written into its summary.json, for the sweep report."""
-    from nst import search
-    from nst.records import write_json_atomic
+    from nst.summary import score, write
 
-    config = summary.get("config") or {}
-    name = config.get("objective")
-    if summary.get("status") != "completed":
-        return TrialFailed(f"{summary.get('label', 'trial')}: {summary.get('error', 'unknown error')}") if _searching() else None
-    if name is None:
+    if not summary.completed:
+        error = summary.error if summary.error is not None else "unknown error"
+        return TrialFailed(f"{summary.label or 'trial'}: {error}") if _searching() else None
+    scored = score(summary)
+    if scored is None:
         return None
-    value = search.value(name, summary, config.get("target_psnr"))
-    if summary.get("objective") != {"name": name, "value": value}:
-        summary["objective"] = {"name": name, "value": value}
-        write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / "summary.json", summary)
-    return value
+    if summary.objective != scored:
+        summary.objective = scored
+        write(Path(HydraConfig.get().runtime.output_dir) / "summary.json", summary)
+    return scored.value
 
 
 def _searching() -> bool:
@@ -237,9 +237,9 @@ def _prepare(cfg: DictConfig):
         # Not nst's to remove, and in the way of this trial's files: one line, nothing written.
         error = f"{odd[0]} is a {'file' if odd[0].is_file() else 'folder or link'}, where nst keeps its own; move it away"
         log.error(f"{label}: failed: {error}")
-        return None, {**record, "status": "failed", "error": error, "finished_unix": time.time()}
-    previous = read_summary(run_dir)
-    if previous.get("status") == "completed" and previous.get("config") == resolved and (run_dir / "final.png").is_file():
+        return None, Summary.from_dict({**record, "status": "failed", "error": error, "finished_unix": time.time()})
+    previous = read_summary(run_dir / "summary.json")
+    if previous.completed and previous.config == resolved and (run_dir / "final.png").is_file():
         # Resume: re-running a sweep into its folder skips what already completed with this config
         # (and still has its image).
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
@@ -256,7 +256,7 @@ def _prepare(cfg: DictConfig):
     except InputError as e:
         # Validated when the trial is proposed: a sweeper that proposes trials as it goes (Optuna)
         # meets bad input here, not up front.
-        summary = {**record, "status": "failed", "error": str(e), "finished_unix": time.time()}
+        summary = Summary.from_dict({**record, "status": "failed", "error": str(e), "finished_unix": time.time()})
         log.error(f"{label}: failed: {e}{_record_failure(run_dir, summary)}")
         if multirun and _SweepProgress.current() is not None:
             _SweepProgress.current().done(run_dir)

@@ -52,6 +52,8 @@ from nst.objective import Objective
 from nst.optimizers import AdamState, BatchAdam, BatchLBFGS
 from nst.settings import Settings, content_size
 from nst.sinks import StepRecord
+from nst.summary import Summary
+from nst.summary import write as write_summary
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
 
@@ -664,7 +666,7 @@ def _finish(lv: _Live, device: torch.device | None) -> None:
         _not_recorded(lv, e)
     _close_sinks(lv, lv.summary)
     try:
-        records.write_json_atomic(run_dir / "summary.json", lv.summary)
+        write_summary(run_dir / "summary.json", Summary.from_dict(lv.summary))
     except OSError as e:
         _not_recorded(lv, e)
 

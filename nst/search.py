@@ -8,27 +8,33 @@ it from the files.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from nst.errors import InputError
+
+if TYPE_CHECKING:
+    from nst.summary import Summary
 
 # A result that misses the PSNR target scores above every result that meets it (style distances
 # are many orders of magnitude smaller), and the further it misses, the worse.
 MISSED_TARGET = 1e12
 
 
-def final_loss(summary: dict, target_psnr: float) -> float:
+def final_loss(summary: Summary, target_psnr: float) -> float:
     """The weighted total loss of the saved image (as the optimiser saw it)."""
-    return float(summary["final"]["total"])
+    return float(summary.final["total"])
 
 
-def style_swd_at_psnr(summary: dict, target_psnr: float) -> float:
+def style_swd_at_psnr(summary: Summary, target_psnr: float) -> float:
     """The fair style distance (nst.metrics: style_swd), for a result that keeps PSNR >= target_psnr
     against the photograph."""
-    metrics = summary["metrics"]
-    short = target_psnr - float(metrics["psnr"])
+    psnr, swd = summary.metrics["psnr"], summary.metrics["style_swd"]
+    if psnr is None or swd is None:
+        raise ValueError("style_swd_at_psnr needs the trial's psnr and style_swd (a completed trial records both)")
+    short = target_psnr - psnr
     if short > 0:
         return MISSED_TARGET * (1 + short)
-    return float(metrics["style_swd"])
+    return swd
 
 
 OBJECTIVES = {"final_loss": final_loss, "style_swd_at_psnr": style_swd_at_psnr}
@@ -44,6 +50,6 @@ def check(name, target_psnr) -> None:
         raise InputError("target_psnr", f"must be a number of dB, got {target_psnr!r}")
 
 
-def value(name: str, summary: dict, target_psnr: float) -> float:
-    """The objective of a completed trial."""
+def value(name: str, summary: Summary, target_psnr: float) -> float:
+    """The objective of a completed trial (nst.summary.score: the one caller)."""
     return OBJECTIVES[name](summary, float(target_psnr))

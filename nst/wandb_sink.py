@@ -11,12 +11,11 @@ import logging
 import netrc
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from nst.errors import InputError
-
 log = logging.getLogger("nst")
-MODES = ("auto", "online", "offline", "disabled")
+MODES = ("auto", "online", "offline", "disabled")  # wandb.mode's choices (nst.schema.WandbMode)
 _warned: set[str] = set()
 
 
@@ -26,17 +25,12 @@ def warn_once(key: str, message: str) -> None:
         log.warning(message)
 
 
-def check_options(opts: dict) -> None:
-    if opts.get("mode") not in MODES:
-        raise InputError("wandb.mode", f"unknown value {opts.get('mode')!r}; allowed: {', '.join(MODES)}")
-
-
 def logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host or "") is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
@@ -83,19 +77,20 @@ def start(opts: dict, *, run_dir: Path, files_root: Path, name: str, group: str 
     keep_files_in(files_root, mode)
     try:
         import wandb
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - W&B's import may fail in any way (a broken install): the run goes on without it
         warn_once("import", f"W&B is not available ({type(e).__name__}: {e}); continuing without it")
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(project=opts.get("project") or "nst", entity=opts.get("entity") or None, group=group, name=name,
-                  job_type=job_type, tags=[str(t) for t in tags if t], config=config, dir=str(run_dir))
+    kwargs: dict[str, Any] = dict(project=opts.get("project") or "nst", entity=opts.get("entity") or None, group=group,
+                                  name=name, job_type=job_type, tags=[str(t) for t in tags if t], config=config,
+                                  dir=str(run_dir))
 
-    def init(m: str):
+    def init(m: Any):  # "online" | "offline" (resolve_mode): what wandb.init's `mode` takes
         _TEARDOWN_TIMEOUT[0] = float(opts.get("init_timeout", 60))
         settings = wandb.Settings(init_timeout=_TEARDOWN_TIMEOUT[0], console="off", silent=True)
         # create_new: the trials of a batch each keep a live run in this process; every call logs to
         # its own run object, never through the module-level wandb.log.
-        return wandb.init(mode=m, settings=settings, reinit="create_new", **kwargs)
+        return wandb.init(settings=settings, reinit="create_new", **kwargs, mode=m)
 
     try:
         return init(mode)
@@ -106,7 +101,7 @@ def start(opts: dict, *, run_dir: Path, files_root: Path, name: str, group: str 
                                 f"(sync later: wandb sync {run_dir}/wandb/offline-run-*)")
             try:
                 return init("offline")
-            except Exception as e2:  # noqa: BLE001
+            except Exception as e2:  # noqa: BLE001 - offline failed too: the run goes on with its local files
                 first = f"{type(e2).__name__}: {e2}"
         warn_once("start", f"W&B could not start ({first}); continuing with local outputs only")
         return None
@@ -142,49 +137,47 @@ class WandbSink:
             if row:
                 row["evaluation"] = n
                 self.run.log(row)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a failing W&B log must never stop a run
             warn_once("log", f"W&B logging failed ({type(e).__name__}: {e}); continuing with local outputs only")
             self._finish(1)
 
-    def close(self, summary: dict) -> None:
+    def close(self, record: dict) -> None:
         if self.run is None:
             return
-        ok = summary.get("status") == "completed"
+        from nst.summary import Summary, score
+
+        summary = Summary.from_dict(record)
         try:
             import wandb
 
-            media = {}
+            media: dict[str, Any] = {}
             if (self.run_dir / "final.png").exists():
                 media["final"] = wandb.Image(str(self.run_dir / "final.png"))
             if (self.run_dir / "animation.gif").exists():
                 media["animation"] = wandb.Video(str(self.run_dir / "animation.gif"), format="gif")
             if media:
-                self.run.log({**media, "evaluation": summary.get("evaluations") or self.steps})
-            flat = {f"final/{k}": v for k, v in (summary.get("final") or {}).items()}
-            flat.update({f"metrics/{k}": v for k, v in (summary.get("metrics") or {}).items()})
+                self.run.log({**media, "evaluation": summary.evaluations or self.steps})
+            flat: dict = {f"final/{k}": v for k, v in summary.final.items()}
+            flat.update({f"metrics/{k}": v for k, v in summary.metrics.items()})
             for key in ("status", "error", "evaluations", "wall_time", "optimisation_time", "evals_per_second",
                         "peak_memory_mb", "peak_memory_kind", "device", "device_name"):
-                if summary.get(key) is not None:
-                    flat[key] = summary[key]
-            objective = (summary.get("config") or {}).get("objective")
-            if ok and objective:
-                # what a search minimises, as summary.json will record it (nst.run._result)
-                from nst import search
-
-                flat["objective"] = search.value(objective, summary, summary["config"].get("target_psnr"))
-                flat["objective_name"] = objective
+                if getattr(summary, key) is not None:
+                    flat[key] = getattr(summary, key)
+            scored = score(summary)  # what a search minimises, as summary.json records it
+            if scored is not None:
+                flat["objective"], flat["objective_name"] = scored.value, scored.name
             self.run.summary.update(flat)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - results W&B cannot record must never fail a finished trial
             warn_once("close", f"W&B could not record the run's results ({type(e).__name__}: {e})")
         finally:
-            self._finish(0 if ok else 1)
+            self._finish(0 if summary.completed else 1)
 
     def _finish(self, exit_code: int) -> None:
         run, self.run = self.run, None
         if run is not None:
             try:
                 run.finish(exit_code=exit_code)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - a run W&B cannot finish must never fail a finished trial
                 warn_once("finish", f"W&B could not finish its run ({type(e).__name__}: {e})")
 
 
@@ -206,7 +199,7 @@ def log_aggregate(opts: dict, sweep_dir: Path, outputs: dict, *, group: str, con
         data.insert(1, "image", [wandb.Image(str(f)) if f.exists() else None for f in finals])
         run.log({"grid": wandb.Image(str(outputs["grid"])), "curves": wandb.Image(str(outputs["curves"])),
                  "results": wandb.Table(columns=list(data.columns), data=data.values.tolist())})
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a sweep's aggregate W&B cannot log must never fail the sweep
         exit_code = 1
         warn_once("aggregate", f"W&B could not log the sweep's aggregate ({type(e).__name__}: {e})")
     finally:
@@ -254,7 +247,7 @@ def teardown(timeout: float | None = None) -> None:
     def stop() -> None:
         try:
             sys.modules["wandb"].teardown()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - teardown is best-effort: the command is ending
             pass
 
     limit = _TEARDOWN_TIMEOUT[0] if timeout is None else timeout

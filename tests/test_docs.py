@@ -274,7 +274,7 @@ def test_every_make_target_and_script_flag_the_pages_show_exists():
                     problems.append(f"{page}: `make {target}`: no such target")
             script = re.match(r"^(?:[A-Z_]+=\S+ )*python (benchmarks/\w+\.py)|^python -m (nst\.report)", line)
             if script:
-                path = ROOT / (script.group(1) or "nst/report.py")
+                path = ROOT / (script.group(1) or "nst/report/__init__.py")
                 if not path.is_file():
                     problems.append(f"{page}: `{line}`: no {path.relative_to(ROOT)}")
                     continue

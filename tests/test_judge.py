@@ -20,8 +20,8 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from conftest import nst_env, run_in
 
+from conftest import nst_env, run_in
 from nst.judging import judging_html, scores, store
 from nst.judging.pairs import Chooser, setting_pair
 from nst.judging.results import Result, load
@@ -81,7 +81,8 @@ def test_only_images_inside_the_sweep_folder_are_served(server, sweep, tmp_path)
     for path in ("/files/0/../secret.png", "/files/0/%2e%2e/secret.png", "/files/0/..%2fsecret.png",
                  f"/files/0/{trial}/../../secret.png", f"/files/0/{secret}", f"/files/0//{secret}", "/files/0/link.png",
                  "/files/1/final.png", "/files/-1/x.png", f"/files/0/{trial}/summary.json", "/static/../judge.py",
-                 "/static/%2e%2e/server.py", f"/files/0/{trial}/final.png%00.png", "/input/99", "/input/-1", "/input/../../etc/passwd"):
+                 "/static/%2e%2e/server.py", f"/files/0/{trial}/final.png%00.png", "/input/99", "/input/-1",
+                 "/input/../../etc/passwd"):
         status, body = get(port, path)
         assert status == 404, path
         assert b"PNG not for the page" not in body
@@ -313,9 +314,10 @@ def ready(driver) -> dict:
     WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.body.dataset.state") == "ready")
     srcs = driver.execute_script("return [document.getElementById('left').getAttribute('src'), "
                                  "document.getElementById('right').getAttribute('src')]")
-    loaded = driver.execute_script("return Array.from(document.images).every(i => i.hidden || (i.complete && i.naturalWidth > 0))")
+    loaded = driver.execute_script(
+        "return Array.from(document.images).every(i => i.hidden || (i.complete && i.naturalWidth > 0))")
     assert loaded, "an image did not load"
-    return {side: unquote(src).split("/")[3] for side, src in zip(("left", "right"), srcs)}
+    return {side: unquote(src).split("/")[3] for side, src in zip(("left", "right"), srcs, strict=True)}
 
 
 def sign_in(driver, url: str, name: str) -> None:
@@ -334,7 +336,8 @@ def act(driver, how: str) -> None:
     from selenium.webdriver.common.keys import Keys
 
     if how.startswith("key:"):
-        ActionChains(driver).send_keys({"left": Keys.ARROW_LEFT, "right": Keys.ARROW_RIGHT, "none": Keys.ARROW_DOWN}[how[4:]]).perform()
+        key = {"left": Keys.ARROW_LEFT, "right": Keys.ARROW_RIGHT, "none": Keys.ARROW_DOWN}[how[4:]]
+        ActionChains(driver).send_keys(key).perform()
     else:
         driver.find_element(By.ID, {"left": "pick-left", "right": "pick-right", "none": "pick-none"}[how[6:]]).click()
 

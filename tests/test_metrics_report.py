@@ -5,12 +5,13 @@ import json
 import pandas as pd
 
 import test_sweep_files as sweep_files  # its fake sweep folder (a module import: its tests are not collected twice)
-from nst import aggregate, report
+from nst import report
 from nst.metrics import NOISE_FLOOR
+from nst.report import tables
 
 
 def _set_metrics(sweep, values: list[dict]) -> None:
-    for d, metrics in zip(sorted(p for p in sweep.iterdir() if p.is_dir()), values):
+    for d, metrics in zip(sorted(p for p in sweep.iterdir() if p.is_dir()), values, strict=True):
         summary = json.loads((d / "summary.json").read_text())
         summary["metrics"] = metrics
         (d / "summary.json").write_text(json.dumps(summary))
@@ -22,18 +23,18 @@ def test_values_within_the_noise_floor_of_the_best_are_marked_as_tied(tmp_path):
     swd = [0.3, 0.3 * (1 + floor / 2), 0.3 * (1 + 3 * floor)]  # the best, one within its floor, one beyond
     _set_metrics(sweep, [{"style_swd": v, "style_swd_1x": v, "style_swd_2x": None, "style_swd_4x": None, "gmsd": g,
                           "psnr": 20.0 + i, "ssim": 0.5, "gram_distance": 1e3, "content_distance": 1e4}
-                         for i, (v, g) in enumerate(zip(swd, (0.1, 0.2, 0.3)))])
+                         for i, (v, g) in enumerate(zip(swd, (0.1, 0.2, 0.3), strict=True))])
     assert report.main([str(sweep)]) == 0
-    trials = aggregate.load_trials(sweep)
+    trials = tables.load_trials(sweep)
     names = [t.path.name for t in trials]
-    assert aggregate.tied_with_best(trials, "style_swd") == set(names[:2])
-    assert aggregate.tied_with_best(trials, "gmsd") == set()  # a clear best is not a tie
-    assert aggregate.tied_with_best(trials, "ssim") == set(names)  # all equal
+    assert tables.tied_with_best(trials, "style_swd") == set(names[:2])
+    assert tables.tied_with_best(trials, "gmsd") == set()  # a clear best is not a tie
+    assert tables.tied_with_best(trials, "ssim") == set(names)  # all equal
     page = (sweep / "report.html").read_text()
     # style_swd and style_swd_1x (the same values here): the best and the one within the floor, both
     # written 0.3 at three significant digits, are marked; the one beyond the floor (0.301) is not
-    assert page.count(f"{aggregate.human(swd[0])} \u2248</td>") == 2 * 2 and aggregate.human(swd[1]) == "0.3"
-    assert page.count(f">{aggregate.human(swd[2])}</td>") == 2
+    assert page.count(f"{tables.human(swd[0])} \u2248</td>") == 2 * 2 and tables.human(swd[1]) == "0.3"
+    assert page.count(f">{tables.human(swd[2])}</td>") == 2
     # ties: 2 + 2 above, and ssim, gram_distance, content_distance equal in all three; psnr and gmsd have a clear best
     assert page.count("class='tie'") == 4 + 3 * 3
     # style_swd_2x and 4x, skipped in every trial, are columns empty throughout: left out of the page

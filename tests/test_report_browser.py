@@ -30,7 +30,8 @@ def test_report_loads_offline_with_every_image(failing_trial_sweep, tmp_path):
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
         driver.get((sweep / "report.html").as_uri())
-        images = driver.execute_script("return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
         # grid, curves, the scatter, and the animation of the completed trial
         assert {"grid.png", "curves.png", "scatter.png", f"{completed}/animation.gif"} <= {src for src, _ in images}
         # the content and style images, embedded in the page
@@ -62,7 +63,8 @@ def test_report_loads_offline_with_every_image(failing_trial_sweep, tmp_path):
         col = headers.index("status")
 
         def statuses():
-            return [row.find_elements(By.TAG_NAME, "td")[col].text for row in driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")]
+            rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+            return [row.find_elements(By.TAG_NAME, "td")[col].text for row in rows]
 
         assert statuses() == ["failed", "completed"]  # in job order
         driver.find_elements(By.CSS_SELECTOR, "#results th")[col].click()

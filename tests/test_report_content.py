@@ -15,10 +15,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, nst_env
 from PIL import Image
 
-from nst import aggregate
+from conftest import ROOT, nst_env
+from nst.report import figures, tables
+from nst.summary import Score
 
 
 def _env(cwd: Path, **extra) -> dict:
@@ -144,10 +145,10 @@ def test_grid_labels_fit_their_cells():
     width = 188
     for text in ("style_weight=1e6", "content=/home/me/photos/a-very-long-folder-name/bridge_at_night.jpg",
                  "x" * 400, "content_layers=[conv1_1,conv2_1,conv3_1,conv4_1,conv5_1],style_scale=0.5"):
-        font, lines = aggregate.fit_text(text, width)
+        font, lines = figures.fit_text(text, width)
         assert 1 <= len(lines) <= 3
         assert all(font.getlength(line) <= width for line in lines), (text, lines)
-    font, lines = aggregate.fit_text("style_weight=1e6", width)
+    font, lines = figures.fit_text("style_weight=1e6", width)
     assert lines == ["style_weight=1e6"] and font.size == 13  # a short label as it is
 
 
@@ -160,11 +161,11 @@ def test_a_grid_with_long_values_keeps_its_cell_width(sweep, tmp_path):
         s = json.loads((d / "summary.json").read_text())
         s["overrides"] = [o for o in s["overrides"] if o.startswith("style_weight")] + [f"content={long}{d.name[0]}"]
         (d / "summary.json").write_text(json.dumps(s))
-    trials = aggregate.load_trials(copy)
-    axes = aggregate.swept_axes(trials)
+    trials = tables.load_trials(copy)
+    axes = tables.swept_axes(trials)
     assert [k for k, _ in axes] == ["style_weight", "content"]
-    grid = aggregate.make_grid(trials, axes, ["style_swd"])
-    cw = aggregate._cell_box(trials)[0]
+    grid = figures.make_grid(trials, axes, ["style_swd"])
+    cw = figures._cell_box(trials)[0]
     # row labels at most a cell wide; two columns of cells: nothing was widened by a label
     assert grid.width <= (cw + 12) + 2 * (cw + 4) + 4
 
@@ -226,7 +227,7 @@ def test_scatter_thumbnails_are_pushed_apart_until_none_overlap():
 
     points = np.array([[100.0, 100.0], [105.0, 102.0], [100.0, 100.0], [2000.0, 2000.0], [110.0, 95.0]])
     w, h = 80.0, 90.0
-    moved = points + aggregate._spread(points, w, h)
+    moved = points + figures._spread(points, w, h)
     for i in range(len(moved)):
         for j in range(i + 1, len(moved)):
             dx, dy = np.abs(moved[i] - moved[j])
@@ -236,14 +237,14 @@ def test_scatter_thumbnails_are_pushed_apart_until_none_overlap():
 
 def test_a_search_scatter_plots_its_objective_against_its_parameter(sweep, tmp_path):
     sweep, _ = sweep
-    trials = aggregate.load_trials(sweep)
+    trials = tables.load_trials(sweep)
     for i, t in enumerate(trials):  # as a search's trials record it
-        t.summary["objective"] = {"name": "final_loss", "value": 10.0 - i}
-    assert aggregate.make_scatter(trials, aggregate.swept_axes(trials), tmp_path / "scatter.png")
+        t.summary.objective = Score("final_loss", 10.0 - i)
+    assert figures.make_scatter(trials, tables.swept_axes(trials), tmp_path / "scatter.png")
     with Image.open(tmp_path / "scatter.png") as im:
         assert im.width > 300
     for t in trials:
-        t.summary["metrics"] = {}
-        t.summary.pop("objective")
-    assert not aggregate.make_scatter(trials, aggregate.swept_axes(trials), tmp_path / "none.png")  # nothing to plot
+        t.summary.metrics = {}
+        t.summary.objective = None
+    assert not figures.make_scatter(trials, tables.swept_axes(trials), tmp_path / "none.png")  # nothing to plot
     assert not (tmp_path / "none.png").exists()

@@ -344,12 +344,15 @@ def test_optuna_missing_says_what_to_install(monkeypatch):
 
 
 def test_objectives():
-    from nst.search import value
+    from dataclasses import replace
 
-    s = {"final": {"total": 12.5}, "metrics": {"psnr": 16.0, "style_swd": 0.3}}
+    from nst.search import value
+    from nst.summary import Summary
+
+    s = Summary(final={"total": 12.5}, metrics={"psnr": 16.0, "style_swd": 0.3})
     assert value("final_loss", s, 15) == 12.5
     assert value("style_swd_at_psnr", s, 15) == 0.3
-    missed = value("style_swd_at_psnr", {**s, "metrics": {"psnr": 14.0, "style_swd": 1.0}}, 15)
-    worse = value("style_swd_at_psnr", {**s, "metrics": {"psnr": 10.0, "style_swd": 1.0}}, 15)
+    missed = value("style_swd_at_psnr", replace(s, metrics={"psnr": 14.0, "style_swd": 1.0}), 15)
+    worse = value("style_swd_at_psnr", replace(s, metrics={"psnr": 10.0, "style_swd": 1.0}), 15)
     assert 1e9 < missed < worse  # below the target: worse than any style distance, and worse the further below
-    assert value("style_swd_at_psnr", {**s, "metrics": {"psnr": math.inf, "style_swd": 5.0}}, 15) == 5.0
+    assert value("style_swd_at_psnr", replace(s, metrics={"psnr": math.inf, "style_swd": 5.0}), 15) == 5.0

@@ -17,7 +17,9 @@ from PIL import Image
 
 from conftest import nst_env, run_in
 from helpers import read_jsonl, settings, trial
-from nst import aggregate, records, report, runner
+from nst import records, report, runner
+from nst import summary as trial_summary
+from nst.report import figures, tables
 
 BASE = ("device=cpu", "size=32", "steps=4")
 FULL = "No space left on device while writing "
@@ -84,8 +86,8 @@ def test_report_marks_a_cut_summary_and_a_cut_metrics_line_and_writes_the_rest(t
 
     # the grid: one row of cells 4 px apart from x=4, y=22; the damaged trials' cells wear the orange mark
     grid = Image.open(sweep / "grid.png").convert("RGB")
-    w = aggregate._cell_box(aggregate.load_trials(sweep, warn=lambda m: None))[0]
-    marked = [grid.getpixel((4 + j * (w + 4) + 1, 22 + 1)) == aggregate.PROBLEM for j in range(3)]
+    w = figures._cell_box(tables.load_trials(sweep, warn=lambda m: None))[0]
+    marked = [grid.getpixel((4 + j * (w + 4) + 1, 22 + 1)) == figures.PROBLEM for j in range(3)]
     assert marked == [False, True, True]
     # the cut summary is an empty, crossed cell; the trial with a cut metrics line keeps its image
     assert grid.getpixel((4 + (w + 4) + w // 2, 22 + 30)) == (235, 235, 235)
@@ -114,10 +116,10 @@ def test_outcome_reads_an_unreadable_summary_as_unreadable(tmp_path):
     sweep = _fake_sweep(tmp_path)
     summary, _ = _damage(sweep)
     (sweep / "2_style_weight=1e5" / "summary.json").write_text('{"status": "completed", "finished_unix": "soon"}')
-    out = records.outcome([sweep], since=0.0)
+    out = trial_summary.outcome([sweep], since=0.0)
     assert out.completed == 2
     assert len(out.failed) == 1 and out.failed[0].startswith(f"1_style_weight=1e4: {summary} is unreadable (")
-    assert records.read_summary(summary.parent) == {}
+    assert trial_summary.load(summary)[0] is None and trial_summary.read(summary).status is None
 
 
 def test_a_sweep_beside_a_trial_with_a_cut_summary_reports_it_and_aggregates(tmp_path):
@@ -276,8 +278,8 @@ class _Watch:
 
 
 def _rerun(s, run_dir: Path, watch: _Watch, frame_every: int):
-    from nst.sinks import FileSink
     from nst.settings import load_inputs
+    from nst.sinks import FileSink
 
     def open_sinks(pos):
         return [FileSink(run_dir, log_every=1, frame_every=frame_every, steps=s.total_steps), watch]
@@ -338,17 +340,17 @@ def test_a_failure_recorded_without_a_run_replaces_the_earlier_files_as_a_unit(t
             (d / f).write_text(text)
         return d
 
-    failed = {"status": "failed", "error": "worker process died"}
+    failed = trial_summary.Summary(status="failed", error="worker process died")
     # a finished earlier attempt: all its files go
     done = folder("done", {"summary.json": "{}", "final.png": "x", "metrics.jsonl": "{}\n", "frames/1.png": "x"})
-    records.record_failure(done, failed)
-    assert _checksums(done).keys() == {"summary.json"} and records.read_summary(done) == failed
+    trial_summary.record_failure(done, failed)
+    assert _checksums(done).keys() == {"summary.json"} and trial_summary.read(done / "summary.json") == failed
     # a staged attempt that was lost: its files replace the earlier ones
     staged = folder("staged", {"summary.json": "{}", "final.png": "x", f"{records.STAGING}/metrics.jsonl": "{}\n"})
-    records.record_failure(staged, failed)
+    trial_summary.record_failure(staged, failed)
     assert _checksums(staged).keys() == {"summary.json", "metrics.jsonl"}
     # an attempt that wrote in place (a first attempt): its own files stay beside its failure
     first = folder("first", {"metrics.jsonl": "{}\n", "frames/1.png": "x"})
-    records.record_failure(first, failed)
+    trial_summary.record_failure(first, failed)
     assert _checksums(first).keys() == {"summary.json", "metrics.jsonl", "frames/1.png"}
     assert _tmp_files(tmp_path) == []

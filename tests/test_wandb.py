@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from helpers import read_jsonl, summary
+from nst.summary import SCHEMA_VERSION
 
 WANDB = str(Path(sys.executable).parent / "wandb")
 
 
 def inspect(run_file: Path, *, records: bool = False):
-    args = [WANDB, "leet", "inspect", "--json", str(run_file)] if records else [WANDB, "leet", "inspect", "--summary", "--json", str(run_file)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
-    return [json.loads(l) for l in out.splitlines() if l.strip()] if records else json.loads(out)
+    what = ["--json"] if records else ["--summary", "--json"]
+    out = subprocess.run([WANDB, "leet", "inspect", *what, str(run_file)], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()] if records else json.loads(out)
 
 
 def run_record(records: list) -> dict:
@@ -42,6 +44,7 @@ def test_a_multirun_logs_trials_and_an_aggregate_in_one_group(style_weight_sweep
         trial_dir = f.parents[2]
         assert f.is_relative_to(trial_dir / "wandb")  # W&B files live in the trial's folder
         s = summary(trial_dir)
+        assert s["schema_version"] == SCHEMA_VERSION  # as nst.summary writes it
         assert rec["display_name"] == s["label"]
         # the W&B config is the composed config (plus the effective loss weights)
         config = summaries[f]["config"]

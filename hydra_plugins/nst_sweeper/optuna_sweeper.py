@@ -397,24 +397,21 @@ def supersede(sweep_dir: Path, number: int) -> None:
     """Mark the folder of a stopped trial, whose parameters are proposed again under a new number, as
     superseded in its summary.json: not a failure of the search, nor a result. A completed trial's
     summary (it finished before it could be told) and one that cannot be read are left as they are."""
+    from nst import summary as trial_summary
+
     for d in sorted(Path(sweep_dir).glob(f"{number}_*")):
         summary = d / "summary.json"
         if not d.is_dir() or summary.is_symlink() or (summary.exists() and not summary.is_file()):
             continue
-        try:
-            data = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {"label": d.name.split("_", 1)[-1]}
-        except (OSError, ValueError):
+        found, unreadable = trial_summary.load(summary)
+        if unreadable is not None or (found is not None and found.completed):
             continue
-        if not isinstance(data, dict) or data.get("status") == "completed":
-            continue
-        data.update(status="superseded", superseded="stopped before it finished; its parameters were proposed "
-                                                    "again as a new trial")
-        tmp = d / ".summary.json.tmp"
+        marked = found or trial_summary.Summary(label=d.name.split("_", 1)[-1])
+        marked.status = trial_summary.SUPERSEDED
+        marked.superseded = "stopped before it finished; its parameters were proposed again as a new trial"
         try:
-            tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-            os.replace(tmp, summary)
+            trial_summary.write(summary, marked)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             log.warning(f"{summary} could not be marked superseded ({e.strerror or e})")
 
 

@@ -39,9 +39,9 @@ def judging_html(sweep_dir: Path) -> str:
         f"<td>{sc.wins[i].sum():.0f}</td><td>{sc.wins[:, i].sum():.0f}</td><td>{sc.ties[i].sum():.0f}</td></tr>"
         for i in sc.order())
     pairs = "".join(
-        f"<tr><td>{e(sc.settings[a])}</td><td>{e(sc.settings[b])}</td><td>{(w + t / 2) / (w + l + t):.0%}</td>"
-        f"<td>{w:.0f}</td><td>{l:.0f}</td><td>{t:.0f}</td></tr>"
-        for a, b, w, l, t in _scores._pairs(sc))
+        f"<tr><td>{e(sc.settings[a])}</td><td>{e(sc.settings[b])}</td><td>{(won + t / 2) / (won + lost + t):.0%}</td>"
+        f"<td>{won:.0f}</td><td>{lost:.0f}</td><td>{t:.0f}</td></tr>"
+        for a, b, won, lost, t in _scores._pairs(sc))
     share = _scores._share
     return (
         '<section id="judging"><h2>Judged by people</h2>'

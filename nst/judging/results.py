@@ -8,11 +8,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nst.aggregate import load_trials, swept_axes
 from nst.errors import InputError
 from nst.images import resolve_image_path
 from nst.judging.store import JUDGEMENTS
 from nst.records import trial_folders
+from nst.report.tables import TrialRecord, load_trials, number, swept_axes
+from nst.summary import Summary
 
 # keys that choose the pair being stylised, not the way it is stylised
 PAIR_KEYS = ("content", "style", "style_blend")
@@ -53,9 +54,8 @@ class SweepSet:
         return None if path is None else self.inputs.index(path)
 
 
-def _pair(summary: dict) -> tuple[str, str] | None:
-    s = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
-    c = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+def _pair(summary: Summary) -> tuple[str, str] | None:
+    s, c = summary.settings, summary.config
     content = s.get("content", c.get("content"))
     style = s.get("style", c.get("style"))
     if content is None or style is None:
@@ -76,8 +76,7 @@ def _setting(t, key: str) -> str:
     value it ran with (so that sweeps run with and without the override share a label)."""
     value = t.overrides.get(key)
     if value is None:
-        for part in ("settings", "config"):
-            recorded = t.summary.get(part) if isinstance(t.summary.get(part), dict) else {}
+        for recorded in (t.summary.settings, t.summary.config):
             if isinstance(recorded.get(key), (str, int, float)) and not isinstance(recorded.get(key), bool):
                 value = str(recorded[key])
                 break
@@ -89,15 +88,12 @@ def _setting(t, key: str) -> str:
         return value
 
 
-def _number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def load(folders: list[Path]) -> SweepSet:
     """Raises InputError (one line naming the folder) for a folder that is not a sweep folder and when
     no content/style pair has two completed results with different settings."""
     folders = list(dict.fromkeys(Path(f).resolve() for f in folders))  # a folder named twice is judged once
-    trials, warnings = [], []
+    trials: list[tuple[int, TrialRecord]] = []
+    warnings: list[str] = []
     for i, folder in enumerate(folders):
         if not folder.is_dir():
             raise InputError(str(folder), "no such folder")
@@ -114,11 +110,10 @@ def load(folders: list[Path]) -> SweepSet:
             warnings.append(f"{t.path / 'summary.json'}: no content/style recorded; left out")
             continue
         setting = ", ".join(f"{k}={_setting(t, k)}" for k in axes) or t.path.name
-        metrics = t.summary.get("metrics") if isinstance(t.summary.get("metrics"), dict) else {}
         styles = pair[1].split("+")
         results.append(Result(
             ref=os.path.relpath(t.path, folders[0]), folder=i, path=t.path, pair=pair, setting=setting,
-            closeness=_number(metrics.get("gmsd")), content_file=_input(pair[0]),
+            closeness=number(t.summary.metrics.get("gmsd")), content_file=_input(pair[0]),
             style_files=tuple(p for p in map(_input, styles) if p is not None)))
     comparable = {r.pair for r in results for o in results if o.pair == r.pair and o.setting != r.setting}
     if not comparable:

@@ -56,7 +56,10 @@ class App:
             offer = self.chooser.next(judge, history)
             mine = sum(h["judge"] == judge for h in history)
         a = offer.left
-        side = lambda r: {"id": r.ref, "src": self.file_url(r.path / "final.png")}
+
+        def side(r) -> dict:
+            return {"id": r.ref, "src": self.file_url(r.path / "final.png")}
+
         return {"left": side(offer.left), "right": side(offer.right), "repeat": offer.repeat, "judged": mine,
                 "content": None if a.content_file is None else f"/input/{self.sweeps.input_index(a.content_file)}",
                 "styles": [f"/input/{self.sweeps.input_index(f)}" for f in a.style_files]}
@@ -65,7 +68,7 @@ class App:
         judge = body.get("judge")
         if not isinstance(judge, str) or not judge.strip() or len(judge) > MAX_NAME:
             raise ValueError(f"judge: a name of 1 to {MAX_NAME} characters")
-        left, right = (self.sweeps.by_ref.get(body.get(k)) if isinstance(body.get(k), str) else None for k in ("left", "right"))
+        left, right = (self.sweeps.by_ref.get(v) if isinstance(v := body.get(k), str) else None for k in ("left", "right"))
         if left is None or right is None or left.pair != right.pair or left.setting == right.setting:
             raise ValueError("left, right: two results of this sweep's same content and style, with different settings")
         if body.get("winner") not in store.WINNERS:

@@ -45,9 +45,13 @@ def read(path: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
         return []
     from nst.records import read_jsonl
 
-    out, bad = [], []
+    out: list[dict] = []
+    bad: list[int] = []
     for n, record in read_jsonl(path)[0]:
-        (out.append(record) if valid(record) else bad.append(n))
+        if isinstance(record, dict) and valid(record):
+            out.append(record)
+        else:
+            bad.append(n)
     if bad and warn:
         warn(f"{path}: {len(bad)} line(s) not a judgement (first: line {bad[0]}); left out")
     return out

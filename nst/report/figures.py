@@ -1,10 +1,7 @@
-"""Aggregate a sweep folder into results.csv, grid.png, curves.png, per-trial animations and report.html
-(and, for a search, objective.png).
-
-Reads only files (each trial's summary.json, metrics.jsonl, frames/ and .hydra/), so a sweep can be
-re-aggregated, compared and published without W&B and without re-running anything. A file that cannot
-be read (a summary.json cut short, a cut metrics.jsonl line, a corrupt image) is that trial's problem:
-its row and its grid cell are marked, one warning names the file, and the rest of the report is written.
+"""The report's figures, drawn from the trials' files alone: grid.png (one cell per trial, annotated),
+curves.png (the loss curves), objective.png (a search's objective), scatter.png (the trade-off between
+closeness to the photograph and to the painting) and each trial's animation. A trial whose file cannot
+be read gets a marked cell, never an error.
 """
 
 from __future__ import annotations
@@ -15,229 +12,31 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import pandas as pd
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from nst.images import save_animation, save_atomic
-from nst.metrics import BETTER, NOISE_FLOOR, SWD_SCALES
-from nst.records import WriteError, load_summary, read_jsonl, trial_number, write_bytes_atomic
+from nst.images import save_animation
+from nst.metrics import SWD_SCALES
+from nst.records import WriteError, write_bytes_atomic
+from nst.report.tables import (
+    IMAGE_ERRORS,
+    TrialRecord,
+    human,
+    label,
+    number,
+    objective_name,
+    objective_value,
+    reason,
+    tied_with_best,
+    value_text,
+    warning,
+)
 
 log = logging.getLogger("nst")
 
-# results.csv's metric columns: the fair judges first, then the per-scale style distances, then the
-# two that are close to the default objective (nst.metrics says which is which)
-METRICS = ("style_swd", "gmsd", "psnr", "ssim", *(f"style_swd_{f}x" for f in SWD_SCALES), "gram_distance", "content_distance")
-# Older sweep folders' summary.json hold `style_distance` (the Gram distance against the painting
-# stretched to the photograph's shape): shown as it is, in its own column, where any trial has it,
-# and ranked as the Gram distance is (lower is better, its floor).
-LEGACY = {"style_distance": "gram_distance"}
 CELL = 192  # long side of a grid cell, px
-
-
-@dataclass
-class Trial:
-    path: Path
-    num: int
-    overrides: dict[str, str]
-    summary: dict
-    status: str  # the summary's, "unfinished" without one, "unreadable" when it cannot be read
-    rows: list[dict] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # "<file>: what is wrong with it", one per unreadable file
-
-    @property
-    def final(self) -> Path:
-        return self.path / "final.png"
-
-    @property
-    def folder_unreadable(self) -> bool:
-        return any(p.startswith(".: ") for p in self.problems)
-
-
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def _mapping(v) -> dict:
-    return v if isinstance(v, dict) else {}
-
-
-def _num(v) -> float | None:
-    """A finite number from a record, or None (a hand-edited or damaged file may hold anything)."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def _value(v) -> int | float | None:
-    """A number from a record as it is (an int stays an int in results.csv), or None."""
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def _reason(e: BaseException) -> str:
-    return (str(e).strip() or type(e).__name__).splitlines()[0]
-
-
-def _overrides(path: Path, summary: dict, problems: list[str]) -> dict[str, str]:
-    """The trial's overrides: its summary's (written with its files, as a unit), else Hydra's record."""
-    items = summary.get("overrides")
-    if not isinstance(items, list):
-        f = path / ".hydra" / "overrides.yaml"
-        items = []
-        if f.exists():
-            try:
-                items = list(OmegaConf.load(f))
-            except Exception as e:  # noqa: BLE001 - a damaged file is the trial's problem, not the report's
-                problems.append(f".hydra/overrides.yaml: unreadable ({_reason(e)})")
-    out = {}
-    for item in items:
-        key, _, value = str(item).partition("=")
-        if key.lstrip("+~") in ("sweep", "sweep_name", "search"):
-            continue
-        out[key.lstrip("+~")] = value
-    return out
-
-
-def _metrics_rows(path: Path, problems: list[str]) -> list[dict]:
-    """metrics.jsonl's rows; a line that is cut or not a row is left out and noted."""
-    if not path.exists():
-        return []
-    try:
-        parsed, count = read_jsonl(path)
-    except OSError as e:
-        problems.append(f"metrics.jsonl: unreadable ({_reason(e)})")
-        return []
-    rows, bad = [], []
-    for n, row in parsed:
-        if isinstance(row, dict) and _num(row.get("evaluation")) is not None:
-            rows.append(row)
-        else:
-            bad.append(n)
-    if bad:
-        which = f"line {bad[0]} is" if len(bad) == 1 else f"{len(bad)} lines are (first: line {bad[0]})"
-        cut = " (cut short?)" if bad == [count] else ""
-        problems.append(f"metrics.jsonl: {which} not a JSON row{cut}; left out")
-    return rows
-
-
-def _check_final(t: "Trial") -> None:
-    """A completed trial's final.png must be there and decode."""
-    if t.status != "completed":
-        return
-    if not t.final.exists():
-        t.problems.append("final.png: missing")
-        return
-    try:
-        with Image.open(t.final) as im:
-            im.load()
-    except _IMAGE_ERRORS as e:
-        t.problems.append(f"final.png: unreadable ({_reason(e)})")
-
-
-def load_trials(sweep_dir: Path, warn: Callable[[str], None] | None = None) -> list[Trial]:
-    """Every trial folder of the sweep. A file that cannot be read is recorded in the trial's
-    `problems`, and `warn` (default: the log) gets one line naming it; a trial folder that cannot be
-    read at all (permissions, a damaged disk) is a trial with status "unreadable"."""
-    warn = warn or log.warning
-    trials = []
-    for d in sorted(Path(sweep_dir).iterdir()):
-        num = trial_number(d)
-        num = len(trials) if num is None else num
-        try:
-            if not d.is_dir() or not (d / ".hydra").is_dir() and not (d / "summary.json").exists():
-                continue
-            t = _load_trial(d, num)
-        except OSError as e:  # the folder itself cannot be listed or its files stat'ed
-            if d.name.startswith(".") or not d.is_dir():
-                continue
-            t = Trial(d, num, {}, {}, "unreadable", [], [f".: the folder is unreadable ({_reason(e)})"])
-        for problem in t.problems:
-            warn(_warning(t, problem))
-        trials.append(t)
-    return sorted(trials, key=lambda t: t.num)
-
-
-def _load_trial(d: Path, num: int) -> Trial:
-    problems: list[str] = []
-    summary, unreadable = load_summary(d)
-    if unreadable is not None:
-        problems.append(f"summary.json: {unreadable}")
-    status = "unreadable" if unreadable is not None else str(summary.get("status") or "unfinished")
-    rows = _metrics_rows(d / "metrics.jsonl", problems)
-    t = Trial(d, num, _overrides(d, summary, problems), summary, status, rows, problems)
-    _check_final(t)
-    return t
-
-
-def _warning(t: Trial, problem: str) -> str:
-    name, _, what = problem.partition(": ")
-    return f"{t.path if name == '.' else t.path / name}: {what} (the trial is marked in the report)"
-
-
-def swept_axes(trials: list[Trial]) -> list[tuple[str, list[str]]]:
-    """The override keys whose values differ between trials, each with its values in sweep order."""
-    axes: dict[str, list[str]] = {}
-    for t in trials:
-        for k, v in t.overrides.items():
-            values = axes.setdefault(k, [])
-            if v not in values:
-                values.append(v)
-    return [(k, v) for k, v in axes.items() if len(v) > 1]
-
-
-def human(v: float) -> str:
-    """Three significant digits, as people write them: 1e6, 3.27e10, 0.412, 47.6, 1230, 1.5e-4."""
-    if v == 0 or not math.isfinite(v):
-        return "0" if v == 0 else str(v)
-    exp = math.floor(math.log10(abs(v)))
-    if round(abs(v), 2 - exp) >= 10 ** (exp + 1):  # 999.7 rounds up to the next power of ten
-        exp += 1
-    if -3 <= exp < 4 and not (exp == 3 and round(v, 2 - exp) % 1000 == 0):  # 1e3, 2e3 as sweeps are typed
-        text = f"{round(v, 2 - exp):.{max(0, 2 - exp)}f}"
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    mantissa = f"{v / 10 ** exp:.2f}".rstrip("0").rstrip(".")
-    return f"{mantissa}e{exp}"
-
-
-def value_text(text: str | None) -> str:
-    """An override's value for people: a number written as `human` does (Hydra records 1e6 as
-    1000000.0), anything else as it is."""
-    text = "" if text is None else str(text)
-    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text.strip()):
-        v = float(text)
-        if math.isfinite(v) and not (v.is_integer() and abs(v) < 1e4 and "." not in text and "e" not in text.lower()):
-            return human(v)
-    return text
-
-
-def label(trial: Trial, keys: list[str]) -> str:
-    return ", ".join(f"{k}={value_text(trial.overrides.get(k, ''))}" for k in keys) or trial.path.name
-
-
-# ------------------------------------------------------------------------------------------ table
-
-
-def results_table(trials: list[Trial], axes) -> pd.DataFrame:
-    records = []
-    for t in trials:
-        s = t.summary
-        rec = {"trial": t.path.name, "num": t.num}
-        rec.update({k: t.overrides.get(k) for k, _ in axes})
-        rec["status"] = t.status
-        rec["error"] = s.get("error", "")
-        rec["problem"] = "; ".join(t.problems)  # files of the trial that could not be read
-        for term in ("total", "content", "style", "tv"):
-            rec[f"final_{term}"] = _value(_mapping(s.get("final")).get(term))
-        for m in METRICS + tuple(k for k in LEGACY if any(k in _mapping(x.summary.get("metrics")) for x in trials)):
-            rec[m] = _value(_mapping(s.get("metrics")).get(m))
-        for key in ("evaluations", "wall_time", "evals_per_second", "peak_memory_mb"):
-            rec[key] = _value(s.get(key))
-        rec["device"] = s.get("device")
-        if any(x.summary.get("objective") for x in trials):
-            rec["objective"] = _value(_mapping(s.get("objective")).get("value"))
-        records.append(rec)
-    return pd.DataFrame.from_records(records)
 
 
 # ------------------------------------------------------------------------------------------- grid
@@ -303,36 +102,17 @@ def draw_lines(d: ImageDraw.ImageDraw, xy: tuple[float, float], font, lines: lis
 
 SHORT = {"style_swd": "SWD", "gmsd": "GMSD", "psnr": "PSNR", "ssim": "SSIM", "gram_distance": "Gram",
          "content_distance": "content", "style_distance": "style (old)", **{f"style_swd_{f}x": f"SWD{f}x" for f in SWD_SCALES}}
-TIE = "\u2248"  # "≈" in report.html: within the float-noise floor of the best
 TIE_GRID = "~"  # the same in grid.png (Pillow's default font has no "≈")
 
 
-def floor_of(metric: str) -> float:
-    return NOISE_FLOOR[LEGACY.get(metric, metric)]
-
-
-def tied_with_best(trials: list[Trial], metric: str) -> set[str]:
-    """The completed trials whose `metric` is within its float-noise floor (nst.metrics.NOISE_FLOOR,
-    relative) of the best one's (lowest distance, highest PSNR or SSIM), when there are two or more:
-    they tie, their order says nothing that float noise could not change; empty when the best stands
-    alone beyond the floor."""
-    values = {t.path.name: v for t in trials if t.status == "completed"
-              and (v := _num(_mapping(t.summary.get("metrics")).get(metric))) is not None}
-    if len(values) < 2:
-        return set()
-    best = (min if BETTER[LEGACY.get(metric, metric)] == "min" else max)(values.values())
-    band = {name for name, v in values.items() if abs(v - best) <= floor_of(metric) * abs(best)}
-    return band if len(band) > 1 else set()
-
-
-def _cell_box(trials: list[Trial]) -> tuple[int, int]:
+def _cell_box(trials: list[TrialRecord]) -> tuple[int, int]:
     """Cell size: CELL px wide, with the aspect ratio of the first saved result."""
     for t in trials:
         if t.status == "completed" and t.final.exists() and not any(p.startswith("final.png") for p in t.problems):
             try:
                 with Image.open(t.final) as im:
                     w, h = im.size
-            except _IMAGE_ERRORS:
+            except IMAGE_ERRORS:
                 continue
             return (CELL, max(1, round(CELL * h / w))) if w >= h else (max(1, round(CELL * w / h)), CELL)
     return CELL, CELL * 3 // 4
@@ -341,22 +121,22 @@ def _cell_box(trials: list[Trial]) -> tuple[int, int]:
 PROBLEM = (230, 120, 0)  # the mark of a trial with an unreadable file
 
 
-def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int], ties: dict[str, set[str]]) -> Image.Image:
+def _cell(trial: TrialRecord | None, annotate: list[str], box: tuple[int, int], ties: dict[str, set[str]]) -> Image.Image:
     w, h = box
     pad = 18 if annotate else 0
     img = None
     if trial is not None and trial.status == "completed" and not any(p.startswith("final.png") for p in trial.problems):
         try:
             with Image.open(trial.final) as im:
-                img = ImageOps.contain(im.convert("RGB"), box, Image.LANCZOS)
-        except _IMAGE_ERRORS:
+                img = ImageOps.contain(im.convert("RGB"), box, Image.Resampling.LANCZOS)
+        except IMAGE_ERRORS:
             img = None
-    if img is not None:
+    if trial is not None and img is not None:
         cell = Image.new("RGB", (w, h + pad), "white")
         cell.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
-        metrics = _mapping(trial.summary.get("metrics"))
-        text = "  ".join(f"{SHORT[m]} {human(_num(metrics.get(m)))}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
-                         for m in annotate if _num(metrics.get(m)) is not None)
+        shown = {m: v for m in annotate if (v := number(trial.summary.metrics.get(m))) is not None}
+        text = "  ".join(f"{SHORT[m]} {human(v)}{TIE_GRID if trial.path.name in ties.get(m, ()) else ''}"
+                         for m, v in shown.items())
         font, lines = fit_text(text, w - 4, size=12, max_lines=1)
         draw_lines(ImageDraw.Draw(cell), (2, h + 3), font, lines)
         return _mark_problem(cell, trial)
@@ -370,7 +150,7 @@ def _cell(trial: Trial | None, annotate: list[str], box: tuple[int, int], ties: 
     return _mark_problem(cell, trial)
 
 
-def _mark_problem(cell: Image.Image, trial: Trial | None) -> Image.Image:
+def _mark_problem(cell: Image.Image, trial: TrialRecord | None) -> Image.Image:
     """A trial with an unreadable file: an orange frame, and the file named on an orange band."""
     if trial is None or not trial.problems:
         return cell
@@ -412,7 +192,7 @@ def _table_image(rows: list[list[Image.Image]], row_labels: list[str], col_label
     return img
 
 
-def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | None = None) -> Image.Image:
+def make_grid(trials: list[TrialRecord], axes, annotate: list[str], sort_by: str | None = None) -> Image.Image:
     """One axis: a row; two: rows x columns; more: one such grid per combination of the others."""
     box = _cell_box(trials)
     ties = {m: tied_with_best(trials, m) for m in annotate}
@@ -431,7 +211,7 @@ def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | Non
         combos = [{**c, k: v} for c in combos for v in vals]
     panels = []
     for combo in combos:
-        def find(rv, cv):
+        def find(rv, cv, combo=combo):  # bound now: called in this iteration only, but said so
             for t in trials:
                 o = t.overrides
                 if o.get(rkey) == rv and o.get(ckey) == cv and all(o.get(k) == v for k, v in combo.items()):
@@ -452,8 +232,8 @@ def make_grid(trials: list[Trial], axes, annotate: list[str], sort_by: str | Non
     return out
 
 
-def _sort_key(t: Trial | None, key: str) -> float:
-    v = _num(_mapping(t.summary.get("metrics")).get(key)) if t else None
+def _sort_key(t: TrialRecord | None, key: str) -> float:
+    v = number(t.summary.metrics.get(key)) if t else None
     return math.inf if v is None else v
 
 
@@ -464,7 +244,8 @@ def _cache_dir() -> Path:
     """Where matplotlib keeps its font cache: the user's cache folder ($XDG_CACHE_HOME or ~/.cache,
     under nst/matplotlib), else the temporary folder; never a sweep folder (it is not the sweep's)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for d in (Path(base) / "nst" / "matplotlib", Path(tempfile.gettempdir()) / f"nst-matplotlib-{getattr(os, 'getuid', lambda: 0)()}"):
+    user = getattr(os, "getuid", lambda: 0)()  # no uid on Windows
+    for d in (Path(base) / "nst" / "matplotlib", Path(tempfile.gettempdir()) / f"nst-matplotlib-{user}"):
         try:
             d.mkdir(parents=True, exist_ok=True)
             if os.access(d, os.W_OK | os.X_OK):
@@ -488,17 +269,17 @@ def _pyplot():
     return plt
 
 
-def make_curves(trials: list[Trial], axes, path: Path) -> None:
+def make_curves(trials: list[TrialRecord], axes, path: Path) -> None:
     plt = _pyplot()
 
     keys = [k for k, _ in axes]
-    terms = ["total", "content", "style"] + (["tv"] if any(_num(r.get("tv")) for t in trials for r in t.rows) else [])
+    terms = ["total", "content", "style"] + (["tv"] if any(number(r.get("tv")) for t in trials for r in t.rows) else [])
     fig, axs = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6), squeeze=False)
-    for ax, term in zip(axs[0], terms):
+    for ax, term in zip(axs[0], terms, strict=True):
         for t in trials:
-            pts = [(r["evaluation"], v) for r in t.rows if (v := _num(r.get(term))) is not None and v > 0]
+            pts = [(r["evaluation"], v) for r in t.rows if (v := number(r.get(term))) is not None and v > 0]
             if pts:
-                x, y = zip(*pts)
+                x, y = zip(*pts, strict=True)
                 ax.plot(x, y, label=label(t, keys), linestyle="-" if t.status == "completed" else "--", linewidth=1.3)
         ax.set_yscale("log")
         ax.set_xlabel("objective evaluations")
@@ -537,17 +318,17 @@ def _log_scale(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) >= 100 * min(values)
 
 
-def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
+def make_objective_plot(trials: list[TrialRecord], axes, path: Path) -> bool:
     """A search: its objective against the trial number (with the best so far) and against each
     searched value. False when no trial recorded an objective (a grid)."""
     scored = [(t, v) for t in trials
-              if t.status == "completed" and (v := _num(_mapping(t.summary.get("objective")).get("value"))) is not None]
+              if t.status == "completed" and (v := objective_value(t)) is not None]
     if not scored:
         return False
     plt = _pyplot()
     import matplotlib.ticker
 
-    name = str(scored[0][0].summary["objective"].get("name", "objective"))
+    name = objective_name(scored[0][0])
     searched = [k for k, _ in axes if all(_number(t.overrides.get(k)) is not None for t, _ in scored)]
     fig, axs = plt.subplots(1, 1 + len(searched), figsize=(4.4 * (1 + len(searched)), 3.6), squeeze=False)
     ys = [v for _, v in scored]
@@ -557,15 +338,15 @@ def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
     for t, v in scored:
         best = min(best, v)
         steps.append((t.num, best))
-    ax.step(*zip(*steps), where="post", label="best so far")
+    ax.step(*zip(*steps, strict=True), where="post", label="best so far")
     ax.set_xlabel("trial number")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title(name)
     ax.legend(fontsize=8, frameon=False)
-    for ax, key in zip(axs[0][1:], searched):
-        xs = [_number(t.overrides.get(key)) for t, _ in scored]
+    for ax, key in zip(axs[0][1:], searched, strict=True):
+        xs = [x for t, _ in scored if (x := _number(t.overrides.get(key))) is not None]  # all of them: `searched`
         ax.plot(xs, ys, "o")
-        if _log_scale(xs):  # type: ignore[arg-type]
+        if _log_scale(xs):
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_title(f"{name} against {key}")
@@ -583,8 +364,8 @@ def make_objective_plot(trials: list[Trial], axes, path: Path) -> bool:
 def _thumbnail(path: Path, side: int) -> Image.Image | None:
     try:
         with Image.open(path) as im:
-            return ImageOps.contain(im.convert("RGB"), (side, side), Image.LANCZOS)
-    except (*_IMAGE_ERRORS, OSError):
+            return ImageOps.contain(im.convert("RGB"), (side, side), Image.Resampling.LANCZOS)
+    except (*IMAGE_ERRORS, OSError):
         return None
 
 
@@ -621,7 +402,7 @@ def _spread(points, w: float, h: float, rounds: int = 200):
     return off
 
 
-def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
+def make_scatter(trials: list[TrialRecord], axes, path: Path) -> bool:
     """The trade-off, each completed trial's result at its point: a search's objective against its
     first searched number, else style_swd (distance to the style) against gmsd (structure lost from
     the content), both lower-is-better. False when no trial has the two numbers."""
@@ -630,17 +411,18 @@ def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
 
     keys = [k for k, _ in axes]
     done = [t for t in trials if t.status == "completed"]
-    objective = [(t, v) for t in done if (v := _num(_mapping(t.summary.get("objective")).get("value"))) is not None]
+    objective = [(t, v) for t in done if (v := objective_value(t)) is not None]
     if objective:
-        name = str(objective[0][0].summary["objective"].get("name", "objective"))
+        name = objective_name(objective[0][0])
         searched = [k for k in keys if all(_number(t.overrides.get(k)) is not None for t, _ in objective)]
         xkey = searched[0] if searched else None
-        points = [(t, _number(t.overrides.get(xkey)) if xkey else float(t.num), v) for t, v in objective]
+        # every trial has the number (`searched`)
+        points = [(t, x, v) for t, v in objective if (x := _number(t.overrides.get(xkey)) if xkey else float(t.num)) is not None]
         xlabel, ylabel = (xkey or "trial number"), f"{name}  (lower is better \u2193)"
         title = f"{name} against {xkey or 'trial number'}"
     else:
-        points = [(t, x, y) for t in done if (x := _num(_mapping(t.summary.get("metrics")).get("gmsd"))) is not None
-                  and (y := _num(_mapping(t.summary.get("metrics")).get("style_swd"))) is not None]
+        points = [(t, x, y) for t in done if (x := number(t.summary.metrics.get("gmsd"))) is not None
+                  and (y := number(t.summary.metrics.get("style_swd"))) is not None]
         xlabel = "gmsd: structure lost from the content  (\u2190 lower is better)"
         ylabel = "style_swd: distance to the style  (lower is better \u2193)"
         title = "The trade-off: better results lie towards the lower left"
@@ -671,11 +453,11 @@ def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
     scale = fig.dpi / 72  # OffsetImage draws one image pixel per point
     offsets = _spread(ax.transData.transform(np.array([(x, y) for _, x, y in points])),
                       (side + 8) * scale, (side + (24 if texts else 8)) * scale) / scale
-    for (t, x, y), (dx, dy) in zip(points, offsets):
+    for (t, x, y), (dx, dy) in zip(points, offsets, strict=True):
         thumb = _thumbnail(t.final, side)
         if thumb is None:
             continue
-        parts = [OffsetImage(np.asarray(thumb), zoom=1)]
+        parts: list = [OffsetImage(np.asarray(thumb), zoom=1)]
         if texts:  # as wide as the thumbnail: two lines of about side / 3.4 characters at 6.5 pt
             parts.append(TextArea(_short_label(label(t, keys) if keys else t.path.name, max(8, int(side / 3.4))),
                                   textprops={"fontsize": 6.5}))
@@ -691,7 +473,7 @@ def make_scatter(trials: list[Trial], axes, path: Path) -> bool:
 # ------------------------------------------------------------------------------------- animations
 
 
-def make_animation(trial: Trial, warn: Callable[[str], None] | None = None) -> Path | None:
+def make_animation(trial: TrialRecord, warn: Callable[[str], None] | None = None) -> Path | None:
     """The trial's animation.gif, made from its frames when it has none. A frame that cannot be read
     is the trial's problem; a GIF that cannot be written is warned about."""
     out = trial.path / "animation.gif"
@@ -702,38 +484,6 @@ def make_animation(trial: Trial, warn: Callable[[str], None] | None = None) -> P
     except WriteError as e:
         (warn or log.warning)(f"no animation for trial {trial.path.name}: {e}")
     except Exception as e:  # noqa: BLE001 - a damaged frame is the trial's problem, not the report's
-        trial.problems.append(f"frames: a frame is unreadable ({_reason(e)})")
-        (warn or log.warning)(_warning(trial, trial.problems[-1]))
+        trial.problems.append(f"frames: a frame is unreadable ({reason(e)})")
+        (warn or log.warning)(warning(trial, trial.problems[-1]))
     return None
-
-
-# ------------------------------------------------------------------------------------------- main
-
-
-def aggregate(sweep_dir: Path, annotate: list[str] | None = None, sort_by: str | None = None,
-              warn: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """Write the sweep's report files; returns them by name. A trial's unreadable file is marked in
-    the report and warned about (`warn`, default: the log), never an error; a report file that cannot
-    be written raises nst.records.WriteError naming it."""
-    sweep_dir = Path(sweep_dir)
-    trials = load_trials(sweep_dir, warn)
-    if not trials:
-        raise FileNotFoundError(f"{sweep_dir}: no trial folders (with .hydra/ or summary.json) in it")
-    annotate = ["psnr", "style_swd"] if annotate is None else annotate
-    axes = swept_axes(trials)
-    # the animations first: a frame found unreadable there is marked in the table and the grid too
-    animations = {t.path.name: a for t in trials if not t.folder_unreadable and (a := make_animation(t, warn)) is not None}
-    table = results_table(trials, axes)
-    out = {"results": sweep_dir / "results.csv", "grid": sweep_dir / "grid.png", "curves": sweep_dir / "curves.png"}
-    write_bytes_atomic(out["results"], table.to_csv(index=False).encode("utf-8"))
-    save_atomic(make_grid(trials, axes, annotate, sort_by), out["grid"])
-    make_curves(trials, axes, out["curves"])
-    if make_scatter(trials, axes, sweep_dir / "scatter.png"):
-        out["scatter"] = sweep_dir / "scatter.png"
-    if make_objective_plot(trials, axes, sweep_dir / "objective.png"):
-        out["objective"] = sweep_dir / "objective.png"
-    # the page itself is nst.report's (which imports this module for its command)
-    from nst.report import write_report
-
-    out["report"] = write_report(sweep_dir, table, trials, axes, animations, scatter="scatter" in out)
-    return out

@@ -1,27 +1,15 @@
-"""A sweep's report.html, and `python -m nst.report <sweep dir>`: (re)build a sweep's results.csv,
-grid.png, curves.png, scatter.png, animations and report.html from its folder alone.
-
-The page shows what went in (the content and style images, embedded as thumbnails: they live outside
+"""report.html: what went in (the content and style images, embedded as thumbnails: they live outside
 the sweep folder) and what came out: the results table (the swept values, status, the fair metrics and
-time first; the other columns folded away), the trade-off scatter, the grid, the loss curves and each
-trial's animation. It links only to files in the sweep folder, so the folder is the whole report,
-offline.
-
-A trial file that cannot be read (a summary.json cut short, a cut metrics.jsonl line, a trial folder
-that cannot be opened) is a warning naming it and a marked row and cell; the report is still written
-(exit 0). Exit 2: no such sweep folder, no trial folder in it, or a bad option; exit 1: a report file
-could not be written (a full disk, a read-only folder).
-"""
-
+time first; the other columns folded away), a search's best trial, people's judgements, the trade-off
+scatter, the grid, the loss curves and each trial's animation. It links only to files in the sweep
+folder, so the folder is the whole report, offline."""
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import math
 import shlex
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -29,25 +17,20 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
 from nst import search
-from nst.aggregate import (
-    LEGACY,
-    METRICS,
-    TIE,
-    Trial,
-    _mapping,
-    _num,
-    aggregate,
-    floor_of,
-    human,
-    label,
-    tied_with_best,
-    value_text,
-)
 from nst.judging import judging_html
 from nst.metrics import BETTER
 from nst.records import write_bytes_atomic
-
-KNOWN = (*METRICS, *LEGACY)  # old sweep folders' style_distance too
+from nst.report.tables import (
+    LEGACY,
+    TIE,
+    TrialRecord,
+    floor_of,
+    human,
+    label,
+    objective_value,
+    tied_with_best,
+    value_text,
+)
 
 # The table's first columns: what was swept (inserted after "num"), how it went, the fair judges
 # (nst.metrics: not any recipe's objective) and the time; the rest are folded away.
@@ -70,13 +53,12 @@ def sweep_command(sweep_dir: Path) -> str:
 # --------------------------------------------------------------------------------------- inputs
 
 
-def inputs_of(trials: list[Trial]) -> list[tuple[str, str]]:
+def inputs_of(trials: list[TrialRecord]) -> list[tuple[str, str]]:
     """(role, image) of every distinct input, in trial order: content first, then style(s)."""
     seen: dict[tuple[str, str], None] = {}
     for role in ("content", "style"):
         for t in trials:
-            settings, config = _mapping(t.summary.get("settings")), _mapping(t.summary.get("config"))
-            value = settings.get(role) or config.get(role)
+            value = t.summary.settings.get(role) or t.summary.config.get(role)
             for v in ([value] if isinstance(value, str) else value if isinstance(value, list) else []):
                 if isinstance(v, str) and v:
                     seen.setdefault((role, v), None)
@@ -91,13 +73,13 @@ def _thumbnail_uri(role: str, value: str) -> tuple[str | None, str]:
         img = images.load_image(role, value)
     except Exception as e:  # noqa: BLE001 - a missing or damaged input costs the page its thumbnail only
         return None, (str(e).strip() or type(e).__name__).splitlines()[0]
-    thumb = ImageOps.contain(img, (THUMB, THUMB), Image.LANCZOS)
+    thumb = ImageOps.contain(img, (THUMB, THUMB), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     thumb.save(buf, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
 
 
-def _inputs_section(trials: list[Trial]) -> str:
+def _inputs_section(trials: list[TrialRecord]) -> str:
     e = html.escape
     found = inputs_of(trials)
     if not found:
@@ -170,7 +152,8 @@ def _table(table: pd.DataFrame, columns: list[str], keys: list[str], ties, id_: 
         (f"<tr class='{html.escape(str(r['status']))}{' problem' if r['problem'] else ''}'>" if marked else "<tr>")
         + "".join(_cell(r, c, keys, ties) for c in columns) + "</tr>"
         for _, r in table.iterrows())
-    return f"<div class='wide'><table class='sortable' id='{id_}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    return (f"<div class='wide'><table class='sortable' id='{id_}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
 
 
 _SORT_JS = """
@@ -196,31 +179,32 @@ def _floors_note(columns) -> str:
 # --------------------------------------------------------------------------------------- search
 
 
-def _search_section(sweep_dir: Path, trials: list[Trial]) -> str:
-    def value(t: Trial) -> float | None:
-        return _num(_mapping(t.summary.get("objective")).get("value"))
-
-    scored = [t for t in trials if t.status == "completed" and value(t) is not None]
+def _search_section(sweep_dir: Path, trials: list[TrialRecord]) -> str:
+    scored = [t for t in trials if t.status == "completed" and objective_value(t) is not None]
     if not scored:
         return ""
     e = html.escape
-    best = min(scored, key=value)
+    values = {t.path: v for t in scored if (v := objective_value(t)) is not None}
+    best = min(scored, key=lambda t: values[t.path])
     found = sweep_dir / "optimization_results.yaml"
     try:
         found_text = found.read_bytes().decode("utf-8", errors="replace") if found.exists() else None
     except OSError:
         found_text = None
-    name = str(best.summary["objective"].get("name", ""))
+    name = best.summary.objective.name if best.summary.objective else ""
     metric = search.METRIC_OF.get(name)
-    tied = "" if metric is None else ", ".join(
-        t.path.name for t in scored if t is not best and abs(value(t) - value(best)) <= floor_of(metric) * abs(value(best)))
-    tied = f"<p>Tied with it within the float-noise floor of {metric} ({100 * floor_of(metric):.2g} %): trials {e(tied)}.</p>" \
-        if tied else ""
+    low = values[best.path]
+    tied = ""
+    if metric is not None:
+        floor = floor_of(metric)
+        names = ", ".join(t.path.name for t in scored if t is not best and abs(values[t.path] - low) <= floor * abs(low))
+        tied = f"<p>Tied with it within the float-noise floor of {metric} ({100 * floor:.2g} %): trials {e(names)}.</p>" \
+            if names else ""
     sweeper = f"<p>The sweeper's result (<a href='{found.name}'>{found.name}</a>):</p><pre>{e(found_text)}</pre>" \
         if found_text is not None else ""
     return f"""<h2>Search</h2>
 <p>Objective <code>{e(name)}</code>, lowest in trial {e(best.path.name)}:
-{value(best):.6g}. {len(scored)} of {len(trials)} trials scored.</p>
+{values[best.path]:.6g}. {len(scored)} of {len(trials)} trials scored.</p>
 {tied}{sweeper}
 <img src="objective.png" alt="objective against trial number and searched values">
 """
@@ -254,7 +238,7 @@ summary { cursor: pointer; }
 """
 
 
-def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[Trial], axes, animations: dict[str, Path],
+def write_report(sweep_dir: Path, table: pd.DataFrame, trials: list[TrialRecord], axes, animations: dict[str, Path],
                  scatter: bool = False) -> Path:
     keys = [k for k, _ in axes]
     e = html.escape
@@ -310,43 +294,3 @@ evaluator, so they compare across trials. Also in <a href="results.csv">results.
     out = sweep_dir / "report.html"
     write_bytes_atomic(out, page.encode("utf-8"))
     return out
-
-
-# -------------------------------------------------------------------------------------- command
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nst.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep_dir", type=Path, help="a folder made by `python -m nst.run -m ...`")
-    ap.add_argument("--annotate", default="psnr,style_swd",
-                    help=f"metrics written under each grid cell, comma-separated, from: {', '.join(KNOWN)} ('' for none)")
-    ap.add_argument("--sort", default=None, choices=KNOWN, help="order a one-axis grid by this metric (ascending)")
-    args = ap.parse_args(argv)
-    annotate = [m for m in args.annotate.split(",") if m]
-    bad = [m for m in annotate if m not in KNOWN]
-    if bad:
-        print(f"nst.report: error: --annotate: unknown metric '{bad[0]}'; allowed: {', '.join(KNOWN)}", file=sys.stderr)
-        return 2
-    if not args.sweep_dir.is_dir():
-        print(f"nst.report: error: {args.sweep_dir}: no such folder", file=sys.stderr)
-        return 2
-
-    def warn(message: str) -> None:
-        print(f"nst.report: warning: {message}", file=sys.stderr)
-
-    try:
-        out = aggregate(args.sweep_dir, annotate=annotate, sort_by=args.sort, warn=warn)
-    except FileNotFoundError as e:
-        print(f"nst.report: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a report file that cannot be written (a full disk, a read-only folder)
-        print(f"nst.report: error: {e}", file=sys.stderr)
-        return 1
-    for name, path in out.items():
-        print(f"{name}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
