@@ -40,7 +40,7 @@ def test_values_within_the_noise_floor_of_the_best_are_marked_as_tied(tmp_path):
     # style_swd_2x and 4x, skipped in every trial, are columns empty throughout: left out of the page
     assert "style_swd_2x" not in page.split("<table", 1)[1] and "skipped" not in page
     table = pd.read_csv(sweep / "results.csv")
-    assert list(table.columns[table.columns.get_loc("style_swd"):][:4]) == ["style_swd", "gmsd", "psnr", "ssim"]
+    assert list(table.columns[table.columns.get_loc("style_swd"):][:5]) == ["style_swd", "gmsd", "self_sim_dist", "psnr", "ssim"]
     assert "style_distance" not in table.columns
 
 

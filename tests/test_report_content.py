@@ -106,8 +106,8 @@ def test_report_table_first_columns_numbers_and_folded_rest(sweep):
     main, more = page.tables["results"], page.tables["more"]
     assert page.folded == ["more"]  # the other columns are in a <details>
     # the swept key, the status, the fair metrics and the time first
-    assert [h.rstrip(" \u2193\u2191") for h in main["head"]] == ["#", "style_weight", "status", "style_swd", "gmsd", "psnr",
-                                                               "ssim", "time (s)"]
+    assert [h.rstrip(" \u2193\u2191") for h in main["head"]] == ["#", "style_weight", "status", "style_swd", "gmsd",
+                                                               "self_sim_dist", "psnr", "ssim", "time (s)"]
     assert main["head"][3:5] == ["style_swd \u2193", "gmsd \u2193"]
     folded = [h.rstrip(" \u2193\u2191") for h in more["head"]]
     assert {"gram_distance", "content_distance", "evaluations", "final_total"} <= set(folded)

@@ -100,7 +100,7 @@ def draw_lines(d: ImageDraw.ImageDraw, xy: tuple[float, float], font, lines: lis
         y += _line_height(font)
 
 
-SHORT = {"style_swd": "SWD", "gmsd": "GMSD", "psnr": "PSNR", "ssim": "SSIM", "gram_distance": "Gram",
+SHORT = {"style_swd": "SWD", "gmsd": "GMSD", "self_sim_dist": "SelfSim", "psnr": "PSNR", "ssim": "SSIM", "gram_distance": "Gram",
          "content_distance": "content", "style_distance": "style (old)", **{f"style_swd_{f}x": f"SWD{f}x" for f in SWD_SCALES}}
 TIE_GRID = "~"  # the same in grid.png (Pillow's default font has no "≈")
 

@@ -34,7 +34,7 @@ from nst.report.tables import (
 
 # The table's first columns: what was swept (inserted after "num"), how it went, the fair judges
 # (nst.metrics: not any recipe's objective) and the time; the rest are folded away.
-FIRST = ("num", "status", "error", "problem", "style_swd", "gmsd", "psnr", "ssim", "objective", "wall_time")
+FIRST = ("num", "status", "error", "problem", "style_swd", "gmsd", "self_sim_dist", "psnr", "ssim", "objective", "wall_time")
 ALWAYS = ("num", "trial", "status")  # shown even when empty
 THUMB = 320  # long side of an input's embedded thumbnail, px
 

@@ -28,7 +28,8 @@ log = logging.getLogger("nst")
 
 # results.csv's metric columns: the fair judges first, then the per-scale style distances, then the
 # two that are close to the default objective (nst.metrics says which is which)
-METRICS = ("style_swd", "gmsd", "psnr", "ssim", *(f"style_swd_{f}x" for f in SWD_SCALES), "gram_distance", "content_distance")
+METRICS = ("style_swd", "gmsd", "self_sim_dist", "psnr", "ssim", *(f"style_swd_{f}x" for f in SWD_SCALES), "gram_distance",
+           "content_distance")
 # Older sweep folders' summary.json hold `style_distance` (the Gram distance against the painting
 # stretched to the photograph's shape): shown as it is, in its own column, where any trial has it,
 # and ranked as the Gram distance is (lower is better, its floor).
