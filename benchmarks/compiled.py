@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from nst import cli, compiled
+from nst import compiled, compose
 from nst.device import resolve_device
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.inputs import prepare
@@ -38,7 +38,7 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32, batch 1, "
           f"compile={args.mode}")
     for size in args.sizes:
-        s = cli.settings_for([f"device={args.device}", f"size={size}", "precision=fp32", "logger=none"])
+        s = compose.settings_for([f"device={args.device}", f"size={size}", "precision=fp32", "logger=none"])
         layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
         ex = compiled.cached_extractor(("benchmark", size), lambda: FeatureExtractor(
             s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from nst import cli
+from nst import compose
 from nst.runner import image_size, run_batch
 from sweep import make_trials  # benchmarks/, this script's folder
 from throughput import device_name
@@ -45,7 +45,7 @@ SWEEP = "style_weight"
 
 def sweep_overrides(size: int, steps: int, precision: str) -> list[list[str]]:
     """Each trial's overrides: the sweep file's grid at this size, budget and precision."""
-    return cli.expand_trials([f"+sweep={SWEEP}", f"size={size}", f"steps={steps}", f"precision={precision}"],
+    return compose.expand_trials([f"+sweep={SWEEP}", f"size={size}", f"steps={steps}", f"precision={precision}"],
                              multirun=True)
 
 
@@ -179,7 +179,7 @@ def main() -> None:
     precisions = list(dict.fromkeys(["fp32", *(args.precisions or (["fp32", "bf16"] if cpu else ["fp32", "tf32", "bf16"]))]))
     name = device_name(device)
     kind = "cpu" if cpu else name
-    s0 = cli.settings_for(sweep_overrides(args.size, args.steps, "fp32")[0] + [f"device={args.device}", "logger=none"])
+    s0 = compose.settings_for(sweep_overrides(args.size, args.steps, "fp32")[0] + [f"device={args.device}", "logger=none"])
     wh = image_size(s0)
     weights = [float(o[0].split("=", 1)[1]) for o in sweep_overrides(args.size, args.steps, "fp32")]
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "

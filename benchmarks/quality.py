@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from nst import cli
+from nst import compose
 from nst.api import stylize_batch
 from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names
@@ -148,7 +148,7 @@ def run(args) -> int:
     base_weight = {}
     for content, style in pairs:
         for name, ov in entries:
-            s = cli.settings_for([*ov, *(f"{k}={v}" for k, v in {**common, "content": content, "style": style}.items())])
+            s = compose.settings_for([*ov, *(f"{k}={v}" for k, v in {**common, "content": content, "style": style}.items())])
             load_inputs(s)
             base_weight[name] = s.style_weight
     rows, log = [], []

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from nst import cli
+from nst import compose
 from nst.runner import Trial, run_batch, run_trials
 from nst.settings import load_inputs
 from nst.sinks import FileSink
@@ -46,8 +46,8 @@ def preset(name: str, steps: int | None, size: int | None = None) -> list[list[s
         return [[*common, f"style_weight=1e{e}"] for e in range(2, 10)]
     if name == "ablations":
         trials = []
-        for f in sorted((cli.CONF_DIR / "sweep").glob("*.yaml")):
-            trials += cli.expand_trials([f"+sweep={f.stem}", f"size={size or 128}", f"steps={steps or 200}"], multirun=True)
+        for f in sorted((compose.CONF_DIR / "sweep").glob("*.yaml")):
+            trials += compose.expand_trials([f"+sweep={f.stem}", f"size={size or 128}", f"steps={steps or 200}"], multirun=True)
         return trials
     raise SystemExit(f"unknown preset {name!r}; allowed: six, ablations, eight512")
 
@@ -55,7 +55,7 @@ def preset(name: str, steps: int | None, size: int | None = None) -> list[list[s
 def make_trials(overrides: list[list[str]], device: str, folder: Path, *extra: str) -> list[Trial]:
     trials = []
     for i, o in enumerate(overrides):
-        s = cli.settings_for([*o, f"device={device}", "logger=none", *extra])
+        s = compose.settings_for([*o, f"device={device}", "logger=none", *extra])
         run_dir = folder / str(i)
         sinks = (lambda pos, d=run_dir, s=s: [FileSink(d, log_every=s.log_every, frame_every=s.frame_every, steps=s.total_steps)])
         trials.append(Trial(s, load_inputs(s), run_dir, sinks))
@@ -123,7 +123,7 @@ def main() -> None:
     presets = args.preset or (["six", "ablations", "eight512"] if args.device.startswith("cuda") else ["six"])
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     # the trials' own precision=auto, as the device resolves it
-    precision = resolve_precision(cli.settings_for([f"device={args.device}", "logger=none"]).precision,
+    precision = resolve_precision(compose.settings_for([f"device={args.device}", "logger=none"]).precision,
                                   torch.device(args.device))
     if args.device.startswith("cuda"):
         print(f"cuDNN autotuning (cudnn.benchmark): batch of one {'on' if cudnn_autotune(1) else 'off'}, "

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from nst import cli
+from nst import compose
 from nst.runner import Trial, image_size, run_batch
 from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, layer_names
 from nst.objective import Objective
@@ -72,7 +72,7 @@ def device_name(device: torch.device) -> str:
 
 
 def settings(device: str, size: int, precision: str, *overrides: str) -> Settings:
-    return cli.settings_for([f"device={device}", f"size={size}", f"precision={precision}", "logger=none", *overrides])
+    return compose.settings_for([f"device={device}", f"size={size}", f"precision={precision}", "logger=none", *overrides])
 
 
 def deepest_layer(s: Settings) -> str:
@@ -141,7 +141,7 @@ def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, wit
     os.environ["NST_CHANNELS_LAST"] = "1" if nhwc else "0"  # read by the runner (nst.device.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         def trials(steps: int) -> list[Trial]:
-            s = cli.settings_for([*base, f"steps={steps}", *overrides])
+            s = compose.settings_for([*base, f"steps={steps}", *overrides])
             inputs = load_inputs(s)
             out = []
             for i in range(batch):

@@ -210,7 +210,7 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
 
 
 def _settings(overrides: list[str]):
-    from nst.cli import describe, settings_for
+    from nst.compose import describe, settings_for
 
     try:
         return settings_for(overrides)
@@ -364,7 +364,7 @@ def _from_tensor(role: str, x) -> Image.Image:
 
 
 def _decode(s, memory: dict[str, Image.Image]) -> dict:
-    """The trial's input images (as nst.settings.load_inputs gives them), with the images given in memory
+    """The trial's input images (as nst.stage.Stage.inputs gives them), with the images given in memory
     taken as they are; their sizes checked. Nothing is written."""
     from nst.images import load_image
     from nst.settings import check_image_size
@@ -413,7 +413,7 @@ def _claimed(root: Path | None, fixed: list[str], swept: list[str], own: list[li
     from nst import sweep_folder
 
     # A trial is known by all its overrides as Hydra's basic sweeper spells them (1e2 as 100.0), as a
-    # command's trials are (nst.cli): the same trial asked either way finds its number.
+    # command's trials are (nst.compose): the same trial asked either way finds its number.
     parser = OverridesParser.create()
     full = [split_arguments(parser.parse_overrides(["logger=none", *fixed, *o]), None)[0][0] for o in own]
     ident = sweep_folder.identity(["logger=none", *fixed], swept)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -42,35 +41,13 @@ def resolve_image_path(key: str, value: str) -> Path:
     return path
 
 
-# Each input file is decoded once per process: the command's up-front check decodes every input (so
-# that a truncated file fails before any work), and the trials run in the same process reuse that
-# decoding. Keyed by the file's path, size and modification time (an edited file is decoded again);
-# only the last few are kept, as a bounded memo of the command's own inputs.
-_DECODED: "OrderedDict[tuple, Image.Image]" = OrderedDict()
-_DECODED_KEEP = 8
-
-
 def load_image(key: str, value: str) -> Image.Image:
     """Open, fully decode and convert to 8-bit RGB; every failure is an InputError naming the file.
-    The image may be shared with other callers (see _DECODED): never change it in place."""
-    path = resolve_image_path(key, value)
-    try:
-        st = path.stat()
-        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    except OSError:
-        memo = None
-    if memo is not None and memo in _DECODED:
-        _DECODED.move_to_end(memo)
-        return _DECODED[memo]
-    image = _decode(key, path)
-    if memo is not None:
-        _DECODED[memo] = image
-        while len(_DECODED) > _DECODED_KEEP:
-            _DECODED.popitem(last=False)
-    return image
+    (A command decodes each of its input files once: nst.stage.Stage.image.)"""
+    return decode(key, resolve_image_path(key, value))
 
 
-def _decode(key: str, path: Path) -> Image.Image:
+def decode(key: str, path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

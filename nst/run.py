@@ -29,13 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.nst_launcher._hydra_private import raised
 from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_results
-
-from nst import cli, sweep_folder
+from nst import compose, preflight, sweep_folder
 from nst.errors import InputError, TrialFailed
 from nst.records import OUTPUTS, WriteError, outcome, read_summary
+from nst.stage import Stage
 
 log = logging.getLogger("nst")
-cli.register_resolvers()
+compose.register_resolvers()
 
 
 def trial_overrides() -> list[str]:
@@ -44,7 +44,7 @@ def trial_overrides() -> list[str]:
             if not o.lstrip("+~").startswith(sweep_folder.SELECTORS)]
 
 
-def run_jobs(jobs: list[BatchJob]) -> list:
+def run_jobs(jobs: list[BatchJob], stage: Stage) -> list:
     """Several trials as one unit of work. Each is prepared with its own Hydra job active (resume
     check, validation, sinks), then they run together, then each reports into its own log.
 
@@ -59,7 +59,7 @@ def run_jobs(jobs: list[BatchJob]) -> list:
     prepared = []
     for n, job in enumerate(jobs):
         with job.activate():
-            trial, summary = _prepare(job.cfg)
+            trial, summary = _prepare(job.cfg, stage)
             if trial is None:
                 values[n] = _result(summary)
             else:
@@ -162,21 +162,23 @@ def _teardown_at_exit() -> None:
         _registered = True
 
 
-def batch_key(cfg: DictConfig) -> tuple:
+def _resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def batch_key(cfg: DictConfig, stage: Stage) -> tuple:
     """The launcher's grouping: trials with equal keys can share a pass (raises InputError on bad input)."""
     from nst.runner import group_key
-    from nst.settings import settings_from_dict
 
-    return group_key(settings_from_dict(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
+    return group_key(stage.settings(_resolved(cfg)))
 
 
-def batch_size(cfgs: list[DictConfig]) -> int:
+def batch_size(cfgs: list[DictConfig], stage: Stage) -> int:
     """hydra.launcher.max_batch=auto: from the device's free memory and what one trial costs."""
     from nst.runner import auto_batch_size
-    from nst.settings import settings_from_dict
 
     try:
-        return auto_batch_size([settings_from_dict(OmegaConf.to_container(c, resolve=True, enum_to_str=True)) for c in cfgs])
+        return auto_batch_size([stage.settings(_resolved(c)) for c in cfgs])
     except InputError:
         return 1  # each trial then reports its own error
 
@@ -185,16 +187,22 @@ class NstApp(BatchApp):
     """The task function Hydra runs: the launcher's contract (BatchApp), each hook one function above.
 
     Called for one job (a single run, `hydra/launcher=basic`) it runs it as a batch of one, and a
-    failed trial of a search raises (BatchApp.__call__)."""
+    failed trial of a search raises (BatchApp.__call__).
+
+    It holds the command's stage (nst.stage): each trial's Settings and input images, made once
+    whether the up-front check, the launcher's grouping and sizing or the trial asks first."""
+
+    def __init__(self) -> None:
+        self.stage = Stage()
 
     def run_batch(self, jobs: list[BatchJob]) -> list:
-        return run_jobs(jobs)
+        return run_jobs(jobs, self.stage)
 
     def batch_key(self, cfg: DictConfig) -> tuple:
-        return batch_key(cfg)
+        return batch_key(cfg, self.stage)
 
     def batch_size(self, cfgs: list[DictConfig]) -> int:
-        return batch_size(cfgs)
+        return batch_size(cfgs, self.stage)
 
     def lost_batch(self, jobs: list[BatchJob], error: BaseException, since: float) -> list:
         return lost_batch(jobs, error, since)
@@ -202,7 +210,8 @@ class NstApp(BatchApp):
 
 # An absolute path: Hydra resolves a relative one against the package when the entry point is not
 # `python -m nst.run` (the console scripts, `python -m nst`: an import); conf/ is nst/conf.
-app = hydra.main(version_base=cli.VERSION_BASE, config_path=str(cli.CONF_DIR), config_name="config")(NstApp())
+APP = NstApp()
+app = hydra.main(version_base=compose.VERSION_BASE, config_path=str(compose.CONF_DIR), config_name="config")(APP)
 
 
 def _record(cfg: DictConfig) -> tuple[Path, dict]:
@@ -220,11 +229,10 @@ def _record(cfg: DictConfig) -> tuple[Path, dict]:
                      "job_num": hc.job.num if multirun else None, "process": process}
 
 
-def _prepare(cfg: DictConfig):
+def _prepare(cfg: DictConfig, stage: Stage):
     """(the trial of the active Hydra job, None), or (None, its summary) when it needs no run
     (completed before: resume) or cannot run (its failure recorded)."""
     from nst.runner import Trial
-    from nst.settings import load_inputs, settings_from_dict
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -250,9 +258,9 @@ def _prepare(cfg: DictConfig):
     try:
         from nst import search
 
-        settings = settings_from_dict(resolved)
+        settings = stage.settings(resolved)
         search.check(resolved.get("objective"), resolved.get("target_psnr"))
-        inputs = load_inputs(settings)
+        inputs = stage.inputs(settings)
     except InputError as e:
         # Validated when the trial is proposed: a sweeper that proposes trials as it goes (Optuna)
         # meets bad input here, not up front.
@@ -311,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["judge"]:  # `nst judge <sweep folder>`: the judging page (nst.judge)
         from nst.judge import main as judge_main
         return judge_main(argv[1:])
-    text = cli.quick_help(argv)
+    text = compose.quick_help(argv)
     if text is not None:
         print(text)
         return 0
@@ -319,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     with _stopped_by_signals() as stop:
         try:
             try:
-                checked = cli.checked(argv)
+                checked = preflight.checked(argv, APP.stage)
             except InputError as e:
                 print(f"nst: error: {e}", file=sys.stderr)
                 return 2
@@ -343,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 teardown()
         except KeyboardInterrupt:
             signum = stop.signum or signal.SIGINT
-            print(_stopped_line(signum, cli.split_argv(argv)[0], stop.trials_ended), file=sys.stderr)
+            print(_stopped_line(signum, compose.split_argv(argv)[0], stop.trials_ended), file=sys.stderr)
             return 128 + signum
         except OSError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -373,7 +381,7 @@ class _SweepProgress:
     are counted by the launcher's own line as each batch ends. NST_PROGRESS=0 turns it off, as the
     trials' bars."""
 
-    _current: "_SweepProgress | None" = None
+    _current: _SweepProgress | None = None
 
     def __init__(self, trials: list) -> None:
         from tqdm import tqdm
@@ -394,7 +402,7 @@ class _SweepProgress:
         cls._current = cls(checked.settings)
 
     @classmethod
-    def current(cls) -> "_SweepProgress | None":
+    def current(cls) -> _SweepProgress | None:
         me = cls._current
         return me if me is not None and me.pid == os.getpid() else None
 
@@ -421,7 +429,7 @@ class _SweepProgress:
         self.count(run_dir, round(steps if steps is not None else self.mean_steps))
         self._describe()
 
-    def sink(self, run_dir: Path, steps: int) -> "_SweepSink":
+    def sink(self, run_dir: Path, steps: int) -> _SweepSink:
         return _SweepSink(self, run_dir, steps)
 
 

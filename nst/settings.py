@@ -5,10 +5,8 @@ Every check here is cheap and runs before a network is built, so bad input costs
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 
 from nst import features, images
@@ -116,34 +114,18 @@ def _names(d: dict, key: str, what: str) -> list[str]:
     return v
 
 
-# Each trial's settings are validated once per process: the command's up-front check, the launcher's
-# grouping and sizing, and the trial's own preparation all ask for them. Settings are frozen, so the
-# same object is handed back for the same resolved config; only the last few are kept.
-_VALIDATED: "OrderedDict[str, Settings]" = OrderedDict()
-_VALIDATED_KEEP = 256
-
-
 def settings_from_dict(d: dict) -> Settings:
-    """Settings from a resolved config (a plain dict, as OmegaConf.to_container gives it): its types
-    and choices checked against the schema, then what types cannot say. Raises InputError."""
-    try:
-        memo = json.dumps(d, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        memo = None
-    if memo is not None and memo in _VALIDATED:
-        _VALIDATED.move_to_end(memo)
-        settings = _VALIDATED[memo]
-    else:
-        settings = _validate(d)
-        if memo is not None:
-            _VALIDATED[memo] = settings
-            while len(_VALIDATED) > _VALIDATED_KEEP:
-                _VALIDATED.popitem(last=False)
-    _check_device(settings)  # what this machine has: asked every time (cheap), never remembered
+    """Settings from a resolved config (a plain dict, as OmegaConf.to_container gives it), checked
+    against this machine's devices: for a script or a test. A command validates each trial once
+    through its stage (nst.stage.Stage.settings). Raises InputError."""
+    settings = validate(d)
+    check_device_here_and_precision(settings)
     return settings
 
 
-def _validate(d: dict) -> Settings:
+def validate(d: dict) -> Settings:
+    """Settings from a resolved config: its types and choices checked against the schema, then what
+    types cannot say. Raises InputError."""
     d = plain(validated(d))
     arch, weights = d["model"]["arch"], d["model"]["weights"]
     spec = features.get_weights_spec(arch, weights)
@@ -335,7 +317,7 @@ def _check_limits(settings: Settings) -> None:
     check_device_name(settings.device)
 
 
-def _check_device(settings: Settings) -> None:
+def check_device_here_and_precision(settings: Settings) -> None:
     check_device_here(settings.device)
     if settings.precision == "tf32" and (settings.device in ("cpu", "mps") or settings.device == "auto" and not _cuda()):
         raise InputError("precision", TF32_OFF_CUDA)
@@ -373,7 +355,7 @@ def check_device_here(device: str) -> None:
 
 
 def check_cuda_here(device: str) -> None:
-    """device=cuda or cuda:N, checked up front where the trials will run on this machine (nst.cli: a
+    """device=cuda or cuda:N, checked up front where the trials will run on this machine (nst.preflight: a
     single run, or a sweep whose launcher runs here), so that a command asking for a GPU that is not
     there is refused before anything is written, as device=mps is. Sweeps sent to SLURM nodes are left
     to each trial (nst.device.resolve_device). Creates no CUDA context (worker processes come later)."""
@@ -430,15 +412,3 @@ def check_image_size(s: Settings, size: tuple[int, int], style_sizes: list[tuple
             raise InputError("style_scale", f"the style image would be about {base[0] * s.style_scale:.0f}x"
                                             f"{base[1] * s.style_scale:.0f} px{coarsest}; its short side must be at least "
                                             f"{need} px for the style layers (raise style_scale or size)")
-
-
-def load_inputs(s: Settings) -> dict:
-    """Open and decode every input image (raising InputError for a bad file). Returns PIL images:
-    content, style (a list, one per style image), init (for init=image)."""
-    out = {"content": images.load_image("content", s.content)}
-    if s.objective.style_layers:
-        out["style"] = [images.load_image("style" if len(s.style) == 1 else f"style[{i}]", name) for i, name in enumerate(s.style)]
-    check_image_size(s, out["content"].size, [img.size for img in out.get("style", [])])
-    if s.init == "image":
-        out["init"] = images.load_image("init.path", s.init_path)
-    return out

@@ -6,12 +6,12 @@ import numpy as np
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from nst import cli
+from nst import compose
 
 
 def settings(*overrides: str):
     GlobalHydra.instance().clear()
-    return cli.settings_for(list(overrides))
+    return compose.settings_for(list(overrides))
 
 
 def trial(s, run_dir: Path, *, frame_every: int = 10, sinks=None):
