@@ -22,7 +22,7 @@ from nst.device import resolve_device
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.inputs import prepare
 from nst.objective import Objective
-from nst.settings import load_inputs
+from nst.stage import load_inputs
 
 
 def main() -> None:

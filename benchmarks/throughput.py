@@ -32,14 +32,23 @@ from pathlib import Path
 import torch
 
 from nst import compose
-from nst.runner import Trial, image_size, run_batch
+from nst.device import (
+    cpu_bf16_units,
+    cpu_model,
+    cpu_threads,
+    cudnn_autotune,
+    resolve_device,
+    resolve_precision,
+    set_determinism,
+    set_precision,
+)
 from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, layer_names
-from nst.objective import Objective
-from nst.settings import Settings, load_inputs
-from nst.sinks import FileSink
 from nst.inputs import prepare
-from nst.device import (cpu_bf16_units, cpu_model, cpu_threads, cudnn_autotune, resolve_device, resolve_precision,
-                        set_determinism, set_precision)
+from nst.objective import Objective
+from nst.runner import Trial, run_batch
+from nst.settings import Settings
+from nst.sinks import FileSink
+from nst.stage import load_inputs
 
 # Dense (no sparsity) peak TFLOP/s per precision, from the vendors' data sheets. The first entry
 # whose key is in torch.cuda.get_device_name() wins; None: a variant whose peak we do not list.
@@ -121,7 +130,8 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
     sync()
     rate = batch * evals / (time.perf_counter() - start)
     if profile:
-        from torch.profiler import ProfilerActivity, profile as torch_profile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch_profile(activities=activities) as prof:
@@ -242,7 +252,7 @@ def main() -> None:
         print(format_row(r, cpu, peak_note), flush=True)
 
     for size in args.sizes:
-        wh = image_size(settings(args.device, size, "fp32"))
+        wh = settings(args.device, size, "fp32").image_size
         flops = evaluation_flops(s0.arch, deepest, *wh)
         baseline = None
         if cpu:  # the plain fp32 batch-1 evaluation, first: every CPU row's yardstick
@@ -251,7 +261,7 @@ def main() -> None:
                 emit(row(size, wh, "fp32", 1, "bare", baseline, flops, peaks, baseline, baseline))
         for precision in precisions:
             s = settings(args.device, size, precision)
-            assert image_size(s) == wh
+            assert s.image_size == wh
             for layout in args.layouts:
                 nhwc = layout == "nhwc"
                 tag = " nhwc" if nhwc else ""

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Union
 from PIL import Image, ImageOps
 
 from nst.errors import InputError, TrialFailed
+from nst.images import cropped_size
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -196,6 +197,9 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
         own = [overrides_of(dict(v)) for v in variants]  # each trial's own overrides (what names it)
         settings = [_settings(["logger=none", *overrides_of({**base, **_keys(common), **_keys(v)})]) for v in variants]
         inputs = [_decode(s, memory) for s in settings]  # every image checked before anything is written
+        # an image given in memory has no file yet to read its size from: the decoded image gives it
+        settings = [s if s.content_size is not None else dataclasses.replace(s, content_size=cropped_size(inp["content"].size, s.crop))
+                    for s, inp in zip(settings, inputs)]
         with _claimed(root, fixed, swept, own) as numbers_:
             for path, img in memory.items():
                 if not Path(path).exists():  # named by its content: the same image, the same file

@@ -9,9 +9,9 @@ import logging
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -252,7 +252,7 @@ def _conv_params(spec: WeightsSpec, arch: str) -> list[tuple[torch.Tensor, torch
     return _caffe_params(arch)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _caffe_params(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return WEIGHTS["caffe"].load(arch)
 
@@ -322,3 +322,15 @@ class FeatureExtractor(nn.Module):
             if name in wanted:
                 out[name] = x
         return out
+
+
+def budget_steps(arch: str, deepest: str, level_sizes: list[tuple[int, int]], level_steps: tuple[int, ...],
+                 budget: float) -> list[int]:
+    """`budget`: each pyramid level's steps, coarse to fine, all the given ones times one factor, so that
+    sum_i steps_i * FLOPs(level i) / FLOPs(full size) is the budget (each level at least 1 evaluation,
+    each rounded to a whole number). FLOPs: evaluation_flops to the deepest layer the trial uses, at
+    each level's (width, height)."""
+    costs = [evaluation_flops(arch, deepest, w, h) for w, h in level_sizes]
+    relative = [c / costs[-1] for c in costs]
+    factor = budget / sum(n * r for n, r in zip(level_steps, relative))
+    return [max(1, round(n * factor)) for n in level_steps]

@@ -104,6 +104,22 @@ def target_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(1, round(width * long_side / height)), long_side
 
 
+def cropped_size(size: tuple[int, int], crop: str) -> tuple[int, int]:
+    """(width, height) of an image of `size` after the crop (crop=square: the largest centred square)."""
+    return (min(size), min(size)) if crop == "square" else (size[0], size[1])
+
+
+def style_base_size(style_size: str, style: tuple[int, int], content: tuple[int, int]) -> tuple[int, int]:
+    """The style image's (width, height) before style_scale, for a content image of `content` px:
+    match: the content's size; keep_aspect: its own aspect ratio at the content's pixel count (pastiche);
+    long_side: its own aspect ratio, its long side the content's (jcjohnson/neural-style, crowsonkb)."""
+    if style_size == "keep_aspect":
+        return size_at_pixel_count(*style, content[0] * content[1])
+    if style_size == "long_side":
+        return target_size(*style, max(content))
+    return content
+
+
 def size_at_pixel_count(width: int, height: int, pixels: int) -> tuple[int, int]:
     """(width, height) with the aspect ratio of width:height and about `pixels` pixels."""
     ratio = width / height

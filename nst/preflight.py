@@ -39,7 +39,7 @@ def checked(argv: list[str], stage) -> Checked:
     multirun, overrides, leave = split_argv(argv)
     if leave:
         return Checked([], True)
-    from nst.settings import check_cuda_here  # torch: not for --help or completion
+    from nst.device import check_cuda_here  # torch: not for --help or completion
 
     trials, grid = expand(overrides, multirun)
     seen_files: set[tuple] = set()

@@ -33,24 +33,34 @@ import os
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from nst import compiled, images, records
-from nst.device import (channels_last, cpu_model, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device,
-                        resolve_precision, set_determinism, set_precision, torch_settings)
+from nst.device import (
+    channels_last,
+    cpu_model,
+    cpu_threads,
+    lbfgs_products_on_host,
+    peak_memory,
+    resolve_device,
+    resolve_precision,
+    set_determinism,
+    set_precision,
+    torch_settings,
+)
 from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec, layer_names, layer_table
 from nst.inputs import prepare
 from nst.metrics import standard_metrics
 from nst.objective import Objective
 from nst.optimizers import AdamState, BatchAdam, BatchLBFGS
-from nst.settings import Settings, content_size
+from nst.settings import Settings
 from nst.sinks import StepRecord
 
 CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass overhead, not parallelism
@@ -59,7 +69,7 @@ CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass ov
 @dataclass
 class Trial:
     settings: Settings
-    inputs: dict  # PIL images, from settings.load_inputs
+    inputs: dict  # PIL images, from nst.stage.Stage.inputs
     run_dir: Path
     # The trial's sinks (files, progress bar, W&B), opened at the start of each attempt: an attempt
     # that ran out of memory closes them, and its retry opens fresh ones. Called with the trial's
@@ -68,15 +78,10 @@ class Trial:
     record: dict = field(default_factory=dict)  # merged into summary.json (config, overrides, label)
 
 
-def image_size(s: Settings) -> tuple[int, int]:
-    """(W, H) of the trial's output, from the content file's header (nothing decoded)."""
-    return images.target_size(*content_size(s, images.oriented_size("content", s.content)), s.long_side)
-
-
 def group_key(s: Settings) -> tuple:
     """What the trials of one batch must share: one network, one image shape (at every pyramid
     level), one device, one optimiser kind."""
-    return (s.arch, s.weights, s.pooling, image_size(s), s.pyramid_levels, s.pyramid_factor, s.device, s.precision,
+    return (s.arch, s.weights, s.pooling, s.image_size, s.pyramid_levels, s.pyramid_factor, s.device, s.precision,
             s.deterministic, s.optimizer.name)
 
 
@@ -94,7 +99,7 @@ def auto_batch_size(settings: list[Settings]) -> int:
 
 def trial_bytes(s: Settings) -> int:
     """Rough GPU memory one trial of a batch costs: activations kept for backward, plus optimiser state."""
-    w, h = image_size(s)
+    w, h = s.image_size
     n = 3 * w * h
     layers = list(s.objective.content_layers + s.objective.style_layers)
     deepest = max(layer_names(s.arch).index(name) for name in layers)
@@ -160,7 +165,7 @@ def _run_batch(trials: list[Trial]) -> list[dict]:
             todo[:0] = [retry[:half], retry[half:]]  # both halves, from the start
             continue
         (i,) = retry
-        w, h = image_size(trials[i].settings)
+        w, h = trials[i].settings.image_size
         name, total = _memory_of(resolve_device(trials[i].settings.device))
         message = (f"out of memory even alone: {w}x{h} px on {name} ({total / 2**30:.1f} GiB); "
                    f"lower `size` or `optimizer.history_size` ({error})")

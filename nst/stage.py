@@ -17,7 +17,8 @@ from typing import Any
 
 from PIL import Image
 
-from nst import images, settings as validation
+from nst import device, images
+from nst import settings as validation
 from nst.settings import Settings
 
 
@@ -42,7 +43,7 @@ class Stage:
             settings = validation.validate(resolved)
             if key is not None:
                 self._settings[key] = settings
-        validation.check_device_here_and_precision(settings)
+        device.check_here(settings.device, settings.precision)
         return settings
 
     def image(self, key: str, value: str) -> Image.Image:
@@ -73,3 +74,8 @@ class Stage:
             assert s.init_path is not None  # validation requires it for init=image
             out["init"] = self.image("init.path", s.init_path)
         return out
+
+
+def load_inputs(s: Settings) -> dict:
+    """One trial's input images, decoded now (a script's or a test's; a command's come from its Stage)."""
+    return Stage().inputs(s)

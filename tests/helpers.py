@@ -17,7 +17,7 @@ def settings(*overrides: str):
 def trial(s, run_dir: Path, *, frame_every: int = 10, sinks=None):
     """A Trial for the runner, with a file sink (or the given sinks)."""
     from nst.runner import Trial
-    from nst.settings import load_inputs
+    from nst.stage import load_inputs
     from nst.sinks import FileSink
 
     run_dir = Path(run_dir)

@@ -10,7 +10,7 @@ from helpers import read_jsonl, run_alone, settings, trial
 from nst import images, runner
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.objective import Objective
-from nst.settings import load_inputs
+from nst.stage import load_inputs
 from nst.inputs import prepare
 
 CPU = torch.device("cpu")

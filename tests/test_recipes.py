@@ -13,7 +13,8 @@ from nst import compose, images, runner
 from nst.api import stylize
 from nst.features import _caffe_post, _caffe_pre
 from nst.inputs import prepare
-from nst.settings import load_inputs, settings_from_dict
+from nst.settings import settings_from_dict
+from nst.stage import load_inputs
 
 CONF = compose.CONF_DIR
 RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))

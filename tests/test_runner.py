@@ -90,7 +90,7 @@ def test_max_batch_cuts_a_group(tmp_path):
 def test_summary_reports_the_optimiser_history_next_to_its_state_and_the_auto_batch_counts_it(tmp_path):
     ss = [settings(*BASE, "steps=3", "optimizer.history_size=7"), settings(*BASE, "steps=3", "optimizer.history_size=3")]
     out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
-    w, h = runner.image_size(ss[0])
+    w, h = ss[0].image_size
     # s and y, [B, m, n] float32 each, with m the batch's largest history_size
     history = 2 * 2 * 7 * (3 * w * h) * 4 / 2**20
     for o in out:

@@ -10,7 +10,7 @@ from conftest import nst_env
 from hydra.core.global_hydra import GlobalHydra
 
 from nst import compose
-from nst.settings import level_sizes, load_inputs
+from nst.stage import load_inputs
 
 SWEEPS = sorted(p.stem for p in (compose.CONF_DIR / "sweep").glob("*.yaml"))
 
@@ -29,7 +29,7 @@ def test_crowsonkb_keeps_its_levels_where_they_fit_and_drops_the_coarsest_where_
     assert small.pyramid_levels == 3 and small.level_long_sides() == [32, 45, 64]
     # the coarsest level kept gets the coarsest level's budget (2 x steps), the next its own
     assert small.pyramid_steps == (20, 10) and small.steps == 10
-    assert min(level_sizes(small)[0]) >= 16
+    assert min(small.level_sizes()[0]) >= 16
     load_inputs(small)  # the size checks pass
 
 

@@ -277,7 +277,7 @@ class _Watch:
 
 def _rerun(s, run_dir: Path, watch: _Watch, frame_every: int):
     from nst.sinks import FileSink
-    from nst.settings import load_inputs
+    from nst.stage import load_inputs
 
     def open_sinks(pos):
         return [FileSink(run_dir, log_every=1, frame_every=frame_every, steps=s.total_steps), watch]
