@@ -15,9 +15,6 @@ import torch.nn.functional as F
 
 from nst.errors import InputError
 
-CONTENT_FORMS = ("mse", "paper")
-STYLE_FORMS = ("mse", "paper", "w2")
-TV_FORMS = ("mse", "l1", "sum", "stencil")
 
 # w2: the ridge added to both covariances, relative to the target's mean variance (tr S_t / C), and
 # the Newton-Schulz iterations of the square root (crowsonkb/style-transfer-pytorch: 12). See w2_term.
@@ -31,9 +28,9 @@ class ObjectiveSpec:
     content_layers: tuple[str, ...]
     style_layers: tuple[str, ...]
     style_layer_weights: tuple[float, ...]  # one per style layer, summing to 1
-    content_form: str  # "mse" | "paper"
-    style_form: str  # "mse" | "paper" | "w2"
-    tv_form: str = "mse"  # "mse" | "l1" | "sum" | "stencil"
+    content_form: str  # the choices: nst.schema.ContentForm
+    style_form: str  # nst.schema.StyleForm
+    tv_form: str = "mse"  # nst.schema.TvForm
 
 
 def layer_weights(key: str, layers: list[str], weights: list[float] | None) -> tuple[float, ...]:

@@ -113,7 +113,7 @@ class Noise(Choice):
 
 
 class Precision(Choice):
-    auto = "auto"  # resolved per device by nst.trial.resolve_precision
+    auto = "auto"  # resolved per device by nst.device.resolve_precision
     fp32 = "fp32"
     tf32 = "tf32"  # CUDA only
     bf16 = "bf16"

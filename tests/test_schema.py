@@ -193,8 +193,6 @@ def test_settings_hold_plain_strings_not_enum_members():
     (schema.Arch, list(features.ARCHS)),
     (schema.Weights, list(features.WEIGHTS)),
     (schema.Pooling, list(features.POOLING)),
-    (schema.ContentForm, list(objective.CONTENT_FORMS)),
-    (schema.StyleForm, list(objective.STYLE_FORMS)),
     (schema.OptimizerName, list(optimizers.OPTIMIZERS)),
     (schema.OptimizerName, [n.value for n in schema.OPTIMIZER_SCHEMAS]),
     (schema.Objective, list(search.OBJECTIVES)),
