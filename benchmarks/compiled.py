@@ -21,7 +21,7 @@ from nst import compiled, compose
 from nst.device import resolve_device
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.inputs import prepare
-from nst.objective import Objective
+from nst.loss import Loss
 from nst.stage import load_inputs
 
 
@@ -44,7 +44,7 @@ def main() -> None:
             s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device))
         t = prepare(s, load_inputs(s), device)
         w = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
-        obj = Objective(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **w)
+        obj = Loss(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **w)
         x = t["init"].clone().requires_grad_(True)
         modes = {"eager": compiled.Evaluator(ex, "off", 1), "compiled": compiled.Evaluator(ex, args.mode, 1)}
 

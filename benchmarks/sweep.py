@@ -8,7 +8,7 @@
 
 Presets: `six` (style_weight 1e3 ... 1e8 at 64 px), `ablations` (all eleven sweeps in sweeps/ at
 128 px, 200 evaluations: 78 trials), `eight512` (eight style weights at 512 px, 500 evaluations).
-Both modes go through the same runner (nst.runner) with the same trials and the same file sink
+Both modes go through the same runner (nst.engine) with the same trials and the same file sink
 (metrics.jsonl, frames, final.png, summary.json, in a temporary folder); "one at a time" runs each
 trial as a batch of one, as `hydra/launcher=basic` does. Hydra's own per-job overhead (composing
 configs, writing .hydra/) is the same in both and left out. A warm-up trial runs first (weights
@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from nst import compose
-from nst.runner import Trial, run_batch, run_trials
-from nst.stage import load_inputs
-from nst.sinks import FileSink
 from nst.device import cudnn_autotune, resolve_precision
+from nst.engine import Trial, run_together, run_trials
+from nst.sinks import FileSink
+from nst.stage import load_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,9 +79,9 @@ def bench(name: str, device: str, steps: int | None, max_batch: int | None, size
         # the first trial at 3 evaluations: its size, so cuDNN tunes for the shapes that are timed
         warm = make_trials([[o for o in overrides[0] if not o.startswith("steps=")] + ["steps=3"]], device,
                            Path(tmp) / "warm")
-        run_batch(warm)
+        run_together(warm)
         alone_s, alone = (None, []) if batched_only else \
-            timed(lambda: [run_batch([t])[0] for t in make_trials(overrides, device, Path(tmp) / "alone")])
+            timed(lambda: [run_together([t])[0] for t in make_trials(overrides, device, Path(tmp) / "alone")])
         batched_s, batched = timed(lambda: run_trials(make_trials(overrides, device, Path(tmp) / "batched"), max_batch))
         modes = {}
         for mode in compile_modes:

@@ -11,7 +11,7 @@ evaluation (nst.features.evaluation_flops: the convolutions, forward and input-g
 the TFLOP/s achieved; and its fraction of the device's dense peak at that precision (known GPUs only:
 'unknown' for others, n/a on the CPU). --loop adds a row per optimiser (L-BFGS as configured by
 default, history 100 with line search; Adam), without and with the run's file sink
-(metrics.jsonl, frames): the runner's whole loop (run_batch, B trials in one batch), as a ratio to
+(metrics.jsonl, frames): the runner's whole loop (run_together, B trials in one batch), as a ratio to
 the bare evaluation at the same size and precision. On the CPU every row also has its ratio to a
 plain fp32 batch-1 bare evaluation at the same size, measured first in the same process.
 --compile MODE adds, per mode, a bare row with the whole objective under torch.compile, and with
@@ -42,10 +42,10 @@ from nst.device import (
     set_determinism,
     set_precision,
 )
+from nst.engine import Trial, run_together
 from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, layer_names
 from nst.inputs import prepare
-from nst.objective import Objective
-from nst.runner import Trial, run_batch
+from nst.loss import Objective
 from nst.settings import Settings
 from nst.sinks import FileSink
 from nst.stage import load_inputs
@@ -161,8 +161,8 @@ def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, wit
                 out.append(Trial(s, inputs, run_dir, sinks))
             return out
 
-        run_batch(trials(3))  # warm-up
-        summaries = run_batch(trials(evals))
+        run_together(trials(3))  # warm-up
+        summaries = run_together(trials(evals))
         for summary in summaries:
             assert summary["status"] == "completed", summary.get("error")
         return sum(x["evaluations"] for x in summaries) / max(x["optimisation_time"] for x in summaries)

@@ -226,8 +226,8 @@ def _settings(overrides: list[str]):
 
 def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[str], numbers_: list[int],
          work: Path, keep: bool, given: dict, *, callback, progress, max_batch) -> list[Stylized]:
+    from nst.engine import Trial, run_trials
     from nst.records import read_summary
-    from nst.runner import Trial, run_trials
     from nst.sinks import FileSink, ProgressSink
 
     curves: dict[int, list[dict]] = {}

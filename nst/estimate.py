@@ -82,7 +82,7 @@ def measure_rate(s, evaluations: int = 2) -> float:
     with torch_settings():
         set_precision(precision, device)
         if device.type == "cpu":
-            torch.set_num_threads(cpu_threads())  # as the run will (nst.runner)
+            torch.set_num_threads(cpu_threads())  # as the run will (nst.engine)
         net = features.FeatureExtractor(s.arch, features.get_weights_spec(s.arch, s.weights), layers, s.pooling, device,
                                         precision, channels_last=channels_last(device, precision))
         x = torch.rand(1, 3, h, w, device=device, requires_grad=True)

@@ -1,6 +1,6 @@
 """Entry point: `python -m nst.run [key=value ...]` runs one transfer; `-m` runs a sweep.
 
-Orchestration only: compose (Hydra), validate, hand the trials to the batched runner (`nst.runner`),
+Orchestration only: compose (Hydra), validate, hand the trials to the batched runner (`nst.engine`),
 report. The app (`NstApp`) implements the launcher's contract (hydra_plugins/nst_launcher/contract.py):
 a sweep goes through the project's launcher (`hydra/launcher=nst`), which hands the compatible trials
 of a sweep to `run_jobs` together; a single run, or a job of a launcher that runs one job at a time
@@ -52,7 +52,7 @@ def run_jobs(jobs: list[BatchJob], stage: Stage) -> list:
     objective (None when no `objective` is set); for a failed trial None in a grid (so that Hydra's
     basic sweeper never stops a sweep before its report) and a TrialFailed in a search (so that the
     sweeper counts it as failed)."""
-    from nst.runner import run_batch
+    from nst.engine import run_together
 
     _teardown_at_exit()
     values: list = [None] * len(jobs)
@@ -67,7 +67,7 @@ def run_jobs(jobs: list[BatchJob], stage: Stage) -> list:
     _bf16_hint([t.settings for _, _, t in prepared])
     # The launcher grouped these jobs (batch_key: equal group_key) and sized the batch: they run as
     # one batch, not grouped again.
-    summaries = run_batch([t for _, _, t in prepared]) if prepared else []
+    summaries = run_together([t for _, _, t in prepared]) if prepared else []
     for (n, job, trial), summary in zip(prepared, summaries):
         with job.activate():
             _report(trial, summary)
@@ -168,14 +168,14 @@ def _resolved(cfg: DictConfig) -> dict:
 
 def batch_key(cfg: DictConfig, stage: Stage) -> tuple:
     """The launcher's grouping: trials with equal keys can share a pass (raises InputError on bad input)."""
-    from nst.runner import group_key
+    from nst.engine import group_key
 
     return group_key(stage.settings(_resolved(cfg)))
 
 
 def batch_size(cfgs: list[DictConfig], stage: Stage) -> int:
     """hydra.launcher.max_batch=auto: from the device's free memory and what one trial costs."""
-    from nst.runner import auto_batch_size
+    from nst.engine import auto_batch_size
 
     try:
         return auto_batch_size([stage.settings(_resolved(c)) for c in cfgs])
@@ -232,7 +232,7 @@ def _record(cfg: DictConfig) -> tuple[Path, dict]:
 def _prepare(cfg: DictConfig, stage: Stage):
     """(the trial of the active Hydra job, None), or (None, its summary) when it needs no run
     (completed before: resume) or cannot run (its failure recorded)."""
-    from nst.runner import Trial
+    from nst.engine import Trial
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 # A file the command itself cannot write (Hydra's multirun.yaml, the sweep folder's
                 # records on a full disk) stops it: one line, not Hydra's traceback. A trial's own
-                # files fail only that trial (nst.runner, the launcher).
+                # files fail only that trial (nst.engine, the launcher).
                 with raised((OSError,)):
                     app()
             finally:
@@ -475,7 +475,7 @@ _current: _Stop | None = None  # main()'s, while its handlers are installed
 @contextlib.contextmanager
 def _stopped_by_signals():
     """SIGINT, SIGTERM and SIGHUP each raise KeyboardInterrupt in the command, as Ctrl-C does: the
-    trials that were running are left without a summary (nst.runner), the launcher stops its worker
+    trials that were running are left without a summary (nst.engine), the launcher stops its worker
     processes and tasks (hydra_plugins/nst_launcher: stop()), and main() says which signal it was. A
     repeat while the command winds down is ignored (it must not cut that short), and so is any after
     it until the process is gone: Python's shutdown takes a moment (modules, W&B's service), and a

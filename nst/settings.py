@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from nst import device as devices
 from nst import features, images
 from nst.errors import InputError
-from nst.objective import ObjectiveSpec, layer_weights
+from nst.loss import LossSpec, layer_weights
 from nst.optimizers import OptimizerSpec
 from nst.schema import plain, validated
 
@@ -38,7 +38,7 @@ class Settings:
     arch: str
     weights: str
     pooling: str
-    objective: ObjectiveSpec
+    objective: LossSpec
     content_weight: float
     style_weight: float
     tv_weight: float
@@ -217,7 +217,7 @@ def validate(d: dict) -> Settings:
     return settings
 
 
-def _objective(d: dict, arch: str) -> ObjectiveSpec:
+def _objective(d: dict, arch: str) -> LossSpec:
     layers = "a layer name or a list of them like [conv1_1,conv2_1]"
     content_layers = _names(d, "content_layers", layers)
     style_layers = _names(d, "style_layers", layers)
@@ -230,7 +230,7 @@ def _objective(d: dict, arch: str) -> ObjectiveSpec:
                                   "loss.style_layer_weights)")
     if not content_layers and not style_layers:
         raise InputError("style_layers", "content_layers and style_layers are both empty: there is nothing to optimise")
-    return ObjectiveSpec(
+    return LossSpec(
         content_layers=tuple(content_layers),
         style_layers=tuple(style_layers),
         style_layer_weights=layer_weights("loss.style_layer_weights", style_layers, d["loss"]["style_layer_weights"]),

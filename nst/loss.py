@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from nst.errors import InputError
 
-
 # w2: the ridge added to both covariances, relative to the target's mean variance (tr S_t / C), and
 # the Newton-Schulz iterations of the square root (crowsonkb/style-transfer-pytorch: 12). See w2_term.
 W2_RIDGE = 1e-4
@@ -24,7 +23,7 @@ W2_SQRTM_ITERATIONS = 12
 
 
 @dataclass(frozen=True)
-class ObjectiveSpec:
+class LossSpec:
     content_layers: tuple[str, ...]
     style_layers: tuple[str, ...]
     style_layer_weights: tuple[float, ...]  # one per style layer, summing to 1
@@ -230,10 +229,10 @@ def tv_term(x: torch.Tensor, form: str = "mse") -> torch.Tensor:
     return dy.pow(2).flatten(1).mean(1) + dx.pow(2).flatten(1).mean(1)
 
 
-class Objective:
+class Loss:
     """Keeps the targets; called on images [B,3,H,W], returns named [B] terms, weighted in one place."""
 
-    def __init__(self, extractor, spec: ObjectiveSpec, *, content: torch.Tensor | None, style: torch.Tensor | list | None,
+    def __init__(self, extractor, spec: LossSpec, *, content: torch.Tensor | None, style: torch.Tensor | list | None,
                  content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor,
                  style_blend: tuple[float, ...] = (1.0,), tv_on: bool | None = None):
         self.extractor, self.spec = extractor, spec
@@ -267,7 +266,7 @@ class Objective:
                                       for l, t in self.style_targets.items()}
 
     def reweighted(self, *, content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor,
-                   tv_on: bool | None = None) -> Objective:
+                   tv_on: bool | None = None) -> Loss:
         """The same targets under other loss weights ([1], or [B] for B images): trials of a batch with the
         same images and layers share them."""
         other = copy.copy(self)
