@@ -24,6 +24,7 @@ class Checked:
     settings: list  # every trial's Settings (for a search, the part every trial shares); [] when left to Hydra
     runs_here: bool  # the trials run on this machine (not on SLURM nodes)
     search: bool = False  # a sweeper that proposes its trials as it goes (their number is its own)
+    outputs: tuple[str, ...] = ()  # the folder the command writes into (its run or sweep folder), resolved
 
 
 def check(argv: list[str]) -> int:
@@ -71,6 +72,7 @@ def checked(argv: list[str], stage) -> Checked:
     here = grid is None or _runs_here(grid["cfg"])
     for device in sorted({s.device for s in out if s.device.startswith("cuda")} if here else ()):
         check_cuda_here(device)
+    run_dir = None
     if single and run_cfg is not None:
         run_dir = _check_run_dir(run_cfg, out)
         if run_dir is not None:
@@ -97,7 +99,8 @@ def checked(argv: list[str], stage) -> Checked:
                 repaired = repair_journal(journal)
                 if repaired:
                     print(f"nst: {repaired}", file=sys.stderr)
-    return Checked(out, here, search=multirun and (grid is None or bool(grid.get("search"))))
+    outputs = (str(Path(grid["sweep_dir"]).resolve()),) if grid is not None else (str(run_dir.resolve()),) if run_dir else ()
+    return Checked(out, here, search=multirun and (grid is None or bool(grid.get("search"))), outputs=outputs)
 
 
 def _comma_in_path(e: InputError, overrides: list[str]) -> InputError:

@@ -31,7 +31,7 @@ from hydra_plugins.nst_launcher._hydra_private import raised
 from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_results
 from nst import compose, preflight, sweep_folder
 from nst.errors import InputError, TrialFailed
-from nst.records import OUTPUTS, WriteError, outcome, read_summary
+from nst.records import WriteError, outcome, read_summary
 from nst.stage import Stage
 
 log = logging.getLogger("nst")
@@ -44,7 +44,7 @@ def trial_overrides() -> list[str]:
             if not o.lstrip("+~").startswith(sweep_folder.SELECTORS)]
 
 
-def run_jobs(jobs: list[BatchJob], stage: Stage) -> list:
+def run_jobs(jobs: list[BatchJob], stage: Stage, outputs: set[str]) -> list:
     """Several trials as one unit of work. Each is prepared with its own Hydra job active (resume
     check, validation, sinks), then they run together, then each reports into its own log.
 
@@ -59,7 +59,7 @@ def run_jobs(jobs: list[BatchJob], stage: Stage) -> list:
     prepared = []
     for n, job in enumerate(jobs):
         with job.activate():
-            trial, summary = _prepare(job.cfg, stage)
+            trial, summary = _prepare(job.cfg, stage, outputs)
             if trial is None:
                 values[n] = _result(summary)
             else:
@@ -194,9 +194,15 @@ class NstApp(BatchApp):
 
     def __init__(self) -> None:
         self.stage = Stage()
+        # the folders this process's trials write into (with the command's own, nst.preflight: what
+        # main() reports and reads the exit status from)
+        self.outputs: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        return {"stage": self.stage, "outputs": set()}
 
     def run_batch(self, jobs: list[BatchJob]) -> list:
-        return run_jobs(jobs, self.stage)
+        return run_jobs(jobs, self.stage, self.outputs)
 
     def batch_key(self, cfg: DictConfig) -> tuple:
         return batch_key(cfg, self.stage)
@@ -229,7 +235,7 @@ def _record(cfg: DictConfig) -> tuple[Path, dict]:
                      "job_num": hc.job.num if multirun else None, "process": process}
 
 
-def _prepare(cfg: DictConfig, stage: Stage):
+def _prepare(cfg: DictConfig, stage: Stage, outputs: set[str]):
     """(the trial of the active Hydra job, None), or (None, its summary) when it needs no run
     (completed before: resume) or cannot run (its failure recorded)."""
     from nst.engine import Trial
@@ -237,7 +243,7 @@ def _prepare(cfg: DictConfig, stage: Stage):
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir, record = _record(cfg)
-    OUTPUTS.add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir.resolve()))
+    outputs.add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir.resolve()))
     label, resolved = record["label"], record["config"]
 
     odd = sweep_folder.odd_paths(run_dir)
@@ -324,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     started = time.time()
+    outputs = APP.outputs  # filled in as the command's folders become known
     with _stopped_by_signals() as stop:
         try:
             try:
@@ -334,10 +341,11 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:  # a path the system refuses (a name too long, a full disk): nothing ran
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                print(f"nst: error: {_os_error(e)}", file=sys.stderr)
+                print(f"nst: error: {_os_error(e, outputs)}", file=sys.stderr)
                 return 2
             _estimate(checked)
             _SweepProgress.start(checked)
+            outputs.update(checked.outputs)
             try:
                 # A file the command itself cannot write (Hydra's multirun.yaml, the sweep folder's
                 # records on a full disk) stops it: one line, not Hydra's traceback. A trial's own
@@ -351,21 +359,21 @@ def main(argv: list[str] | None = None) -> int:
                 teardown()
         except KeyboardInterrupt:
             signum = stop.signum or signal.SIGINT
-            print(_stopped_line(signum, compose.split_argv(argv)[0], stop.trials_ended), file=sys.stderr)
+            print(_stopped_line(signum, compose.split_argv(argv)[0], outputs, stop.trials_ended), file=sys.stderr)
             return 128 + signum
         except OSError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"nst: error: {_os_error(e)}; the command stopped (what it had written is kept)", file=sys.stderr)
+            print(f"nst: error: {_os_error(e, outputs)}; the command stopped (what it had written is kept)", file=sys.stderr)
             return 1
-    result = outcome(OUTPUTS, started)
+    result = outcome(outputs, started)
     if result.skipped:
         print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
-    for out in sorted(OUTPUTS):
+    for out in sorted(outputs):
         print(f"outputs: {out}")
     from nst.wandb_sink import sync_line
 
-    line = sync_line(sorted(OUTPUTS))  # W&B offline (the default without a login): say how to upload
+    line = sync_line(sorted(outputs))  # W&B offline (the default without a login): say how to upload
     if line:
         print(line)
     if result.failed:
@@ -526,7 +534,7 @@ def report_deferred():
             raise KeyboardInterrupt
 
 
-def _os_error(e: OSError) -> str:
+def _os_error(e: OSError, outputs: set[str]) -> str:
     """A file the command itself could not write or read, in one line (a trial's own are the trial's)."""
     reason = e.strerror or str(e) or type(e).__name__
     if isinstance(e, WriteError):
@@ -534,12 +542,12 @@ def _os_error(e: OSError) -> str:
     if e.filename is not None:
         return f"{reason}: {e.filename}"
     # a write cut short (Hydra's multirun.yaml): the folder it was writing into
-    return f"{reason} while writing into {' '.join(sorted(OUTPUTS)) or 'the output folder'}"
+    return f"{reason} while writing into {' '.join(sorted(outputs)) or 'the output folder'}"
 
 
-def _stopped_line(signum: int, multirun: bool, trials_ended: bool = False) -> str:
+def _stopped_line(signum: int, multirun: bool, outputs: set[str], trials_ended: bool = False) -> str:
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
-    outs = " ".join(sorted(OUTPUTS))
+    outs = " ".join(sorted(outputs))
     if trials_ended:
         return (f"nst: stopped by {name} after every trial had ended: none was left unfinished, and the sweep "
                 f"report is whole (the previous one or the new one) ({outs})")
