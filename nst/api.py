@@ -198,8 +198,9 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
         settings = [_settings(["logger=none", *overrides_of({**base, **_keys(common), **_keys(v)})]) for v in variants]
         inputs = [_decode(s, memory) for s in settings]  # every image checked before anything is written
         # an image given in memory has no file yet to read its size from: the decoded image gives it
-        settings = [s if s.content_size is not None else dataclasses.replace(s, content_size=cropped_size(inp["content"].size, s.crop))
-                    for s, inp in zip(settings, inputs)]
+        settings = [s if s.content_size is not None
+                    else dataclasses.replace(s, content_size=cropped_size(inp["content"].size, s.crop))
+                    for s, inp in zip(settings, inputs, strict=True)]
         with _claimed(root, fixed, swept, own) as numbers_:
             for path, img in memory.items():
                 if not Path(path).exists():  # named by its content: the same image, the same file
@@ -220,7 +221,7 @@ def _settings(overrides: list[str]):
         return settings_for(overrides)
     except InputError:
         raise
-    except Exception as e:  # noqa: BLE001 - a value the schema refuses when it is resolved (a string for a number)
+    except Exception as e:  # any error: a value the schema refuses when it is resolved (a string for a number)
         raise describe(e) from None
 
 
@@ -234,7 +235,7 @@ def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[s
     trials: list[Trial] = []
     results: list[Stylized | None] = [None] * len(settings)
     on = progress is not False
-    for i, (s, inp, o) in enumerate(zip(settings, inputs, own)):
+    for i, (s, inp, o) in enumerate(zip(settings, inputs, own, strict=True)):
         label = ",".join(o) or "nst"
         run_dir = work / (_trial_folder(work, numbers_[i], o) if keep else str(i))
         previous = read_summary(run_dir)
@@ -262,7 +263,7 @@ def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[s
     summaries = run_trials(trials, max_batch) if trials else []
     if keep and trials:
         _report(work)
-    for i, trial, summary in zip(todo, trials, summaries):
+    for i, trial, summary in zip(todo, trials, summaries, strict=True):
         if summary.get("status") != "completed":
             raise TrialFailed(f"{summary.get('label', 'trial')}: {summary.get('error', 'did not complete')}")
         results[i] = _result(trial.run_dir if keep else None, summary, trial.settings, curves.get(i, []),
@@ -297,7 +298,7 @@ def _report(sweep_dir: Path) -> None:
     try:
         with _backend_kept():
             out = aggregate(sweep_dir)
-    except Exception as e:  # noqa: BLE001 - a report that cannot be written must not lose the results
+    except Exception as e:  # any error: a report that cannot be written must not lose the results
         log.error(f"the report of {sweep_dir} could not be written: {type(e).__name__}: {e} "
                   f"(retry with: python -m nst.report {sweep_dir})")
         return

@@ -95,7 +95,7 @@ def expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict 
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
-    except Exception as e:  # noqa: BLE001 - Hydra's parse errors carry the offending text
+    except Exception as e:  # any error: Hydra's parse errors carry the offending text
         odd = [o for o in overrides if "~" in o or not o.isascii()]
         hint = (f"; a value with '~' or non-ASCII characters must be quoted for Hydra, e.g. "
                 f"{odd[0].split('=', 1)[0]}='{odd[0].split('=', 1)[-1]}' (and '~' is not expanded: give the full path)"
@@ -109,14 +109,17 @@ def expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict 
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if not multirun:
         # (an unknown one is left to the composition, whose message lists the ones there are)
-        chosen = [o for o in parsed if o.key_or_group in _SELECTORS and (CONF_DIR / o.key_or_group / f"{o.value()}.yaml").exists()]
+        chosen = [o for o in parsed
+                  if o.key_or_group in _SELECTORS and (CONF_DIR / o.key_or_group / f"{o.value()}.yaml").exists()]
         if chosen:
             # without -m Hydra would run one default transfer and exit 0: never what was meant
-            raise InputError(chosen[0].get_key_element(), f"selects a {'search' if chosen[0].key_or_group == 'search' else 'sweep'}, "
+            kind = "search" if chosen[0].key_or_group == "search" else "sweep"
+            raise InputError(chosen[0].get_key_element(), f"selects a {kind}, "
                                                           f"which runs as a multirun: add -m (nst -m {' '.join(overrides)})")
         if sweeps:
             key = sweeps[0].get_key_element()
-            hint = f"; or, if the comma is part of a file name, quote it for Hydra: {_quoted(sweeps[0])}" if key in PATH_KEYS else ""
+            hint = (f"; or, if the comma is part of a file name, quote it for Hydra: {_quoted(sweeps[0])}"
+                    if key in PATH_KEYS else "")
             raise InputError(key, f"has several values: add -m to run one trial per value{hint}")
         return [overrides], None
     # Compose once with each sweep at its first value, to read hydra.sweeper (from sweeps/).
@@ -128,7 +131,7 @@ def expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict 
     _check_launcher(cfg)
     try:
         sweep_dir = str(cfg.hydra.sweep.dir)
-    except Exception as e:  # noqa: BLE001 - a folder that cannot be resolved
+    except Exception as e:  # any error: a folder that cannot be resolved
         raise InputError("hydra.sweep.dir", first_line(e)) from None
     if reads_results(cfg.hydra.sweeper):
         # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: what the command
@@ -188,7 +191,7 @@ def check_search(cfg) -> None:
     sweeper = cfg.hydra.sweeper
     if sweeper._target_.endswith("NstOptunaSweeper"):
         try:
-            import optuna  # noqa: F401
+            import optuna  # noqa: F401 -- imported only to learn whether it is installed
         except ImportError:
             raise InputError("hydra/sweeper", "optuna needs Optuna: pip install '.[search]' in a clone") from None
         from hydra_plugins.nst_launcher.optuna_sweeper import SAMPLERS
@@ -222,7 +225,7 @@ def config(overrides: list[str], hydra_config: bool = False):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE, job_name="nst"):
         try:
             return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
-        except Exception as e:  # noqa: BLE001 - turned into one line below, outside this context
+        except Exception as e:  # any error: turned into one line below, outside this context
             error = e
     raise describe(error) from None
 
@@ -252,7 +255,8 @@ def describe(e: Exception) -> InputError:
             known = _known_keys()
             siblings = sorted(k[len(prefix):] for k in known if k.startswith(prefix) and "." not in k[len(prefix):])
         close = difflib.get_close_matches(key[len(prefix):], siblings, n=1, cutoff=0.75)
-        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(siblings)}"
+        of = " of " + prefix[:-1] if prefix else ""
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; keys{of}: {', '.join(siblings)}"
         return InputError(key, f"is not a config key{hint} (manual: docs/configuration.md)")
     m = re.search(r"An item is already at '([^']+)'", msg)
     if m:

@@ -67,7 +67,8 @@ def resolve_device(name: str) -> torch.device:
         raise InputError("device", f"'{name}' asked for, but no CUDA device is available here; use device=cpu or device=auto")
     index = int(name[5:]) if name.startswith("cuda:") else torch.cuda.current_device()
     if index >= torch.cuda.device_count():
-        raise InputError("device", f"'{name}' does not exist: {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        count = torch.cuda.device_count()
+        raise InputError("device", f"'{name}' does not exist: {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return torch.device("cuda", index)
 
 

@@ -104,7 +104,7 @@ def trial_bytes(s: Settings) -> int:
     layers = list(s.objective.content_layers + s.objective.style_layers)
     deepest = max(layer_names(s.arch).index(name) for name in layers)
     acts, scale = 0, 1
-    for name, kind, ch in layer_table(s.arch)[: deepest + 1]:
+    for _name, kind, ch in layer_table(s.arch)[: deepest + 1]:
         if kind == "pool":
             scale *= 2
         acts += ch * (w // scale) * (h // scale)
@@ -138,7 +138,7 @@ def run_trials(trials: list[Trial], max_batch: int | None = None) -> list[dict]:
             limit = 1
         for start in range(0, len(idxs), limit):
             chunk = idxs[start:start + limit]
-            for i, summary in zip(chunk, run_together([trials[i] for i in chunk])):
+            for i, summary in zip(chunk, run_together([trials[i] for i in chunk]), strict=True):
                 summaries[i] = summary
     return summaries  # type: ignore[return-value]
 
@@ -213,7 +213,7 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
             # An earlier attempt's files (resume, a retry) stay until this attempt ends (nst.records)
             lv.out = records.begin_attempt(t.run_dir)
             lv.sinks = t.open_sinks(pos)
-        except Exception as e:  # noqa: BLE001 - a trial whose sinks cannot open fails alone
+        except Exception as e:  # any error: a trial whose sinks cannot open fails alone
             _fail(lv, e)
     if fail_with:
         for lv in live.values():
@@ -237,7 +237,7 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
             _close_sinks(live[i], {**live[i].summary, "status": "retried"})
             live[i].tensors = live[i].objective = live[i].carry = live[i].optimizer_state = None
         oom = (unfinished, str(e).splitlines()[0])
-    except BaseException as e:  # noqa: BLE001 - every unfinished trial records the failure, Ctrl-C included
+    except BaseException as e:  # any error: every unfinished trial records the failure, Ctrl-C included
         for i in idxs:
             if not live[i].done:
                 _fail(live[i], e)
@@ -306,7 +306,7 @@ def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureE
             _setup_trial(live[i], targets, extractor, device, level)
         except torch.OutOfMemoryError:
             raise
-        except Exception as e:  # noqa: BLE001 - a trial whose images or targets cannot be made fails alone
+        except Exception as e:  # any error: a trial whose images or targets cannot be made fails alone
             _fail(live[i], e)
     shapes = {tuple(live[i].tensors["init"].shape) for i in running if not live[i].done}
     assert len(shapes) <= 1, f"trials of different image sizes in one batch: {shapes}"
@@ -411,7 +411,7 @@ def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _
             # A failed trial leaves the batch with its error (before its optimiser sees a NaN); the others go on.
             opt.drop(asked[j][0], "failed")
     # rows of dropped trials are ignored; an evaluation the optimiser voids is not counted (nst.optimizers)
-    void = set(opt.tell([t * sc for t, sc in zip(totals, scale_values)], grads, measures))
+    void = set(opt.tell([t * sc for t, sc in zip(totals, scale_values, strict=True)], grads, measures))
     for j, lv in enumerate(who):
         if asked[j][0] in void:
             continue
@@ -548,7 +548,7 @@ def _send(lv: _Live, record: StepRecord) -> tuple[BaseException, str] | None:
     try:
         for sink in lv.sinks:
             sink.on_step(record)
-    except Exception as e:  # noqa: BLE001 - a failing sink fails its own trial only
+    except Exception as e:  # any error: a failing sink fails its own trial only
         return e, traceback.format_exc()
     return None
 
@@ -603,7 +603,7 @@ def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device)
         lv.summary.update(status="completed", final=final_terms, evaluations=lv.evaluations, stop_reason=reason,
                           optimisation_time=round(opt_time, 3),
                           evals_per_second=round(lv.evaluations / opt_time, 3) if opt_time > 0 else None)
-    except Exception as e:  # noqa: BLE001 - finishing one trial must not stop the others
+    except Exception as e:  # any error: finishing one trial must not stop the others
         _fail(lv, e)
         return
     _finish(lv, device)
@@ -686,7 +686,7 @@ def _close_sinks(lv: _Live, summary: dict) -> None:
     for sink in lv.sinks:
         try:
             sink.close(summary)
-        except Exception as e:  # noqa: BLE001 - a broken sink must not hide the trial's result
+        except Exception as e:  # any error: a broken sink must not hide the trial's result
             lv.summary.setdefault("sink_errors", []).append(f"{type(sink).__name__}: {e}")
     lv.sinks = []
 

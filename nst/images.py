@@ -228,7 +228,8 @@ def save_atomic(img: Image.Image, path: Path) -> None:
 def save_animation(frames_dir: Path, out: Path, *, side: int = 320) -> bool:
     """A looping GIF of frames/<evaluation>.png in order (no ffmpeg needed); False if there are none.
     Written as save_atomic writes."""
-    frames = sorted((p for p in Path(frames_dir).glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem)) if Path(frames_dir).is_dir() else []
+    folder = Path(frames_dir)
+    frames = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem)) if folder.is_dir() else []
     if not frames:
         return False
     pics = []

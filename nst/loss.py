@@ -39,7 +39,8 @@ def layer_weights(key: str, layers: list[str], weights: list[float] | None) -> t
     if weights is None:
         return tuple(1.0 / len(layers) for _ in layers)
     if len(weights) != len(layers):
-        raise InputError(key, f"has {len(weights)} values but there are {len(layers)} style layers; give one weight per layer, or null for equal weights")
+        raise InputError(key, f"has {len(weights)} values but there are {len(layers)} style layers; give one weight per layer, "
+                              "or null for equal weights")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise InputError(key, "must be non-negative with a positive sum")
     total = float(sum(weights))
@@ -245,7 +246,7 @@ class Loss:
             if spec.content_layers:
                 assert content is not None, "content layers need a content image"
                 feats = extractor(content)
-                self.content_targets = {l: feats[l].detach() for l in spec.content_layers}
+                self.content_targets = {layer: feats[layer].detach() for layer in spec.content_layers}
             self.style_targets = {}
             if spec.style_layers:
                 assert style is not None, "style layers need a style image"
@@ -253,17 +254,17 @@ class Loss:
                 assert len(styles) == len(style_blend), (len(styles), style_blend)
                 # Several style images: their Gram matrices blended by weight (the weights sum to 1);
                 # for w2 their means and second raw moments (crowsonkb's blend), the Gaussian fitted after.
-                for image, w in zip(styles, style_blend):
+                for image, w in zip(styles, style_blend, strict=True):
                     feats = extractor(image)
-                    for l in spec.style_layers:
+                    for layer in spec.style_layers:
                         if spec.style_form == "w2":
-                            g = tuple(w * m.detach() for m in moments(feats[l]))
+                            g = tuple(w * m.detach() for m in moments(feats[layer]))
                         else:
-                            g = (w * gram(feats[l], normalise=spec.style_form != "paper").detach(),)
-                        old = self.style_targets.get(l)
-                        self.style_targets[l] = g if old is None else tuple(a + b for a, b in zip(old, g))
-                self.style_targets = {l: W2Target.of(*t) if spec.style_form == "w2" else t[0]
-                                      for l, t in self.style_targets.items()}
+                            g = (w * gram(feats[layer], normalise=spec.style_form != "paper").detach(),)
+                        old = self.style_targets.get(layer)
+                        self.style_targets[layer] = g if old is None else tuple(a + b for a, b in zip(old, g, strict=True))
+                self.style_targets = {layer: W2Target.of(*t) if spec.style_form == "w2" else t[0]
+                                      for layer, t in self.style_targets.items()}
 
     def reweighted(self, *, content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor,
                    tv_on: bool | None = None) -> Loss:
@@ -289,7 +290,7 @@ class Loss:
             # Several content layers are averaged (the paper uses one, conv4_2).
             content = content + t / len(self.spec.content_layers)
         style = zero
-        for layer, w in zip(self.spec.style_layers, self.spec.style_layer_weights):
+        for layer, w in zip(self.spec.style_layers, self.spec.style_layer_weights, strict=True):
             t = style_term(feats[layer], self.style_targets[layer], self.spec.style_form)
             terms[f"style/{layer}"] = t
             style = style + w * t

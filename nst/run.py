@@ -68,7 +68,7 @@ def run_jobs(jobs: list[BatchJob], stage: Stage, outputs: set[str]) -> list:
     # The launcher grouped these jobs (batch_key: equal group_key) and sized the batch: they run as
     # one batch, not grouped again.
     summaries = run_together([t for _, _, t in prepared]) if prepared else []
-    for (n, job, trial), summary in zip(prepared, summaries):
+    for (n, job, trial), summary in zip(prepared, summaries, strict=True):
         with job.activate():
             _report(trial, summary)
             values[n] = _result(summary)
@@ -290,7 +290,8 @@ def _prepare(cfg: DictConfig, stage: Stage, outputs: set[str]):
         if resolved["logger"]["name"] == "wandb":
             from nst import wandb_sink
 
-            effective = {"content_weight": settings.content_weight, "style_weight": settings.style_weight, "tv_weight": settings.tv_weight}
+            effective = {"content_weight": settings.content_weight, "style_weight": settings.style_weight,
+                         "tv_weight": settings.tv_weight}
             run = wandb_sink.start(resolved["wandb"], run_dir=run_dir, files_root=sweep_dir or run_dir, name=label,
                                    group=sweep_dir.name if sweep_dir else None, job_type="trial",
                                    config={**resolved, "effective": effective}, tags=wandb_tags(resolved))

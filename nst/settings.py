@@ -161,7 +161,8 @@ def validate(d: dict) -> Settings:
     content_weight = _number(d, "content_weight", non_negative=True)
     style_weight = _number(d, "style_weight", non_negative=True)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(d.get("sweep_name", "sweep"))):
-        raise InputError("sweep_name", f"must be a name (letters, digits, '.', '_', '-'), not a path, got {d.get('sweep_name')!r}")
+        raise InputError("sweep_name", f"must be a name (letters, digits, '.', '_', '-'), not a path, "
+                                       f"got {d.get('sweep_name')!r}")
     settings = Settings(
         content=d["content"],
         style=tuple(styles),
@@ -300,7 +301,8 @@ def _pyramid(d: dict, content: tuple[int, int] | None) -> tuple[int, float, int,
         style_layers = _names(d, "style_layers", "layer names")
         used = [*_names(d, "content_layers", "layer names"), *style_layers]
         need = 2 ** _poolings_before(d["model"]["arch"], [*used, "conv5_1"])
-        styles = [images.cropped_size(images.oriented_size("style", name), d["crop"]) for name in _styles(d)[0]] if style_layers else []
+        styles = ([images.cropped_size(images.oriented_size("style", name), d["crop"]) for name in _styles(d)[0]]
+                  if style_layers else [])
         style_need = 2 ** _poolings_before(d["model"]["arch"], style_layers) if style_layers else 0
         style_scale = _number(d, "style_scale", positive=True)
         long_side = max(1, round(_number(d, "size", positive=True) * _number(d, "scale", positive=True)))

@@ -39,7 +39,7 @@ def test_histogram_matching_gives_the_style_the_content_colour_statistics():
     s = settings("device=cpu", "size=48", "color=histogram")
     t = prepare(s, load_inputs(s), CPU)
     style, photo, plain = t["styles"][0], t["photo"], t["plain_styles"][0]
-    mean = lambda x: x[0].flatten(1).mean(1)  # noqa: E731
+    mean = lambda x: x[0].flatten(1).mean(1)  # noqa: E731 -- a one-line helper, named where it is used
     assert torch.allclose(mean(style), mean(photo), atol=0.02)
     assert not torch.allclose(mean(plain), mean(photo), atol=0.05)  # the painting's own colours differ
     assert torch.allclose(torch.cov(style[0].flatten(1)), torch.cov(photo[0].flatten(1)), atol=0.01)
@@ -108,7 +108,7 @@ def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
     ss = [settings(*base, *o) for o in trials]
     together = engine.run_trials([trial(s, tmp_path / "b" / str(i)) for i, s in enumerate(ss)])
     assert [t["batch"]["size"] for t in together] == [len(ss)] * len(ss)
-    for i, (t, s) in enumerate(zip(together, ss)):
+    for i, (t, s) in enumerate(zip(together, ss, strict=True)):
         alone = run_alone(s, tmp_path / "a" / str(i))
         assert t["status"] == alone["status"] == "completed", (i, t.get("error"))
         assert not metrics_apart(alone["metrics"], t["metrics"]), (i, metrics_apart(alone["metrics"], t["metrics"]))
@@ -151,11 +151,11 @@ def test_a_budget_scales_every_level_to_cost_that_many_full_size_evaluations():
     cost = [evaluation_flops("vgg19", "conv5_1", w, h) for w, h in ((128, 96), (256, 192), (512, 384))]
     relative = [c / cost[-1] for c in cost]
     steps = (*s.pyramid_steps, s.steps)
-    spent = sum(n * r for n, r in zip(steps, relative))
+    spent = sum(n * r for n, r in zip(steps, relative, strict=True))
     assert abs(spent - 150) <= 0.5 * sum(relative)  # each level rounded to whole evaluations
     # one factor for all: the given proportions 400 : 300 : 200, up to the rounding
-    factor = 150 / sum(n * r for n, r in zip((400, 300, 200), relative))
-    assert all(abs(n - g * factor) <= 0.5 for n, g in zip(steps, (400, 300, 200)))
+    factor = 150 / sum(n * r for n, r in zip((400, 300, 200), relative, strict=True))
+    assert all(abs(n - g * factor) <= 0.5 for n, g in zip(steps, (400, 300, 200), strict=True))
     assert s.to_dict()["steps"] == s.steps and s.to_dict()["budget"] == 150  # what summary.json records
     assert s.total_steps == sum(steps)
     # without a pyramid the budget is the steps; a level never gets fewer than 1 evaluation

@@ -68,7 +68,7 @@ def test_objective_is_per_image_with_per_image_weights():
     torch.manual_seed(0)
     content, style = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
     spec = LossSpec(("l1",), ("l1", "l2"), (0.5, 0.5), "mse", "mse")
-    w = lambda *v: torch.tensor(v)  # noqa: E731
+    w = lambda *v: torch.tensor(v)  # noqa: E731 -- a one-line helper, named where it is used
     obj = Loss(_Identity(), spec, content=content, style=style, content_weight=w(1.0, 2.0),
                     style_weight=w(10.0, 0.0), tv_weight=w(0.0, 3.0))
     batch = torch.rand(2, 3, 8, 8)

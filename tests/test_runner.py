@@ -48,7 +48,7 @@ def test_trials_in_one_batch_give_what_they_give_alone(tmp_path, trials):
     assert [t["batch"]["size"] for t in together] == [len(ss)] * len(ss)
     assert [t["batch"]["position"] for t in together] == list(range(len(ss)))
     assert all(a["batch"]["size"] == 1 for a in alone)
-    for i, (t, a, s) in enumerate(zip(together, alone, ss)):
+    for i, (t, a, s) in enumerate(zip(together, alone, ss, strict=True)):
         assert t["status"] == a["status"] == "completed", (i, t.get("error"), a.get("error"))
         assert t["evaluations"] == a["evaluations"] <= s.steps, i  # each its own budget
         assert t["stop_reason"] == a["stop_reason"], i
@@ -232,7 +232,7 @@ def test_iterate_averaging_saves_and_shows_the_average_of_the_iterates(tmp_path)
     plain = run_alone(settings(*base), tmp_path / "plain", frame_every=1)
     averaged = run_alone(settings(*base, "average_decay=0.5"), tmp_path / "avg", frame_every=1)
     assert plain["status"] == averaged["status"] == "completed"
-    read = lambda p: np.asarray(Image.open(p), dtype=np.float64)  # noqa: E731
+    read = lambda p: np.asarray(Image.open(p), dtype=np.float64)  # noqa: E731 -- a one-line helper, named where it is used
     # Adam's iterates: the evaluated points x_0 .. x_5 (the plain run's frames) and the last step's x_6
     iterates = [read(p) for p in sorted((tmp_path / "plain" / "frames").glob("*.png"))] + [read(tmp_path / "plain" / "final.png")]
     assert len(iterates) == 7

@@ -119,7 +119,8 @@ def test_readme_tables_name_exactly_the_schema_keys_with_their_defaults():
         assert key in schema_keys, f"README documents {key!r}, which the schema lacks"
         documented.add(key)
         if key in default:
-            assert values and values[0] == default[key], f"README row {key}: default {spans[:1]}, the schema's is {default[key]!r}"
+            assert values and values[0] == default[key], \
+                f"README row {key}: default {spans[:1]}, the schema's is {default[key]!r}"
         for v in per_option.get(key, []):
             assert v in values, f"README row {key}: one of the group's options gives {v!r}, not in {spans}"
     assert schema_keys - documented == set(), f"schema keys missing from the README: {sorted(schema_keys - documented)}"
@@ -240,4 +241,5 @@ def test_a_key_the_chosen_option_lacks_names_that_options_keys():
     GlobalHydra.instance().clear()
     with pytest.raises(InputError) as e:
         preflight.check(["optimizer=adam", "optimizer.history_size=3", "logger=none"])
-    assert str(e.value) == "optimizer.history_size: is not a config key; keys of optimizer: betas, lr, name (manual: docs/configuration.md)"
+    assert str(e.value) == ("optimizer.history_size: is not a config key; keys of optimizer: betas, lr, name "
+                            "(manual: docs/configuration.md)")
