@@ -11,6 +11,7 @@ import uuid
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -137,9 +138,9 @@ def expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict 
         # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: what the command
         # fixes is checked here, and each trial again when it is proposed (nst.run._prepare).
         check_search(cfg)
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        fixed = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
         space = {str(k): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
-        space.update({o.get_key_element(): o.input_line.split("=", 1)[-1] for o in sweeps})  # the command line wins
+        space.update({o.get_key_element(): str(o.input_line).split("=", 1)[-1] for o in sweeps})  # the command line wins
         return [fixed], {"sweep_dir": sweep_dir, "cfg": cfg, "search": True,
                          "identity": sweep_folder.search_identity(fixed, space, cfg.get("objective"))}
     if None in first:
@@ -150,7 +151,7 @@ def expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict 
     # Later keys win, as in BasicSweeper.sweep (config params first, then the command line).
     trials = split_arguments(parser.parse_overrides(params + overrides), None)[0]
     swept = [o.get_key_element() for o in sweeps] + [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    fixed = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
     return trials, {"sweep_dir": sweep_dir, "identity": sweep_folder.identity(fixed, swept), "cfg": cfg, "first": first_trial}
 
 
@@ -214,7 +215,12 @@ def settings_for(overrides: list[str]):
     """The validated settings of one trial from its overrides, as a script or test wants them."""
     from nst.settings import settings_from_dict
 
-    return settings_from_dict(OmegaConf.to_container(config(list(overrides)), resolve=True, enum_to_str=True))
+    return settings_from_dict(resolved(config(list(overrides))))
+
+
+def resolved(cfg) -> dict[str, Any]:
+    """A composed config as the plain dict that Settings are made from (interpolations resolved, choices as strings)."""
+    return cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
 
 def config(overrides: list[str], hydra_config: bool = False):

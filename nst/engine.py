@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -183,7 +184,7 @@ class _Live:
     t0: float
     objective: Loss | None = None
     shared: Loss | None = None  # the objective whose targets this trial shares with others (see _Terms)
-    tensors: dict | None = None  # this level's images (nst.inputs.prepare)
+    tensors: dict = field(default_factory=dict)  # this level's images (nst.inputs.prepare); empty between levels
     evaluations: int = 0  # over every level
     level_evaluations: int = 0
     scale: float | None = None  # L-BFGS: 1/|total at the level's first evaluation| (see _optimise)
@@ -235,7 +236,8 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         unfinished = [i for i in idxs if not live[i].done]
         for i in unfinished:
             _close_sinks(live[i], {**live[i].summary, "status": "retried"})
-            live[i].tensors = live[i].objective = live[i].carry = live[i].optimizer_state = None
+            live[i].tensors = {}
+            live[i].objective = live[i].carry = live[i].optimizer_state = None
         oom = (unfinished, str(e).splitlines()[0])
     except BaseException as e:  # any error: every unfinished trial records the failure, Ctrl-C included
         for i in idxs:
@@ -290,8 +292,8 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
     if mode == "off":
         extractor = build()
     else:  # one per process for its network and layers: its compiled graphs serve every later batch
-        extractor = compiled.cached_extractor((s0.arch, s0.weights, s0.pooling, tuple(layers), str(device), precision,
-                                               nhwc), build)
+        extractor = cast(FeatureExtractor, compiled.cached_extractor(
+            (s0.arch, s0.weights, s0.pooling, tuple(layers), str(device), precision, nhwc), build))
     for i in running:
         live[i].summary["compile"] = mode
     return device, extractor, compiled.Evaluator(extractor, mode, len(running))
@@ -333,7 +335,7 @@ def _setup_trial(lv: _Live, targets: dict, extractor: FeatureExtractor, device: 
 
 
 def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, level: int, last: bool,
-              evaluate: Callable) -> None:
+              evaluate: compiled.Evaluator) -> None:
     """One pyramid level (the only one, by default) of every running trial of the batch: ticks until
     every trial has finished the level."""
     who_runs = [live[i] for i in running]
@@ -380,7 +382,7 @@ def _optimizer(who_runs: list[_Live], device: torch.device, level: int):
                           line_search=[s.optimizer.line_search for s in settings], budget=budgets,
                           small_on_host=lbfgs_products_on_host(device), average_decay=decay)
     # pyramid.carry_optimizer: each trial's moments from the coarser level, resized to this one
-    size = tuple(x0.shape[-2:])
+    size = (int(x0.shape[-2]), int(x0.shape[-1]))
     state = [lv.optimizer_state.resized(size) if lv.optimizer_state is not None else None for lv in who_runs]
     for lv in who_runs:
         lv.optimizer_state = None
@@ -473,7 +475,9 @@ class _Terms:
                 ss = [who[j].trial.settings for j in rows]
                 weights = {k: torch.tensor([getattr(s, k) for s in ss], dtype=torch.float32, device=self.device)
                            for k in ("content_weight", "style_weight", "tv_weight")}  # [g] each
-                objective = who[rows[0]].shared.reweighted(tv_on=any(s.tv_weight > 0 for s in ss), **weights)
+                shared = who[rows[0]].shared
+                assert shared is not None  # set for every trial of a level before its ticks (see _Terms)
+                objective = shared.reweighted(tv_on=any(s.tv_weight > 0 for s in ss), **weights)
                 consecutive = rows == list(range(rows[0], rows[-1] + 1))
                 index = None if consecutive else torch.tensor(rows, dtype=torch.long, device=self.device)
                 groups.append((objective, rows, index))
@@ -588,6 +592,7 @@ def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
 def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device) -> None:
     """Save the finished trial's image, metrics and summary; close its sinks."""
     out = lv.out  # this attempt's folder (nst.records.begin_attempt)
+    assert out is not None and lv.objective is not None and lv.tensors  # a level was started
     try:
         with torch.no_grad():
             # The terms of the image actually optimised (the last evaluation may precede a final step).
@@ -624,8 +629,9 @@ def _one_line(e: BaseException, where: Path) -> str | None:
     """The error as the one line that says it all, or None (a traceback goes to error.log)."""
     if isinstance(e, _ONE_LINE):
         return str(e)
-    if records.disk_error(e):  # a full disk met outside the trial's own files (W&B, a temporary folder)
-        return str(records.WriteError(e.errno, e.strerror or os.strerror(e.errno), e.filename or str(where)))
+    if isinstance(e, OSError) and records.disk_error(e):  # a full disk outside its own files (W&B, a temp folder)
+        code = e.errno or 0  # disk_error: one of ENOSPC, EDQUOT, EFBIG
+        return str(records.WriteError(code, e.strerror or os.strerror(code), e.filename or str(where)))
     return None
 
 

@@ -305,7 +305,8 @@ class FeatureExtractor(nn.Module):
                 # Gatys et al. replace max by average pooling; `pooling` picks either.
                 modules[name] = POOLING[pooling](kernel_size=2, stride=2)
         self.net = nn.Sequential(modules)
-        self.net.to(dtype=self.dtype, memory_format=self.memory_format)
+        # Module.to takes a dtype and a memory format together (torch's docs); its stubs list memory_format alone
+        self.net.to(dtype=self.dtype, memory_format=self.memory_format)  # type: ignore[call-overload]
         self.requires_grad_(False)  # backward then computes only the image gradient
         self.eval()
 

@@ -54,10 +54,9 @@ def decode(key: str, path: Path) -> Image.Image:
             saved_limit = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             try:
-                with Image.open(path) as img:
-                    img.load()  # decode now: a truncated file fails here, not halfway through a run
-                    img = ImageOps.exif_transpose(img)
-                    return to_rgb(img)
+                with Image.open(path) as opened:
+                    opened.load()  # decode now: a truncated file fails here, not halfway through a run
+                    return to_rgb(ImageOps.exif_transpose(opened))
             finally:
                 Image.MAX_IMAGE_PIXELS = saved_limit
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -130,7 +129,7 @@ def size_at_pixel_count(width: int, height: int, pixels: int) -> tuple[int, int]
 def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     if img.size == size:
         return img
-    return img.resize(size, Image.LANCZOS)
+    return img.resize(size, Image.Resampling.LANCZOS)
 
 
 def crop_square(img: Image.Image) -> Image.Image:
@@ -239,7 +238,7 @@ def save_animation(frames_dir: Path, out: Path, *, side: int = 320) -> bool:
         with Image.open(p) as im:
             pic = im.convert("RGB")
         if pic.size != last:
-            pic = pic.resize(last, Image.LANCZOS)
+            pic = pic.resize(last, Image.Resampling.LANCZOS)
         pic.thumbnail((side, side))
         pics.append(pic)
     durations = [400] * (len(pics) - 1) + [1500]  # hold the result

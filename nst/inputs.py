@@ -35,7 +35,8 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
         out["styles"].append(style)
         # the metrics' painting: its own aspect ratio at the output's pixel count, whatever the trial's
         # style sizing, so that no sizing (stretching included) is rewarded by the yardstick
-        plain = images.size_at_pixel_count(*style_img.size, w * h)
+        sw, sh = style_img.size
+        plain = images.size_at_pixel_count(sw, sh, w * h)
         out["plain_styles"].append(images.to_tensor(images.resize(style_img, plain), device))
     # Noise is drawn on the CPU from a seeded generator, so the same seed gives the same start on any device.
     gen = torch.Generator().manual_seed(s.seed)
@@ -47,8 +48,8 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
     if s.init == "noise":
         init = noise
     else:
-        base = out["content"] if s.init != "image" else images.to_tensor(images.resize(crop(inputs["init"]), (w, h)), device)
+        start = out["content"] if s.init != "image" else images.to_tensor(images.resize(crop(inputs["init"]), (w, h)), device)
         r = s.noise_ratio if s.init in ("content_noise", "image") else 0.0
-        init = (1 - r) * base + r * noise
+        init = (1 - r) * start + r * noise
     out["init"] = init
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -247,7 +248,7 @@ class Loss:
                 assert content is not None, "content layers need a content image"
                 feats = extractor(content)
                 self.content_targets = {layer: feats[layer].detach() for layer in spec.content_layers}
-            self.style_targets = {}
+            self.style_targets: dict[str, Any] = {}  # a Gram matrix, or a W2Target, per layer
             if spec.style_layers:
                 assert style is not None, "style layers need a style image"
                 styles = [style] if isinstance(style, torch.Tensor) else list(style)

@@ -10,11 +10,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from omegaconf import OmegaConf
 
 from nst import sweep_folder
-from nst.compose import PATH_KEYS, config, expand, first_line, key_of, split_argv
+from nst.compose import PATH_KEYS, config, expand, first_line, key_of, resolved, split_argv
 from nst.errors import InputError
 from nst.search import check as check_objective
 
@@ -56,11 +57,11 @@ def checked(argv: list[str], stage) -> Checked:
         else:
             cfg = config(trial)
         try:
-            resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            plain = resolved(cfg)
         except Exception as e:  # any error of resolving it (a bad interpolation, a missing value)
             raise InputError(key_of(e), first_line(e)) from None
-        settings = stage.settings(resolved)
-        check_objective(resolved.get("objective"), resolved.get("target_psnr"))
+        settings = stage.settings(plain)
+        check_objective(plain.get("objective"), plain.get("target_psnr"))
         files = (settings.content, settings.style if settings.objective.style_layers else None, settings.init_path)
         if files not in seen_files:  # decode each distinct set of inputs once
             try:
@@ -151,7 +152,7 @@ def _check_subdirs(grid: dict, trials: list[list[str]]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    raw = OmegaConf.to_container(grid["cfg"].hydra.sweep, resolve=False).get("subdir")
+    raw = cast(dict, OmegaConf.to_container(grid["cfg"].hydra.sweep, resolve=False)).get("subdir")
     if raw == sweep_folder.DEFAULT_SUBDIR:
         return
     search = bool(grid.get("search"))
@@ -189,7 +190,7 @@ def _without_hydra(cfg):
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
 
 
-def _check_run_dir(cfg, checked: list = ()) -> Path | None:
+def _check_run_dir(cfg, checked: list) -> Path | None:
     """A single run's folder (hydra.run.dir) must be a folder this process can create and write, and
     nst's to write into (nst.sweep_folder: new, empty or its own run folder). `cfg`: the run's
     composition with Hydra's node."""

@@ -136,7 +136,7 @@ def _result(summary: dict):
         return TrialFailed(f"{summary.get('label', 'trial')}: {summary.get('error', 'unknown error')}") if _searching() else None
     if name is None:
         return None
-    value = search.value(name, summary, config.get("target_psnr"))
+    value = search.value(name, summary, config["target_psnr"])
     if summary.get("objective") != {"name": name, "value": value}:
         summary["objective"] = {"name": name, "value": value}
         write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / "summary.json", summary)
@@ -162,15 +162,11 @@ def _teardown_at_exit() -> None:
         _registered = True
 
 
-def _resolved(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
-
-
 def batch_key(cfg: DictConfig, stage: Stage) -> tuple:
     """The launcher's grouping: trials with equal keys can share a pass (raises InputError on bad input)."""
     from nst.engine import group_key
 
-    return group_key(stage.settings(_resolved(cfg)))
+    return group_key(stage.settings(compose.resolved(cfg)))
 
 
 def batch_size(cfgs: list[DictConfig], stage: Stage) -> int:
@@ -178,7 +174,7 @@ def batch_size(cfgs: list[DictConfig], stage: Stage) -> int:
     from nst.engine import auto_batch_size
 
     try:
-        return auto_batch_size([stage.settings(_resolved(c)) for c in cfgs])
+        return auto_batch_size([stage.settings(compose.resolved(c)) for c in cfgs])
     except InputError:
         return 1  # each trial then reports its own error
 
@@ -257,8 +253,9 @@ def _prepare(cfg: DictConfig, stage: Stage, outputs: set[str]):
         # Resume: re-running a sweep into its folder skips what already completed with this config
         # (and still has its image).
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
-        if multirun and _SweepProgress.current() is not None:
-            _SweepProgress.current().done(run_dir)
+        sweep = _SweepProgress.current() if multirun else None
+        if sweep is not None:
+            sweep.done(run_dir)
         return None, previous
 
     try:
@@ -272,8 +269,9 @@ def _prepare(cfg: DictConfig, stage: Stage, outputs: set[str]):
         # meets bad input here, not up front.
         summary = {**record, "status": "failed", "error": str(e), "finished_unix": time.time()}
         log.error(f"{label}: failed: {e}{_record_failure(run_dir, summary)}")
-        if multirun and _SweepProgress.current() is not None:
-            _SweepProgress.current().done(run_dir)
+        sweep = _SweepProgress.current() if multirun else None
+        if sweep is not None:
+            sweep.done(run_dir)
         return None, summary
     record["settings"] = settings.to_dict()
     sweep_dir = Path(hc.sweep.dir) if multirun else None
@@ -397,7 +395,7 @@ class _SweepProgress:
 
         self.pid = os.getpid()
         self.trials = len(trials)
-        self.per_trial = {}  # run folder -> evaluations counted (a retried attempt starts again at 0)
+        self.per_trial: dict[Path, int] = {}  # run folder -> evaluations counted (a retried attempt starts again at 0)
         self.mean_steps = sum(s.total_steps for s in trials) / max(1, len(trials))
         self.finished: set = set()
         self.bar = tqdm(total=sum(s.total_steps for s in trials), desc=f"sweep: 0/{len(trials)} trials done", unit="eval",

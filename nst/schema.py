@@ -13,7 +13,7 @@ import sys
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -124,7 +124,11 @@ class Precision(Choice):
 # member by its name, which is its value here too. auto: on a GPU for trials long enough to repay
 # compiling, off on the CPU (where compiling did not pay: the manual's "Speed"); off: eager;
 # default: torch.compile's default mode (inductor); reduce-overhead: inductor with CUDA graphs.
-Compile = Choice("Compile", [(v, v) for v in ("auto", "off", "default", "reduce-overhead")], module=__name__)
+if typing.TYPE_CHECKING:  # what a type checker can read of it: the functional form is opaque to one
+    class Compile(Choice):
+        auto = "auto"
+else:
+    Compile = Choice("Compile", [(v, v) for v in ("auto", "off", "default", "reduce-overhead")], module=__name__)
 
 
 class LoggerName(Choice):
@@ -183,7 +187,7 @@ class AdamConf(OptimizerConf):
     betas: list[float] = _list([0.9, 0.999])  # the moments' decay rates, two numbers in [0, 1)
 
 
-OPTIMIZER_SCHEMAS = {OptimizerName.lbfgs: LbfgsConf, OptimizerName.adam: AdamConf}
+OPTIMIZER_SCHEMAS: dict[str, type[OptimizerConf]] = {OptimizerName.lbfgs: LbfgsConf, OptimizerName.adam: AdamConf}
 
 
 @dataclass
@@ -289,8 +293,8 @@ def validated(d: dict) -> DictConfig:
     """A plain config dict (a resolved composition) checked against the schema: InputError on a
     wrong type or an unknown choice. Keys the schema lacks (`+key=...`) are let through, as Hydra does."""
     opt = d.get("optimizer") if isinstance(d, dict) else None
-    cls = OPTIMIZER_SCHEMAS.get(opt.get("name") if isinstance(opt, dict) else None, OptimizerConf)
-    if cls is not OptimizerConf:
+    cls = OPTIMIZER_SCHEMAS.get(str(opt.get("name")), OptimizerConf) if isinstance(opt, dict) else OptimizerConf
+    if isinstance(opt, dict) and cls is not OptimizerConf:
         other = sorted(set(opt) - {f.name for f in fields(cls)})
         if other:  # optimizer.name=adam over the lbfgs option, say
             raise InputError("optimizer.name", f"{opt['name']} takes no {', '.join(other)}: choose the optimizer with "
@@ -298,7 +302,7 @@ def validated(d: dict) -> DictConfig:
     base = OmegaConf.structured(Config(optimizer=cls()))
     OmegaConf.set_struct(base, False)
     try:
-        return OmegaConf.merge(base, d)
+        return cast(DictConfig, OmegaConf.merge(base, d))
     except OmegaConfBaseException as e:
         raise input_error(e) from None
 
@@ -306,7 +310,7 @@ def validated(d: dict) -> DictConfig:
 def plain(cfg: DictConfig) -> dict:
     # not resolved again: `validated` takes a config that was resolved once, and a `${...}` left in a
     # value by then (an escaped one, a literal part of a path) is data, not an interpolation
-    return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    return cast(dict, OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
 
 
 # --- one line for OmegaConf's own errors -------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 from nst import device as devices
@@ -341,7 +342,7 @@ def _poolings_before(arch: str, layers) -> int:
     return sum(1 for n in names[:deepest] if n.startswith("pool"))
 
 
-def check_image_size(s: Settings, size: tuple[int, int], style_sizes: list[tuple[int, int]] = ()) -> None:
+def check_image_size(s: Settings, size: tuple[int, int], style_sizes: Sequence[tuple[int, int]] = ()) -> None:
     """Every pooling layer halves the image: no side may reach 0 before the deepest layer used, by
     the trial or by the standardised metrics (conv5_1, after four poolings), at the coarsest
     pyramid level; nor may a style image's before the deepest style layer."""

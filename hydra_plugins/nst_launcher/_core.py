@@ -118,10 +118,11 @@ class Job(BatchJob):
                 del task_cfg["hydra"]
             ret.cfg = task_cfg
             ret.hydra_cfg = copy.deepcopy(private.saved_hydra_config())  # the job just made current
-            ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+            overrides = [str(o) for o in config.hydra.overrides.task]
+            ret.overrides = overrides
             self.cfg, self._ret = task_cfg, ret
             self.output_dir = Path(config.hydra.runtime.output_dir)
-            self.overrides = list(ret.overrides)
+            self.overrides = list(overrides)
             # A folder or file that cannot be written (a full disk, a file size limit, a name too
             # long) fails this job alone: execute_batch ends it as lost, and the sweep goes on.
             with _writing(Path(output_dir)):
@@ -426,7 +427,7 @@ def _call(task_function: TaskFunction, jobs: list[Job]) -> list[Any]:
             except Exception as e:
                 return [e]
     try:
-        values = list(app.run_batch(jobs))
+        values = list(app.run_batch(list[BatchJob](jobs)))
         if len(values) != len(jobs):
             raise ValueError(f"run_batch returned {len(values)} values for {len(jobs)} jobs")
         return values
@@ -440,7 +441,7 @@ def _lost(task_function: TaskFunction, jobs: list[Job], error: BaseException, si
     app = batch_app(task_function)
     if app is not None:
         try:
-            values = list(app.lost_batch(jobs, error, since))
+            values = list(app.lost_batch(list[BatchJob](jobs), error, since))
             if len(values) == len(jobs):
                 return values
             log.error(f"lost_batch returned {len(values)} values for {len(jobs)} jobs")

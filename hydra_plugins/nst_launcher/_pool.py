@@ -76,6 +76,7 @@ class _Worker:
                 if attempt == 2:
                     raise
                 self.replace()  # it died while idle (a signal to it alone): a new one takes the batch
+        assert self.pool is not None  # submit() made it
         self.process = next(iter(self.pool._processes.values()), self.process)  # for its exit code
         return future
 
@@ -123,7 +124,7 @@ class _Worker:
         processes = list(pool._processes.values())  # the pool's own list; there is no public one
         pool.shutdown(wait=False, cancel_futures=True)
         for p in processes:
-            if p.is_alive():
+            if p.is_alive() and p.pid is not None:
                 try:
                     os.kill(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
