@@ -2,7 +2,7 @@
 
 The launcher cannot call Hydra's `run_job` (it calls the task once for a whole batch), so `_core.py`
 repeats run_job's steps around that call, and a few of those steps need pieces of Hydra that are not
-public; nst.cli expands a grid exactly as Hydra's basic sweeper will. Each piece below says why.
+public; nst.compose expands a grid exactly as Hydra's basic sweeper will. Each piece below says why.
 
 They were read in hydra-core's source for the versions in CHECKED, where they are identical (and so
 is run_job, whose steps _core.py repeats: RUN_JOB_SHA256). tests/test_hydra_internals.py fails,
@@ -77,7 +77,7 @@ try:
     # honours HYDRA_DEPRECATION_WARNINGS_AS_ERRORS like Hydra's other deprecations.
     from hydra._internal.deprecation_warning import deprecation_warning
 
-    # nst.cli validates every trial of a grid before Hydra runs: it expands the command line into
+    # nst.preflight validates every trial of a grid before Hydra runs: it expands the command line into
     # the very override lists Hydra's basic sweeper will launch (sweep order, later keys winning).
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as _BasicSweeper
 
@@ -147,7 +147,7 @@ def raised(kinds: Tuple[Type[BaseException], ...]) -> Iterator[None]:
 
 def flags_help() -> str:
     """The flags part of Hydra's `--help` (Hydra.format_args_help of its own argument parser), for
-    an app that answers a bare --help without composing (nst.cli.quick_help)."""
+    an app that answers a bare --help without composing (nst.compose.quick_help)."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import get_args_parser
 
