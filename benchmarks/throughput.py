@@ -45,7 +45,7 @@ from nst.device import (
 from nst.engine import Trial, run_together
 from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, layer_names
 from nst.inputs import prepare
-from nst.loss import Objective
+from nst.loss import Loss
 from nst.settings import Settings
 from nst.sinks import FileSink
 from nst.stage import load_inputs
@@ -108,7 +108,7 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
                           channels_last=nhwc, bf16_autocast=autocast)
     t = prepare(s, load_inputs(s), device)
     weights = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
-    obj = Objective(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **weights)
+    obj = Loss(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **weights)
     x = t["init"].expand(batch, -1, -1, -1).clone().requires_grad_(True)
     fn = obj if compile_mode is None else torch.compile(obj, mode=None if compile_mode == "default" else compile_mode,
                                                         dynamic=False)
