@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
+if TYPE_CHECKING:
+    from PIL import Image
 
-from nst import device, images
-from nst import settings as validation
-from nst.settings import Settings
+    from nst.settings import Settings
+
+# nst.settings, nst.images and nst.device (torch) are imported where they are used: the app holds a
+# Stage from the start, and `nst --help` and tab completion must not import torch.
 
 
 class Stage:
@@ -38,6 +40,9 @@ class Stage:
             key: str | None = json.dumps(resolved, sort_keys=True, default=str)
         except (TypeError, ValueError):
             key = None
+        from nst import device
+        from nst import settings as validation
+
         settings = self._settings.get(key) if key is not None else None
         if settings is None:
             settings = validation.validate(resolved)
@@ -49,6 +54,8 @@ class Stage:
     def image(self, key: str, value: str) -> Image.Image:
         """An input image, decoded once per file (its path, size and modification time: an edited
         file is decoded again). Shared by the trials that use it: never changed in place."""
+        from nst import images
+
         path = images.resolve_image_path(key, value)
         try:
             st = path.stat()
@@ -66,6 +73,8 @@ class Stage:
         """Every input image of a trial, decoded (raising InputError for a bad file) and its sizes
         checked against the network's. PIL images: content, style (a list, one per style image),
         init (for init=image)."""
+        from nst import settings as validation
+
         out: dict[str, Any] = {"content": self.image("content", s.content)}
         if s.objective.style_layers:
             out["style"] = [self.image("style" if len(s.style) == 1 else f"style[{i}]", name) for i, name in enumerate(s.style)]
