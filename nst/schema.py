@@ -10,6 +10,7 @@ there are checked against them (tests/test_schema.py).
 """
 
 import sys
+import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -325,7 +326,7 @@ def _show(v: Any) -> str:
 
 def unwrap_optional(t: Any) -> tuple[Any, bool]:
     args = typing.get_args(t)
-    if typing.get_origin(t) is typing.Union and type(None) in args:
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in args:  # Optional[X] or X | None
         rest = [a for a in args if a is not type(None)]
         return (rest[0] if len(rest) == 1 else Any), True
     return t, False
