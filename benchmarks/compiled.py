@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from nst import cli, compiled
+from nst import compiled, compose
 from nst.device import resolve_device
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.inputs import prepare
-from nst.objective import Objective
-from nst.settings import load_inputs
+from nst.loss import Loss
+from nst.stage import load_inputs
 
 
 def main() -> None:
@@ -38,13 +38,13 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32, batch 1, "
           f"compile={args.mode}")
     for size in args.sizes:
-        s = cli.settings_for([f"device={args.device}", f"size={size}", "precision=fp32", "logger=none"])
+        s = compose.settings_for([f"device={args.device}", f"size={size}", "precision=fp32", "logger=none"])
         layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
         ex = compiled.cached_extractor(("benchmark", size), lambda: FeatureExtractor(
             s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device))
         t = prepare(s, load_inputs(s), device)
         w = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
-        obj = Objective(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **w)
+        obj = Loss(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **w)
         x = t["init"].clone().requires_grad_(True)
         modes = {"eager": compiled.Evaluator(ex, "off", 1), "compiled": compiled.Evaluator(ex, args.mode, 1)}
 

@@ -37,9 +37,9 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
-import signal
 import tempfile
 import threading
 import time
@@ -283,7 +283,7 @@ def inner_oom_split(out: Path) -> None:
     sys.path.insert(0, str(BENCH))
     from sweep import make_trials
 
-    from nst.runner import run_trials, trial_bytes
+    from nst.engine import run_trials, trial_bytes
 
     device = torch.device("cuda")
     total = torch.cuda.get_device_properties(device).total_memory

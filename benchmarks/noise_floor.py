@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from precision import relative_difference  # benchmarks/, this script's folder
 from sweep import make_trials
 
@@ -47,10 +46,10 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for threads in (1, 2):
             os.environ["NST_CPU_THREADS"] = str(threads)  # read by the runner (nst.device.cpu_threads)
-            from nst.runner import run_batch
+            from nst.engine import run_together
 
             start = time.perf_counter()
-            summary = run_batch(make_trials([overrides], "cpu", Path(tmp) / str(threads)))[0]
+            summary = run_together(make_trials([overrides], "cpu", Path(tmp) / str(threads)))[0]
             if summary["status"] != "completed":
                 raise SystemExit(f"the trial on {threads} thread(s) failed: {summary.get('error')}")
             summaries[threads] = summary

@@ -5,7 +5,7 @@
 
 Per precision (default: fp32 tf32 bf16 on a GPU; fp32 bf16 on the CPU, where tf32 is an error and
 is skipped), the five trials of sweeps/style_weight.yaml (style_weight 1e3 ... 1e7) run as one
-batch through the runner (nst.runner.run_batch, logger=none, the file sink, all in a temporary
+batch through the runner (nst.engine.run_together, logger=none, the file sink, all in a temporary
 folder), after a warm-up batch of the same trials at --warmup evaluations (cuDNN tunes its
 algorithms per precision). fp32 always runs, first: the yardstick, measured in the same process.
 
@@ -34,18 +34,18 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from nst import cli
-from nst.runner import image_size, run_batch
 from sweep import make_trials  # benchmarks/, this script's folder
 from throughput import device_name
+
+from nst import compose
+from nst.engine import run_together
 
 SWEEP = "style_weight"
 
 
 def sweep_overrides(size: int, steps: int, precision: str) -> list[list[str]]:
     """Each trial's overrides: the sweep file's grid at this size, budget and precision."""
-    return cli.expand_trials([f"+sweep={SWEEP}", f"size={size}", f"steps={steps}", f"precision={precision}"],
+    return compose.expand_trials([f"+sweep={SWEEP}", f"size={size}", f"steps={steps}", f"precision={precision}"],
                              multirun=True)
 
 
@@ -81,9 +81,9 @@ def relative_difference(value: float, reference: float) -> float:
 def run_precision(precision: str, args, folder: Path) -> list[dict]:
     """The sweep's trials at this precision, as one batch; their summaries in the sweep's order."""
     if args.warmup:
-        run_batch(make_trials(sweep_overrides(args.size, args.warmup, precision), args.device, folder / f"warm_{precision}"))
+        run_together(make_trials(sweep_overrides(args.size, args.warmup, precision), args.device, folder / f"warm_{precision}"))
     trials = make_trials(sweep_overrides(args.size, args.steps, precision), args.device, folder / precision)
-    summaries = run_batch(trials)
+    summaries = run_together(trials)
     for t, s in zip(trials, summaries):
         s["style_weight"] = t.settings.style_weight
     return summaries
@@ -98,10 +98,10 @@ def run_noise(args, folder: Path) -> tuple[list[dict], str]:
         threads = int(os.environ["NST_CPU_THREADS"])  # main() pins it for every batch
         other = other_thread_count(threads)
         with runner_threads(other):
-            summaries = run_batch(trials)
+            summaries = run_together(trials)
         how = f"fp32 on {other} thread(s) instead of {threads}"
     else:
-        summaries = [run_batch([t])[0] for t in trials]
+        summaries = [run_together([t])[0] for t in trials]
         how = "fp32 with each trial in a batch of its own"
     for t, s in zip(trials, summaries):
         s["style_weight"] = t.settings.style_weight
@@ -179,8 +179,8 @@ def main() -> None:
     precisions = list(dict.fromkeys(["fp32", *(args.precisions or (["fp32", "bf16"] if cpu else ["fp32", "tf32", "bf16"]))]))
     name = device_name(device)
     kind = "cpu" if cpu else name
-    s0 = cli.settings_for(sweep_overrides(args.size, args.steps, "fp32")[0] + [f"device={args.device}", "logger=none"])
-    wh = image_size(s0)
+    s0 = compose.settings_for(sweep_overrides(args.size, args.steps, "fp32")[0] + [f"device={args.device}", "logger=none"])
+    wh = s0.image_size
     weights = [float(o[0].split("=", 1)[1]) for o in sweep_overrides(args.size, args.steps, "fp32")]
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
           f"sweep {SWEEP}: style_weight {', '.join(f'{w:g}' for w in weights)} as one batch, {s0.arch} {s0.weights}, "

@@ -240,10 +240,10 @@ def run(args) -> int:
 def checked_style_weight(overrides: list[str]) -> float:
     """The recipe's own style weight, the settings composed and their images opened as a run would
     (raising InputError for a bad name, key or image): the one place this script composes settings."""
-    from nst import cli
-    from nst.settings import load_inputs
+    from nst import compose
+    from nst.stage import load_inputs
 
-    s = cli.settings_for(overrides)
+    s = compose.settings_for(overrides)
     load_inputs(s)
     return s.style_weight
 

@@ -8,7 +8,7 @@
 
 Presets: `six` (style_weight 1e3 ... 1e8 at 64 px), `ablations` (all eleven sweeps in sweeps/ at
 128 px, 200 evaluations: 78 trials), `eight512` (eight style weights at 512 px, 500 evaluations).
-Both modes go through the same runner (nst.runner) with the same trials and the same file sink
+Both modes go through the same runner (nst.engine) with the same trials and the same file sink
 (metrics.jsonl, frames, final.png, summary.json, in a temporary folder); "one at a time" runs each
 trial as a batch of one, as `hydra/launcher=basic` does. Hydra's own per-job overhead (composing
 configs, writing .hydra/) is the same in both and left out. A warm-up trial runs first (weights
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from nst import cli
-from nst.runner import Trial, run_batch, run_trials
-from nst.settings import load_inputs
-from nst.sinks import FileSink
+from nst import compose
 from nst.device import cudnn_autotune, resolve_precision
+from nst.engine import Trial, run_together, run_trials
+from nst.sinks import FileSink
+from nst.stage import load_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,8 +46,8 @@ def preset(name: str, steps: int | None, size: int | None = None) -> list[list[s
         return [[*common, f"style_weight=1e{e}"] for e in range(2, 10)]
     if name == "ablations":
         trials = []
-        for f in sorted((cli.CONF_DIR / "sweep").glob("*.yaml")):
-            trials += cli.expand_trials([f"+sweep={f.stem}", f"size={size or 128}", f"steps={steps or 200}"], multirun=True)
+        for f in sorted((compose.CONF_DIR / "sweep").glob("*.yaml")):
+            trials += compose.expand_trials([f"+sweep={f.stem}", f"size={size or 128}", f"steps={steps or 200}"], multirun=True)
         return trials
     raise SystemExit(f"unknown preset {name!r}; allowed: six, ablations, eight512")
 
@@ -55,7 +55,7 @@ def preset(name: str, steps: int | None, size: int | None = None) -> list[list[s
 def make_trials(overrides: list[list[str]], device: str, folder: Path, *extra: str) -> list[Trial]:
     trials = []
     for i, o in enumerate(overrides):
-        s = cli.settings_for([*o, f"device={device}", "logger=none", *extra])
+        s = compose.settings_for([*o, f"device={device}", "logger=none", *extra])
         run_dir = folder / str(i)
         sinks = (lambda pos, d=run_dir, s=s: [FileSink(d, log_every=s.log_every, frame_every=s.frame_every, steps=s.total_steps)])
         trials.append(Trial(s, load_inputs(s), run_dir, sinks))
@@ -79,9 +79,9 @@ def bench(name: str, device: str, steps: int | None, max_batch: int | None, size
         # the first trial at 3 evaluations: its size, so cuDNN tunes for the shapes that are timed
         warm = make_trials([[o for o in overrides[0] if not o.startswith("steps=")] + ["steps=3"]], device,
                            Path(tmp) / "warm")
-        run_batch(warm)
+        run_together(warm)
         alone_s, alone = (None, []) if batched_only else \
-            timed(lambda: [run_batch([t])[0] for t in make_trials(overrides, device, Path(tmp) / "alone")])
+            timed(lambda: [run_together([t])[0] for t in make_trials(overrides, device, Path(tmp) / "alone")])
         batched_s, batched = timed(lambda: run_trials(make_trials(overrides, device, Path(tmp) / "batched"), max_batch))
         modes = {}
         for mode in compile_modes:
@@ -123,7 +123,7 @@ def main() -> None:
     presets = args.preset or (["six", "ablations", "eight512"] if args.device.startswith("cuda") else ["six"])
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     # the trials' own precision=auto, as the device resolves it
-    precision = resolve_precision(cli.settings_for([f"device={args.device}", "logger=none"]).precision,
+    precision = resolve_precision(compose.settings_for([f"device={args.device}", "logger=none"]).precision,
                                   torch.device(args.device))
     if args.device.startswith("cuda"):
         print(f"cuDNN autotuning (cudnn.benchmark): batch of one {'on' if cudnn_autotune(1) else 'off'}, "

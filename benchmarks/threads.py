@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-
-from nst.runner import run_batch
 from sweep import make_trials  # benchmarks/, this script's folder
+
+from nst.engine import run_together
 
 COMPETITORS = {
     "idle": None,
@@ -37,7 +37,7 @@ COMPETITORS = {
 def batch(folder: Path, size: int, steps: int) -> tuple[float, int]:
     trials = make_trials([[f"size={size}", f"steps={steps}", f"style_weight=1e{e}"] for e in (3, 4, 5, 6)], "cpu", folder)
     t = time.perf_counter()
-    summaries = run_batch(trials)
+    summaries = run_together(trials)
     wall = time.perf_counter() - t
     assert all(s["status"] == "completed" for s in summaries), [s.get("error") for s in summaries]
     return wall, summaries[0]["cpu_threads"]

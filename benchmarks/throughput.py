@@ -11,7 +11,7 @@ evaluation (nst.features.evaluation_flops: the convolutions, forward and input-g
 the TFLOP/s achieved; and its fraction of the device's dense peak at that precision (known GPUs only:
 'unknown' for others, n/a on the CPU). --loop adds a row per optimiser (L-BFGS as configured by
 default, history 100 with line search; Adam), without and with the run's file sink
-(metrics.jsonl, frames): the runner's whole loop (run_batch, B trials in one batch), as a ratio to
+(metrics.jsonl, frames): the runner's whole loop (run_together, B trials in one batch), as a ratio to
 the bare evaluation at the same size and precision. On the CPU every row also has its ratio to a
 plain fp32 batch-1 bare evaluation at the same size, measured first in the same process.
 --compile MODE adds, per mode, a bare row with the whole objective under torch.compile, and with
@@ -31,15 +31,24 @@ from pathlib import Path
 
 import torch
 
-from nst import cli
-from nst.runner import Trial, image_size, run_batch
+from nst import compose
+from nst.device import (
+    cpu_bf16_units,
+    cpu_model,
+    cpu_threads,
+    cudnn_autotune,
+    resolve_device,
+    resolve_precision,
+    set_determinism,
+    set_precision,
+)
+from nst.engine import Trial, run_together
 from nst.features import FeatureExtractor, evaluation_flops, get_weights_spec, layer_names
-from nst.objective import Objective
-from nst.settings import Settings, load_inputs
-from nst.sinks import FileSink
 from nst.inputs import prepare
-from nst.device import (cpu_bf16_units, cpu_model, cpu_threads, cudnn_autotune, resolve_device, resolve_precision,
-                        set_determinism, set_precision)
+from nst.loss import Loss
+from nst.settings import Settings
+from nst.sinks import FileSink
+from nst.stage import load_inputs
 
 # Dense (no sparsity) peak TFLOP/s per precision, from the vendors' data sheets. The first entry
 # whose key is in torch.cuda.get_device_name() wins; None: a variant whose peak we do not list.
@@ -72,7 +81,7 @@ def device_name(device: torch.device) -> str:
 
 
 def settings(device: str, size: int, precision: str, *overrides: str) -> Settings:
-    return cli.settings_for([f"device={device}", f"size={size}", f"precision={precision}", "logger=none", *overrides])
+    return compose.settings_for([f"device={device}", f"size={size}", f"precision={precision}", "logger=none", *overrides])
 
 
 def deepest_layer(s: Settings) -> str:
@@ -99,7 +108,7 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
                           channels_last=nhwc, bf16_autocast=autocast)
     t = prepare(s, load_inputs(s), device)
     weights = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
-    obj = Objective(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **weights)
+    obj = Loss(ex, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend, **weights)
     x = t["init"].expand(batch, -1, -1, -1).clone().requires_grad_(True)
     fn = obj if compile_mode is None else torch.compile(obj, mode=None if compile_mode == "default" else compile_mode,
                                                         dynamic=False)
@@ -121,7 +130,8 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
     sync()
     rate = batch * evals / (time.perf_counter() - start)
     if profile:
-        from torch.profiler import ProfilerActivity, profile as torch_profile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch_profile(activities=activities) as prof:
@@ -141,7 +151,7 @@ def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, wit
     os.environ["NST_CHANNELS_LAST"] = "1" if nhwc else "0"  # read by the runner (nst.device.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         def trials(steps: int) -> list[Trial]:
-            s = cli.settings_for([*base, f"steps={steps}", *overrides])
+            s = compose.settings_for([*base, f"steps={steps}", *overrides])
             inputs = load_inputs(s)
             out = []
             for i in range(batch):
@@ -151,8 +161,8 @@ def loop_rate(base: list[str], overrides: list[str], batch: int, evals: int, wit
                 out.append(Trial(s, inputs, run_dir, sinks))
             return out
 
-        run_batch(trials(3))  # warm-up
-        summaries = run_batch(trials(evals))
+        run_together(trials(3))  # warm-up
+        summaries = run_together(trials(evals))
         for summary in summaries:
             assert summary["status"] == "completed", summary.get("error")
         return sum(x["evaluations"] for x in summaries) / max(x["optimisation_time"] for x in summaries)
@@ -242,7 +252,7 @@ def main() -> None:
         print(format_row(r, cpu, peak_note), flush=True)
 
     for size in args.sizes:
-        wh = image_size(settings(args.device, size, "fp32"))
+        wh = settings(args.device, size, "fp32").image_size
         flops = evaluation_flops(s0.arch, deepest, *wh)
         baseline = None
         if cpu:  # the plain fp32 batch-1 evaluation, first: every CPU row's yardstick
@@ -251,7 +261,7 @@ def main() -> None:
                 emit(row(size, wh, "fp32", 1, "bare", baseline, flops, peaks, baseline, baseline))
         for precision in precisions:
             s = settings(args.device, size, precision)
-            assert image_size(s) == wh
+            assert s.image_size == wh
             for layout in args.layouts:
                 nhwc = layout == "nhwc"
                 tag = " nhwc" if nhwc else ""

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Union
 from PIL import Image, ImageOps
 
 from nst.errors import InputError, TrialFailed
+from nst.images import cropped_size
 from nst.summary import Summary
 
 if TYPE_CHECKING:
@@ -201,6 +202,10 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
         own = [overrides_of(dict(v)) for v in variants]  # each trial's own overrides (what names it)
         settings = [_settings(["logger=none", *overrides_of({**base, **_keys(common), **_keys(v)})]) for v in variants]
         inputs = [_decode(s, memory) for s in settings]  # every image checked before anything is written
+        # an image given in memory has no file yet to read its size from: the decoded image gives it
+        settings = [s if s.content_size is not None
+                    else dataclasses.replace(s, content_size=cropped_size(inp["content"].size, s.crop))
+                    for s, inp in zip(settings, inputs, strict=True)]
         with _claimed(root, fixed, swept, own) as numbers_:
             for path, img in memory.items():
                 if not Path(path).exists():  # named by its content: the same image, the same file
@@ -215,19 +220,19 @@ def stylize_batch(content: ImageInput = "tubingen", style: ImageInput | Sequence
 
 
 def _settings(overrides: list[str]):
-    from nst.cli import describe, settings_for
+    from nst.compose import describe, settings_for
 
     try:
         return settings_for(overrides)
     except InputError:
         raise
-    except Exception as e:  # noqa: BLE001 - a value the schema refuses when it is resolved (a string for a number)
+    except Exception as e:  # any error: a value the schema refuses when it is resolved (a string for a number)
         raise describe(e) from None
 
 
 def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[str], numbers_: list[int],
          work: Path, keep: bool, given: dict, *, callback, progress, max_batch) -> list[Stylized]:
-    from nst.runner import Trial, run_trials
+    from nst.engine import Trial, run_trials
     from nst.sinks import FileSink, ProgressSink
     from nst.summary import read as read_summary
 
@@ -235,7 +240,7 @@ def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[s
     trials: list[Trial] = []
     results: list[Stylized | None] = [None] * len(settings)
     on = progress is not False
-    for i, (s, inp, o) in enumerate(zip(settings, inputs, own)):
+    for i, (s, inp, o) in enumerate(zip(settings, inputs, own, strict=True)):
         label = ",".join(o) or "nst"
         run_dir = work / (_trial_folder(work, numbers_[i], o) if keep else str(i))
         previous = read_summary(run_dir / "summary.json")
@@ -263,7 +268,7 @@ def _run(settings: list, inputs: list[dict], own: list[list[str]], fixed: list[s
     summaries = run_trials(trials, max_batch) if trials else []
     if keep and trials:
         _report(work)
-    for i, trial, summary in zip(todo, trials, summaries):
+    for i, trial, summary in zip(todo, trials, summaries, strict=True):
         if summary.get("status") != "completed":
             raise TrialFailed(f"{summary.get('label', 'trial')}: {summary.get('error', 'did not complete')}")
         results[i] = _result(trial.run_dir if keep else None, Summary.from_dict(summary), trial.settings, curves.get(i, []),
@@ -298,7 +303,7 @@ def _report(sweep_dir: Path) -> None:
     try:
         with _backend_kept():
             out = aggregate(sweep_dir)
-    except Exception as e:  # noqa: BLE001 - a report that cannot be written must not lose the results
+    except Exception as e:  # any error: a report that cannot be written must not lose the results
         log.error(f"the report of {sweep_dir} could not be written: {type(e).__name__}: {e} "
                   f"(retry with: python -m nst.report {sweep_dir})")
         return
@@ -369,7 +374,7 @@ def _from_tensor(role: str, x) -> Image.Image:
 
 
 def _decode(s, memory: dict[str, Image.Image]) -> dict:
-    """The trial's input images (as nst.settings.load_inputs gives them), with the images given in memory
+    """The trial's input images (as nst.stage.Stage.inputs gives them), with the images given in memory
     taken as they are; their sizes checked. Nothing is written."""
     from nst.images import load_image
     from nst.settings import check_image_size
@@ -418,7 +423,7 @@ def _claimed(root: Path | None, fixed: list[str], swept: list[str], own: list[li
     from nst import sweep_folder
 
     # A trial is known by all its overrides as Hydra's basic sweeper spells them (1e2 as 100.0), as a
-    # command's trials are (nst.cli): the same trial asked either way finds its number.
+    # command's trials are (nst.compose): the same trial asked either way finds its number.
     parser = OverridesParser.create()
     full = [split_arguments(parser.parse_overrides(["logger=none", *fixed, *o]), None)[0][0] for o in own]
     ident = sweep_folder.identity(["logger=none", *fixed], swept)

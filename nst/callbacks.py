@@ -1,4 +1,4 @@
-"""Hydra callbacks: note the sweep folder at the start of every multirun; aggregate it at the end."""
+"""Hydra callbacks: aggregate a sweep's folder when the multirun ends."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ log = logging.getLogger("nst")
 
 
 class AggregateSweep(Callback):
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from nst.records import OUTPUTS
-
-        # The submitting process knows the sweep folder even when no trial runs in it (other launchers).
-        OUTPUTS.add(str(Path(config.hydra.sweep.dir).resolve()))
-
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from nst.report import aggregate
         from nst.run import report_deferred

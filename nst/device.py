@@ -12,7 +12,44 @@ from pathlib import Path
 import torch
 
 from nst.errors import InputError
-from nst.settings import NO_MPS, TF32_OFF_CUDA, mps_available
+
+TF32_OFF_CUDA = "tf32 is a GPU mode (TensorFloat-32 tensor cores, CUDA only); on the CPU or mps use fp32 or bf16"
+NO_MPS = "'mps' asked for, but MPS (Apple's GPU) is not available on this machine; use device=cpu or device=auto"
+
+
+def mps_available() -> bool:
+    return torch.backends.mps.is_available()
+
+
+def check_device_name(device: str) -> None:
+    ok = device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
+    if not ok:
+        raise InputError("device", f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+
+
+def check_here(device: str, precision: str) -> None:
+    """What this machine has, asked each time a trial's settings are (cheap, never remembered: settings
+    made for one machine may run on another). device=mps fails up front where there is no MPS: Apple's
+    GPU belongs to the Mac that runs the command, and its trials run there (worker processes on the
+    same machine; SLURM nodes are not Macs), so what this process sees is what every trial would see.
+    A CUDA device is left to each trial (resolve_device), or to check_cuda_here where the trials run
+    here: SLURM nodes can have GPUs the submitting machine lacks."""
+    if device == "mps" and not mps_available():
+        raise InputError("device", NO_MPS)
+    if precision == "tf32" and (device in ("cpu", "mps") or device == "auto" and not torch.cuda.is_available()):
+        raise InputError("precision", TF32_OFF_CUDA)
+
+
+def check_cuda_here(device: str) -> None:
+    """device=cuda or cuda:N, checked up front where the trials will run on this machine (nst.preflight:
+    a single run, or a sweep whose launcher runs here), so that a command asking for a GPU that is not
+    there is refused before anything is written, as device=mps is. Sweeps sent to SLURM nodes are left
+    to each trial (resolve_device). Creates no CUDA context (worker processes come later)."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise InputError("device", f"'{device}' asked for, but no CUDA device is available here; use device=cpu or device=auto")
+    if device.startswith("cuda:") and int(device[5:]) >= count:
+        raise InputError("device", f"'{device}' does not exist: {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,7 +67,8 @@ def resolve_device(name: str) -> torch.device:
         raise InputError("device", f"'{name}' asked for, but no CUDA device is available here; use device=cpu or device=auto")
     index = int(name[5:]) if name.startswith("cuda:") else torch.cuda.current_device()
     if index >= torch.cuda.device_count():
-        raise InputError("device", f"'{name}' does not exist: {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        count = torch.cuda.device_count()
+        raise InputError("device", f"'{name}' does not exist: {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return torch.device("cuda", index)
 
 

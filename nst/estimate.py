@@ -34,11 +34,11 @@ BEST_RATE = {"cpu": 2.5e11, "mps": 5e13, "cuda": 2e15}  # cpu: per core
 def trial_flops(s) -> float:
     """Every evaluation's FLOPs over every pyramid level of one trial."""
     from nst import features
-    from nst.settings import level_sizes
 
     names = features.layer_names(s.arch)
     deepest = max((*s.objective.content_layers, *s.objective.style_layers), key=names.index)
-    return float(sum(n * features.evaluation_flops(s.arch, deepest, w, h) for n, (w, h) in zip(s.level_steps, level_sizes(s))))
+    levels = zip(s.level_steps, s.level_sizes(), strict=True)
+    return float(sum(n * features.evaluation_flops(s.arch, deepest, w, h) for n, (w, h) in levels))
 
 
 def cpu_sized(s):
@@ -57,7 +57,7 @@ def _full_size_flops(s) -> float:
 
     names = features.layer_names(s.arch)
     deepest = max((*s.objective.content_layers, *s.objective.style_layers), key=names.index)
-    return float(features.evaluation_flops(s.arch, deepest, *_size(s)))
+    return float(features.evaluation_flops(s.arch, deepest, *s.image_size))
 
 
 def best_rate(device_type: str) -> float:
@@ -74,19 +74,16 @@ def measure_rate(s, evaluations: int = 2) -> float:
 
     from nst import features
     from nst.device import channels_last, cpu_threads, resolve_device, resolve_precision, set_precision, torch_settings
-    from nst.images import oriented_size, target_size
-    from nst.settings import content_size
-
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
     layers = list(dict.fromkeys((*s.objective.content_layers, *s.objective.style_layers)))
     names = features.layer_names(s.arch)
     deepest = max(layers, key=names.index)
-    w, h = target_size(*content_size(s, oriented_size("content", s.content)), min(s.long_side, PROBE_SIDE.get(device.type, 512)))
+    w, h = s.size_at(min(s.long_side, PROBE_SIDE.get(device.type, 512)))
     with torch_settings():
         set_precision(precision, device)
         if device.type == "cpu":
-            torch.set_num_threads(cpu_threads())  # as the run will (nst.runner)
+            torch.set_num_threads(cpu_threads())  # as the run will (nst.engine)
         net = features.FeatureExtractor(s.arch, features.get_weights_spec(s.arch, s.weights), layers, s.pooling, device,
                                         precision, channels_last=channels_last(device, precision))
         x = torch.rand(1, 3, h, w, device=device, requires_grad=True)
@@ -121,14 +118,14 @@ def line(settings: list, runs_here: bool = True) -> str | None:
         return None  # short for certain: no probe
     try:
         rate = measure_rate(first)
-    except Exception:  # noqa: BLE001 - an estimate must never stop a command (say, weights not at hand)
+    except Exception:  # any error: an estimate must never stop a command (say, weights not at hand)
         return None
     total = seconds(settings, rate)
     if total <= LONG_S:
         return None
     where = "this CPU" if device.type == "cpu" else f"this GPU ({device})" if device.type == "cuda" else f"this device ({device})"
     evals = sum(s.total_steps for s in settings)
-    sizes = sorted({"x".join(map(str, _size(s))) for s in settings})
+    sizes = sorted({"x".join(map(str, s.image_size)) for s in settings})
     what = (f"{len(settings)} trial(s), {evals} evaluations in all, at {', '.join(sizes[:3])}{' ...' if len(sizes) > 3 else ''}"
             if len(settings) > 1 else f"{evals} evaluations at {sizes[0]}")
     text = (f"nst: this will take about {_duration(total)} on {where} ({what}: {flops / 1e12:.3g} TFLOP at "
@@ -138,11 +135,3 @@ def line(settings: list, runs_here: bool = True) -> str | None:
         text += (f"; a CPU-sized {'sweep' if len(settings) > 1 else 'run'}: size={CPU_SIZED['size']} "
                  f"steps={CPU_SIZED['steps']}, about {_duration(small)}")
     return text
-
-
-def _size(s) -> tuple[int, int]:
-    from nst.images import oriented_size, target_size
-    from nst.settings import content_size
-
-    return target_size(*content_size(s, oriented_size("content", s.content)), s.long_side)
-

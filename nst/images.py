@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -42,45 +41,22 @@ def resolve_image_path(key: str, value: str) -> Path:
     return path
 
 
-# Each input file is decoded once per process: the command's up-front check decodes every input (so
-# that a truncated file fails before any work), and the trials run in the same process reuse that
-# decoding. Keyed by the file's path, size and modification time (an edited file is decoded again);
-# only the last few are kept, as a bounded memo of the command's own inputs.
-_DECODED: "OrderedDict[tuple, Image.Image]" = OrderedDict()
-_DECODED_KEEP = 8
-
-
 def load_image(key: str, value: str) -> Image.Image:
     """Open, fully decode and convert to 8-bit RGB; every failure is an InputError naming the file.
-    The image may be shared with other callers (see _DECODED): never change it in place."""
-    path = resolve_image_path(key, value)
-    try:
-        st = path.stat()
-        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    except OSError:
-        memo = None
-    if memo is not None and memo in _DECODED:
-        _DECODED.move_to_end(memo)
-        return _DECODED[memo]
-    image = _decode(key, path)
-    if memo is not None:
-        _DECODED[memo] = image
-        while len(_DECODED) > _DECODED_KEEP:
-            _DECODED.popitem(last=False)
-    return image
+    (A command decodes each of its input files once: nst.stage.Stage.image.)"""
+    return decode(key, resolve_image_path(key, value))
 
 
-def _decode(key: str, path: Path) -> Image.Image:
+def decode(key: str, path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             saved_limit = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             try:
-                with Image.open(path) as img:
-                    img.load()  # decode now: a truncated file fails here, not halfway through a run
-                    img = ImageOps.exif_transpose(img)
-                    return to_rgb(img)
+                with Image.open(path) as opened:
+                    opened.load()  # decode now: a truncated file fails here, not halfway through a run
+                    return to_rgb(ImageOps.exif_transpose(opened))
             finally:
                 Image.MAX_IMAGE_PIXELS = saved_limit
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -127,6 +103,22 @@ def target_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(1, round(width * long_side / height)), long_side
 
 
+def cropped_size(size: tuple[int, int], crop: str) -> tuple[int, int]:
+    """(width, height) of an image of `size` after the crop (crop=square: the largest centred square)."""
+    return (min(size), min(size)) if crop == "square" else (size[0], size[1])
+
+
+def style_base_size(style_size: str, style: tuple[int, int], content: tuple[int, int]) -> tuple[int, int]:
+    """The style image's (width, height) before style_scale, for a content image of `content` px:
+    match: the content's size; keep_aspect: its own aspect ratio at the content's pixel count (pastiche);
+    long_side: its own aspect ratio, its long side the content's (jcjohnson/neural-style, crowsonkb)."""
+    if style_size == "keep_aspect":
+        return size_at_pixel_count(*style, content[0] * content[1])
+    if style_size == "long_side":
+        return target_size(*style, max(content))
+    return content
+
+
 def size_at_pixel_count(width: int, height: int, pixels: int) -> tuple[int, int]:
     """(width, height) with the aspect ratio of width:height and about `pixels` pixels."""
     ratio = width / height
@@ -137,7 +129,7 @@ def size_at_pixel_count(width: int, height: int, pixels: int) -> tuple[int, int]
 def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     if img.size == size:
         return img
-    return img.resize(size, Image.LANCZOS)
+    return img.resize(size, Image.Resampling.LANCZOS)
 
 
 def crop_square(img: Image.Image) -> Image.Image:
@@ -235,7 +227,8 @@ def save_atomic(img: Image.Image, path: Path) -> None:
 def save_animation(frames_dir: Path, out: Path, *, side: int = 320) -> bool:
     """A looping GIF of frames/<evaluation>.png in order (no ffmpeg needed); False if there are none.
     Written as save_atomic writes."""
-    frames = sorted((p for p in Path(frames_dir).glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem)) if Path(frames_dir).is_dir() else []
+    folder = Path(frames_dir)
+    frames = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem)) if folder.is_dir() else []
     if not frames:
         return False
     pics = []
@@ -245,7 +238,7 @@ def save_animation(frames_dir: Path, out: Path, *, side: int = 320) -> bool:
         with Image.open(p) as im:
             pic = im.convert("RGB")
         if pic.size != last:
-            pic = pic.resize(last, Image.LANCZOS)
+            pic = pic.resize(last, Image.Resampling.LANCZOS)
         pic.thumbnail((side, side))
         pics.append(pic)
     durations = [400] * (len(pics) - 1) + [1500]  # hold the result

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from nst import images
-from nst.settings import Settings, style_base_size
+from nst.settings import Settings
 
 
 def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | None = None) -> dict:
@@ -17,15 +17,15 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
     style_scale or colour changes (the standardised metrics' yardstick); `init` the starting image of a first level."""
     crop = images.crop_square if s.crop == "square" else (lambda img: img)
     content_img = crop(inputs["content"])
-    w, h = images.target_size(*content_img.size, long_side or s.long_side)
+    w, h = s.size_at(long_side or s.long_side)
     photo = images.to_tensor(images.resize(content_img, (w, h)), device)
     out: dict = {"photo": photo, "content": images.luminance(photo) if s.color == "luminance" else photo,
                  "styles": [], "plain_styles": []}
     for style_img in map(crop, inputs.get("style", [])):
         # Most implementations stretch the style image to the content's size; keep_aspect instead
         # keeps its proportions at the same pixel count (so Gram statistics cover the same area),
-        # long_side keeps them with the content's long side (nst.settings.style_base_size).
-        base = style_base_size(s, style_img.size, (w, h))
+        # long_side keeps them with the content's long side (nst.images.style_base_size).
+        base = images.style_base_size(s.style_size, style_img.size, (w, h))
         scaled = (max(1, round(base[0] * s.style_scale)), max(1, round(base[1] * s.style_scale)))
         style = images.to_tensor(images.resize(style_img, scaled), device)
         if s.color == "luminance":
@@ -35,7 +35,8 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
         out["styles"].append(style)
         # the metrics' painting: its own aspect ratio at the output's pixel count, whatever the trial's
         # style sizing, so that no sizing (stretching included) is rewarded by the yardstick
-        plain = images.size_at_pixel_count(*style_img.size, w * h)
+        sw, sh = style_img.size
+        plain = images.size_at_pixel_count(sw, sh, w * h)
         out["plain_styles"].append(images.to_tensor(images.resize(style_img, plain), device))
     # Noise is drawn on the CPU from a seeded generator, so the same seed gives the same start on any device.
     gen = torch.Generator().manual_seed(s.seed)
@@ -47,8 +48,8 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
     if s.init == "noise":
         init = noise
     else:
-        base = out["content"] if s.init != "image" else images.to_tensor(images.resize(crop(inputs["init"]), (w, h)), device)
+        start = out["content"] if s.init != "image" else images.to_tensor(images.resize(crop(inputs["init"]), (w, h)), device)
         r = s.noise_ratio if s.init in ("content_noise", "image") else 0.0
-        init = (1 - r) * base + r * noise
+        init = (1 - r) * start + r * noise
     out["init"] = init
     return out

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from nst.features import FeatureExtractor, get_weights_spec
-from nst.objective import content_term, gram, style_term
+from nst.loss import content_term, gram, style_term
 
 CONTENT_LAYERS = ("conv4_2",)
 GRAM_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")

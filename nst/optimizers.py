@@ -1,6 +1,6 @@
 """The optimisers the runner uses: L-BFGS and Adam for a batch of trials, each trial with its own state.
 
-Each trial keeps its own optimiser state and asks for its own points; the runner (nst.runner) stacks
+Each trial keeps its own optimiser state and asks for its own points; the runner (nst.engine) stacks
 the points of all running trials, evaluates them in one batch and hands every trial its own loss and
 gradient. One optimiser over the summed batch loss would share history, step size and stopping
 between trials: a different algorithm.

@@ -22,9 +22,6 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-# The folders this command writes into: its run folder, or its sweep folders. Recorded as soon as
-# they are known (by the app, or by the sweep callback in the submitting process).
-OUTPUTS: set[str] = set()
 # The trials of each sweep folder (by its resolved path) that this command names: a grid's trial
 # numbers (nst.sweep_folder.claim), or None for a search (its trials are those it ran, told by when
 # they finished). A sweep folder missing here is read whole. Earlier commands' trials are not this

@@ -1,6 +1,6 @@
 """Entry point: `python -m nst.run [key=value ...]` runs one transfer; `-m` runs a sweep.
 
-Orchestration only: compose (Hydra), validate, hand the trials to the batched runner (`nst.runner`),
+Orchestration only: compose (Hydra), validate, hand the trials to the batched runner (`nst.engine`),
 report. The app (`NstApp`) implements the launcher's contract (hydra_plugins/nst_launcher/contract.py):
 a sweep goes through the project's launcher (`hydra/launcher=nst`), which hands the compatible trials
 of a sweep to `run_jobs` together; a single run, or a job of a launcher that runs one job at a time
@@ -29,15 +29,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.nst_launcher._hydra_private import raised
 from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_results
-
-from nst import cli, sweep_folder
+from nst import compose, preflight, sweep_folder
 from nst.errors import InputError, TrialFailed
-from nst.records import OUTPUTS, WriteError
+from nst.records import WriteError
+from nst.stage import Stage
 from nst.summary import Summary, outcome
 from nst.summary import read as read_summary
 
 log = logging.getLogger("nst")
-cli.register_resolvers()
+compose.register_resolvers()
 
 
 def trial_overrides() -> list[str]:
@@ -46,7 +46,7 @@ def trial_overrides() -> list[str]:
             if not o.lstrip("+~").startswith(sweep_folder.SELECTORS)]
 
 
-def run_jobs(jobs: list[BatchJob]) -> list:
+def run_jobs(jobs: list[BatchJob], stage: Stage, outputs: set[str]) -> list:
     """Several trials as one unit of work. Each is prepared with its own Hydra job active (resume
     check, validation, sinks), then they run together, then each reports into its own log.
 
@@ -54,14 +54,14 @@ def run_jobs(jobs: list[BatchJob]) -> list:
     objective (None when no `objective` is set); for a failed trial None in a grid (so that Hydra's
     basic sweeper never stops a sweep before its report) and a TrialFailed in a search (so that the
     sweeper counts it as failed)."""
-    from nst.runner import run_batch
+    from nst.engine import run_together
 
     _teardown_at_exit()
     values: list = [None] * len(jobs)
     prepared = []
     for n, job in enumerate(jobs):
         with job.activate():
-            trial, summary = _prepare(job.cfg)
+            trial, summary = _prepare(job.cfg, stage, outputs)
             if trial is None:
                 values[n] = _result(summary)
             else:
@@ -69,8 +69,8 @@ def run_jobs(jobs: list[BatchJob]) -> list:
     _bf16_hint([t.settings for _, _, t in prepared])
     # The launcher grouped these jobs (batch_key: equal group_key) and sized the batch: they run as
     # one batch, not grouped again.
-    summaries = run_batch([t for _, _, t in prepared]) if prepared else []
-    for (n, job, trial), summary in zip(prepared, summaries):
+    summaries = run_together([t for _, _, t in prepared]) if prepared else []
+    for (n, job, trial), summary in zip(prepared, summaries, strict=True):
         with job.activate():
             _report(trial, summary)
             values[n] = _result(Summary.from_dict(summary))
@@ -162,21 +162,19 @@ def _teardown_at_exit() -> None:
         _registered = True
 
 
-def batch_key(cfg: DictConfig) -> tuple:
+def batch_key(cfg: DictConfig, stage: Stage) -> tuple:
     """The launcher's grouping: trials with equal keys can share a pass (raises InputError on bad input)."""
-    from nst.runner import group_key
-    from nst.settings import settings_from_dict
+    from nst.engine import group_key
 
-    return group_key(settings_from_dict(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
+    return group_key(stage.settings(compose.resolved(cfg)))
 
 
-def batch_size(cfgs: list[DictConfig]) -> int:
+def batch_size(cfgs: list[DictConfig], stage: Stage) -> int:
     """hydra.launcher.max_batch=auto: from the device's free memory and what one trial costs."""
-    from nst.runner import auto_batch_size
-    from nst.settings import settings_from_dict
+    from nst.engine import auto_batch_size
 
     try:
-        return auto_batch_size([settings_from_dict(OmegaConf.to_container(c, resolve=True, enum_to_str=True)) for c in cfgs])
+        return auto_batch_size([stage.settings(compose.resolved(c)) for c in cfgs])
     except InputError:
         return 1  # each trial then reports its own error
 
@@ -185,16 +183,28 @@ class NstApp(BatchApp):
     """The task function Hydra runs: the launcher's contract (BatchApp), each hook one function above.
 
     Called for one job (a single run, `hydra/launcher=basic`) it runs it as a batch of one, and a
-    failed trial of a search raises (BatchApp.__call__)."""
+    failed trial of a search raises (BatchApp.__call__).
+
+    It holds the command's stage (nst.stage): each trial's Settings and input images, made once
+    whether the up-front check, the launcher's grouping and sizing or the trial asks first."""
+
+    def __init__(self) -> None:
+        self.stage = Stage()
+        # the folders this process's trials write into (with the command's own, nst.preflight: what
+        # main() reports and reads the exit status from)
+        self.outputs: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        return {"stage": self.stage, "outputs": set()}
 
     def run_batch(self, jobs: list[BatchJob]) -> list:
-        return run_jobs(jobs)
+        return run_jobs(jobs, self.stage, self.outputs)
 
     def batch_key(self, cfg: DictConfig) -> tuple:
-        return batch_key(cfg)
+        return batch_key(cfg, self.stage)
 
     def batch_size(self, cfgs: list[DictConfig]) -> int:
-        return batch_size(cfgs)
+        return batch_size(cfgs, self.stage)
 
     def lost_batch(self, jobs: list[BatchJob], error: BaseException, since: float) -> list:
         return lost_batch(jobs, error, since)
@@ -202,7 +212,8 @@ class NstApp(BatchApp):
 
 # An absolute path: Hydra resolves a relative one against the package when the entry point is not
 # `python -m nst.run` (the console scripts, `python -m nst`: an import); conf/ is nst/conf.
-app = hydra.main(version_base=cli.VERSION_BASE, config_path=str(cli.CONF_DIR), config_name="config")(NstApp())
+APP = NstApp()
+app = hydra.main(version_base=compose.VERSION_BASE, config_path=str(compose.CONF_DIR), config_name="config")(APP)
 
 
 def _record(cfg: DictConfig) -> tuple[Path, dict]:
@@ -220,16 +231,15 @@ def _record(cfg: DictConfig) -> tuple[Path, dict]:
                      "job_num": hc.job.num if multirun else None, "process": process}
 
 
-def _prepare(cfg: DictConfig):
+def _prepare(cfg: DictConfig, stage: Stage, outputs: set[str]):
     """(the trial of the active Hydra job, None), or (None, its summary) when it needs no run
     (completed before: resume) or cannot run (its failure recorded)."""
-    from nst.runner import Trial
-    from nst.settings import load_inputs, settings_from_dict
+    from nst.engine import Trial
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir, record = _record(cfg)
-    OUTPUTS.add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir.resolve()))
+    outputs.add(str(Path(hc.sweep.dir).resolve() if multirun else run_dir.resolve()))
     label, resolved = record["label"], record["config"]
 
     odd = sweep_folder.odd_paths(run_dir)
@@ -243,23 +253,25 @@ def _prepare(cfg: DictConfig):
         # Resume: re-running a sweep into its folder skips what already completed with this config
         # (and still has its image).
         log.info(f"{label}: already completed with this config, skipped ({run_dir})")
-        if multirun and _SweepProgress.current() is not None:
-            _SweepProgress.current().done(run_dir)
+        sweep = _SweepProgress.current() if multirun else None
+        if sweep is not None:
+            sweep.done(run_dir)
         return None, previous
 
     try:
         from nst import search
 
-        settings = settings_from_dict(resolved)
+        settings = stage.settings(resolved)
         search.check(resolved.get("objective"), resolved.get("target_psnr"))
-        inputs = load_inputs(settings)
+        inputs = stage.inputs(settings)
     except InputError as e:
         # Validated when the trial is proposed: a sweeper that proposes trials as it goes (Optuna)
         # meets bad input here, not up front.
         summary = Summary.from_dict({**record, "status": "failed", "error": str(e), "finished_unix": time.time()})
         log.error(f"{label}: failed: {e}{_record_failure(run_dir, summary)}")
-        if multirun and _SweepProgress.current() is not None:
-            _SweepProgress.current().done(run_dir)
+        sweep = _SweepProgress.current() if multirun else None
+        if sweep is not None:
+            sweep.done(run_dir)
         return None, summary
     record["settings"] = settings.to_dict()
     sweep_dir = Path(hc.sweep.dir) if multirun else None
@@ -276,7 +288,8 @@ def _prepare(cfg: DictConfig):
         if resolved["logger"]["name"] == "wandb":
             from nst import wandb_sink
 
-            effective = {"content_weight": settings.content_weight, "style_weight": settings.style_weight, "tv_weight": settings.tv_weight}
+            effective = {"content_weight": settings.content_weight, "style_weight": settings.style_weight,
+                         "tv_weight": settings.tv_weight}
             run = wandb_sink.start(resolved["wandb"], run_dir=run_dir, files_root=sweep_dir or run_dir, name=label,
                                    group=sweep_dir.name if sweep_dir else None, job_type="trial",
                                    config={**resolved, "effective": effective}, tags=wandb_tags(resolved))
@@ -311,29 +324,31 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["judge"]:  # `nst judge <sweep folder>`: the judging page (nst.judge)
         from nst.judge import main as judge_main
         return judge_main(argv[1:])
-    text = cli.quick_help(argv)
+    text = compose.quick_help(argv)
     if text is not None:
         print(text)
         return 0
     started = time.time()
+    outputs = APP.outputs  # filled in as the command's folders become known
     with _stopped_by_signals() as stop:
         try:
             try:
-                checked = cli.checked(argv)
+                checked = preflight.checked(argv, APP.stage)
             except InputError as e:
                 print(f"nst: error: {e}", file=sys.stderr)
                 return 2
             except OSError as e:  # a path the system refuses (a name too long, a full disk): nothing ran
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                print(f"nst: error: {_os_error(e)}", file=sys.stderr)
+                print(f"nst: error: {_os_error(e, outputs)}", file=sys.stderr)
                 return 2
             _estimate(checked)
             _SweepProgress.start(checked)
+            outputs.update(checked.outputs)
             try:
                 # A file the command itself cannot write (Hydra's multirun.yaml, the sweep folder's
                 # records on a full disk) stops it: one line, not Hydra's traceback. A trial's own
-                # files fail only that trial (nst.runner, the launcher).
+                # files fail only that trial (nst.engine, the launcher).
                 with raised((OSError,)):
                     app()
             finally:
@@ -343,21 +358,21 @@ def main(argv: list[str] | None = None) -> int:
                 teardown()
         except KeyboardInterrupt:
             signum = stop.signum or signal.SIGINT
-            print(_stopped_line(signum, cli.split_argv(argv)[0], stop.trials_ended), file=sys.stderr)
+            print(_stopped_line(signum, compose.split_argv(argv)[0], outputs, stop.trials_ended), file=sys.stderr)
             return 128 + signum
         except OSError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"nst: error: {_os_error(e)}; the command stopped (what it had written is kept)", file=sys.stderr)
+            print(f"nst: error: {_os_error(e, outputs)}; the command stopped (what it had written is kept)", file=sys.stderr)
             return 1
-    result = outcome(OUTPUTS, started)
+    result = outcome(outputs, started)
     if result.skipped:
         print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
-    for out in sorted(OUTPUTS):
+    for out in sorted(outputs):
         print(f"outputs: {out}")
     from nst.wandb_sink import sync_line
 
-    line = sync_line(sorted(OUTPUTS))  # W&B offline (the default without a login): say how to upload
+    line = sync_line(sorted(outputs))  # W&B offline (the default without a login): say how to upload
     if line:
         print(line)
     if result.failed:
@@ -373,14 +388,14 @@ class _SweepProgress:
     are counted by the launcher's own line as each batch ends. NST_PROGRESS=0 turns it off, as the
     trials' bars."""
 
-    _current: "_SweepProgress | None" = None
+    _current: _SweepProgress | None = None
 
     def __init__(self, trials: list) -> None:
         from tqdm import tqdm
 
         self.pid = os.getpid()
         self.trials = len(trials)
-        self.per_trial = {}  # run folder -> evaluations counted (a retried attempt starts again at 0)
+        self.per_trial: dict[Path, int] = {}  # run folder -> evaluations counted (a retried attempt starts again at 0)
         self.mean_steps = sum(s.total_steps for s in trials) / max(1, len(trials))
         self.finished: set = set()
         self.bar = tqdm(total=sum(s.total_steps for s in trials), desc=f"sweep: 0/{len(trials)} trials done", unit="eval",
@@ -394,7 +409,7 @@ class _SweepProgress:
         cls._current = cls(checked.settings)
 
     @classmethod
-    def current(cls) -> "_SweepProgress | None":
+    def current(cls) -> _SweepProgress | None:
         me = cls._current
         return me if me is not None and me.pid == os.getpid() else None
 
@@ -421,7 +436,7 @@ class _SweepProgress:
         self.count(run_dir, round(steps if steps is not None else self.mean_steps))
         self._describe()
 
-    def sink(self, run_dir: Path, steps: int) -> "_SweepSink":
+    def sink(self, run_dir: Path, steps: int) -> _SweepSink:
         return _SweepSink(self, run_dir, steps)
 
 
@@ -467,7 +482,7 @@ _current: _Stop | None = None  # main()'s, while its handlers are installed
 @contextlib.contextmanager
 def _stopped_by_signals():
     """SIGINT, SIGTERM and SIGHUP each raise KeyboardInterrupt in the command, as Ctrl-C does: the
-    trials that were running are left without a summary (nst.runner), the launcher stops its worker
+    trials that were running are left without a summary (nst.engine), the launcher stops its worker
     processes and tasks (hydra_plugins/nst_launcher: stop()), and main() says which signal it was. A
     repeat while the command winds down is ignored (it must not cut that short), and so is any after
     it until the process is gone: Python's shutdown takes a moment (modules, W&B's service), and a
@@ -518,7 +533,7 @@ def report_deferred():
             raise KeyboardInterrupt
 
 
-def _os_error(e: OSError) -> str:
+def _os_error(e: OSError, outputs: set[str]) -> str:
     """A file the command itself could not write or read, in one line (a trial's own are the trial's)."""
     reason = e.strerror or str(e) or type(e).__name__
     if isinstance(e, WriteError):
@@ -526,12 +541,12 @@ def _os_error(e: OSError) -> str:
     if e.filename is not None:
         return f"{reason}: {e.filename}"
     # a write cut short (Hydra's multirun.yaml): the folder it was writing into
-    return f"{reason} while writing into {' '.join(sorted(OUTPUTS)) or 'the output folder'}"
+    return f"{reason} while writing into {' '.join(sorted(outputs)) or 'the output folder'}"
 
 
-def _stopped_line(signum: int, multirun: bool, trials_ended: bool = False) -> str:
+def _stopped_line(signum: int, multirun: bool, outputs: set[str], trials_ended: bool = False) -> str:
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
-    outs = " ".join(sorted(OUTPUTS))
+    outs = " ".join(sorted(outputs))
     if trials_ended:
         return (f"nst: stopped by {name} after every trial had ended: none was left unfinished, and the sweep "
                 f"report is whole (the previous one or the new one) ({outs})")

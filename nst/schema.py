@@ -10,10 +10,11 @@ there are checked against them (tests/test_schema.py).
 """
 
 import sys
+import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -113,7 +114,7 @@ class Noise(Choice):
 
 
 class Precision(Choice):
-    auto = "auto"  # resolved per device by nst.trial.resolve_precision
+    auto = "auto"  # resolved per device by nst.device.resolve_precision
     fp32 = "fp32"
     tf32 = "tf32"  # CUDA only
     bf16 = "bf16"
@@ -124,7 +125,11 @@ class Precision(Choice):
 # member by its name, which is its value here too. auto: on a GPU for trials long enough to repay
 # compiling, off on the CPU (where compiling did not pay: the manual's "Speed"); off: eager;
 # default: torch.compile's default mode (inductor); reduce-overhead: inductor with CUDA graphs.
-Compile = Choice("Compile", [(v, v) for v in ("auto", "off", "default", "reduce-overhead")], module=__name__)
+if typing.TYPE_CHECKING:  # what a type checker can read of it: the functional form is opaque to one
+    class Compile(Choice):
+        auto = "auto"
+else:
+    Compile = Choice("Compile", [(v, v) for v in ("auto", "off", "default", "reduce-overhead")], module=__name__)
 
 
 class LoggerName(Choice):
@@ -180,10 +185,10 @@ class LbfgsConf(OptimizerConf):
 class AdamConf(OptimizerConf):
     name: OptimizerName = OptimizerName.adam
     lr: float = 0.02  # pixels are in [0, 1]
-    betas: List[float] = _list([0.9, 0.999])  # the moments' decay rates, two numbers in [0, 1)
+    betas: list[float] = _list([0.9, 0.999])  # the moments' decay rates, two numbers in [0, 1)
 
 
-OPTIMIZER_SCHEMAS = {OptimizerName.lbfgs: LbfgsConf, OptimizerName.adam: AdamConf}
+OPTIMIZER_SCHEMAS: dict[str, type[OptimizerConf]] = {OptimizerName.lbfgs: LbfgsConf, OptimizerName.adam: AdamConf}
 
 
 @dataclass
@@ -191,7 +196,7 @@ class InitConf:  # group init/: content | noise | content_noise | image
     kind: InitKind = InitKind.content  # set by the init group
     noise: Noise = Noise.uniform  # the white noise of noise, content_noise and image
     noise_ratio: float = 0.0  # init = (1 - r) * image + r * noise, for content_noise and image
-    path: Optional[str] = None  # the image to start from, for init=image
+    path: str | None = None  # the image to start from, for init=image
 
 
 @dataclass
@@ -203,7 +208,7 @@ class LoggerConf:  # group logger/: wandb | none
 class PyramidConf:  # coarse to fine: levels at size/factor^(levels-1) ... size, each from the previous result
     levels: int = 1  # coarse-to-fine levels; 1: off
     factor: float = 2.0  # size ratio between consecutive levels
-    steps: Optional[List[int]] = None  # the coarser levels' budgets, coarse to fine (levels-1 numbers); null: `steps` each
+    steps: list[int] | None = None  # the coarser levels' budgets, coarse to fine (levels-1 numbers); null: `steps` each
     carry_optimizer: bool = False  # Adam's moments resized and carried to the next level; L-BFGS restarts at every level
 
 
@@ -212,15 +217,15 @@ class LossConf:  # the forms of the loss terms
     content: ContentForm = ContentForm.mse  # the content term's form
     style: StyleForm = StyleForm.mse  # the style term's form
     tv: TvForm = TvForm.mse  # the total-variation term's form, on the image in [0, 1]
-    style_layer_weights: Optional[List[float]] = None  # null: equal | one per style layer (normalised to sum 1)
+    style_layer_weights: list[float] | None = None  # null: equal | one per style layer (normalised to sum 1)
 
 
 @dataclass
 class WandbConf:  # used with logger=wandb
     mode: WandbMode = WandbMode.auto  # no login prompt ever appears
     project: str = "nst"  # the W&B project the runs go to
-    entity: Optional[str] = None  # your W&B user or team; null: your default entity
-    tags: List[str] = _list([])  # extra tags for every run
+    entity: str | None = None  # your W&B user or team; null: your default entity
+    tags: list[str] = _list([])  # extra tags for every run
     init_timeout: float = 60.0  # seconds to wait for W&B to start before logging offline
 
 
@@ -229,7 +234,7 @@ class Config:
     # Images
     content: str = "tubingen"  # a bundled example's name, or a path to an image
     style: Any = "starry_night"  # likewise, or a list of them blended by style_blend (str or list: checked in nst.settings)
-    style_blend: Optional[List[float]] = None  # one weight per style (normalised to sum 1); null: equal
+    style_blend: list[float] | None = None  # one weight per style (normalised to sum 1); null: equal
     size: int = 512  # long side of the output in px, before `scale`
     scale: float = 1.0  # multiplies size (the image-scale ablation)
     style_size: StyleSize = StyleSize.keep_aspect  # how the style image is sized against the content
@@ -244,8 +249,8 @@ class Config:
     style_layers: Any = _list(PAPER_STYLE_LAYERS)  # a layer name or a list of them
     # Loss: total = content_weight*content + style_weight*style + tv_weight*tv; a null weight is the
     # default that suits the model's weights (caffe: 1e4 / 1e5, torchvision: 1 / 1e6)
-    content_weight: Optional[float] = None  # weight of the content term; null: the weights' default
-    style_weight: Optional[float] = None  # weight of the style term; null: the weights' default
+    content_weight: float | None = None  # weight of the content term; null: the weights' default
+    style_weight: float | None = None  # weight of the style term; null: the weights' default
     tv_weight: float = 0.0  # weight of the total-variation term (not in Gatys et al.)
     loss: LossConf = field(default_factory=LossConf)
     # Optimisation
@@ -253,7 +258,7 @@ class Config:
     init: InitConf = field(default_factory=InitConf)
     steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
     compile: Compile = Compile.auto  # the network under torch.compile: auto (on a GPU, for long trials), off, default (inductor), reduce-overhead (with CUDA graphs); results equal up to float noise
-    budget: Optional[float] = None  # the cost in full-size evaluations: steps and pyramid.steps scaled to it; null: as given
+    budget: float | None = None  # the cost in full-size evaluations: steps and pyramid.steps scaled to it; null: as given
     average_decay: float = 0.0  # iterate averaging: the decay of a bias-corrected moving average of the iterates; 0: off
     frame_every: int = 50  # save a frame every N evaluations
     log_every: int = 1  # write a metrics.jsonl row every N evaluations
@@ -265,7 +270,7 @@ class Config:
     logger: LoggerConf = field(default_factory=LoggerConf)
     wandb: WandbConf = field(default_factory=WandbConf)
     sweep_name: str = "sweep"  # names the sweep folder; set by the ready sweeps
-    objective: Optional[Objective] = None  # what a search minimises (docs/scaling-out.md); null: a grid needs none
+    objective: Objective | None = None  # what a search minimises (docs/scaling-out.md); null: a grid needs none
     target_psnr: float = 15.0  # dB, for objective=style_swd_at_psnr
 
 
@@ -289,8 +294,8 @@ def validated(d: dict) -> DictConfig:
     """A plain config dict (a resolved composition) checked against the schema: InputError on a
     wrong type or an unknown choice. Keys the schema lacks (`+key=...`) are let through, as Hydra does."""
     opt = d.get("optimizer") if isinstance(d, dict) else None
-    cls = OPTIMIZER_SCHEMAS.get(opt.get("name") if isinstance(opt, dict) else None, OptimizerConf)
-    if cls is not OptimizerConf:
+    cls = OPTIMIZER_SCHEMAS.get(str(opt.get("name")), OptimizerConf) if isinstance(opt, dict) else OptimizerConf
+    if isinstance(opt, dict) and cls is not OptimizerConf:
         other = sorted(set(opt) - {f.name for f in fields(cls)})
         if other:  # optimizer.name=adam over the lbfgs option, say
             raise InputError("optimizer.name", f"{opt['name']} takes no {', '.join(other)}: choose the optimizer with "
@@ -298,7 +303,7 @@ def validated(d: dict) -> DictConfig:
     base = OmegaConf.structured(Config(optimizer=cls()))
     OmegaConf.set_struct(base, False)
     try:
-        return OmegaConf.merge(base, d)
+        return cast(DictConfig, OmegaConf.merge(base, d))
     except OmegaConfBaseException as e:
         raise input_error(e) from None
 
@@ -306,7 +311,7 @@ def validated(d: dict) -> DictConfig:
 def plain(cfg: DictConfig) -> dict:
     # not resolved again: `validated` takes a config that was resolved once, and a `${...}` left in a
     # value by then (an escaped one, a literal part of a path) is data, not an interpolation
-    return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    return cast(dict, OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
 
 
 # --- one line for OmegaConf's own errors -------------------------------------------------------
@@ -321,7 +326,7 @@ def _show(v: Any) -> str:
 
 def unwrap_optional(t: Any) -> tuple[Any, bool]:
     args = typing.get_args(t)
-    if typing.get_origin(t) is typing.Union and type(None) in args:
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in args:  # Optional[X] or X | None
         rest = [a for a in args if a is not type(None)]
         return (rest[0] if len(rest) == 1 else Any), True
     return t, False
@@ -340,7 +345,7 @@ def describe_type(t: Any) -> str:
         text = "a number"
     elif t is str:
         text = "a string"
-    elif typing.get_origin(t) in (list, List):
+    elif typing.get_origin(t) in (list, list):
         (item,) = typing.get_args(t) or (Any,)
         text = "a list" + ("" if item is Any else " of " + {"a whole number": "whole numbers", "a number": "numbers",
                                                              "a string": "strings"}.get(describe_type(item), describe_type(item)))

@@ -5,15 +5,15 @@ Every check here is cheap and runs before a network is built, so bad input costs
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
+from nst import device as devices
 from nst import features, images
 from nst.errors import InputError
-from nst.objective import ObjectiveSpec, layer_weights
+from nst.loss import LossSpec, layer_weights
 from nst.optimizers import OptimizerSpec
 from nst.schema import plain, validated
 
@@ -39,7 +39,7 @@ class Settings:
     arch: str
     weights: str
     pooling: str
-    objective: ObjectiveSpec
+    objective: LossSpec
     content_weight: float
     style_weight: float
     tv_weight: float
@@ -58,6 +58,11 @@ class Settings:
     precision: str  # "auto" | "fp32" | "tf32" | "bf16" (resolved per device by nst.device.resolve_precision)
     deterministic: bool
     compile: str = "auto"  # "auto" | "off" | "default" | "reduce-overhead" (nst.compiled); no pixel changes
+    # The content image's (width, height) as loaded and cropped, before resizing: read once from the
+    # file's header when the settings are made, so that every size below is worked out without
+    # opening a file. None where the file is not there yet (an image the Python API was given in
+    # memory: nst.api fills it in from the image). Not a setting: not in to_dict.
+    content_size: tuple[int, int] | None = None
 
     @property
     def long_side(self) -> int:
@@ -77,8 +82,25 @@ class Settings:
         """Evaluations over every level: what the progress bar and the sinks count to."""
         return sum(self.level_steps)
 
+    def size_at(self, long_side: int) -> tuple[int, int]:
+        """(width, height) of the trial's images with this long side (a pyramid level, or the output's)."""
+        if self.content_size is None:  # a file that was not there when validated: its own error now
+            return images.target_size(*images.cropped_size(images.oriented_size("content", self.content), self.crop), long_side)
+        return images.target_size(*self.content_size, long_side)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the output."""
+        return self.size_at(self.long_side)
+
+    def level_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of each pyramid level, coarse to fine."""
+        return [self.size_at(long_side) for long_side in self.level_long_sides()]
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["content_size"]
+        return out
 
 
 # Types and choices are the schema's (nst.schema); what follows checks what a type cannot say.
@@ -116,46 +138,32 @@ def _names(d: dict, key: str, what: str) -> list[str]:
     return v
 
 
-# Each trial's settings are validated once per process: the command's up-front check, the launcher's
-# grouping and sizing, and the trial's own preparation all ask for them. Settings are frozen, so the
-# same object is handed back for the same resolved config; only the last few are kept.
-_VALIDATED: "OrderedDict[str, Settings]" = OrderedDict()
-_VALIDATED_KEEP = 256
-
-
 def settings_from_dict(d: dict) -> Settings:
-    """Settings from a resolved config (a plain dict, as OmegaConf.to_container gives it): its types
-    and choices checked against the schema, then what types cannot say. Raises InputError."""
-    try:
-        memo = json.dumps(d, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        memo = None
-    if memo is not None and memo in _VALIDATED:
-        _VALIDATED.move_to_end(memo)
-        settings = _VALIDATED[memo]
-    else:
-        settings = _validate(d)
-        if memo is not None:
-            _VALIDATED[memo] = settings
-            while len(_VALIDATED) > _VALIDATED_KEEP:
-                _VALIDATED.popitem(last=False)
-    _check_device(settings)  # what this machine has: asked every time (cheap), never remembered
+    """Settings from a resolved config (a plain dict, as OmegaConf.to_container gives it), checked
+    against this machine's devices: for a script or a test. A command validates each trial once
+    through its stage (nst.stage.Stage.settings). Raises InputError."""
+    settings = validate(d)
+    devices.check_here(settings.device, settings.precision)
     return settings
 
 
-def _validate(d: dict) -> Settings:
+def validate(d: dict) -> Settings:
+    """Settings from a resolved config: its types and choices checked against the schema, then what
+    types cannot say. Raises InputError."""
     d = plain(validated(d))
     arch, weights = d["model"]["arch"], d["model"]["weights"]
     spec = features.get_weights_spec(arch, weights)
     styles, blend = _styles(d)
-    levels, factor, steps, coarse = _pyramid(d)
+    content_size = _content_size(d)
+    levels, factor, steps, coarse = _pyramid(d, content_size)
     init = d["init"]
     if init["kind"] == "image" and not init["path"]:
         raise InputError("init.path", "init=image needs init.path, the image to start from")
     content_weight = _number(d, "content_weight", non_negative=True)
     style_weight = _number(d, "style_weight", non_negative=True)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(d.get("sweep_name", "sweep"))):
-        raise InputError("sweep_name", f"must be a name (letters, digits, '.', '_', '-'), not a path, got {d.get('sweep_name')!r}")
+        raise InputError("sweep_name", f"must be a name (letters, digits, '.', '_', '-'), not a path, "
+                                       f"got {d.get('sweep_name')!r}")
     settings = Settings(
         content=d["content"],
         style=tuple(styles),
@@ -193,10 +201,15 @@ def _validate(d: dict) -> Settings:
         precision=d["precision"],
         deterministic=d["deterministic"],
         compile=d["compile"],
+        content_size=content_size,
     )
     _check_limits(settings)
     if settings.budget is not None:
-        settings = replace(settings, **dict(zip(("pyramid_steps", "steps"), budget_steps(settings))))
+        names = features.layer_names(settings.arch)
+        deepest = max((*settings.objective.content_layers, *settings.objective.style_layers), key=names.index)
+        *coarser, finest = features.budget_steps(settings.arch, deepest, settings.level_sizes(), settings.level_steps,
+                                                 settings.budget)
+        settings = replace(settings, pyramid_steps=tuple(coarser), steps=finest)
     if settings.average_decay >= 1:
         raise InputError("average_decay", f"must be in [0, 1) (0: off; 0.99: an average over about the last 100 steps), "
                                           f"got {settings.average_decay!r}")
@@ -206,7 +219,7 @@ def _validate(d: dict) -> Settings:
     return settings
 
 
-def _objective(d: dict, arch: str) -> ObjectiveSpec:
+def _objective(d: dict, arch: str) -> LossSpec:
     layers = "a layer name or a list of them like [conv1_1,conv2_1]"
     content_layers = _names(d, "content_layers", layers)
     style_layers = _names(d, "style_layers", layers)
@@ -219,7 +232,7 @@ def _objective(d: dict, arch: str) -> ObjectiveSpec:
                                   "loss.style_layer_weights)")
     if not content_layers and not style_layers:
         raise InputError("style_layers", "content_layers and style_layers are both empty: there is nothing to optimise")
-    return ObjectiveSpec(
+    return LossSpec(
         content_layers=tuple(content_layers),
         style_layers=tuple(style_layers),
         style_layer_weights=layer_weights("loss.style_layer_weights", style_layers, d["loss"]["style_layer_weights"]),
@@ -254,7 +267,18 @@ def _styles(d: dict) -> tuple[list[str], list[float]]:
     return styles, blend
 
 
-def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
+def _content_size(d: dict) -> tuple[int, int] | None:
+    """The content image's size as loaded and cropped, from its header; None when the file cannot be
+    read here (its inputs say why, in their words: nst.stage), unless a budget needs it now."""
+    try:
+        return images.cropped_size(images.oriented_size("content", d["content"]), d["crop"])
+    except InputError:
+        if d.get("budget") is not None:
+            raise
+        return None
+
+
+def _pyramid(d: dict, content: tuple[int, int] | None) -> tuple[int, float, int, list[int]]:
     """(levels, factor, steps, the coarser levels' steps). A level at which the content or a style image
     would be too small for the network's poolings is dropped, coarsest first, as crowsonkb/style-transfer-pytorch's pyramid
     starts at a minimum scale and has fewer levels for small images: the coarsest level kept gets the
@@ -272,25 +296,22 @@ def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
                                           f"coarser levels from coarse to fine, got {coarse!r}")
     if levels == 1:
         return levels, factor, steps, coarse
-    try:  # the content's and styles' sizes after the crop (from their headers), and what the network needs
-        crop = (lambda w, h: (min(w, h),) * 2) if d["crop"] == "square" else (lambda w, h: (w, h))
-        content = crop(*images.oriented_size("content", d["content"]))
+    if content is None:
+        return levels, factor, steps, coarse  # the checks that follow say what is wrong, in their words
+    try:  # the styles' sizes after the crop (from their headers), and what the network needs
         style_layers = _names(d, "style_layers", "layer names")
         used = [*_names(d, "content_layers", "layer names"), *style_layers]
         need = 2 ** _poolings_before(d["model"]["arch"], [*used, "conv5_1"])
-        styles = [crop(*images.oriented_size("style", name)) for name in _styles(d)[0]] if style_layers else []
+        styles = ([images.cropped_size(images.oriented_size("style", name), d["crop"]) for name in _styles(d)[0]]
+                  if style_layers else [])
         style_need = 2 ** _poolings_before(d["model"]["arch"], style_layers) if style_layers else 0
         style_scale = _number(d, "style_scale", positive=True)
         long_side = max(1, round(_number(d, "size", positive=True) * _number(d, "scale", positive=True)))
     except (InputError, ValueError, KeyError, TypeError):
         return levels, factor, steps, coarse  # the checks that follow say what is wrong, in their words
-    from types import SimpleNamespace
-
-    sizing = SimpleNamespace(style_size=d["style_size"])  # all style_base_size reads of the settings
-
     def fits(n: int) -> bool:  # the coarsest of n levels, as check_image_size measures it
         w, h = images.target_size(*content, max(1, round(long_side / factor ** (n - 1))))
-        return min(w, h) >= need and all(min(style_base_size(sizing, st, (w, h))) * style_scale >= style_need
+        return min(w, h) >= need and all(min(images.style_base_size(d["style_size"], st, (w, h))) * style_scale >= style_need
                                          for st in styles)
 
     keep = levels
@@ -306,89 +327,13 @@ def _pyramid(d: dict) -> tuple[int, float, int, list[int]]:
     return keep, factor, steps, coarse
 
 
-def level_sizes(s: Settings) -> list[tuple[int, int]]:
-    """(width, height) of each pyramid level, coarse to fine, from the content file's header."""
-    size = content_size(s, images.oriented_size("content", s.content))
-    return [images.target_size(*size, long_side) for long_side in s.level_long_sides()]
-
-
-def budget_steps(s: Settings) -> tuple[tuple[int, ...], int]:
-    """`budget`: the coarser levels' steps and the full-size level's, all the given ones times one factor,
-    so that sum_i steps_i * FLOPs(level i) / FLOPs(full size) is the budget (each level at least 1
-    evaluation, each rounded to a whole number). FLOPs: nst.features.evaluation_flops to the deepest
-    layer the trial uses, at each level's size (the content file's header gives its aspect ratio)."""
-    names = features.layer_names(s.arch)
-    deepest = max((*s.objective.content_layers, *s.objective.style_layers), key=names.index)
-    costs = [features.evaluation_flops(s.arch, deepest, w, h) for w, h in level_sizes(s)]
-    relative = [c / costs[-1] for c in costs]
-    factor = s.budget / sum(n * r for n, r in zip(s.level_steps, relative))
-    steps = [max(1, round(n * factor)) for n in s.level_steps]
-    return tuple(steps[:-1]), steps[-1]
-
-
 def _check_limits(settings: Settings) -> None:
     if settings.long_side > MAX_SIDE:
         raise InputError("scale", f"size x scale = {settings.long_side} px exceeds the limit of {MAX_SIDE} px")
     if settings.long_side * settings.style_scale > MAX_SIDE:
         raise InputError("style_scale", f"the style image would be {settings.long_side * settings.style_scale:.0f} px, "
                                         f"over the limit of {MAX_SIDE} px")
-    check_device_name(settings.device)
-
-
-def _check_device(settings: Settings) -> None:
-    check_device_here(settings.device)
-    if settings.precision == "tf32" and (settings.device in ("cpu", "mps") or settings.device == "auto" and not _cuda()):
-        raise InputError("precision", TF32_OFF_CUDA)
-
-
-TF32_OFF_CUDA = "tf32 is a GPU mode (TensorFloat-32 tensor cores, CUDA only); on the CPU or mps use fp32 or bf16"
-NO_MPS = "'mps' asked for, but MPS (Apple's GPU) is not available on this machine; use device=cpu or device=auto"
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def mps_available() -> bool:
-    import torch
-
-    return torch.backends.mps.is_available()
-
-
-def check_device_name(device: str) -> None:
-    ok = device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
-    if not ok:
-        raise InputError("device", f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
-
-
-def check_device_here(device: str) -> None:
-    """device=mps fails up front where there is no MPS: Apple's GPU belongs to the Mac that runs the
-    command, and its trials run there (worker processes on the same machine; SLURM nodes are not
-    Macs), so what this process sees is what every trial would see. A CUDA device is left to each
-    trial (nst.device.resolve_device), as before: SLURM nodes can have GPUs the submitting machine lacks."""
-    if device == "mps" and not mps_available():
-        raise InputError("device", NO_MPS)
-
-
-def check_cuda_here(device: str) -> None:
-    """device=cuda or cuda:N, checked up front where the trials will run on this machine (nst.cli: a
-    single run, or a sweep whose launcher runs here), so that a command asking for a GPU that is not
-    there is refused before anything is written, as device=mps is. Sweeps sent to SLURM nodes are left
-    to each trial (nst.device.resolve_device). Creates no CUDA context (worker processes come later)."""
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise InputError("device", f"'{device}' asked for, but no CUDA device is available here; use device=cpu or device=auto")
-    if device.startswith("cuda:") and int(device[5:]) >= count:
-        raise InputError("device", f"'{device}' does not exist: {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-
-
-def content_size(s: Settings, size: tuple[int, int]) -> tuple[int, int]:
-    """The content image's (width, height) after the crop, before resizing."""
-    return (min(size), min(size)) if s.crop == "square" else size
+    devices.check_device_name(settings.device)
 
 
 def _poolings_before(arch: str, layers) -> int:
@@ -397,22 +342,11 @@ def _poolings_before(arch: str, layers) -> int:
     return sum(1 for n in names[:deepest] if n.startswith("pool"))
 
 
-def style_base_size(s: Settings, style: tuple[int, int], content: tuple[int, int]) -> tuple[int, int]:
-    """The style image's (width, height) before style_scale, for a content image of `content` px:
-    match: the content's size; keep_aspect: its own aspect ratio at the content's pixel count (pastiche);
-    long_side: its own aspect ratio, its long side the content's (jcjohnson/neural-style, crowsonkb)."""
-    if s.style_size == "keep_aspect":
-        return images.size_at_pixel_count(*style, content[0] * content[1])
-    if s.style_size == "long_side":
-        return images.target_size(*style, max(content))
-    return content
-
-
-def check_image_size(s: Settings, size: tuple[int, int], style_sizes: list[tuple[int, int]] = ()) -> None:
+def check_image_size(s: Settings, size: tuple[int, int], style_sizes: Sequence[tuple[int, int]] = ()) -> None:
     """Every pooling layer halves the image: no side may reach 0 before the deepest layer used, by
     the trial or by the standardised metrics (conv5_1, after four poolings), at the coarsest
     pyramid level; nor may a style image's before the deepest style layer."""
-    w, h = images.target_size(*content_size(s, size), s.level_long_sides()[0])
+    w, h = images.target_size(*images.cropped_size(size, s.crop), s.level_long_sides()[0])
     coarsest = " at the coarsest level" if s.pyramid_levels > 1 else ""
     need = 2 ** _poolings_before(s.arch, (*s.objective.content_layers, *s.objective.style_layers, "conv5_1"))
     if min(w, h) < need:
@@ -423,22 +357,8 @@ def check_image_size(s: Settings, size: tuple[int, int], style_sizes: list[tuple
         return
     need = 2 ** _poolings_before(s.arch, s.objective.style_layers)
     for sw, sh in style_sizes:
-        if s.crop == "square":
-            sw = sh = min(sw, sh)
-        base = style_base_size(s, (sw, sh), (w, h))
+        base = images.style_base_size(s.style_size, images.cropped_size((sw, sh), s.crop), (w, h))
         if min(base) * s.style_scale < need:
             raise InputError("style_scale", f"the style image would be about {base[0] * s.style_scale:.0f}x"
                                             f"{base[1] * s.style_scale:.0f} px{coarsest}; its short side must be at least "
                                             f"{need} px for the style layers (raise style_scale or size)")
-
-
-def load_inputs(s: Settings) -> dict:
-    """Open and decode every input image (raising InputError for a bad file). Returns PIL images:
-    content, style (a list, one per style image), init (for init=image)."""
-    out = {"content": images.load_image("content", s.content)}
-    if s.objective.style_layers:
-        out["style"] = [images.load_image("style" if len(s.style) == 1 else f"style[{i}]", name) for i, name in enumerate(s.style)]
-    check_image_size(s, out["content"].size, [img.size for img in out.get("style", [])])
-    if s.init == "image":
-        out["init"] = images.load_image("init.path", s.init_path)
-    return out

@@ -6,19 +6,19 @@ import numpy as np
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from nst import cli
+from nst import compose
 
 
 def settings(*overrides: str):
     GlobalHydra.instance().clear()
-    return cli.settings_for(list(overrides))
+    return compose.settings_for(list(overrides))
 
 
 def trial(s, run_dir: Path, *, frame_every: int = 10, sinks=None):
     """A Trial for the runner, with a file sink (or the given sinks)."""
-    from nst.runner import Trial
-    from nst.settings import load_inputs
+    from nst.engine import Trial
     from nst.sinks import FileSink
+    from nst.stage import load_inputs
 
     run_dir = Path(run_dir)
     open_sinks = (lambda pos: list(sinks)) if sinks is not None else \
@@ -28,9 +28,9 @@ def trial(s, run_dir: Path, *, frame_every: int = 10, sinks=None):
 
 def run_alone(s, run_dir: Path, **kw) -> dict:
     """One trial as a batch of one, the way a single run goes."""
-    from nst.runner import run_batch
+    from nst.engine import run_together
 
-    return run_batch([trial(s, run_dir, **kw)])[0]
+    return run_together([trial(s, run_dir, **kw)])[0]
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from helpers import summary
 
 TINY = ["size=32", "steps=8", "device=cpu", "frame_every=4"]
@@ -97,7 +96,7 @@ def bad_files(tmp_path):
 
 def _assert_one_line_error(code: int, stderr: str, override: str, folder: Path) -> None:
     assert code == 2, (code, stderr)
-    lines = [l for l in stderr.splitlines() if l.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("nst: error: " + BAD[override]), lines[0]
     assert not (folder / "outputs").exists()  # nothing ran, nothing was written

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 import torch
-
 from helpers import read_jsonl, run_alone, settings, trial
-from nst import compiled, runner
+
+from nst import compiled, engine
 
 # conv2_2 at 24x18 px (the metrics need a short side of 16): a short network, compiled in seconds rather than minutes on two cores
 BASE = ("device=cpu", "size=24", "steps=6", "content_layers=[conv2_2]", "style_layers=[conv1_1,conv2_1]")
@@ -27,9 +27,9 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compile")
     compiled.clear()
     start = compiled.compilations, _graphs()
-    first = runner.run_trials([trial(settings(*BASE, *TRIALS[0], "compile=default"), tmp / "c0")])[0]
+    first = engine.run_trials([trial(settings(*BASE, *TRIALS[0], "compile=default"), tmp / "c0")])[0]
     after_first = compiled.compilations, _graphs()
-    second = runner.run_trials([trial(settings(*BASE, *TRIALS[1], "compile=default"), tmp / "c1")])[0]
+    second = engine.run_trials([trial(settings(*BASE, *TRIALS[1], "compile=default"), tmp / "c1")])[0]
     after_second = compiled.compilations, _graphs()
     eager = [run_alone(settings(*BASE, *o, "compile=off"), tmp / f"e{i}") for i, o in enumerate(TRIALS)]
     return {"tmp": tmp, "compiled": [first, second], "eager": eager, "counts": [start, after_first, after_second]}
@@ -73,7 +73,7 @@ def test_a_failed_compile_says_so_in_one_line_and_evaluates_eagerly(runs, tmp_pa
                                                                                         dynamic=dynamic))
     compiled.clear()
     with caplog.at_level(logging.WARNING, logger="nst.compiled"):
-        out = runner.run_trials([trial(settings(*BASE, *TRIALS[0], "compile=default"), tmp_path / "f")])[0]
+        out = engine.run_trials([trial(settings(*BASE, *TRIALS[0], "compile=default"), tmp_path / "f")])[0]
     lines = [r.getMessage() for r in caplog.records if r.name == "nst.compiled"]
     assert len(lines) == 1 and "\n" not in lines[0], lines
     assert lines[0].startswith("compile=default failed (") and "no compiler on this machine" in lines[0]

@@ -1,22 +1,23 @@
 """Every config and sweep file composes, and resolves to valid settings."""
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from nst import cli
+from nst import compose
 from nst.settings import settings_from_dict
 
-CONF = cli.CONF_DIR
+CONF = compose.CONF_DIR
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "optimizer", "init", "layers", "logger")}
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 
 
 def _compose(overrides, hydra_config=False):
-    cli.register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base=cli.VERSION_BASE, job_name="nst"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
+    compose.register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base=compose.VERSION_BASE, job_name="nst"):
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
 
 
 def test_default_config_is_the_paper_setup():
@@ -44,7 +45,7 @@ def test_every_sweep_file_composes_and_expands(sweep):
     params = cfg.hydra.sweeper.params
     assert params, f"sweeps/{sweep}.yaml defines no hydra.sweeper.params"
     assert cfg.sweep_name == sweep
-    trials = cli.expand_trials([f"+sweep={sweep}", "size=32"], multirun=True)
+    trials = compose.expand_trials([f"+sweep={sweep}", "size=32"], multirun=True)
     assert len(trials) >= 2
     for trial in trials:
         GlobalHydra.instance().clear()
@@ -59,24 +60,6 @@ def test_layer_lists_are_overridable_as_lists():
 
 
 def test_command_line_sweep_expands_like_hydra():
-    trials = cli.expand_trials(["style_weight=1,2", "optimizer=lbfgs,adam", "size=32"], multirun=True)
+    trials = compose.expand_trials(["style_weight=1,2", "optimizer=lbfgs,adam", "size=32"], multirun=True)
     assert len(trials) == 4
     assert all("size=32" in t for t in trials)
-
-
-def test_a_trial_is_validated_once_per_process(monkeypatch):
-    """The up-front check, the launcher's grouping and sizing and the trial's preparation all ask for
-    its settings: the same resolved config is validated once, and the same frozen object handed back."""
-    from omegaconf import OmegaConf
-
-    from nst import cli, settings as settings_module
-
-    calls = []
-    validate = settings_module._validate
-    monkeypatch.setattr(settings_module, "_validate", lambda d: calls.append(1) or validate(d))
-    resolved = OmegaConf.to_container(cli._compose(["size=40", "style_weight=123.0"]), resolve=True)
-    first = settings_module.settings_from_dict(resolved)
-    again = settings_module.settings_from_dict(OmegaConf.to_container(cli._compose(["size=40", "style_weight=123.0"]), resolve=True))
-    assert first is again and len(calls) == 1
-    other = settings_module.settings_from_dict({**resolved, "size": 41})
-    assert other.size == 41 and len(calls) == 2

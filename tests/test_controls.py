@@ -1,17 +1,16 @@
 """The picture controls: coarse-to-fine pyramid, colour control, several styles, style scale, crop,
 Gaussian noise; each a per-trial setting that also works inside a batch. Real VGG-19 at <= 48 px."""
 
-import pytest
 import torch
-from PIL import Image
-
 from conftest import metrics_apart
 from helpers import read_jsonl, run_alone, settings, trial
-from nst import images, runner
+from PIL import Image
+
+from nst import engine, images
 from nst.features import FeatureExtractor, get_weights_spec
-from nst.objective import Objective
-from nst.settings import load_inputs
 from nst.inputs import prepare
+from nst.loss import Loss
+from nst.stage import load_inputs
 
 CPU = torch.device("cpu")
 
@@ -40,7 +39,7 @@ def test_histogram_matching_gives_the_style_the_content_colour_statistics():
     s = settings("device=cpu", "size=48", "color=histogram")
     t = prepare(s, load_inputs(s), CPU)
     style, photo, plain = t["styles"][0], t["photo"], t["plain_styles"][0]
-    mean = lambda x: x[0].flatten(1).mean(1)  # noqa: E731
+    mean = lambda x: x[0].flatten(1).mean(1)  # noqa: E731 -- a one-line helper, named where it is used
     assert torch.allclose(mean(style), mean(photo), atol=0.02)
     assert not torch.allclose(mean(plain), mean(photo), atol=0.05)  # the painting's own colours differ
     assert torch.allclose(torch.cov(style[0].flatten(1)), torch.cov(photo[0].flatten(1)), atol=0.01)
@@ -80,7 +79,7 @@ def test_a_two_style_blend_at_one_zero_has_the_single_styles_targets():
     for overrides in (["style=starry_night"], ["style=[starry_night,the_scream]", "style_blend=[1,0]"]):
         s = settings("device=cpu", "size=32", "style_layers=[conv1_1,conv3_1]", *overrides)
         t = prepare(s, load_inputs(s), CPU)
-        obj = Objective(extractor, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend,
+        obj = Loss(extractor, s.objective, content=t["content"], style=t["styles"], style_blend=s.style_blend,
                         content_weight=one, style_weight=one, tv_weight=0 * one)
         targets.append(obj.style_targets)
     assert targets[0].keys() == targets[1].keys()
@@ -107,16 +106,16 @@ def test_the_controls_are_per_trial_settings_inside_one_batch(tmp_path):
     trials = [(), ("color=luminance",), ("color=histogram",), ("style=[starry_night,the_scream]", "style_blend=[3,1]"),
               ("style_scale=0.75", "style_layers=[conv1_1,conv2_1,conv3_1]"), ("init=noise", "init.noise=gaussian")]
     ss = [settings(*base, *o) for o in trials]
-    together = runner.run_trials([trial(s, tmp_path / "b" / str(i)) for i, s in enumerate(ss)])
+    together = engine.run_trials([trial(s, tmp_path / "b" / str(i)) for i, s in enumerate(ss)])
     assert [t["batch"]["size"] for t in together] == [len(ss)] * len(ss)
-    for i, (t, s) in enumerate(zip(together, ss)):
+    for i, (t, s) in enumerate(zip(together, ss, strict=True)):
         alone = run_alone(s, tmp_path / "a" / str(i))
         assert t["status"] == alone["status"] == "completed", (i, t.get("error"))
         assert not metrics_apart(alone["metrics"], t["metrics"]), (i, metrics_apart(alone["metrics"], t["metrics"]))
     # the pyramid and the crop change image sizes: their trials go to batches of their own
     base = ("device=cpu", "size=48", "steps=3")
     ss = [settings(*base), settings(*base, "pyramid.levels=2", "pyramid.steps=[2]"), settings(*base, "crop=square")]
-    out = runner.run_trials([trial(s, tmp_path / "c" / str(i)) for i, s in enumerate(ss)])
+    out = engine.run_trials([trial(s, tmp_path / "c" / str(i)) for i, s in enumerate(ss)])
     assert len({o["batch"]["id"] for o in out}) == 3 and all(o["status"] == "completed" for o in out)
     assert out[2]["image_size"] == [48, 48]
 
@@ -152,11 +151,11 @@ def test_a_budget_scales_every_level_to_cost_that_many_full_size_evaluations():
     cost = [evaluation_flops("vgg19", "conv5_1", w, h) for w, h in ((128, 96), (256, 192), (512, 384))]
     relative = [c / cost[-1] for c in cost]
     steps = (*s.pyramid_steps, s.steps)
-    spent = sum(n * r for n, r in zip(steps, relative))
+    spent = sum(n * r for n, r in zip(steps, relative, strict=True))
     assert abs(spent - 150) <= 0.5 * sum(relative)  # each level rounded to whole evaluations
     # one factor for all: the given proportions 400 : 300 : 200, up to the rounding
-    factor = 150 / sum(n * r for n, r in zip((400, 300, 200), relative))
-    assert all(abs(n - g * factor) <= 0.5 for n, g in zip(steps, (400, 300, 200)))
+    factor = 150 / sum(n * r for n, r in zip((400, 300, 200), relative, strict=True))
+    assert all(abs(n - g * factor) <= 0.5 for n, g in zip(steps, (400, 300, 200), strict=True))
     assert s.to_dict()["steps"] == s.steps and s.to_dict()["budget"] == 150  # what summary.json records
     assert s.total_steps == sum(steps)
     # without a pyramid the budget is the steps; a level never gets fewer than 1 evaluation

@@ -193,10 +193,10 @@ def _check(argv: list[str], validated: set[tuple[str, ...]]) -> int:
     trials, those that between them carry every value the command line gives (tests/test_config.py
     validates every trial of every ready sweep file); a trial validated for another command is not
     composed again."""
-    from nst import cli
+    from nst import compose
     from nst.errors import InputError
 
-    multirun, overrides, leave = cli.split_argv(argv)
+    multirun, overrides, leave = compose.split_argv(argv)
     if leave:
         return 0
     ready = [o for o in overrides if o.startswith("+sweep=")]
@@ -204,19 +204,19 @@ def _check(argv: list[str], validated: set[tuple[str, ...]]) -> int:
         # A ready sweep: its name and -m checked here; every trial of every sweep file composes and
         # validates in tests/test_config.py, so what the page adds is the rest of its command line.
         name = ready[0].split("=", 1)[1]
-        if not (cli.CONF_DIR / "sweep" / f"{name}.yaml").is_file():
+        if not (compose.CONF_DIR / "sweep" / f"{name}.yaml").is_file():
             raise InputError("+sweep", f"no ready sweep {name!r}")
         if not multirun:
             raise InputError("+sweep", "a ready sweep needs -m")
         overrides = [o for o in overrides if o not in ready]
         multirun = any("," in o.split("=", 1)[-1] for o in overrides)
-    trials = cli.expand_trials(overrides, multirun)
+    trials = compose.expand_trials(overrides, multirun)
     swept = {o.split("=", 1)[0] for o in overrides if "," in o.split("=", 1)[-1] and not o.startswith("'")}
     covered: set[str] = set()
     for i, trial in enumerate(trials):
         new = {o for o in trial if o.split("=", 1)[0] in swept} - covered
         if (i == 0 or new) and tuple(trial) not in validated:
-            cli.settings_for(trial)
+            compose.settings_for(trial)
             validated.add(tuple(trial))
         covered |= new
     return len(trials)

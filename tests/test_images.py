@@ -1,8 +1,6 @@
 """Image loading: orientation, colour modes, and one-line errors for bad files."""
 
-import os
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -58,7 +56,8 @@ def _bomb(path, side=20000):
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                     + chunk(b"IEND", b""))
 
 
 def test_bad_files_each_get_one_line_naming_the_file(tmp_path):
@@ -83,20 +82,3 @@ def test_sizes():
     assert images.target_size(300, 600, 100) == (50, 100)
     w, h = images.size_at_pixel_count(200, 100, 5000)
     assert abs(w * h - 5000) < 150 and abs(w / h - 2) < 0.05
-
-
-def test_each_input_file_is_decoded_once_per_process_and_again_when_it_changes(tmp_path, monkeypatch):
-    from nst import images
-
-    calls = []
-    decode = images._decode
-    monkeypatch.setattr(images, "_decode", lambda key, path: calls.append(path) or decode(key, path))
-    f = tmp_path / "photo.png"
-    Image.new("RGB", (40, 30), (10, 20, 30)).save(f)
-    a = images.load_image("content", str(f))
-    b = images.load_image("style", str(f))  # the up-front check, then the trial: one decoding
-    assert a is b and len(calls) == 1
-    Image.new("RGB", (40, 30), (200, 20, 30)).save(f)
-    os.utime(f, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # a new modification time
-    c = images.load_image("content", str(f))
-    assert len(calls) == 2 and c.getpixel((0, 0)) == (200, 20, 30)

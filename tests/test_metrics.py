@@ -5,7 +5,7 @@ from helpers import settings
 
 from nst import images, metrics
 from nst.inputs import prepare
-from nst.settings import load_inputs
+from nst.stage import load_inputs
 
 CPU = torch.device("cpu")
 

@@ -3,11 +3,11 @@ order, and the L-BFGS path for a device without float64, forced on the CPU."""
 
 import pytest
 import torch
-
 from helpers import read_jsonl, run_alone, settings
-from nst.optimizers import BatchLBFGS
-from nst.errors import InputError
+
 from nst.device import lbfgs_products_on_host, resolve_device, resolve_precision
+from nst.errors import InputError
+from nst.optimizers import BatchLBFGS
 
 NO_MPS = "device: 'mps' asked for, but MPS (Apple's GPU) is not available on this machine; use device=cpu or device=auto"
 needs_no_mps = pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS is available here")
@@ -111,7 +111,7 @@ def test_lbfgs_with_its_products_on_the_host_asks_for_the_same_points(dtype, ato
 
 
 def test_a_tiny_transfer_with_the_lbfgs_products_on_the_host_matches_the_device_path(tmp_path, monkeypatch):
-    import nst.runner
+    import nst.engine
 
     made = []
 
@@ -120,7 +120,7 @@ def test_a_tiny_transfer_with_the_lbfgs_products_on_the_host_matches_the_device_
             made.append(kw.get("small_on_host"))
             super().__init__(*args, **kw)
 
-    monkeypatch.setattr(nst.runner, "BatchLBFGS", Recorded)
+    monkeypatch.setattr(nst.engine, "BatchLBFGS", Recorded)
     runs = {}
     for forced in ("0", "1"):
         monkeypatch.setenv("NST_LBFGS_HOST_PRODUCTS", forced)

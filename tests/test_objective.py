@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from nst.objective import (Objective, ObjectiveSpec, W2Target, content_term, gram, layer_weights, moments, sqrtm,
-                           style_term, tv_term, w2_term)
 from nst.errors import InputError
+from nst.loss import Loss, LossSpec, W2Target, content_term, gram, layer_weights, moments, sqrtm, style_term, tv_term, w2_term
 
 
 def test_gram_matches_the_definition():
@@ -68,9 +67,9 @@ class _Identity:
 def test_objective_is_per_image_with_per_image_weights():
     torch.manual_seed(0)
     content, style = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
-    spec = ObjectiveSpec(("l1",), ("l1", "l2"), (0.5, 0.5), "mse", "mse")
-    w = lambda *v: torch.tensor(v)  # noqa: E731
-    obj = Objective(_Identity(), spec, content=content, style=style, content_weight=w(1.0, 2.0),
+    spec = LossSpec(("l1",), ("l1", "l2"), (0.5, 0.5), "mse", "mse")
+    w = lambda *v: torch.tensor(v)  # noqa: E731 -- a one-line helper, named where it is used
+    obj = Loss(_Identity(), spec, content=content, style=style, content_weight=w(1.0, 2.0),
                     style_weight=w(10.0, 0.0), tv_weight=w(0.0, 3.0))
     batch = torch.rand(2, 3, 8, 8)
     terms = obj(batch)
@@ -183,8 +182,8 @@ def test_sqrtm_and_w2_gradients():
 def test_w2_targets_blend_the_moments_of_several_styles():
     torch.manual_seed(0)
     content, s1, s2 = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), torch.rand(1, 3, 6, 10) * 2
-    spec = ObjectiveSpec(("l1",), ("l1",), (1.0,), "mse", "w2")
-    obj = Objective(_Identity(), spec, content=content, style=[s1, s2], style_blend=(0.25, 0.75),
+    spec = LossSpec(("l1",), ("l1",), (1.0,), "mse", "w2")
+    obj = Loss(_Identity(), spec, content=content, style=[s1, s2], style_blend=(0.25, 0.75),
                     content_weight=torch.tensor([1.0]), style_weight=torch.tensor([1.0]), tv_weight=torch.tensor([0.0]))
     (m1, r1), (m2, r2) = moments(s1), moments(s2)
     expected = W2Target.of(0.25 * m1 + 0.75 * m2, 0.25 * r1 + 0.75 * r2)
@@ -264,8 +263,8 @@ def test_tv_form_reaches_the_objective():
     x = torch.zeros(1, 3, 4, 4)
     x[..., :, 2:] = 1.0
     for form in ("mse", "l1", "sum", "stencil"):
-        spec = ObjectiveSpec(("l1",), (), (), "mse", "mse", form)
-        obj = Objective(_Identity(), spec, content=x, style=None, content_weight=torch.tensor([0.0]),
+        spec = LossSpec(("l1",), (), (), "mse", "mse", form)
+        obj = Loss(_Identity(), spec, content=x, style=None, content_weight=torch.tensor([0.0]),
                         style_weight=torch.tensor([0.0]), tv_weight=torch.tensor([2.0]))
         assert obj(x)["total"].item() == pytest.approx(2 * tv_term(x, form).item())
 

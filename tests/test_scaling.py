@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import metrics_apart, nst_env
 from helpers import summary
+from omegaconf import OmegaConf
 
 TESTS = Path(__file__).resolve().parent
 TINY = ["size=32", "steps=3", "device=cpu", "logger=none"]
@@ -217,13 +216,14 @@ def test_a_search_reports_the_best_of_its_trials_own_results(tmp_path):
     ("style_weight_for_psnr", "style_swd_at_psnr", {"style_weight": "tag(log, interval(1e2, 1e8))"}),
 ])
 def test_ready_searches(search, objective, searched):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
-    from nst import cli
+    from nst import compose
 
-    cli.register_resolvers()
-    with initialize_config_dir(config_dir=str(cli.CONF_DIR), version_base=cli.VERSION_BASE, job_name="nst"):
-        cfg = compose(config_name="config", overrides=[f"+search={search}"], return_hydra_config=True)
+    compose.register_resolvers()
+    with initialize_config_dir(config_dir=str(compose.CONF_DIR), version_base=compose.VERSION_BASE, job_name="nst"):
+        cfg = hydra_compose(config_name="config", overrides=[f"+search={search}"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.nst_sweeper.optuna_sweeper.NstOptunaSweeper"
     assert cfg.objective == objective and sweeper.params == searched and sweeper.direction == "minimize"
@@ -320,27 +320,27 @@ def test_slurm_settings(monkeypatch, tmp_path):
     (["objective=lowest_loss"], "objective: unknown objective 'lowest_loss'; allowed: null, final_loss, style_swd_at_psnr"),
 ])
 def test_search_errors_before_any_trial(args, message):
-    from nst import cli
+    from nst import preflight
     from nst.errors import InputError
 
     with pytest.raises(InputError) as e:
-        cli.check([*args, "size=32", "logger=none"])
+        preflight.check([*args, "size=32", "logger=none"])
     assert str(e.value).startswith(message)
 
 
 def test_optuna_missing_says_what_to_install(monkeypatch):
     import builtins
 
-    from nst import cli
+    from nst import compose, preflight
     from nst.errors import InputError
 
-    e = cli.describe(Exception("In 'hydra/config': Could not find 'hydra/sweeper/optuna'\n\nAvailable options: basic"))
+    e = compose.describe(Exception("In 'hydra/config': Could not find 'hydra/sweeper/optuna'\n\nAvailable options: basic"))
     assert str(e).startswith("hydra/sweeper: optuna needs the project's launcher plugins")
     real = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
                         if name == "optuna" else real(name, *a, **k))
     with pytest.raises(InputError, match=r"^hydra/sweeper: optuna needs Optuna: pip install '\.\[search\]' in a clone$"):
-        cli.check(["-m", "+search=adam_lr", "size=32", "logger=none"])
+        preflight.check(["-m", "+search=adam_lr", "size=32", "logger=none"])
 
 
 def test_objectives():

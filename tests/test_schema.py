@@ -9,23 +9,24 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from nst import cli, features, objective, optimizers, schema, search, wandb_sink
+from nst import compose, features, optimizers, preflight, schema, search, wandb_sink
 from nst.errors import InputError
 from nst.settings import settings_from_dict
 
 README = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"  # the key tables moved there from the README
-CONF = cli.CONF_DIR
+CONF = compose.CONF_DIR
 
 
 def _compose(overrides=(), hydra_config=False):
     GlobalHydra.instance().clear()
-    cli.register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base=cli.VERSION_BASE, job_name="nst"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
+    compose.register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base=compose.VERSION_BASE, job_name="nst"):
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -118,7 +119,8 @@ def test_readme_tables_name_exactly_the_schema_keys_with_their_defaults():
         assert key in schema_keys, f"README documents {key!r}, which the schema lacks"
         documented.add(key)
         if key in default:
-            assert values and values[0] == default[key], f"README row {key}: default {spans[:1]}, the schema's is {default[key]!r}"
+            assert values and values[0] == default[key], \
+                f"README row {key}: default {spans[:1]}, the schema's is {default[key]!r}"
         for v in per_option.get(key, []):
             assert v in values, f"README row {key}: one of the group's options gives {v!r}, not in {spans}"
     assert schema_keys - documented == set(), f"schema keys missing from the README: {sorted(schema_keys - documented)}"
@@ -146,7 +148,7 @@ def _choice_keys() -> list[tuple[str, type]]:
 def test_a_choice_rejects_an_unknown_value_in_one_line_listing_the_allowed(key, choice):
     GlobalHydra.instance().clear()
     with pytest.raises(InputError) as e:
-        cli.check([f"{key}=bogus", "logger=none"])
+        preflight.check([f"{key}=bogus", "logger=none"])
     optional = "null, " if key == "objective" else ""
     noun = "objective" if key == "objective" else "value"
     assert str(e.value) == f"{key}: unknown {noun} 'bogus'; allowed: {optional}{', '.join(choice.values())}"
@@ -167,7 +169,7 @@ def test_a_choice_rejects_an_unknown_value_in_one_line_listing_the_allowed(key, 
 def test_a_wrong_type_is_one_line_naming_the_key_and_what_it_takes(override, message):
     GlobalHydra.instance().clear()
     with pytest.raises(InputError) as e:
-        cli.check([override, "logger=none"])
+        preflight.check([override, "logger=none"])
     assert str(e.value) == message
 
 
@@ -192,8 +194,6 @@ def test_settings_hold_plain_strings_not_enum_members():
     (schema.Arch, list(features.ARCHS)),
     (schema.Weights, list(features.WEIGHTS)),
     (schema.Pooling, list(features.POOLING)),
-    (schema.ContentForm, list(objective.CONTENT_FORMS)),
-    (schema.StyleForm, list(objective.STYLE_FORMS)),
     (schema.OptimizerName, list(optimizers.OPTIMIZERS)),
     (schema.OptimizerName, [n.value for n in schema.OPTIMIZER_SCHEMAS]),
     (schema.Objective, list(search.OBJECTIVES)),
@@ -222,9 +222,9 @@ def test_group_files_are_checked_against_the_schema(tmp_path):
     (conf / "model" / "bad.yaml").write_text("arch: vgg19\ndepth: 19\n")
     for group in ("init", "model"):
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(conf), version_base=cli.VERSION_BASE, job_name="nst"):
+        with initialize_config_dir(config_dir=str(conf), version_base=compose.VERSION_BASE, job_name="nst"):
             with pytest.raises(Exception, match="zeros|depth"):
-                compose(config_name="config", overrides=[f"{group}=bad"])
+                hydra_compose(config_name="config", overrides=[f"{group}=bad"])
     GlobalHydra.instance().clear()
 
 
@@ -240,5 +240,6 @@ def test_enum_members_in_a_resolved_config_compare_and_serialise_as_strings():
 def test_a_key_the_chosen_option_lacks_names_that_options_keys():
     GlobalHydra.instance().clear()
     with pytest.raises(InputError) as e:
-        cli.check(["optimizer=adam", "optimizer.history_size=3", "logger=none"])
-    assert str(e.value) == "optimizer.history_size: is not a config key; keys of optimizer: betas, lr, name (manual: docs/configuration.md)"
+        preflight.check(["optimizer=adam", "optimizer.history_size=3", "logger=none"])
+    assert str(e.value) == ("optimizer.history_size: is not a config key; keys of optimizer: betas, lr, name "
+                            "(manual: docs/configuration.md)")

@@ -9,15 +9,15 @@ import pytest
 from conftest import nst_env
 from hydra.core.global_hydra import GlobalHydra
 
-from nst import cli
-from nst.settings import level_sizes, load_inputs
+from nst import compose
+from nst.stage import load_inputs
 
-SWEEPS = sorted(p.stem for p in (cli.CONF_DIR / "sweep").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (compose.CONF_DIR / "sweep").glob("*.yaml"))
 
 
 def _settings(*overrides: str):
     GlobalHydra.instance().clear()
-    return cli.settings_for(list(overrides))
+    return compose.settings_for(list(overrides))
 
 
 def test_crowsonkb_keeps_its_levels_where_they_fit_and_drops_the_coarsest_where_not():
@@ -29,7 +29,7 @@ def test_crowsonkb_keeps_its_levels_where_they_fit_and_drops_the_coarsest_where_
     assert small.pyramid_levels == 3 and small.level_long_sides() == [32, 45, 64]
     # the coarsest level kept gets the coarsest level's budget (2 x steps), the next its own
     assert small.pyramid_steps == (20, 10) and small.steps == 10
-    assert min(level_sizes(small)[0]) >= 16
+    assert min(small.level_sizes()[0]) >= 16
     load_inputs(small)  # the size checks pass
 
 
@@ -42,7 +42,7 @@ def test_a_pyramid_too_deep_for_the_size_runs_the_levels_that_fit():
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_every_ready_sweep_fits_at_size_64(sweep):
     """Every trial of the sweep passes every check made before any work (sizes included) at size=64."""
-    trials = cli.expand_trials([f"+sweep={sweep}", "size=64"], multirun=True)
+    trials = compose.expand_trials([f"+sweep={sweep}", "size=64"], multirun=True)
     assert trials
     for trial in trials:
         load_inputs(_settings(*trial))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import nst_env, run_in
 from helpers import read_jsonl, settings, trial
-from nst import records, report, runner
+from PIL import Image
+
+from nst import engine, records, report
 from nst import summary as trial_summary
 from nst.report import figures, tables
 
@@ -164,7 +164,7 @@ def _tmp_files(root: Path) -> list[Path]:
 def test_a_full_disk_fails_the_trial_with_one_line_and_the_others_go_on(tmp_path, monkeypatch):
     ss = [settings(*BASE, "steps=10"), settings(*BASE, "steps=10", "style_weight=1e5")]
     _full_disk(monkeypatch, str(tmp_path / "a" / "frames" / ".06.png.tmp"))
-    out = runner.run_trials([trial(ss[0], tmp_path / "a", frame_every=1), trial(ss[1], tmp_path / "b", frame_every=1)])
+    out = engine.run_trials([trial(ss[0], tmp_path / "a", frame_every=1), trial(ss[1], tmp_path / "b", frame_every=1)])
     assert out[0]["status"] == "failed"
     assert out[0]["error"] == f"{FULL}{tmp_path / 'a' / 'frames' / '06.png'}"
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["error"] == out[0]["error"]  # recorded
@@ -177,7 +177,7 @@ def test_a_full_disk_fails_the_trial_with_one_line_and_the_others_go_on(tmp_path
 def test_a_disk_that_stays_full_prints_the_error_it_cannot_record(tmp_path, monkeypatch):
     s = settings(*BASE, "steps=10")
     _full_disk(monkeypatch, str(tmp_path / "a" / "metrics.jsonl"), then=tmp_path / "a")
-    out = runner.run_trials([trial(s, tmp_path / "a", frame_every=1), trial(s, tmp_path / "b", frame_every=1)])
+    out = engine.run_trials([trial(s, tmp_path / "a", frame_every=1), trial(s, tmp_path / "b", frame_every=1)])
     metrics = tmp_path / "a" / "metrics.jsonl"
     assert out[0]["status"] == "failed"
     assert out[0]["error"] == f"{FULL}{metrics} (not recorded: {FULL}{tmp_path / 'a' / 'summary.json'})"
@@ -278,18 +278,18 @@ class _Watch:
 
 
 def _rerun(s, run_dir: Path, watch: _Watch, frame_every: int):
-    from nst.settings import load_inputs
     from nst.sinks import FileSink
+    from nst.stage import load_inputs
 
     def open_sinks(pos):
         return [FileSink(run_dir, log_every=1, frame_every=frame_every, steps=s.total_steps), watch]
 
-    return runner.run_batch([runner.Trial(s, load_inputs(s), run_dir, open_sinks)])[0]
+    return engine.run_together([engine.Trial(s, load_inputs(s), run_dir, open_sinks)])[0]
 
 
 def test_a_rerun_keeps_the_earlier_files_until_it_completes_then_replaces_them_as_a_unit(tmp_path):
     d = tmp_path / "t"
-    first = runner.run_batch([trial(settings(*BASE), d, frame_every=1)])[0]
+    first = engine.run_together([trial(settings(*BASE), d, frame_every=1)])[0]
     assert first["status"] == "completed"
     (d / "error.log").write_text("an earlier attempt's traceback\n")  # stale: must go with the rest
     before = _checksums(d)
@@ -311,7 +311,7 @@ def test_a_rerun_keeps_the_earlier_files_until_it_completes_then_replaces_them_a
 
 def test_a_rerun_that_fails_replaces_the_earlier_files_as_a_unit_and_one_interrupted_leaves_them(tmp_path):
     d = tmp_path / "t"
-    runner.run_batch([trial(settings(*BASE), d, frame_every=1)])
+    engine.run_together([trial(settings(*BASE), d, frame_every=1)])
     before = _checksums(d)
 
     # Ctrl-C in the middle: the earlier attempt's files, summary.json included, stay as they were

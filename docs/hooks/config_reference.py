@@ -18,6 +18,7 @@ import io
 import re
 import sys
 import tokenize
+import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
 from enum import Enum
@@ -98,7 +99,7 @@ class SchemaText:
 
 def _unwrap(t):
     args = typing.get_args(t)
-    if typing.get_origin(t) is typing.Union and type(None) in args:
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in args:  # Optional[X] or X | None
         rest = [a for a in args if a is not type(None)]
         return (rest[0] if len(rest) == 1 else typing.Any), True
     return t, False

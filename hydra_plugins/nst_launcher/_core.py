@@ -31,18 +31,18 @@ import logging
 import os
 import pickle
 import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from textwrap import dedent
-from typing import Any, Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
-
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from typing import Any
 
 from hydra import version
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, filter_overrides, setup_globals
 from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from . import _hydra_private as private
 from .contract import BatchApp, BatchJob, batch_app
@@ -50,10 +50,10 @@ from .contract import BatchApp, BatchJob, batch_app
 log = logging.getLogger(__name__)
 
 AUTO_BATCH = 8  # max_batch=auto when the app does not size its batches
-Item = Tuple[int, DictConfig]  # (hydra.job.num, composed job config): what a batch is made of
+Item = tuple[int, DictConfig]  # (hydra.job.num, composed job config): what a batch is made of
 
 # Jobs whose activate() is open, innermost last: leaving one restores the logging of the job around it.
-_active: List["Job"] = []
+_active: list[Job] = []
 
 
 class Job(BatchJob):
@@ -65,17 +65,17 @@ class Job(BatchJob):
     def __init__(self, idx: int, config: DictConfig) -> None:
         self.idx = idx
         self.config = config
-        self.cfg: Optional[DictConfig] = None
-        self.output_dir: Optional[Path] = None
-        self.overrides: List[str] = []
-        self._ret: Optional[JobReturn] = None
+        self.cfg: DictConfig | None = None
+        self.output_dir: Path | None = None
+        self.overrides: list[str] = []
+        self._ret: JobReturn | None = None
         self.started = False  # its folder and .hydra/ files written, on_job_start called
 
     def __repr__(self) -> str:
         return f"Job(idx={self.idx}, output_dir={str(self.output_dir)!r})"
 
     @contextmanager
-    def activate(self) -> Iterator["Job"]:
+    def activate(self) -> Iterator[Job]:
         """Make this the current job: HydraConfig (HydraConfig.get(), ${hydra:...}), its log file, its env_set.
 
         Everything is restored on exit. Logging cannot be saved and restored as an object, so on
@@ -118,10 +118,11 @@ class Job(BatchJob):
                 del task_cfg["hydra"]
             ret.cfg = task_cfg
             ret.hydra_cfg = copy.deepcopy(private.saved_hydra_config())  # the job just made current
-            ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+            overrides = [str(o) for o in config.hydra.overrides.task]
+            ret.overrides = overrides
             self.cfg, self._ret = task_cfg, ret
             self.output_dir = Path(config.hydra.runtime.output_dir)
-            self.overrides = list(ret.overrides)
+            self.overrides = list(overrides)
             # A folder or file that cannot be written (a full disk, a file size limit, a name too
             # long) fails this job alone: execute_batch ends it as lost, and the sweep goes on.
             with _writing(Path(output_dir)):
@@ -164,7 +165,7 @@ class JobNotStarted(RuntimeError):
 
 
 @contextmanager
-def _writing(path: Path, tmp: Optional[Path] = None) -> Iterator[None]:
+def _writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
     """An OSError while writing `path` (through `tmp`) becomes JobNotStarted naming it; `tmp` is removed."""
     try:
         yield
@@ -209,7 +210,7 @@ def effective_chdir(config: DictConfig, warn: bool = False) -> bool:
 
 
 def launch(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig, max_batch: Any,
-           job_overrides: Sequence[Sequence[str]], initial_job_idx: int, runner: Any = None) -> List[JobReturn]:
+           job_overrides: Sequence[Sequence[str]], initial_job_idx: int, runner: Any = None) -> list[JobReturn]:
     """Launcher.launch: compose every job, plan the batches, run them (here, or through the runner)."""
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -217,7 +218,7 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
     try:
         # All jobs are composed up front (the basic launcher composes each just before it runs):
         # grouping needs their configs, and a composition error then stops the sweep before any job.
-        items: List[Item] = []
+        items: list[Item] = []
         for offset, overrides in enumerate(job_overrides):
             idx = initial_job_idx + offset
             sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
@@ -227,8 +228,8 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
             items.append((idx, sweep_config))
         # Jobs whose folders are one (a value given twice, `x=1,1.0`) are one job: it runs once, and
         # each of them returns its result.
-        same_as: Dict[int, int] = {}
-        first: Dict[str, int] = {}
+        same_as: dict[int, int] = {}
+        first: dict[str, int] = {}
         for idx, sweep_config in items:
             folder = job_output_dir(sweep_config)
             if folder in first:
@@ -243,20 +244,20 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
         batches = plan_batches(task_function, items, max_batch, sizer=sizer, spread=spread)
         where = f" {runner.describe()}" if runner is not None else ""
         log.info(f"nst launcher: {len(items)} jobs in {len(batches)} batches (max_batch={max_batch}){where}")
-        for (idx, _), overrides in zip(all_items, job_overrides):
+        for (idx, _), overrides in zip(all_items, job_overrides, strict=True):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
 
-        returns: Dict[int, JobReturn] = {}
+        returns: dict[int, JobReturn] = {}
         started = time.monotonic()
         if runner is None:
             for number, batch in enumerate(batches, 1):
                 log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]}")
-                for (idx, _), ret in zip(batch, execute_batch(hydra_context, task_function, batch)):
+                for (idx, _), ret in zip(batch, execute_batch(hydra_context, task_function, batch), strict=True):
                     returns[idx] = ret
                 _progress(len(returns), len(items), started, len(batches))
         else:
             for batch, rets in runner.run(batches):
-                for (idx, _), ret in zip(batch, rets):
+                for (idx, _), ret in zip(batch, rets, strict=True):
                     returns[idx] = ret
                 _progress(len(returns), len(items), started, len(batches))
     except BaseException:
@@ -292,15 +293,15 @@ def _progress(done: int, total: int, started: float, batches: int) -> None:
         return
     elapsed = time.monotonic() - started
     left = elapsed / done * (total - done) if done < total else 0.0
-    clock = lambda s: f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"  # noqa: E731
+    clock = lambda s: f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"  # noqa: E731 -- a one-line helper, named where it is used
     log.info(f"nst launcher: {done}/{total} jobs done, {clock(elapsed)} elapsed, about {clock(left)} left")
 
 
-Sizer = Callable[[Callable[[list], Optional[int]], List[DictConfig]], Optional[int]]
+Sizer = Callable[[Callable[[list], int | None], list[DictConfig]], int | None]
 
 
-def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any,
-                 sizer: Optional[Sizer] = None, spread: int = 1) -> List[List[Item]]:
+def plan_batches(task_function: TaskFunction, items: list[Item], max_batch: Any,
+                 sizer: Sizer | None = None, spread: int = 1) -> list[list[Item]]:
     """Group jobs by the app's batch_key, cut groups into chunks of at most the limit, order by first job.
 
     With max_batch=auto, `sizer(app.batch_size, task_cfgs)` calls the hook where the batches will
@@ -311,7 +312,7 @@ def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any,
     if app is None:
         return [[item] for item in items]  # nothing can run several jobs at once
 
-    groups: Dict[Hashable, List[Item]] = {}  # insertion order = order of each group's first job
+    groups: dict[Hashable, list[Item]] = {}  # insertion order = order of each group's first job
     for idx, config in items:
         key: Hashable
         if effective_chdir(config):
@@ -330,7 +331,7 @@ def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any,
                 private.restore_hydra_config(previous)
         groups.setdefault(key, []).append((idx, config))
 
-    batches: List[List[Item]] = []
+    batches: list[list[Item]] = []
     for group in groups.values():
         if max_batch != "auto":
             limit = max_batch
@@ -342,7 +343,7 @@ def plan_batches(task_function: TaskFunction, items: List[Item], max_batch: Any,
     return batches
 
 
-def _auto_limit(app: BatchApp, group: List[Item], sizer: Optional[Sizer] = None) -> int:
+def _auto_limit(app: BatchApp, group: list[Item], sizer: Sizer | None = None) -> int:
     if type(app).batch_size is BatchApp.batch_size:
         return AUTO_BATCH  # the app does not size batches: no need to ask (in a worker process, perhaps)
     if len(group) == 1:
@@ -367,9 +368,9 @@ def _task_cfg(config: DictConfig) -> DictConfig:
     return task_cfg
 
 
-def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: List[Item],
-                  singleton_state: Optional[Dict[Any, Any]] = None, lost: Optional[BaseException] = None,
-                  since: float = 0.0) -> List[JobReturn]:
+def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: list[Item],
+                  singleton_state: dict[Any, Any] | None = None, lost: BaseException | None = None,
+                  since: float = 0.0) -> list[JobReturn]:
     """Run one batch: start every job, one call for all, end every job. JobReturns in batch order.
 
     In another process, pass `Singleton.get_state()` from the launching process as singleton_state.
@@ -389,7 +390,7 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
     chdir = effective_chdir(jobs[0].config)  # then the batch is this one job; _start changes folder
     hydra_cfg = private.saved_hydra_config()
     try:
-        values: List[Any] = [None] * len(jobs)
+        values: list[Any] = [None] * len(jobs)
         for n, job in enumerate(jobs):
             try:
                 job._start(hydra_context, task_function)
@@ -402,9 +403,9 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
         if started:
             run = [jobs[n] for n in started]
             got = _call(task_function, run) if lost is None else _lost(task_function, run, lost, since)
-            for n, value in zip(started, got):
+            for n, value in zip(started, got, strict=True):
                 values[n] = value
-        return [job._end(hydra_context, value) for job, value in zip(jobs, values)]
+        return [job._end(hydra_context, value) for job, value in zip(jobs, values, strict=True)]
     finally:
         private.restore_hydra_config(hydra_cfg)
         if chdir:
@@ -415,7 +416,7 @@ def execute_batch(hydra_context: HydraContext, task_function: TaskFunction, batc
         configure_log(hydra.hydra_logging, hydra.verbose)
 
 
-def _call(task_function: TaskFunction, jobs: List[Job]) -> List[Any]:
+def _call(task_function: TaskFunction, jobs: list[Job]) -> list[Any]:
     """One value per job; a job's failure is an exception instance in its place."""
     app = batch_app(task_function)
     if app is None:
@@ -426,7 +427,7 @@ def _call(task_function: TaskFunction, jobs: List[Job]) -> List[Any]:
             except Exception as e:
                 return [e]
     try:
-        values = list(app.run_batch(jobs))
+        values = list(app.run_batch(list[BatchJob](jobs)))
         if len(values) != len(jobs):
             raise ValueError(f"run_batch returned {len(values)} values for {len(jobs)} jobs")
         return values
@@ -436,11 +437,11 @@ def _call(task_function: TaskFunction, jobs: List[Job]) -> List[Any]:
         return [e] * len(jobs)
 
 
-def _lost(task_function: TaskFunction, jobs: List[Job], error: BaseException, since: float) -> List[Any]:
+def _lost(task_function: TaskFunction, jobs: list[Job], error: BaseException, since: float) -> list[Any]:
     app = batch_app(task_function)
     if app is not None:
         try:
-            values = list(app.lost_batch(jobs, error, since))
+            values = list(app.lost_batch(list[BatchJob](jobs), error, since))
             if len(values) == len(jobs):
                 return values
             log.error(f"lost_batch returned {len(values)} values for {len(jobs)} jobs")
@@ -456,7 +457,7 @@ class BatchLost(RuntimeError):
 # ------------------------------------------------------------------------------------ elsewhere
 
 
-def dump_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: List[Item]) -> bytes:
+def dump_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: list[Item]) -> bytes:
     """One batch as a payload for another process: cloudpickle, as Hydra's joblib and submitit
     launchers ship jobs (Hydra's singletons hold lambdas, which pickle cannot carry)."""
     import cloudpickle
@@ -480,14 +481,14 @@ def run_payload(payload: bytes) -> bytes:
     return cloudpickle.dumps(returns)
 
 
-def load_returns(data: bytes) -> List[JobReturn]:
+def load_returns(data: bytes) -> list[JobReturn]:
     import cloudpickle
 
     return cloudpickle.loads(data)
 
 
-def end_lost_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: List[Item],
-                   error: BaseException, since: float) -> List[JobReturn]:
+def end_lost_batch(hydra_context: HydraContext, task_function: TaskFunction, batch: list[Item],
+                   error: BaseException, since: float) -> list[JobReturn]:
     """In this process, for a batch that was lost elsewhere (the app's lost_batch says how its jobs end)."""
     log.error(f"batch {[idx for idx, _ in batch]} was lost: {error}")
     return execute_batch(hydra_context, task_function, batch, lost=error, since=since)

@@ -2,7 +2,7 @@
 
 The launcher cannot call Hydra's `run_job` (it calls the task once for a whole batch), so `_core.py`
 repeats run_job's steps around that call, and a few of those steps need pieces of Hydra that are not
-public; nst.cli expands a grid exactly as Hydra's basic sweeper will. Each piece below says why.
+public; nst.compose expands a grid exactly as Hydra's basic sweeper will. Each piece below says why.
 
 They were read in hydra-core's source for the versions in CHECKED, where they are identical (and so
 is run_job, whose steps _core.py repeats: RUN_JOB_SHA256). tests/test_hydra_internals.py fails,
@@ -75,7 +75,7 @@ try:
     # exits 1; `raised` lets chosen kinds through, for nst.run to report in one line.
     import hydra._internal.utils as _internal_utils
 
-    # nst.cli validates every trial of a grid before Hydra runs: it expands the command line into
+    # nst.preflight validates every trial of a grid before Hydra runs: it expands the command line into
     # the very override lists Hydra's basic sweeper will launch (sweep order, later keys winning).
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as _BasicSweeper
 
@@ -154,7 +154,7 @@ def raised(kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
 
 def flags_help() -> str:
     """The flags part of Hydra's `--help` (Hydra.format_args_help of its own argument parser), for
-    an app that answers a bare --help without composing (nst.cli.quick_help)."""
+    an app that answers a bare --help without composing (nst.compose.quick_help)."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import get_args_parser
 

@@ -25,11 +25,12 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import get_context
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import setup_globals
@@ -46,11 +47,11 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 class _Worker:
-    def __init__(self, number: int, gpu: str, threads: Optional[int]) -> None:
+    def __init__(self, number: int, gpu: str, threads: int | None) -> None:
         self.number = number
         self.gpu = gpu  # its CUDA_VISIBLE_DEVICES ("": none)
         self.threads = threads
-        self.pool: Optional[ProcessPoolExecutor] = None
+        self.pool: ProcessPoolExecutor | None = None
         self.process: Any = None
 
     @property
@@ -75,6 +76,7 @@ class _Worker:
                 if attempt == 2:
                     raise
                 self.replace()  # it died while idle (a signal to it alone): a new one takes the batch
+        assert self.pool is not None  # submit() made it
         self.process = next(iter(self.pool._processes.values()), self.process)  # for its exit code
         return future
 
@@ -122,7 +124,7 @@ class _Worker:
         processes = list(pool._processes.values())  # the pool's own list; there is no public one
         pool.shutdown(wait=False, cancel_futures=True)
         for p in processes:
-            if p.is_alive():
+            if p.is_alive() and p.pid is not None:
                 try:
                     os.kill(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -131,7 +133,7 @@ class _Worker:
 
 
 @contextmanager
-def _environment(values: Dict[str, str]) -> Iterator[None]:
+def _environment(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -147,7 +149,7 @@ def _environment(values: Dict[str, str]) -> Iterator[None]:
 # ------------------------------------------------------------------------------ in the worker
 
 _busy = False  # running a batch or sizing one (_run, _size)
-_stopping: Optional[int] = None  # the signal that is stopping this worker
+_stopping: int | None = None  # the signal that is stopping this worker
 
 
 class WorkerStopped(Exception):
@@ -227,11 +229,11 @@ def _run(payload: bytes) -> bytes:
     return _busily(run_payload, payload)
 
 
-def _size(payload: bytes) -> Optional[int]:
+def _size(payload: bytes) -> int | None:
     return _busily(_size_here, payload)
 
 
-def _size_here(payload: bytes) -> Optional[int]:
+def _size_here(payload: bytes) -> int | None:
     import cloudpickle
 
     batch_size, cfgs, state = cloudpickle.loads(payload)
@@ -261,7 +263,7 @@ def _start_quiet_tracker() -> None:
 
 
 class PoolRunner:
-    def __init__(self, gpus: List[str], hydra_context: HydraContext, task_function: TaskFunction) -> None:
+    def __init__(self, gpus: list[str], hydra_context: HydraContext, task_function: TaskFunction) -> None:
         _start_quiet_tracker()
         self.hydra_context = hydra_context
         self.task_function = task_function
@@ -281,7 +283,7 @@ class PoolRunner:
             return f"on {len(gpus)} CPU worker processes"
         return f"on {len(gpus)} worker processes (CUDA_VISIBLE_DEVICES {', '.join(gpus)})"
 
-    def batch_size(self, hook: Callable[[list], Optional[int]], cfgs: list) -> Optional[int]:
+    def batch_size(self, hook: Callable[[list], int | None], cfgs: list) -> int | None:
         """max_batch=auto is measured where the batches run: in a worker, on its GPU."""
         import cloudpickle
 
@@ -292,11 +294,11 @@ class PoolRunner:
             worker.replace()
             raise
 
-    def run(self, batches: List[List[Item]]) -> Iterator[Tuple[List[Item], list]]:
+    def run(self, batches: list[list[Item]]) -> Iterator[tuple[list[Item], list]]:
         """Deal the batches to the workers as they come free; yields (batch, its JobReturns) as each ends."""
-        pending: Deque[Tuple[int, List[Item]]] = deque(enumerate(batches, 1))
-        idle: Deque[_Worker] = deque(self.workers)
-        running: Dict[Future, Tuple[_Worker, List[Item], float]] = {}
+        pending: deque[tuple[int, list[Item]]] = deque(enumerate(batches, 1))
+        idle: deque[_Worker] = deque(self.workers)
+        running: dict[Future, tuple[_Worker, list[Item], float]] = {}
         while pending or running:
             while pending and idle:
                 worker, (number, batch) = idle.popleft(), pending.popleft()

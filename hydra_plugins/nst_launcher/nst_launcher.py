@@ -13,15 +13,15 @@ import glob
 import importlib.util
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
 
 from ._errors import NstLauncherConfigError
 
@@ -47,15 +47,15 @@ class NstSlurmLauncherConf:
     # slurm: one task of a SLURM job array per batch | local: submitit's local executor (the same
     # code path, as processes on this machine: for trying it out and for tests)
     cluster: str = "slurm"
-    partition: Optional[str] = None
+    partition: str | None = None
     gpus_per_task: Any = 1
     cpus_per_task: Any = 8
     mem_gb: Any = 32
     timeout_min: Any = 120
     array_parallelism: Any = 16  # array tasks running at once (--array=0-N%P)
     max_num_timeout: Any = 3  # requeues after a time-out; a preempted task is always requeued
-    setup: List[str] = field(default_factory=list)  # shell lines before the task (module load, venv)
-    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option
+    setup: list[str] = field(default_factory=list)  # shell lines before the task (module load, venv)
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"  # scripts and logs, beside the sweep
     name: str = "${hydra.job.name}"
 
@@ -79,7 +79,7 @@ def check_max_batch(value: Any) -> Any:
     raise NstLauncherConfigError(f"hydra.launcher.max_batch must be 'auto' or an integer >= 1, got {value!r}")
 
 
-def visible_gpus() -> List[str]:
+def visible_gpus() -> list[str]:
     """This process's GPUs, in its numbering, as the CUDA_VISIBLE_DEVICES entry a worker gets for each."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None and env.strip() in ("", "-1"):
@@ -91,14 +91,14 @@ def visible_gpus() -> List[str]:
         import torch
 
         count = torch.cuda.device_count()  # no CUDA context is created in this process
-    except Exception:  # noqa: BLE001 - no usable CUDA here
+    except Exception:  # any error: no usable CUDA here
         return []
     if env is not None:
         return [e.strip() for e in env.split(",")][:count]
     return [str(i) for i in range(count)]
 
 
-def check_gpus(value: Any, visible: List[str]) -> List[str]:
+def check_gpus(value: Any, visible: list[str]) -> list[str]:
     """The CUDA_VISIBLE_DEVICES entries of the GPUs `hydra.launcher.gpus` picks."""
     value = _plain(value)
     shown = f"{len(visible)} visible: {', '.join(map(str, range(len(visible))))}" if visible else "no GPU is visible"
@@ -117,13 +117,13 @@ def check_gpus(value: Any, visible: List[str]) -> List[str]:
         f"hydra.launcher.gpus must be 'auto', a number of GPUs or a list of GPU indices such as [0,1], got {value!r}")
 
 
-def check_workers(value: Any) -> Optional[int]:
+def check_workers(value: Any) -> int | None:
     if value is None or _is_int(value, 1):
         return value
     raise NstLauncherConfigError(f"hydra.launcher.workers must be null (one per GPU) or an integer >= 1, got {value!r}")
 
 
-def worker_gpus(gpus: Any, workers: Optional[int], picked: List[str]) -> Optional[List[str]]:
+def worker_gpus(gpus: Any, workers: int | None, picked: list[str]) -> list[str] | None:
     """The GPU of each worker process ("" for none), or None: batches run in this process.
 
     Without `workers`: one worker per picked GPU; with one GPU or none picked by "auto" or a count,
@@ -147,7 +147,7 @@ def check_target(target: Any) -> None:
     for cut in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
         try:
             found = importlib.import_module(".".join(parts[:cut]))
-        except Exception:  # noqa: BLE001 - not a module (or a broken one): try a shorter prefix
+        except Exception:  # any error: not a module (or a broken one): try a shorter prefix
             continue
         for name in parts[cut:]:
             found = getattr(found, name, None)
@@ -163,7 +163,7 @@ _SLURM_NUMBERS = {  # key: (least value, may be null)
 }
 
 
-def check_slurm(params: Dict[str, Any]) -> None:
+def check_slurm(params: dict[str, Any]) -> None:
     cluster = params.get("cluster")
     if cluster not in ("slurm", "local"):
         raise NstLauncherConfigError(f"hydra.launcher.cluster must be 'slurm' or 'local', got {cluster!r}")
@@ -194,13 +194,13 @@ class NstLauncher(Launcher):
         super().__init__()
         self.max_batch = max_batch
         self.params = params  # nst: gpus, workers; slurm: cluster and the submitit settings
-        self.workers: Optional[List[str]] = None  # the GPU of each worker process, once set up
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.workers: list[str] | None = None  # the GPU of each worker process, once set up
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
 
     @property
-    def cluster(self) -> Optional[str]:
+    def cluster(self) -> str | None:
         return self.params.get("cluster")
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:

@@ -38,7 +38,7 @@ LEGACY = {"style_distance": "gram_distance"}
 
 @dataclass
 class TrialRecord:
-    """A trial folder of the sweep as the report reads it (nst.runner.TrialRecord is a trial to run)."""
+    """A trial folder of the sweep as the report reads it (nst.engine.Trial is a trial to run)."""
 
     path: Path
     num: int

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nst.errors import InputError
-
-CONTENT_FORMS = ("mse", "paper")
-STYLE_FORMS = ("mse", "paper", "w2")
-TV_FORMS = ("mse", "l1", "sum", "stencil")
 
 # w2: the ridge added to both covariances, relative to the target's mean variance (tr S_t / C), and
 # the Newton-Schulz iterations of the square root (crowsonkb/style-transfer-pytorch: 12). See w2_term.
@@ -27,13 +24,13 @@ W2_SQRTM_ITERATIONS = 12
 
 
 @dataclass(frozen=True)
-class ObjectiveSpec:
+class LossSpec:
     content_layers: tuple[str, ...]
     style_layers: tuple[str, ...]
     style_layer_weights: tuple[float, ...]  # one per style layer, summing to 1
-    content_form: str  # "mse" | "paper"
-    style_form: str  # "mse" | "paper" | "w2"
-    tv_form: str = "mse"  # "mse" | "l1" | "sum" | "stencil"
+    content_form: str  # the choices: nst.schema.ContentForm
+    style_form: str  # nst.schema.StyleForm
+    tv_form: str = "mse"  # nst.schema.TvForm
 
 
 def layer_weights(key: str, layers: list[str], weights: list[float] | None) -> tuple[float, ...]:
@@ -43,7 +40,8 @@ def layer_weights(key: str, layers: list[str], weights: list[float] | None) -> t
     if weights is None:
         return tuple(1.0 / len(layers) for _ in layers)
     if len(weights) != len(layers):
-        raise InputError(key, f"has {len(weights)} values but there are {len(layers)} style layers; give one weight per layer, or null for equal weights")
+        raise InputError(key, f"has {len(weights)} values but there are {len(layers)} style layers; give one weight per layer, "
+                              "or null for equal weights")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise InputError(key, "must be non-negative with a positive sum")
     total = float(sum(weights))
@@ -233,10 +231,10 @@ def tv_term(x: torch.Tensor, form: str = "mse") -> torch.Tensor:
     return dy.pow(2).flatten(1).mean(1) + dx.pow(2).flatten(1).mean(1)
 
 
-class Objective:
+class Loss:
     """Keeps the targets; called on images [B,3,H,W], returns named [B] terms, weighted in one place."""
 
-    def __init__(self, extractor, spec: ObjectiveSpec, *, content: torch.Tensor | None, style: torch.Tensor | list | None,
+    def __init__(self, extractor, spec: LossSpec, *, content: torch.Tensor | None, style: torch.Tensor | list | None,
                  content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor,
                  style_blend: tuple[float, ...] = (1.0,), tv_on: bool | None = None):
         self.extractor, self.spec = extractor, spec
@@ -249,28 +247,28 @@ class Objective:
             if spec.content_layers:
                 assert content is not None, "content layers need a content image"
                 feats = extractor(content)
-                self.content_targets = {l: feats[l].detach() for l in spec.content_layers}
-            self.style_targets = {}
+                self.content_targets = {layer: feats[layer].detach() for layer in spec.content_layers}
+            self.style_targets: dict[str, Any] = {}  # a Gram matrix, or a W2Target, per layer
             if spec.style_layers:
                 assert style is not None, "style layers need a style image"
                 styles = [style] if isinstance(style, torch.Tensor) else list(style)
                 assert len(styles) == len(style_blend), (len(styles), style_blend)
                 # Several style images: their Gram matrices blended by weight (the weights sum to 1);
                 # for w2 their means and second raw moments (crowsonkb's blend), the Gaussian fitted after.
-                for image, w in zip(styles, style_blend):
+                for image, w in zip(styles, style_blend, strict=True):
                     feats = extractor(image)
-                    for l in spec.style_layers:
+                    for layer in spec.style_layers:
                         if spec.style_form == "w2":
-                            g = tuple(w * m.detach() for m in moments(feats[l]))
+                            g = tuple(w * m.detach() for m in moments(feats[layer]))
                         else:
-                            g = (w * gram(feats[l], normalise=spec.style_form != "paper").detach(),)
-                        old = self.style_targets.get(l)
-                        self.style_targets[l] = g if old is None else tuple(a + b for a, b in zip(old, g))
-                self.style_targets = {l: W2Target.of(*t) if spec.style_form == "w2" else t[0]
-                                      for l, t in self.style_targets.items()}
+                            g = (w * gram(feats[layer], normalise=spec.style_form != "paper").detach(),)
+                        old = self.style_targets.get(layer)
+                        self.style_targets[layer] = g if old is None else tuple(a + b for a, b in zip(old, g, strict=True))
+                self.style_targets = {layer: W2Target.of(*t) if spec.style_form == "w2" else t[0]
+                                      for layer, t in self.style_targets.items()}
 
     def reweighted(self, *, content_weight: torch.Tensor, style_weight: torch.Tensor, tv_weight: torch.Tensor,
-                   tv_on: bool | None = None) -> Objective:
+                   tv_on: bool | None = None) -> Loss:
         """The same targets under other loss weights ([1], or [B] for B images): trials of a batch with the
         same images and layers share them."""
         other = copy.copy(self)
@@ -293,7 +291,7 @@ class Objective:
             # Several content layers are averaged (the paper uses one, conv4_2).
             content = content + t / len(self.spec.content_layers)
         style = zero
-        for layer, w in zip(self.spec.style_layers, self.spec.style_layer_weights):
+        for layer, w in zip(self.spec.style_layers, self.spec.style_layer_weights, strict=True):
             t = style_term(feats[layer], self.style_targets[layer], self.spec.style_form)
             terms[f"style/{layer}"] = t
             style = style + w * t

@@ -33,24 +33,35 @@ import os
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
 from nst import compiled, images, records
-from nst.device import (channels_last, cpu_model, cpu_threads, lbfgs_products_on_host, peak_memory, resolve_device,
-                        resolve_precision, set_determinism, set_precision, torch_settings)
+from nst.device import (
+    channels_last,
+    cpu_model,
+    cpu_threads,
+    lbfgs_products_on_host,
+    peak_memory,
+    resolve_device,
+    resolve_precision,
+    set_determinism,
+    set_precision,
+    torch_settings,
+)
 from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec, layer_names, layer_table
 from nst.inputs import prepare
+from nst.loss import Loss
 from nst.metrics import standard_metrics
-from nst.objective import Objective
 from nst.optimizers import AdamState, BatchAdam, BatchLBFGS
-from nst.settings import Settings, content_size
+from nst.settings import Settings
 from nst.sinks import StepRecord
 from nst.summary import Summary
 from nst.summary import write as write_summary
@@ -61,7 +72,7 @@ CPU_MAX_BATCH = 8  # max_batch=auto on the CPU: batching there saves per-pass ov
 @dataclass
 class Trial:
     settings: Settings
-    inputs: dict  # PIL images, from settings.load_inputs
+    inputs: dict  # PIL images, from nst.stage.Stage.inputs
     run_dir: Path
     # The trial's sinks (files, progress bar, W&B), opened at the start of each attempt: an attempt
     # that ran out of memory closes them, and its retry opens fresh ones. Called with the trial's
@@ -70,15 +81,10 @@ class Trial:
     record: dict = field(default_factory=dict)  # merged into summary.json (config, overrides, label)
 
 
-def image_size(s: Settings) -> tuple[int, int]:
-    """(W, H) of the trial's output, from the content file's header (nothing decoded)."""
-    return images.target_size(*content_size(s, images.oriented_size("content", s.content)), s.long_side)
-
-
 def group_key(s: Settings) -> tuple:
     """What the trials of one batch must share: one network, one image shape (at every pyramid
     level), one device, one optimiser kind."""
-    return (s.arch, s.weights, s.pooling, image_size(s), s.pyramid_levels, s.pyramid_factor, s.device, s.precision,
+    return (s.arch, s.weights, s.pooling, s.image_size, s.pyramid_levels, s.pyramid_factor, s.device, s.precision,
             s.deterministic, s.optimizer.name)
 
 
@@ -96,12 +102,12 @@ def auto_batch_size(settings: list[Settings]) -> int:
 
 def trial_bytes(s: Settings) -> int:
     """Rough GPU memory one trial of a batch costs: activations kept for backward, plus optimiser state."""
-    w, h = image_size(s)
+    w, h = s.image_size
     n = 3 * w * h
     layers = list(s.objective.content_layers + s.objective.style_layers)
     deepest = max(layer_names(s.arch).index(name) for name in layers)
     acts, scale = 0, 1
-    for name, kind, ch in layer_table(s.arch)[: deepest + 1]:
+    for _name, kind, ch in layer_table(s.arch)[: deepest + 1]:
         if kind == "pool":
             scale *= 2
         acts += ch * (w // scale) * (h // scale)
@@ -135,20 +141,20 @@ def run_trials(trials: list[Trial], max_batch: int | None = None) -> list[dict]:
             limit = 1
         for start in range(0, len(idxs), limit):
             chunk = idxs[start:start + limit]
-            for i, summary in zip(chunk, run_batch([trials[i] for i in chunk])):
+            for i, summary in zip(chunk, run_together([trials[i] for i in chunk]), strict=True):
                 summaries[i] = summary
     return summaries  # type: ignore[return-value]
 
 
-def run_batch(trials: list[Trial]) -> list[dict]:
+def run_together(trials: list[Trial]) -> list[dict]:
     """Run compatible trials as one batch (see group_key); returns their summaries in order. The torch
     settings the batch needs (precision, determinism, cuDNN autotuning, CPU threads) are set for it and
     restored after it."""
     with torch_settings():
-        return _run_batch(trials)
+        return _run_together(trials)
 
 
-def _run_batch(trials: list[Trial]) -> list[dict]:
+def _run_together(trials: list[Trial]) -> list[dict]:
     batch_id = uuid.uuid4().hex[:8]
     summaries: list[dict | None] = [None] * len(trials)
     todo = [list(range(len(trials)))]
@@ -162,7 +168,7 @@ def _run_batch(trials: list[Trial]) -> list[dict]:
             todo[:0] = [retry[:half], retry[half:]]  # both halves, from the start
             continue
         (i,) = retry
-        w, h = image_size(trials[i].settings)
+        w, h = trials[i].settings.image_size
         name, total = _memory_of(resolve_device(trials[i].settings.device))
         message = (f"out of memory even alone: {w}x{h} px on {name} ({total / 2**30:.1f} GiB); "
                    f"lower `size` or `optimizer.history_size` ({error})")
@@ -178,9 +184,9 @@ class _Live:
     summary: dict
     sinks: list
     t0: float
-    objective: Objective | None = None
-    shared: Objective | None = None  # the objective whose targets this trial shares with others (see _Terms)
-    tensors: dict | None = None  # this level's images (nst.inputs.prepare)
+    objective: Loss | None = None
+    shared: Loss | None = None  # the objective whose targets this trial shares with others (see _Terms)
+    tensors: dict = field(default_factory=dict)  # this level's images (nst.inputs.prepare); empty between levels
     evaluations: int = 0  # over every level
     level_evaluations: int = 0
     scale: float | None = None  # L-BFGS: 1/|total at the level's first evaluation| (see _optimise)
@@ -210,7 +216,7 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
             # An earlier attempt's files (resume, a retry) stay until this attempt ends (nst.records)
             lv.out = records.begin_attempt(t.run_dir)
             lv.sinks = t.open_sinks(pos)
-        except Exception as e:  # noqa: BLE001 - a trial whose sinks cannot open fails alone
+        except Exception as e:  # any error: a trial whose sinks cannot open fails alone
             _fail(lv, e)
     if fail_with:
         for lv in live.values():
@@ -232,9 +238,10 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         unfinished = [i for i in idxs if not live[i].done]
         for i in unfinished:
             _close_sinks(live[i], {**live[i].summary, "status": "retried"})
-            live[i].tensors = live[i].objective = live[i].carry = live[i].optimizer_state = None
+            live[i].tensors = {}
+            live[i].objective = live[i].carry = live[i].optimizer_state = None
         oom = (unfinished, str(e).splitlines()[0])
-    except BaseException as e:  # noqa: BLE001 - every unfinished trial records the failure, Ctrl-C included
+    except BaseException as e:  # any error: every unfinished trial records the failure, Ctrl-C included
         for i in idxs:
             if not live[i].done:
                 _fail(live[i], e)
@@ -287,8 +294,8 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
     if mode == "off":
         extractor = build()
     else:  # one per process for its network and layers: its compiled graphs serve every later batch
-        extractor = compiled.cached_extractor((s0.arch, s0.weights, s0.pooling, tuple(layers), str(device), precision,
-                                               nhwc), build)
+        extractor = cast(FeatureExtractor, compiled.cached_extractor(
+            (s0.arch, s0.weights, s0.pooling, tuple(layers), str(device), precision, nhwc), build))
     for i in running:
         live[i].summary["compile"] = mode
     return device, extractor, compiled.Evaluator(extractor, mode, len(running))
@@ -297,13 +304,13 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
 def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureExtractor, device: torch.device,
                  level: int) -> None:
     """Each trial's images, start and targets at this pyramid level."""
-    targets: dict[tuple, Objective] = {}
+    targets: dict[tuple, Loss] = {}
     for i in running:
         try:
             _setup_trial(live[i], targets, extractor, device, level)
         except torch.OutOfMemoryError:
             raise
-        except Exception as e:  # noqa: BLE001 - a trial whose images or targets cannot be made fails alone
+        except Exception as e:  # any error: a trial whose images or targets cannot be made fails alone
             _fail(live[i], e)
     shapes = {tuple(live[i].tensors["init"].shape) for i in running if not live[i].done}
     assert len(shapes) <= 1, f"trials of different image sizes in one batch: {shapes}"
@@ -323,14 +330,14 @@ def _setup_trial(lv: _Live, targets: dict, extractor: FeatureExtractor, device: 
     weights = {k: torch.tensor([getattr(s, k)], device=device, dtype=torch.float32)  # [1]: this trial's
                for k in ("content_weight", "style_weight", "tv_weight")}
     if key not in targets:
-        targets[key] = Objective(extractor, s.objective, content=lv.tensors["content"], style=lv.tensors["styles"],
+        targets[key] = Loss(extractor, s.objective, content=lv.tensors["content"], style=lv.tensors["styles"],
                                  style_blend=s.style_blend, tv_on=s.tv_weight > 0, **weights)
     lv.shared = targets[key]
     lv.objective = targets[key].reweighted(tv_on=s.tv_weight > 0, **weights)
 
 
 def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, level: int, last: bool,
-              evaluate: Callable) -> None:
+              evaluate: compiled.Evaluator) -> None:
     """One pyramid level (the only one, by default) of every running trial of the batch: ticks until
     every trial has finished the level."""
     who_runs = [live[i] for i in running]
@@ -377,7 +384,7 @@ def _optimizer(who_runs: list[_Live], device: torch.device, level: int):
                           line_search=[s.optimizer.line_search for s in settings], budget=budgets,
                           small_on_host=lbfgs_products_on_host(device), average_decay=decay)
     # pyramid.carry_optimizer: each trial's moments from the coarser level, resized to this one
-    size = tuple(x0.shape[-2:])
+    size = (int(x0.shape[-2]), int(x0.shape[-1]))
     state = [lv.optimizer_state.resized(size) if lv.optimizer_state is not None else None for lv in who_runs]
     for lv in who_runs:
         lv.optimizer_state = None
@@ -408,7 +415,7 @@ def _tick(opt, who_runs: list[_Live], device: torch.device, level: int, clock: _
             # A failed trial leaves the batch with its error (before its optimiser sees a NaN); the others go on.
             opt.drop(asked[j][0], "failed")
     # rows of dropped trials are ignored; an evaluation the optimiser voids is not counted (nst.optimizers)
-    void = set(opt.tell([t * sc for t, sc in zip(totals, scale_values)], grads, measures))
+    void = set(opt.tell([t * sc for t, sc in zip(totals, scale_values, strict=True)], grads, measures))
     for j, lv in enumerate(who):
         if asked[j][0] in void:
             continue
@@ -470,7 +477,9 @@ class _Terms:
                 ss = [who[j].trial.settings for j in rows]
                 weights = {k: torch.tensor([getattr(s, k) for s in ss], dtype=torch.float32, device=self.device)
                            for k in ("content_weight", "style_weight", "tv_weight")}  # [g] each
-                objective = who[rows[0]].shared.reweighted(tv_on=any(s.tv_weight > 0 for s in ss), **weights)
+                shared = who[rows[0]].shared
+                assert shared is not None  # set for every trial of a level before its ticks (see _Terms)
+                objective = shared.reweighted(tv_on=any(s.tv_weight > 0 for s in ss), **weights)
                 consecutive = rows == list(range(rows[0], rows[-1] + 1))
                 index = None if consecutive else torch.tensor(rows, dtype=torch.long, device=self.device)
                 groups.append((objective, rows, index))
@@ -545,7 +554,7 @@ def _send(lv: _Live, record: StepRecord) -> tuple[BaseException, str] | None:
     try:
         for sink in lv.sinks:
             sink.on_step(record)
-    except Exception as e:  # noqa: BLE001 - a failing sink fails its own trial only
+    except Exception as e:  # any error: a failing sink fails its own trial only
         return e, traceback.format_exc()
     return None
 
@@ -585,6 +594,7 @@ def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
 def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device) -> None:
     """Save the finished trial's image, metrics and summary; close its sinks."""
     out = lv.out  # this attempt's folder (nst.records.begin_attempt)
+    assert out is not None and lv.objective is not None and lv.tensors  # a level was started
     try:
         with torch.no_grad():
             # The terms of the image actually optimised (the last evaluation may precede a final step).
@@ -600,7 +610,7 @@ def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device)
         lv.summary.update(status="completed", final=final_terms, evaluations=lv.evaluations, stop_reason=reason,
                           optimisation_time=round(opt_time, 3),
                           evals_per_second=round(lv.evaluations / opt_time, 3) if opt_time > 0 else None)
-    except Exception as e:  # noqa: BLE001 - finishing one trial must not stop the others
+    except Exception as e:  # any error: finishing one trial must not stop the others
         _fail(lv, e)
         return
     _finish(lv, device)
@@ -621,8 +631,9 @@ def _one_line(e: BaseException, where: Path) -> str | None:
     """The error as the one line that says it all, or None (a traceback goes to error.log)."""
     if isinstance(e, _ONE_LINE):
         return str(e)
-    if records.disk_error(e):  # a full disk met outside the trial's own files (W&B, a temporary folder)
-        return str(records.WriteError(e.errno, e.strerror or os.strerror(e.errno), e.filename or str(where)))
+    if isinstance(e, OSError) and records.disk_error(e):  # a full disk outside its own files (W&B, a temp folder)
+        code = e.errno or 0  # disk_error: one of ENOSPC, EDQUOT, EFBIG
+        return str(records.WriteError(code, e.strerror or os.strerror(code), e.filename or str(where)))
     return None
 
 
@@ -683,7 +694,7 @@ def _close_sinks(lv: _Live, summary: dict) -> None:
     for sink in lv.sinks:
         try:
             sink.close(summary)
-        except Exception as e:  # noqa: BLE001 - a broken sink must not hide the trial's result
+        except Exception as e:  # any error: a broken sink must not hide the trial's result
             lv.summary.setdefault("sink_errors", []).append(f"{type(sink).__name__}: {e}")
     lv.sinks = []
 
