@@ -40,7 +40,7 @@ def main() -> None:
     for size in args.sizes:
         s = compose.settings_for([f"device={args.device}", f"size={size}", "precision=fp32", "logger=none"])
         layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
-        ex = compiled.cached_extractor(("benchmark", size), lambda: FeatureExtractor(
+        ex = compiled.cached_extractor(("benchmark", size), lambda s=s, layers=layers: FeatureExtractor(
             s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device))
         t = prepare(s, load_inputs(s), device)
         w = {k: torch.tensor([getattr(s, k)], device=device) for k in ("content_weight", "style_weight", "tv_weight")}
@@ -48,7 +48,7 @@ def main() -> None:
         x = t["init"].clone().requires_grad_(True)
         modes = {"eager": compiled.Evaluator(ex, "off", 1), "compiled": compiled.Evaluator(ex, args.mode, 1)}
 
-        def step(evaluate) -> None:
+        def step(evaluate, x=x, obj=obj) -> None:
             x.grad = None
             obj.terms(evaluate(x), x)["total"].sum().backward()
 

@@ -43,9 +43,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -68,8 +68,8 @@ class Part:
     name: str
     needs_cuda: bool
     limit_s: int  # wall-clock cap on the GPU (the dry run has its own, smaller sizes)
-    command: Callable[["Context"], list[str]]
-    read: Callable[["Context", dict], None]  # fills the part's record with its figures
+    command: Callable[[Context], list[str]]
+    read: Callable[[Context, dict], None]  # fills the part's record with its figures
     env: dict = field(default_factory=dict)
 
 
@@ -471,7 +471,8 @@ def summary_lines(report: dict) -> list[str]:
                                f"{_fmt(r.get('optimisation_time'))} s, end to end {_fmt(r.get('end_to_end_s'))} s, "
                                f"threads {r.get('cpu_threads')}, metrics {r.get('metrics')}")
             if "bf16_speedup_optimisation" in f:
-                out.append(f"    bf16 speed-up: optimisation x{f['bf16_speedup_optimisation']}, end to end x{f['bf16_speedup_end_to_end']}")
+                out.append(f"    bf16 speed-up: optimisation x{f['bf16_speedup_optimisation']}, "
+                           f"end to end x{f['bf16_speedup_end_to_end']}")
         elif rec["part"] in ("default_transfer", "oom_split", "two_workers") and f:
             out.append("    " + ", ".join(f"{k}={v}" for k, v in f.items() if v is not None))
     if not report["dry_run"]:

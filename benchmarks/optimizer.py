@@ -1,9 +1,9 @@
 """The L-BFGS optimiser's own cost per evaluation, without the network: per-trial port vs vectorised.
 
-Drives the runner's L-BFGS (nst.optimizers.BatchLBFGS) and the reference port (tests/lbfgs_oracle.py) over B trials of image-sized problems (a separable
-quartic whose curvatures span six decades, so L-BFGS needs its history and its line search for
-hundreds of iterations, as in a transfer) and prints the optimiser time per evaluation of each, and their ratio, measured in this
-process:
+Drives the engine's L-BFGS (nst.optimizers.BatchLBFGS) and the reference port (tests/lbfgs_oracle.py) over B
+trials of image-sized problems (a separable quartic whose curvatures span six decades, so L-BFGS needs its
+history and its line search for hundreds of iterations, as in a transfer) and prints the optimiser time per
+evaluation of each, and their ratio, measured in this process:
     python benchmarks/optimizer.py [--device cuda] [--size 512] [--batch 8] [--history 100] [--evals 40]
 The objective is a few elementwise kernels, so what is timed is the optimiser's work and its host
 synchronisations: on a GPU the per-trial port syncs several times per history pair (torch's
@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the reference port lives with its tests
-from lbfgs_oracle import PerTrialLBFGS  # noqa: E402
-
-from nst.optimizers import BatchLBFGS  # noqa: E402
+from lbfgs_oracle import PerTrialLBFGS
+from nst.optimizers import BatchLBFGS
 
 
 def objective(x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,7 +84,7 @@ def run_precision(precision: str, args, folder: Path) -> list[dict]:
         run_together(make_trials(sweep_overrides(args.size, args.warmup, precision), args.device, folder / f"warm_{precision}"))
     trials = make_trials(sweep_overrides(args.size, args.steps, precision), args.device, folder / precision)
     summaries = run_together(trials)
-    for t, s in zip(trials, summaries):
+    for t, s in zip(trials, summaries, strict=True):
         s["style_weight"] = t.settings.style_weight
     return summaries
 
@@ -103,7 +103,7 @@ def run_noise(args, folder: Path) -> tuple[list[dict], str]:
     else:
         summaries = [run_together([t])[0] for t in trials]
         how = "fp32 with each trial in a batch of its own"
-    for t, s in zip(trials, summaries):
+    for t, s in zip(trials, summaries, strict=True):
         s["style_weight"] = t.settings.style_weight
     return summaries, how
 
@@ -115,7 +115,7 @@ def row(precision: str, summaries: list[dict], reference: list[dict], base: dict
     seconds = max((s["optimisation_time"] for s in done), default=0.0)
     rate = evaluations / seconds if seconds > 0 else 0.0
     trials, worst = [], (math.inf if len(done) < len(summaries) else 0.0, None, None)
-    for s, ref in zip(summaries, reference):
+    for s, ref in zip(summaries, reference, strict=True):
         diffs = {}
         if s["status"] == "completed":
             diffs = {k: relative_difference(s["metrics"].get(k, math.nan), v) for k, v in ref["metrics"].items()}

@@ -57,7 +57,9 @@ def make_trials(overrides: list[list[str]], device: str, folder: Path, *extra: s
     for i, o in enumerate(overrides):
         s = compose.settings_for([*o, f"device={device}", "logger=none", *extra])
         run_dir = folder / str(i)
-        sinks = (lambda pos, d=run_dir, s=s: [FileSink(d, log_every=s.log_every, frame_every=s.frame_every, steps=s.total_steps)])
+        def sinks(pos, d=run_dir, s=s):
+            return [FileSink(d, log_every=s.log_every, frame_every=s.frame_every, steps=s.total_steps)]
+
         trials.append(Trial(s, load_inputs(s), run_dir, sinks))
     return trials
 
@@ -85,7 +87,7 @@ def bench(name: str, device: str, steps: int | None, max_batch: int | None, size
         batched_s, batched = timed(lambda: run_trials(make_trials(overrides, device, Path(tmp) / "batched"), max_batch))
         modes = {}
         for mode in compile_modes:
-            modes[mode] = timed(lambda: run_trials(make_trials(overrides, device, Path(tmp) / f"compile_{mode}",
+            modes[mode] = timed(lambda mode=mode: run_trials(make_trials(overrides, device, Path(tmp) / f"compile_{mode}",
                                                                f"compile={mode}"), max_batch))
     failed = sum(s["status"] != "completed" for s in alone + batched + [x for _, out in modes.values() for x in out])
     sizes = sorted({s["batch"]["id"]: s["batch"]["size"] for s in batched}.values(), reverse=True)
@@ -109,7 +111,8 @@ def bench(name: str, device: str, steps: int | None, max_batch: int | None, size
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--preset", nargs="+", default=None, help="six | ablations | eight512 (default: six on the CPU, all on a GPU)")
+    ap.add_argument("--preset", nargs="+", default=None,
+                    help="six | ablations | eight512 (default: six on the CPU, all on a GPU)")
     ap.add_argument("--steps", type=int, default=None, help="evaluations per trial (default: the preset's)")
     ap.add_argument("--max-batch", type=int, default=None, help="largest batch (default: auto, as the launcher)")
     ap.add_argument("--size", type=int, default=None, help="long side in px (default: the preset's)")
@@ -128,7 +131,8 @@ def main() -> None:
     if args.device.startswith("cuda"):
         print(f"cuDNN autotuning (cudnn.benchmark): batch of one {'on' if cudnn_autotune(1) else 'off'}, "
               f"larger batches {'on' if cudnn_autotune(2) else 'off'}")
-    print(f"device: {args.device} ({name}), precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"device: {args.device} ({name}), precision {precision}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
     rows = [bench(p, args.device, args.steps, args.max_batch, args.size, args.limit, p in args.batched_only, args.compile)
             for p in presets]
     if args.json:

@@ -297,7 +297,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_bf16": bf16_units, "auto": resolve_precision("auto", device), "cudnn_benchmark": {"batch_of_one": cudnn_autotune(1), "larger": cudnn_autotune(2)},
+            "cpu_bf16": bf16_units, "auto": resolve_precision("auto", device),
+            "cudnn_benchmark": {"batch_of_one": cudnn_autotune(1), "larger": cudnn_autotune(2)},
             "arch": s0.arch, "weights": s0.weights, "pooling": s0.pooling, "deepest_layer": deepest,
             "batch": args.batch, "evals": args.evals, "loop_evals": args.loop_evals if args.loop else None,
             "peak_tflops": peaks, "rows": rows}, indent=2), encoding="utf-8")

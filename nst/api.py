@@ -226,7 +226,7 @@ def _settings(overrides: list[str]):
         return settings_for(overrides)
     except InputError:
         raise
-    except Exception as e:  # any error: a value the schema refuses when it is resolved (a string for a number)
+    except Exception as e:  # noqa: BLE001 - a value the schema refuses when it is resolved (a string for a number)
         raise describe(e) from None
 
 
@@ -303,7 +303,7 @@ def _report(sweep_dir: Path) -> None:
     try:
         with _backend_kept():
             out = aggregate(sweep_dir)
-    except Exception as e:  # any error: a report that cannot be written must not lose the results
+    except Exception as e:  # noqa: BLE001 - a report that cannot be written must not lose the results
         log.error(f"the report of {sweep_dir} could not be written: {type(e).__name__}: {e} "
                   f"(retry with: python -m nst.report {sweep_dir})")
         return

@@ -96,7 +96,7 @@ def expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict 
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
-    except Exception as e:  # any error: Hydra's parse errors carry the offending text
+    except Exception as e:  # noqa: BLE001 - Hydra's parse errors carry the offending text
         odd = [o for o in overrides if "~" in o or not o.isascii()]
         hint = (f"; a value with '~' or non-ASCII characters must be quoted for Hydra, e.g. "
                 f"{odd[0].split('=', 1)[0]}='{odd[0].split('=', 1)[-1]}' (and '~' is not expanded: give the full path)"
@@ -132,7 +132,7 @@ def expand(overrides: list[str], multirun: bool) -> tuple[list[list[str]], dict 
     _check_launcher(cfg)
     try:
         sweep_dir = str(cfg.hydra.sweep.dir)
-    except Exception as e:  # any error: a folder that cannot be resolved
+    except Exception as e:  # noqa: BLE001 - a folder that cannot be resolved
         raise InputError("hydra.sweep.dir", first_line(e)) from None
     if reads_results(cfg.hydra.sweeper):
         # A sweeper that proposes trials as it goes (Optuna) has no grid to expand: what the command
@@ -231,7 +231,7 @@ def config(overrides: list[str], hydra_config: bool = False):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE, job_name="nst"):
         try:
             return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
-        except Exception as e:  # any error: turned into one line below, outside this context
+        except Exception as e:  # noqa: BLE001 - turned into one line below, outside this context
             error = e
     raise describe(error) from None
 

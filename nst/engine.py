@@ -216,7 +216,7 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
             # An earlier attempt's files (resume, a retry) stay until this attempt ends (nst.records)
             lv.out = records.begin_attempt(t.run_dir)
             lv.sinks = t.open_sinks(pos)
-        except Exception as e:  # any error: a trial whose sinks cannot open fails alone
+        except Exception as e:  # noqa: BLE001 - a trial whose sinks cannot open fails alone
             _fail(lv, e)
     if fail_with:
         for lv in live.values():
@@ -310,7 +310,7 @@ def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureE
             _setup_trial(live[i], targets, extractor, device, level)
         except torch.OutOfMemoryError:
             raise
-        except Exception as e:  # any error: a trial whose images or targets cannot be made fails alone
+        except Exception as e:  # noqa: BLE001 - a trial whose images or targets cannot be made fails alone
             _fail(live[i], e)
     shapes = {tuple(live[i].tensors["init"].shape) for i in running if not live[i].done}
     assert len(shapes) <= 1, f"trials of different image sizes in one batch: {shapes}"
@@ -554,7 +554,7 @@ def _send(lv: _Live, record: StepRecord) -> tuple[BaseException, str] | None:
     try:
         for sink in lv.sinks:
             sink.on_step(record)
-    except Exception as e:  # any error: a failing sink fails its own trial only
+    except Exception as e:  # noqa: BLE001 - a failing sink fails its own trial only
         return e, traceback.format_exc()
     return None
 
@@ -610,7 +610,7 @@ def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device)
         lv.summary.update(status="completed", final=final_terms, evaluations=lv.evaluations, stop_reason=reason,
                           optimisation_time=round(opt_time, 3),
                           evals_per_second=round(lv.evaluations / opt_time, 3) if opt_time > 0 else None)
-    except Exception as e:  # any error: finishing one trial must not stop the others
+    except Exception as e:  # noqa: BLE001 - finishing one trial must not stop the others
         _fail(lv, e)
         return
     _finish(lv, device)
@@ -694,7 +694,7 @@ def _close_sinks(lv: _Live, summary: dict) -> None:
     for sink in lv.sinks:
         try:
             sink.close(summary)
-        except Exception as e:  # any error: a broken sink must not hide the trial's result
+        except Exception as e:  # noqa: BLE001 - a broken sink must not hide the trial's result
             lv.summary.setdefault("sink_errors", []).append(f"{type(sink).__name__}: {e}")
     lv.sinks = []
 

@@ -118,7 +118,7 @@ def line(settings: list, runs_here: bool = True) -> str | None:
         return None  # short for certain: no probe
     try:
         rate = measure_rate(first)
-    except Exception:  # any error: an estimate must never stop a command (say, weights not at hand)
+    except Exception:  # noqa: BLE001 - an estimate must never stop a command (say, weights not at hand)
         return None
     total = seconds(settings, rate)
     if total <= LONG_S:

@@ -178,7 +178,7 @@ def _load_caffe(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # any error: a damaged or foreign file: convert again, replace it
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign file: convert again, replace it
             log.debug("converted weights %s unreadable (%s); converting again", path, e)
     if state is None:
         state = _dequantised(source)
@@ -211,7 +211,7 @@ def _load_torchvision(arch: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         socket.setdefaulttimeout(15)  # fail fast offline instead of hanging on a dead connection
         try:
             torch.hub.download_url_to_file(url, str(path), progress=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure to download, said in one line with what to do
             raise RuntimeError(
                 f"model.weights=torchvision: {arch} IMAGENET1K_V1 weights are not cached at {path} and could not be "
                 f"downloaded ({type(e).__name__}); download {url} to that path on a connected machine "

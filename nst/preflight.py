@@ -58,7 +58,7 @@ def checked(argv: list[str], stage) -> Checked:
             cfg = config(trial)
         try:
             plain = resolved(cfg)
-        except Exception as e:  # any error of resolving it (a bad interpolation, a missing value)
+        except Exception as e:  # noqa: BLE001 - any error of resolving it (a bad interpolation, a missing value)
             raise InputError(key_of(e), first_line(e)) from None
         settings = stage.settings(plain)
         check_objective(plain.get("objective"), plain.get("target_psnr"))
@@ -166,7 +166,7 @@ def _check_subdirs(grid: dict, trials: list[list[str]]) -> None:
         HydraConfig.instance().set_config(cfg)
         try:
             subdirs.append(str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
-        except Exception as e:  # any error: a pattern that cannot be resolved
+        except Exception as e:  # noqa: BLE001 - a pattern that cannot be resolved
             raise InputError("hydra.sweep.subdir", first_line(e)) from None
     sweep_folder.check_trial_dirs(grid["sweep_dir"], subdirs, search)
 
@@ -180,7 +180,7 @@ def _launcher_accepts(cfg) -> bool:
         launcher = instantiate(cfg.hydra.launcher)
         if hasattr(launcher, "setup"):
             launcher.setup(hydra_context=None, task_function=None, config=cfg)
-    except Exception:  # any error: any refusal: the launcher's own message follows
+    except Exception:  # noqa: BLE001 - any refusal: the launcher's own message follows
         return False
     return True
 
@@ -196,7 +196,7 @@ def _check_run_dir(cfg, checked: list) -> Path | None:
     composition with Hydra's node."""
     try:
         run_dir = Path(str(cfg.hydra.run.dir))
-    except Exception as e:  # any error: a folder that cannot be resolved
+    except Exception as e:  # noqa: BLE001 - a folder that cannot be resolved
         raise InputError("hydra.run.dir", first_line(e)) from None
     _check_chdir(cfg, list(checked))
     parent = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)

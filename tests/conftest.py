@@ -86,8 +86,9 @@ def run_nst(tmp_path):
 @pytest.fixture(scope="session")
 def failing_trial_sweep(tmp_path_factory):
     """One real sweep, with the default logger (W&B offline), whose first trial fails (a style weight
-    beyond float32's range: its loss becomes inf at the first evaluation) and whose second completes: (its folder, the finished process). Read, never changed, by
-    the tests of what a failed trial leaves (test_cli, test_sweeps, test_wandb, test_report_browser)."""
+    beyond float32's range: its loss becomes inf at the first evaluation) and whose second completes:
+    (its folder, the finished process). Read, never changed, by the tests of what a failed trial leaves
+    (test_cli, test_sweeps, test_wandb, test_report_browser)."""
     cwd = tmp_path_factory.mktemp("failing_trial_sweep")
     r = run_in(cwd, "-m", "style_weight=1e39,1e5", "device=cpu", "size=32", "steps=4", "frame_every=2")
     (sweep,) = list((cwd / "outputs" / "sweeps").iterdir())

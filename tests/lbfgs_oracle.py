@@ -218,4 +218,5 @@ class PerTrialLBFGS(_Batch):
         return total
 
     def history_bytes(self) -> int:
-        return sum(t.nbytes for i in self._gens for t in (*self._state[i].get("old_dirs", []), *self._state[i].get("old_stps", [])))
+        return sum(t.nbytes for i in self._gens
+                   for t in (*self._state[i].get("old_dirs", []), *self._state[i].get("old_stps", [])))

@@ -9,9 +9,9 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import nst_env
 from PIL import Image
 
+from conftest import nst_env
 from nst import stylize, stylize_batch
 from nst.api import Stylized
 from nst.errors import InputError
@@ -57,7 +57,8 @@ def test_the_batch_form_writes_a_sweep_folder_with_its_report_and_resumes_it(tmp
     assert results[0].final["style"] > results[1].final["style"]  # the style weight acts
     assert [r.run_dir.name for r in results] == ["0_style_weight=1e2", "1_style_weight=1e6"]
     for r in results:
-        assert (r.run_dir / "final.png").exists() and json.loads((r.run_dir / "summary.json").read_text())["status"] == "completed"
+        assert (r.run_dir / "final.png").exists()
+        assert json.loads((r.run_dir / "summary.json").read_text())["status"] == "completed"
     table = pd.read_csv(out / "results.csv")  # the report, as a command's sweep has it
     assert list(table["style_weight"]) == [1e2, 1e6] and list(table["status"]) == ["completed"] * 2
     assert (out / "grid.png").exists() and (out / "report.html").exists()
@@ -196,7 +197,8 @@ def test_a_commands_trials_are_read_back_from_python(tmp_path, run_nst):
     assert done.returncode == 0, done.stderr
     folders = sorted(d.name for d in out.iterdir() if d.is_dir() and not d.name.startswith("."))
     calls = []
-    (again,) = stylize_batch(variants=[{"style_weight": 1e6}], steps=2, progress=False, out_dir=out, callback=calls.append, **TINY)
+    (again,) = stylize_batch(variants=[{"style_weight": 1e6}], steps=2, progress=False, out_dir=out, callback=calls.append,
+                             **TINY)
     assert again.resumed and calls == [] and again.run_dir.name == folders[1]
     assert sorted(d.name for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")) == folders
 

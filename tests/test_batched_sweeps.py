@@ -24,7 +24,7 @@ def test_batched_and_one_at_a_time_give_the_same_trials(run_nst, tmp_path):
     batched, alone = _trials(tmp_path / "nst"), _trials(tmp_path / "basic")
     assert [t["batch"]["size"] for t in batched] == [3, 3, 3] and len({t["batch"]["id"] for t in batched}) == 1
     assert [t["batch"]["size"] for t in alone] == [1, 1, 1] and len({t["batch"]["id"] for t in alone}) == 3
-    for b, a in zip(batched, alone):
+    for b, a in zip(batched, alone, strict=True):
         assert b["label"] == a["label"] and b["evaluations"] == a["evaluations"]
         assert not metrics_apart(a["metrics"], b["metrics"]), (b["label"], metrics_apart(a["metrics"], b["metrics"]))
     # both sweeps aggregate the same way

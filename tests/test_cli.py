@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from helpers import summary
 
 TINY = ["size=32", "steps=8", "device=cpu", "frame_every=4"]

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 import torch
-from helpers import read_jsonl, run_alone, settings, trial
 
+from helpers import read_jsonl, run_alone, settings, trial
 from nst import compiled, engine
 
 # conv2_2 at 24x18 px (the metrics need a short side of 16): a short network, compiled in seconds rather than minutes on two cores

@@ -2,10 +2,10 @@
 Gaussian noise; each a per-trial setting that also works inside a batch. Real VGG-19 at <= 48 px."""
 
 import torch
-from conftest import metrics_apart
-from helpers import read_jsonl, run_alone, settings, trial
 from PIL import Image
 
+from conftest import metrics_apart
+from helpers import read_jsonl, run_alone, settings, trial
 from nst import engine, images
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.inputs import prepare

@@ -181,4 +181,5 @@ def test_resuming_with_a_trial_folder_that_cannot_be_read_fails_that_trial_in_on
     assert "resumed: 1 trial(s)" in r.stdout  # the readable one
     said = [line for line in lines(r.stdout) if "style_weight=10.0," in line and "failed:" in line]
     assert len(said) == 1 and "Permission denied while writing" in said[0], r.stdout
-    assert lines(r.stderr) == [f"nst: 1 trial(s) failed: {locked.name}: {locked / 'summary.json'} is unreadable (Permission denied)"]
+    unreadable = f"{locked / 'summary.json'} is unreadable (Permission denied)"
+    assert lines(r.stderr) == [f"nst: 1 trial(s) failed: {locked.name}: {unreadable}"]

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from helpers import psnr, read_jsonl, run_alone, settings
 from PIL import Image
 
+from helpers import psnr, read_jsonl, run_alone, settings
 from nst import images
 from nst.errors import InputError
 

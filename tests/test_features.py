@@ -16,7 +16,7 @@ def test_layer_table_matches_torchvision_vgg(arch):
     tv = getattr(torchvision.models, arch)(weights=None).features
     table = features.layer_table(arch)
     assert len(table) == len(tv)
-    for (name, kind, ch), module in zip(table, tv):
+    for (name, kind, ch), module in zip(table, tv, strict=True):
         expected = {nn.Conv2d: "conv", nn.ReLU: "relu", nn.MaxPool2d: "pool"}[type(module)]
         assert kind == expected, name
         if kind == "conv":
@@ -108,7 +108,7 @@ def test_caffe_weights_are_converted_once_per_user_and_read_back(tmp_path, monke
     monkeypatch.undo()
     reference = features._dequantised(source)
     assert len(first) == len(again) == len(_conv_names()) == 16
-    for name, (w1, b1), (w2, b2) in zip(_conv_names(), first, again):
+    for name, (w1, b1), (w2, b2) in zip(_conv_names(), first, again, strict=True):
         assert torch.equal(w1, reference[name + ".weight"]) and torch.equal(w2, w1), name
         assert torch.equal(b1, reference[name + ".bias"]) and torch.equal(b2, b1), name
         assert w2.dtype == torch.float32 and w2.is_contiguous()

@@ -69,7 +69,8 @@ def test_short_run_has_no_estimate_and_names_its_offline_wandb_run(run_nst, tmp_
 
 def _would_sync(line: str, tmp_path: Path) -> int:
     """How many runs W&B's own `wandb sync --dry-run` finds with the command the line gives, run by a shell."""
-    command = line.split("to upload them: ", 1)[1].replace("wandb sync ", f"{Path(sys.executable).parent / 'wandb'} sync --dry-run ", 1)
+    wandb = Path(sys.executable).parent / "wandb"
+    command = line.split("to upload them: ", 1)[1].replace("wandb sync ", f"{wandb} sync --dry-run ", 1)
     r = subprocess.run(["bash", "-c", command], env=conftest.nst_env(tmp_path), capture_output=True, text=True, timeout=120)
     m = re.search(r"Would sync (\d+) run\(s\)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
@@ -93,14 +94,17 @@ def test_sweep_progress_line_and_the_launchers_line_per_batch(tmp_path):
     assert r.returncode == 0, r.stderr
     bars = [s for s in re.split(r"[\r\n]", r.stderr) if s.startswith("sweep: ")]
     assert re.search(r"^sweep: 0/2 trials done \|.*\| 0/6 evaluations \[00:\d\d elapsed, \? left\]", bars[0]), bars[:3]
-    assert re.search(r"^sweep: 1/2 trials done \|.*\| 3/6 evaluations \[\d\d:\d\d elapsed, \d\d:\d\d left\]", "\n".join(bars), re.M)
+    bar = r"^sweep: 1/2 trials done \|.*\| 3/6 evaluations \[\d\d:\d\d elapsed, \d\d:\d\d left\]"
+    assert re.search(bar, "\n".join(bars), re.M)
     assert re.search(r"^sweep: 2/2 trials done \|.*\| 6/6 evaluations", bars[-1]), bars[-3:]
     assert re.search(r"nst launcher: 1/2 jobs done, 0:\d\d:\d\d elapsed, about 0:\d\d:\d\d left", r.stdout + r.stderr)
 
 
 REFUSED = {
-    ("+sweep=style_weight",): "nst: error: +sweep: selects a sweep, which runs as a multirun: add -m (nst -m +sweep=style_weight)",
-    ("+search=adam_lr", "size=64"): "nst: error: +search: selects a search, which runs as a multirun: add -m (nst -m +search=adam_lr size=64)",
+    ("+sweep=style_weight",):
+        "nst: error: +sweep: selects a sweep, which runs as a multirun: add -m (nst -m +sweep=style_weight)",
+    ("+search=adam_lr", "size=64"):
+        "nst: error: +search: selects a search, which runs as a multirun: add -m (nst -m +search=adam_lr size=64)",
     ("-m", "sweep=style_weight"): "nst: error: sweep: a ready sweep is chosen with a leading '+': -m +sweep=style_weight",
     ("-m", "style_weight=1e3,", "1e4"): "nst: error: style_weight: 'style_weight=1e3, 1e4': a space after a comma splits the "
                                         "argument in the shell; write the values without spaces: style_weight=1e3,1e4",
@@ -141,7 +145,8 @@ def test_sweep_without_m_is_refused_by_the_command(run_nst, tmp_path):
     # the headline mistake, as typed: before, it ran one default transfer for minutes and exited 0
     r = run_nst("+sweep=style_weight")
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip() == "nst: error: +sweep: selects a sweep, which runs as a multirun: add -m (nst -m +sweep=style_weight)"
+    expected = "nst: error: +sweep: selects a sweep, which runs as a multirun: add -m (nst -m +sweep=style_weight)"
+    assert r.stderr.strip() == expected
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
 
 

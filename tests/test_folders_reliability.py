@@ -215,7 +215,8 @@ def test_a_relative_image_path_with_chdir_is_refused_up_front(run_nst, tmp_path)
     photo = bundled_images()["tubingen"]
     (tmp_path / "photo.jpg").write_bytes(photo.read_bytes())
     for args in (["-m", "style_weight=1e3,1e4"], []):
-        line = one_line(run_nst(*args, *TINY, "content=photo.jpg", "hydra.job.chdir=true"), "content: 'photo.jpg' is a relative path")
+        line = one_line(run_nst(*args, *TINY, "content=photo.jpg", "hydra.job.chdir=true"),
+                        "content: 'photo.jpg' is a relative path")
         assert str(tmp_path / "photo.jpg") in line
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["photo.jpg"]
     r = run_nst("-m", "style_weight=1e3", *TINY, f"content={tmp_path / 'photo.jpg'}", "hydra.job.chdir=true",

@@ -1,4 +1,5 @@
-"""The CUDA path (skipped where there is no GPU): same objective values as the CPU, GPU summary fields, bf16 near fp32, the vectorised L-BFGS on the device."""
+"""The CUDA path (skipped where there is no GPU): same objective values as the CPU, GPU summary fields, bf16 near
+fp32, the vectorised L-BFGS on the device."""
 
 import pytest
 import torch
@@ -65,4 +66,4 @@ def test_the_vectorised_lbfgs_on_the_gpu_asks_for_the_cpu_points():
     cpu, cuda = drive("cpu"), drive("cuda")
     for i in range(4):
         assert len(cpu[i]) == len(cuda[i]) > 5
-        assert max(float((a - b).abs().max()) for a, b in zip(cpu[i], cuda[i])) < 1e-6
+        assert max(float((a - b).abs().max()) for a, b in zip(cpu[i], cuda[i], strict=True)) < 1e-6

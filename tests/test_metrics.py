@@ -1,8 +1,8 @@
 """The standardised metrics on the bundled paintings and photograph (real Caffe VGG-19 weights, <= 64 px)."""
 
 import torch
-from helpers import settings
 
+from helpers import settings
 from nst import images, metrics
 from nst.inputs import prepare
 from nst.stage import load_inputs

@@ -3,8 +3,8 @@ order, and the L-BFGS path for a device without float64, forced on the CPU."""
 
 import pytest
 import torch
-from helpers import read_jsonl, run_alone, settings
 
+from helpers import read_jsonl, run_alone, settings
 from nst.device import lbfgs_products_on_host, resolve_device, resolve_precision
 from nst.errors import InputError
 from nst.optimizers import BatchLBFGS
@@ -15,7 +15,7 @@ needs_no_mps = pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS
 
 def _one_line_error(code: int, stderr: str, folder) -> str:
     assert code == 2, (code, stderr)
-    lines = [l for l in stderr.splitlines() if l.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     assert not (folder / "outputs").exists()  # nothing ran, nothing was written
     return lines[0]
@@ -107,7 +107,7 @@ def test_lbfgs_with_its_products_on_the_host_asks_for_the_same_points(dtype, ato
     device, host = _drive(x0, False, **hyper), _drive(x0, True, **hyper)
     for i in range(4):
         assert len(device[i]) == len(host[i]) > 5
-        assert max(float((a - b).abs().max()) for a, b in zip(device[i], host[i])) <= atol
+        assert max(float((a - b).abs().max()) for a, b in zip(device[i], host[i], strict=True)) <= atol
 
 
 def test_a_tiny_transfer_with_the_lbfgs_products_on_the_host_matches_the_device_path(tmp_path, monkeypatch):

@@ -43,7 +43,8 @@ def test_the_example_notebook_runs_and_shows_what_it_teaches(tmp_path, monkeypat
         monkeypatch.setenv(key, value)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
-    client = nbclient.NotebookClient(nb, kernel_name=_kernel(tmp_path), timeout=300, resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(nb, kernel_name=_kernel(tmp_path), timeout=300,
+                                     resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
 
     cells = [c for c in nb.cells if c.cell_type == "code"]

@@ -12,8 +12,8 @@ import torch
 
 from conftest import nst_env
 from helpers import run_alone, settings
-from nst.errors import InputError
 from nst.device import CPU_BF16_UNITS, cpu_bf16_units, resolve_precision
+from nst.errors import InputError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -9,7 +9,7 @@ import sys
 from conftest import ROOT, nst_env
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import quality  # noqa: E402  (benchmarks/quality.py)
+import quality
 
 
 def _point(recipe, style, content):

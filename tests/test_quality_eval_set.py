@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import ROOT, nst_env
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import eval_set  # noqa: E402  (benchmarks/eval_set.py)
-import quality_stats as qs  # noqa: E402  (benchmarks/quality_stats.py)
+import eval_set
+import quality_stats as qs
 
 
 def test_the_set_file_lists_at_least_thirty_credited_pairs():

@@ -23,8 +23,9 @@ def local_targets() -> dict[str, set[str]]:
     out = {}
     for page in PAGES:
         targets = {m.group(1).split("#")[0] for m in LOCAL_LINK.finditer(text(page))}
+        root = ROOT.resolve()
         out[page.relative_to(ROOT).as_posix()] = {
-            Path((page.parent / t).resolve()).relative_to(ROOT.resolve()).as_posix() if (page.parent / t).resolve().is_relative_to(ROOT.resolve())
+            (page.parent / t).resolve().relative_to(root).as_posix() if (page.parent / t).resolve().is_relative_to(root)
             else t for t in targets if t}
     return out
 

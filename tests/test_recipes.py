@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_in
 from omegaconf import OmegaConf
 
+from conftest import run_in
 from nst import compose, engine, images
 from nst.api import stylize
 from nst.features import _caffe_post, _caffe_pre

@@ -24,9 +24,9 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import settings
 
 import nst
+from helpers import settings
 from nst import features, metrics
 
 RULER_ARCH = "vgg19"  # the evaluator's network (nst.metrics._evaluator)

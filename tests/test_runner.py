@@ -3,9 +3,9 @@ and failures (a non-finite loss, a broken sink, running out of memory) stay with
 
 import pytest
 import torch
+
 from conftest import metrics_apart
 from helpers import read_jsonl, run_alone, settings, trial
-
 from nst import engine
 
 BASE = ("device=cpu", "size=32", "steps=10")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
+
 from conftest import metrics_apart, nst_env
 from helpers import summary
-from omegaconf import OmegaConf
 
 TESTS = Path(__file__).resolve().parent
 TINY = ["size=32", "steps=3", "device=cpu", "logger=none"]
@@ -70,7 +71,7 @@ def test_two_cpu_workers_run_the_same_sweep_as_one_process(tmp_path):
     assert len({t["process"]["pid"] for t in two}) == 2 and len({t["batch"]["id"] for t in two}) == 2
     assert [t["batch"]["size"] for t in two] == [2, 2, 2, 2]
     assert {t["process"]["cuda_visible_devices"] for t in two} == {""}
-    for a, b in zip(one[:3], two[:3]):
+    for a, b in zip(one[:3], two[:3], strict=True):
         assert a["label"] == b["label"] and a["evaluations"] == b["evaluations"]
         assert not metrics_apart(a["metrics"], b["metrics"]), (a["label"], metrics_apart(a["metrics"], b["metrics"]))
     assert two[3]["error"] == one[3]["error"]
@@ -122,8 +123,9 @@ def test_a_lost_slurm_task_fails_its_batch_and_the_sweep_exits_1(tmp_path):
     # job 0's task dies (as if the node killed it); job 1's trial fails on its own, inside its task
     # the lost task's missing result is waited for 2 s, not submitit's 15 (scaling_callbacks.ResultWait)
     r = run(tmp_path, "style_weight=1e3,1e38", *TINY, "hydra/launcher=slurm", "hydra.launcher.cluster=local",
-            "hydra.launcher.max_batch=1", *fail_job("KillWorker", 0), "+hydra.callbacks.wait._target_=scaling_callbacks.ResultWait",
-            "+hydra.callbacks.wait.seconds=2", "hydra.sweep.dir=out")
+            "hydra.launcher.max_batch=1", *fail_job("KillWorker", 0),
+            "+hydra.callbacks.wait._target_=scaling_callbacks.ResultWait", "+hydra.callbacks.wait.seconds=2",
+            "hydra.sweep.dir=out")
     assert r.returncode == 1
     lost, inf = trials(tmp_path / "out")
     assert lost["status"] == "failed" and lost["error"].startswith("local task ")
@@ -306,7 +308,8 @@ def test_slurm_settings(monkeypatch, tmp_path):
         assert str(e.value).startswith(message)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "submitit" else real(name, *a))
-    with pytest.raises(NstLauncherConfigError, match=r"^hydra/launcher=slurm needs submitit: pip install '\.\[slurm\]' in a clone$"):
+    needs = r"^hydra/launcher=slurm needs submitit: pip install '\.\[slurm\]' in a clone$"
+    with pytest.raises(NstLauncherConfigError, match=needs):
         check_slurm({**base, "cluster": "local"})
 
 

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import nst_env
 from hydra.core.global_hydra import GlobalHydra
 
+from conftest import nst_env
 from nst import compose
 from nst.stage import load_inputs
 

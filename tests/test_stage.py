@@ -7,8 +7,9 @@ import sys
 import time
 from collections import Counter
 
-from conftest import nst_env
 from PIL import Image
+
+from conftest import nst_env
 
 # Put first on the path of the command under test, this wraps the three functions that do the work
 # (Hydra's composition, nst's validation and decoding) and writes each call, with the module of nst or

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import nst_env, run_in
-from helpers import read_jsonl, settings, trial
 from PIL import Image
 
+from conftest import nst_env, run_in
+from helpers import read_jsonl, settings, trial
 from nst import engine, records, report
 from nst import summary as trial_summary
 from nst.report import figures, tables

@@ -47,7 +47,7 @@ def test_two_axis_sweep_aggregates(sweep):
     assert len(table) == 4 and set(table["status"]) == {"completed"}
     assert {"pooling", "style_weight", "final_total", "final_style", "style_swd", "gmsd", "psnr", "ssim", "gram_distance",
             "evaluations", "wall_time", "evals_per_second", "peak_memory_mb"} <= set(table.columns)
-    assert sorted(zip(table["pooling"], table["style_weight"])) == sorted(
+    assert sorted(zip(table["pooling"], table["style_weight"], strict=True)) == sorted(
         [("max", 1000.0), ("max", 1000000.0), ("avg", 1000.0), ("avg", 1000000.0)])
     # standardised metrics rank by the same yardstick: more style weight, closer to the style
     for pool in ("max", "avg"):

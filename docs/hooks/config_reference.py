@@ -336,8 +336,9 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     reference, groups = _cache["built"]
     for marker, text in ((REFERENCE_MARKER, reference), (GROUPS_MARKER, groups)):
         end = marker.replace("<!-- ", "<!-- /")
-        block = re.compile(re.escape(marker) + r".*?" + re.escape(end), re.S) if end in markdown else re.compile(re.escape(marker))
-        markdown = block.sub(lambda _: text, markdown)
+        closed = end in markdown
+        block = re.compile(re.escape(marker) + r".*?" + re.escape(end), re.S) if closed else re.compile(re.escape(marker))
+        markdown = block.sub(lambda _, text=text: text, markdown)
     return markdown
 
 

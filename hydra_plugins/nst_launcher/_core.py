@@ -323,7 +323,7 @@ def plan_batches(task_function: TaskFunction, items: list[Item], max_batch: Any,
             try:
                 key = ("key", app.batch_key(_task_cfg(config)))
                 hash(key)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever batch_key raises, the job can still run alone
                 # Running the job alone is always possible; its own run will report what is wrong.
                 log.warning(f"#{idx}: batch_key failed ({e!r}); this job runs alone")
                 key = ("alone", idx)
@@ -356,7 +356,7 @@ def _auto_limit(app: BatchApp, group: list[Item], sizer: Sizer | None = None) ->
         if type(limit) is not int or limit < 1:
             raise ValueError(f"batch_size returned {limit!r}, not an integer >= 1")
         return limit
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever batch_size raises, the jobs can still run one at a time
         log.warning(f"jobs {[idx for idx, _ in group]}: batch_size failed ({e!r}); they run one at a time")
         return 1
 
@@ -424,14 +424,14 @@ def _call(task_function: TaskFunction, jobs: list[Job]) -> list[Any]:
         with job.activate():
             try:
                 return [task_function(job.cfg)]
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - the job's error is its JobReturn, as Hydra's run_job gives it
                 return [e]
     try:
         values = list(app.run_batch(list[BatchJob](jobs)))
         if len(values) != len(jobs):
             raise ValueError(f"run_batch returned {len(values)} values for {len(jobs)} jobs")
         return values
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - one batch failing must not stop the sweep
         # One crash (say, out of memory for the whole batch) fails this batch; the sweep goes on.
         log.error(f"batch {[job.idx for job in jobs]} failed: {e!r}")
         return [e] * len(jobs)
@@ -445,7 +445,7 @@ def _lost(task_function: TaskFunction, jobs: list[Job], error: BaseException, si
             if len(values) == len(jobs):
                 return values
             log.error(f"lost_batch returned {len(values)} values for {len(jobs)} jobs")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the lost batch still ends with its error
             log.error(f"lost_batch failed for batch {[job.idx for job in jobs]}: {e!r}")
     return [error] * len(jobs)
 
@@ -476,7 +476,7 @@ def run_payload(payload: bytes) -> bytes:
         if isinstance(value, BaseException):
             try:
                 pickle.loads(cloudpickle.dumps(value))
-            except Exception:  # an exception that cannot travel back: its text does
+            except Exception:  # noqa: BLE001 - an exception that cannot travel back: its text does
                 ret.return_value = RuntimeError(f"{type(value).__name__}: {value}")
     return cloudpickle.dumps(returns)
 

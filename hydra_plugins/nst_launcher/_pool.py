@@ -317,7 +317,7 @@ class PoolRunner:
                     error = BatchLost(f"{died} while running this batch on {worker.label}")
                     worker.replace()
                     returns = end_lost_batch(self.hydra_context, self.task_function, batch, error, since)
-                except Exception as e:  # the batch or its results could not travel
+                except Exception as e:  # noqa: BLE001 - the batch or its results could not travel
                     error = BatchLost(f"{worker.label} could not run this batch: {type(e).__name__}: {e}")
                     returns = end_lost_batch(self.hydra_context, self.task_function, batch, error, since)
                 idle.append(worker)

@@ -91,7 +91,7 @@ def visible_gpus() -> list[str]:
         import torch
 
         count = torch.cuda.device_count()  # no CUDA context is created in this process
-    except Exception:  # any error: no usable CUDA here
+    except Exception:  # noqa: BLE001 - no usable CUDA here
         return []
     if env is not None:
         return [e.strip() for e in env.split(",")][:count]
@@ -147,7 +147,7 @@ def check_target(target: Any) -> None:
     for cut in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
         try:
             found = importlib.import_module(".".join(parts[:cut]))
-        except Exception:  # any error: not a module (or a broken one): try a shorter prefix
+        except Exception:  # noqa: BLE001 - not a module (or a broken one): try a shorter prefix
             continue
         for name in parts[cut:]:
             found = getattr(found, name, None)

@@ -1,8 +1,8 @@
 """Toy Hydra app for the nst launcher tests: `python toy_app.py -m hydra/launcher=nst key=a,b x=1,2`.
 
 The task function is a ToyApp, which implements the launcher's contract (run_batch, batch_key,
-batch_size), unless TOY_NO_HOOKS=1: then a plain function. Every job writes <its folder>/result.json with what it saw; a Recorder callback
-appends on_job_start/on_job_end events to <sweep dir>/events.jsonl; batch_size calls go to
+batch_size), unless TOY_NO_HOOKS=1: then a plain function. Every job writes <its folder>/result.json
+with what it saw; a Recorder callback appends on_job_start/on_job_end events to <sweep dir>/events.jsonl; batch_size calls go to
 ./batch_size_calls.jsonl (the working folder).
 """
 
