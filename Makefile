@@ -27,7 +27,7 @@ demo: install
 # one pytest-xdist worker per core this process may use (nproc; at most 8), each on one thread
 # (tests/conftest.py); TEST_WORKERS=0 runs the suite in one process
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 8 ] && n=8; echo $$n)
-test: install
+test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # ruff (lint and import order) and mypy (types) on nst/, the launcher, the benchmarks and the tests;
