@@ -17,7 +17,7 @@ from conftest import nst_env
 COUNTING_HOOK = '''
 import atexit, json, os, traceback
 
-ASKERS = ("nst/report.py", "nst/preflight.py", "nst/stage.py", "nst_launcher/_core.py", "basic_sweeper.py",
+ASKERS = ("nst/report/page.py", "nst/preflight.py", "nst/stage.py", "nst_launcher/_core.py", "basic_sweeper.py",
           "hydra/_internal/hydra.py")
 
 
@@ -71,7 +71,7 @@ def test_a_sweep_composes_and_validates_each_trial_once_and_decodes_each_image_o
     assert validated == {1e3: 1, 1e4: 1}
     # the trials' images: decoded by the up-front check, then found on the stage by the trials. The
     # sweep report reads its thumbnails from the files itself (it also runs on its own: nst.report).
-    decoded = Counter(name for kind, name, by in events if kind == "decode" and by != "nst/report.py")
+    decoded = Counter(name for kind, name, by in events if kind == "decode" and by != "nst/report/page.py")
     assert decoded == {"tubingen.jpg": 1, "starry_night.jpg": 1}
     # nst composes each trial once (the up-front check); Hydra's basic sweeper composes each once to
     # check the batch, and the launcher once to build the job's own `hydra` node and folder.
