@@ -42,7 +42,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-from nst import compiled, images, records
+from nst import compiled, images, methods, records
 from nst.device import (
     channels_last,
     cpu_model,
@@ -83,9 +83,11 @@ class Trial:
 
 def group_key(s: Settings) -> tuple:
     """What the trials of one batch must share: one network, one image shape (at every pyramid
-    level), one device, one optimiser kind."""
+    level), one device, one optimiser kind; for engine=strotss or nnst, one engine with the same keys,
+    steps, colour post-process and frames (nst.methods: only the content weight and the seed differ)."""
+    method = (s.engine, s.method, s.steps, s.color, s.frame_every) if s.method is not None else None
     return (s.arch, s.weights, s.pooling, s.image_size, s.pyramid_levels, s.pyramid_factor, s.device, s.precision,
-            s.deterministic, s.optimizer.name)
+            s.deterministic, s.optimizer.name, method)
 
 
 def auto_batch_size(settings: list[Settings]) -> int:
@@ -227,6 +229,9 @@ def _attempt(trials: list[Trial], idxs: list[int], summaries: list, batch_id: st
         running = [i for i in idxs if not live[i].done]
         if not running:
             return [], None
+        if live[running[0]].trial.settings.method is not None:  # engine=strotss or nnst (the same in a batch)
+            device = _run_method(live, running)
+            return [], None
         device, extractor, evaluate = _network(live, running)
         levels = live[running[0]].trial.settings.pyramid_levels  # the same in a batch (group_key)
         for level in range(levels):
@@ -265,24 +270,11 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
     """The device, one extractor to the deepest layer any trial of the batch needs, and the evaluation of
     a tick's batch with it (compiled or not: `compile`)."""
     s0 = live[running[0]].trial.settings
-    device = resolve_device(s0.device)
-    precision = resolve_precision(s0.precision, device)
-    set_precision(precision, device)
-    set_determinism(s0.deterministic, device, len(running))
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_threads())  # the cores idle now: threads waiting on a busy core stall the batch
-    # No global seed: a trial's randomness (its start noise) comes from its own generator, seeded with
-    # its own seed (nst.inputs.prepare), so it does not depend on the batch it runs in.
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    device, precision = _batch_device(live, running)
     layers: list[str] = []
     for i in running:
         s = live[i].trial.settings
         layers += list(s.objective.content_layers + s.objective.style_layers)
-        live[i].summary["device"], live[i].summary["precision"] = str(device), precision
-        if device.type == "cpu":
-            live[i].summary["cpu_threads"] = torch.get_num_threads()
-        live[i].summary["device_name"] = _memory_of(device)[0]
     spec = get_weights_spec(s0.arch, s0.weights)
     layers = list(dict.fromkeys(layers))
     nhwc = channels_last(device, precision)
@@ -299,6 +291,66 @@ def _network(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, 
     for i in running:
         live[i].summary["compile"] = mode
     return device, extractor, compiled.Evaluator(extractor, mode, len(running))
+
+
+def _run_method(live: dict[int, _Live], running: list[int]) -> torch.device:
+    """engine=strotss or nnst (nst.methods): the batch through the method's own loop, one network for it
+    (trials whose style images differ in size run as consecutive sub-batches), every step a record for
+    the trial's sinks, then each trial completed as a gatys trial is (_complete)."""
+    device, precision = _batch_device(live, running)
+    by_style: dict[tuple, list[int]] = {}
+    for i in running:
+        lv = live[i]
+        lv.tensors = prepare(lv.trial.settings, lv.trial.inputs, device)
+        lv.summary["compile"] = "off"
+        by_style.setdefault(tuple(lv.tensors["styles"][0].shape), []).append(i)
+    for idxs in by_style.values():
+        who = [live[i] for i in idxs]
+        start = time.perf_counter()
+
+        def on_record(j: int, evaluation: int, scale: int | None, values: dict[str, float], image: torch.Tensor,
+                      who: list[_Live] = who, start: float = start) -> None:
+            lv = who[j]
+            if lv.done:
+                return
+            lv.evaluations = evaluation
+            error = _send(lv, StepRecord(evaluation, time.perf_counter() - start, values, image, scale))
+            if error is not None:
+                _fail(lv, *error)
+
+        contents = torch.cat([lv.tensors["content"] for lv in who])
+        styles = torch.cat([lv.tensors["styles"][0] for lv in who])
+        shared = all(torch.equal(styles[0], x) for x in styles[1:])  # one style for all: its features once
+        outcome = methods.run([lv.trial.settings for lv in who], contents, styles[:1] if shared else styles, device,
+                              precision, on_record)
+        for j, lv in enumerate(who):
+            if lv.done:
+                continue
+            lv.summary["optimisation_time"] = round(time.perf_counter() - start, 3)
+            _complete(lv, outcome.image[j:j + 1], "budget", device, final_terms=outcome.final[j])
+    return device
+
+
+def _batch_device(live: dict[int, _Live], running: list[int]) -> tuple[torch.device, str]:
+    """The batch's device and precision, set up for it (precision, determinism, threads), and recorded in
+    each trial's summary."""
+    s0 = live[running[0]].trial.settings
+    device = resolve_device(s0.device)
+    precision = resolve_precision(s0.precision, device)
+    set_precision(precision, device)
+    set_determinism(s0.deterministic, device, len(running))
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())  # the cores idle now: threads waiting on a busy core stall the batch
+    # No global seed: a trial's randomness (its start noise) comes from its own generator, seeded with
+    # its own seed (nst.inputs.prepare), so it does not depend on the batch it runs in.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in running:
+        live[i].summary["device"], live[i].summary["precision"] = str(device), precision
+        if device.type == "cpu":
+            live[i].summary["cpu_threads"] = torch.get_num_threads()
+        live[i].summary["device_name"] = _memory_of(device)[0]
+    return device, precision
 
 
 def _setup_level(live: dict[int, _Live], running: list[int], extractor: FeatureExtractor, device: torch.device,
@@ -591,15 +643,19 @@ def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device) -> None:
-    """Save the finished trial's image, metrics and summary; close its sinks."""
+def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device,
+              final_terms: dict[str, float] | None = None) -> None:
+    """Save the finished trial's image, metrics and summary; close its sinks. `final_terms`: the terms
+    of another engine's last step (nst.methods); by default the objective's of the final image."""
     out = lv.out  # this attempt's folder (nst.records.begin_attempt)
-    assert out is not None and lv.objective is not None and lv.tensors  # a level was started
+    assert out is not None and lv.tensors  # a level was started
     try:
-        with torch.no_grad():
-            # The terms of the image actually optimised (the last evaluation may precede a final step).
-            # host synchronisation: once per trial, at its end (and the metrics below)
-            final_terms = {k: float(v[0]) for k, v in lv.objective(final).items()}
+        if final_terms is None:
+            assert lv.objective is not None
+            with torch.no_grad():
+                # The terms of the image actually optimised (the last evaluation may precede a final step).
+                # host synchronisation: once per trial, at its end (and the metrics below)
+                final_terms = {k: float(v[0]) for k, v in lv.objective(final).items()}
         final = lv.present(final)
         s = lv.trial.settings
         lv.summary["image_size"] = list(final.shape[-1:-3:-1])  # [W, H]

@@ -306,9 +306,10 @@ def _report(trial, summary: dict) -> None:
     if summary["status"] == "completed":
         final, batch = summary["final"], summary.get("batch") or {}
         shared = f" (batch of {batch['size']})" if batch.get("size", 1) > 1 else ""
+        names = ("content", "style") if "style" in final else [k for k in final if k != "total"]  # engine=strotss, nnst: theirs
+        terms = ", ".join(f"{k} {final[k]:.4g}" for k in names)
         log.info(f"{label}: done in {summary['wall_time']:.1f}s{shared}, {summary['evals_per_second']:.2f} evals/s on "
-                 f"{summary['device']}; total {final['total']:.4g} (content {final['content']:.4g}, style {final['style']:.4g})"
-                 f" -> {trial.run_dir / 'final.png'}")
+                 f"{summary['device']}; total {final['total']:.4g} ({terms}) -> {trial.run_dir / 'final.png'}")
     else:
         detail = f" (traceback: {trial.run_dir / 'error.log'})" if (trial.run_dir / "error.log").exists() else ""
         log.error(f"{label}: failed: {summary.get('error', 'unknown error')}{detail}")

@@ -76,6 +76,7 @@ class Color(Choice):
     none = "none"
     luminance = "luminance"  # style on luminance only, the content's colours kept
     histogram = "histogram"  # the style's colours matched to the content's first
+    nnst = "nnst"  # NNST's colour post-process on the result (engine=nnst only; nst.color.nnst_color)
 
 
 class ContentForm(Choice):
@@ -229,6 +230,36 @@ class WandbConf:  # used with logger=wandb
     init_timeout: float = 60.0  # seconds to wait for W&B to start before logging offline
 
 
+class Engine(Choice):
+    gatys = "gatys"  # nst's optimiser over content, style and TV terms (every key above applies)
+    strotss = "strotss"  # STROTSS (nst.strotss), with the keys of `strotss`
+    nnst = "nnst"  # NNST-Opt (nst.nnst), with the keys of `nnst`
+
+
+@dataclass
+class StrotssConf:  # engine=strotss (recipe=strotss): nst.strotss.Schedule's keys; content_weight x 16 is its alpha
+    coarsest: int = 64  # long side of the coarsest scale in px; scales double from it up to `size`
+    lr: float = 2e-3  # RMSprop's learning rate at every scale but the finest, which runs at half of it
+    content_weight_factor: float = 0.5  # alpha is multiplied by this at every finer scale
+    moment_weight: float = 1.0  # weight of the moment and palette terms beside REMD
+    pyramid_levels: int = 5  # Laplacian levels of the image, the parameters optimised
+    samples: int = 1024  # output positions whose hypercolumns are compared at each step
+    layers: list[str] = _list(["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_2", "relu5_4"])  # hypercolumn layers of VGG-19 (the RGB is always in)
+
+
+@dataclass
+class NnstConf:  # engine=nnst (recipe=nnst): nst.nnst.NNSTParams' keys; content_weight is its alpha, in [0, 1]
+    lr: float = 2e-3  # Adam's learning rate on the image's Laplacian pyramid
+    betas: list[float] = _list([0.9, 0.999])  # Adam's decay rates, two numbers in [0, 1)
+    scales: int | None = None  # coarse-to-fine scales; null: the coarsest has a long side of about 64 px
+    pyramid_levels: int = 8  # Laplacian levels of the image (capped so the coarsest keeps 1 px)
+    rotations: bool = True  # search the style rotated by 90, 180 and 270 degrees too
+    layers: list[str] = _list(["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu3_3", "relu4_1", "relu4_2", "relu4_3"])  # hypercolumn layers of VGG-19
+    final_layers: list[str] | None = None  # the final per-layer pass's layers; null: `layers`
+    hypercolumn_stride: int = 4  # hypercolumns at 1/stride of the image's side
+    final_max_side: int = 64  # the final pass samples each layer with a stride down to this side
+
+
 @dataclass
 class Config:
     # Images
@@ -272,6 +303,9 @@ class Config:
     sweep_name: str = "sweep"  # names the sweep folder; set by the ready sweeps
     objective: Objective | None = None  # what a search minimises (docs/scaling-out.md); null: a grid needs none
     target_psnr: float = 15.0  # dB, for objective=style_swd_at_psnr
+    engine: Engine = Engine.gatys  # the method: gatys (nst's), strotss or nnst (set by their recipes)
+    strotss: StrotssConf = field(default_factory=StrotssConf)  # used with engine=strotss
+    nnst: NnstConf = field(default_factory=NnstConf)  # used with engine=nnst
 
 
 # The names config.yaml and the optimizer group's files put in their defaults lists. They are

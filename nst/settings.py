@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 from nst import device as devices
-from nst import features, images
+from nst import features, images, methods
 from nst.errors import InputError
 from nst.loss import LossSpec, layer_weights
 from nst.optimizers import OptimizerSpec
@@ -63,6 +63,8 @@ class Settings:
     # opening a file. None where the file is not there yet (an image the Python API was given in
     # memory: nst.api fills it in from the image). Not a setting: not in to_dict.
     content_size: tuple[int, int] | None = None
+    engine: str = "gatys"  # "gatys" | "strotss" | "nnst" (nst.methods)
+    method: methods.StrotssSpec | methods.NnstSpec | None = None  # the `strotss` or `nnst` keys, for that engine
 
     @property
     def long_side(self) -> int:
@@ -80,6 +82,8 @@ class Settings:
     @property
     def total_steps(self) -> int:
         """Evaluations over every level: what the progress bar and the sinks count to."""
+        if self.method is not None:
+            return self.method.evaluations(self.long_side, self.image_size, self.steps)
         return sum(self.level_steps)
 
     def size_at(self, long_side: int) -> tuple[int, int]:
@@ -202,8 +206,13 @@ def validate(d: dict) -> Settings:
         deterministic=d["deterministic"],
         compile=d["compile"],
         content_size=content_size,
+        engine=d["engine"],
+        method=methods.spec_from(d),
     )
     _check_limits(settings)
+    refused = methods.refusal(settings)
+    if refused is not None:
+        raise refused
     if settings.budget is not None:
         names = features.layer_names(settings.arch)
         deepest = max((*settings.objective.content_layers, *settings.objective.style_layers), key=names.index)
