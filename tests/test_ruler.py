@@ -56,6 +56,21 @@ ALLOWED_BELOW_RULER = {
     # guarded").
     ("recipe=crowsonkb", "relu1_1"): "the peer's own W2 layer, one convolution below relu1_2",
     ("recipe=crowsonkb", "relu2_1"): "the peer's own W2 layer, one convolution below relu2_2",
+    # STROTSS's hypercolumn (nst/strotss.py, its layer table): the peer's relu1_2 and relu2_2 are the
+    # ruler's and are dropped; relu1_1 and relu2_1 are its own layers too, and every other layer of
+    # VGG-19's blocks 1 and 2 is the ruler's or one convolution below it, so without them nothing finer
+    # than relu3_1 would be left but the RGB. REMD and the moment loss there are distribution distances.
+    ("recipe=strotss", "relu1_1"): "the peer's own hypercolumn layer (REMD), block 1 has no other off the ruler",
+    ("recipe=strotss", "relu2_1"): "the peer's own hypercolumn layer (REMD), block 2 has no other off the ruler",
+    # NNST's hypercolumn (nst/nnst.py, its layer table): relu1_1 and relu2_1 stand for blocks 1 and 2 (the
+    # peer's relu1_2 and relu2_2 are the ruler's), relu3_3 and relu4_3 are the peer's blocks' last convs
+    # (VGG-19's last, relu3_4 and relu4_4, are the ruler's). The per-scale passes match them to fixed
+    # targets (a feature match); the final pass by nearest neighbours, a distribution distance: the
+    # recipe keeps the peer's final pass, nnst.final_layers=[relu3_1,relu3_2,relu4_1,relu4_2] keeps it off.
+    **{(f"recipe={recipe}", layer): f"the peer's hypercolumn layer standing for {where}; its final pass matches it by nearest neighbours"
+       for recipe in ("nnst", "nnst_raw")
+       for layer, where in (("relu1_1", "block 1"), ("relu2_1", "block 2"), ("relu3_3", "VGG-16's relu3_3"),
+                            ("relu4_3", "VGG-16's relu4_3"))},
 }
 
 
