@@ -149,6 +149,25 @@ def refusal(s) -> InputError | None:
     for bad, key, message in checks:
         if bad:
             return InputError(key, message)
+    return _too_small(s)
+
+
+def _too_small(s) -> InputError | None:
+    """The method's own size checks, on the output's size, before any work."""
+    w, h = s.image_size
+    if s.engine == "nnst":
+        try:
+            nnst.check_params(s.method.params((w, h), s.steps, s.content_weight), h, w)
+        except InputError as e:
+            return InputError("size", f"{e} (at size={s.size})")
+        return None
+    schedule = s.method.schedule(s.long_side, s.steps)
+    need = 2 ** max(int(name[4:].split("_")[0]) - 1 for name in schedule.layers)  # the deepest layer's poolings
+    coarsest = min(w, h) * schedule.long_sides[0] / max(w, h)
+    if int(coarsest) < need:
+        return InputError("size", f"engine=strotss: the coarsest scale ({schedule.long_sides[0]} px long) would be "
+                                  f"{int(coarsest)} px on its short side, under the {need} px {schedule.layers[-1]} needs; "
+                                  "raise size or strotss.coarsest")
     return None
 
 
@@ -212,17 +231,17 @@ def run(settings: list, contents: torch.Tensor, style: torch.Tensor, device: tor
     frames: dict[int, torch.Tensor] = {}
 
     def watching(image: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = extractor(image)
+        feats = extractor(image)
         if torch.is_grad_enabled() and image.requires_grad:
             count[0] += 1
             if due(count[0], s0.frame_every, total):  # the steps' images are kept only where a sink saves them
                 frames[count[0]] = image.detach().clamp(0, 1)
-        return out
+        return feats
 
-    result = nnst.stylize(contents, style, watching, params, generators, color=s0.color == "nnst")
-    stages = [losses for _, losses in result.history]  # [steps, B] each, in order
-    n, final = 0, [{} for _ in range(b)]
-    shown = result.image
+    out = nnst.stylize(contents, style, watching, params, generators, color=s0.color == "nnst")
+    stages = [losses for _, losses in out.history]  # [steps, B] each, in order
+    n, final = 0, [dict[str, float]() for _ in range(b)]
+    shown = out.image
     for k, losses in enumerate(stages):
         for row in losses.float().cpu().tolist():  # host synchronisation: once per trial batch, at its end
             n += 1
@@ -231,7 +250,7 @@ def run(settings: list, contents: torch.Tensor, style: torch.Tensor, device: tor
                 # the scales' cosine to the nearest-neighbour targets, then the final pass's per-layer term
                 final[j] = {"total": row[j], "per_layer" if k == len(stages) - 1 else "hypercolumn": row[j]}
                 on_record(j, n, k if len(stages) > 1 else None, final[j], shown[j:j + 1])
-    return Outcome(result.image, final, n)
+    return Outcome(out.image, final, n)
 
 
 __all__ = ["NnstSpec", "Outcome", "StrotssSpec", "iterations", "refusal", "run", "spec_from"]

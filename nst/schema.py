@@ -236,6 +236,11 @@ class Engine(Choice):
     nnst = "nnst"  # NNST-Opt (nst.nnst), with the keys of `nnst`
 
 
+# nst.strotss.HYPERCOLUMN_LAYERS and nst.nnst.LAYERS (their modules' tables say why these layers)
+STROTSS_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_2", "relu5_4"]
+NNST_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu3_3", "relu4_1", "relu4_2", "relu4_3"]
+
+
 @dataclass
 class StrotssConf:  # engine=strotss (recipe=strotss): nst.strotss.Schedule's keys; content_weight x 16 is its alpha
     coarsest: int = 64  # long side of the coarsest scale in px; scales double from it up to `size`
@@ -244,7 +249,7 @@ class StrotssConf:  # engine=strotss (recipe=strotss): nst.strotss.Schedule's ke
     moment_weight: float = 1.0  # weight of the moment and palette terms beside REMD
     pyramid_levels: int = 5  # Laplacian levels of the image, the parameters optimised
     samples: int = 1024  # output positions whose hypercolumns are compared at each step
-    layers: list[str] = _list(["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_2", "relu5_4"])  # hypercolumn layers of VGG-19 (the RGB is always in)
+    layers: list[str] = _list(STROTSS_LAYERS)  # hypercolumn layers of VGG-19 (the RGB is always in)
 
 
 @dataclass
@@ -254,7 +259,7 @@ class NnstConf:  # engine=nnst (recipe=nnst): nst.nnst.NNSTParams' keys; content
     scales: int | None = None  # coarse-to-fine scales; null: the coarsest has a long side of about 64 px
     pyramid_levels: int = 8  # Laplacian levels of the image (capped so the coarsest keeps 1 px)
     rotations: bool = True  # search the style rotated by 90, 180 and 270 degrees too
-    layers: list[str] = _list(["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu3_3", "relu4_1", "relu4_2", "relu4_3"])  # hypercolumn layers of VGG-19
+    layers: list[str] = _list(NNST_LAYERS)  # hypercolumn layers of VGG-19
     final_layers: list[str] | None = None  # the final per-layer pass's layers; null: `layers`
     hypercolumn_stride: int = 4  # hypercolumns at 1/stride of the image's side
     final_max_side: int = 64  # the final pass samples each layer with a stride down to this side

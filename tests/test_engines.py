@@ -104,6 +104,8 @@ def test_a_refused_combination_stops_the_command_in_one_line_before_any_work(tmp
     (("recipe=strotss", "strotss.layers=[relu1_1,conv2_1]"), "strotss.layers"),
     (("recipe=nnst", "nnst.final_layers=[pool2]"), "nnst.final_layers"),
     (("recipe=nnst", "nnst.betas=[0.9]"), "nnst.betas"),
+    (("recipe=strotss", "size=16"), "size"),  # relu5_4 needs 16 px on the short side at the coarsest scale
+    (("recipe=nnst", "size=8"), "size"),
 ])
 def test_what_the_methods_cannot_honour_is_refused_naming_the_key(overrides, key):
     with pytest.raises(InputError) as e:

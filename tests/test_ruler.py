@@ -67,7 +67,8 @@ ALLOWED_BELOW_RULER = {
     # (VGG-19's last, relu3_4 and relu4_4, are the ruler's). The per-scale passes match them to fixed
     # targets (a feature match); the final pass by nearest neighbours, a distribution distance: the
     # recipe keeps the peer's final pass, nnst.final_layers=[relu3_1,relu3_2,relu4_1,relu4_2] keeps it off.
-    **{(f"recipe={recipe}", layer): f"the peer's hypercolumn layer standing for {where}; its final pass matches it by nearest neighbours"
+    **{(f"recipe={recipe}", layer):
+       f"the peer's hypercolumn layer standing for {where}; its final pass matches it by nearest neighbours"
        for recipe in ("nnst", "nnst_raw")
        for layer, where in (("relu1_1", "block 1"), ("relu2_1", "block 2"), ("relu3_3", "VGG-16's relu3_3"),
                             ("relu4_3", "VGG-16's relu4_3"))},
