@@ -25,7 +25,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MODES = ("off", "default", "reduce-overhead")
 # compile=auto on a GPU: compiled when the trials of a batch have at least this many evaluations
 # each (the longest); below it, compiling (tens of seconds) costs more than it saves. A starting
 # point: the break-even on a GPU has not been measured (benchmarks/gpu_check.py is to measure it).
