@@ -38,7 +38,7 @@ def resolve_mode(mode: str, device: torch.device, evaluations: int) -> str:
     2.14: benchmarks/compiled.py; the manual's "Speed"), and on a GPU for trials shorter than
     AUTO_MIN_EVALUATIONS."""
     if mode != "auto":
-        return mode
+        return str(mode)  # the plain name torch.compile takes, not the schema's Compile member
     if device.type == "cuda" and evaluations >= AUTO_MIN_EVALUATIONS:
         return "reduce-overhead"
     return "off"
