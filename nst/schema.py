@@ -63,7 +63,7 @@ class Pooling(Choice):
 
 class StyleSize(Choice):
     match = "match"  # the style image resized to the content's size (stretched when its aspect differs)
-    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count (the default: docs/quality.md, "The default image")
+    keep_aspect = "keep_aspect"  # its own aspect ratio at the content's pixel count (the default: the manual's "Quality")
     long_side = "long_side"  # its own aspect ratio, its long side the content's long side
 
 
@@ -257,7 +257,7 @@ class Config:
     optimizer: OptimizerConf = MISSING  # from the group's default (config.yaml)
     init: InitConf = field(default_factory=InitConf)
     steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
-    compile: Compile = Compile.auto  # the network under torch.compile: auto (on a GPU, for long trials), off, default (inductor), reduce-overhead (with CUDA graphs); results equal up to float noise
+    compile: Compile = Compile.auto  # torch.compile: auto (GPU, long trials), off, default, reduce-overhead (CUDA graphs)
     budget: float | None = None  # the cost in full-size evaluations: steps and pyramid.steps scaled to it; null: as given
     average_decay: float = 0.0  # iterate averaging: the decay of a bias-corrected moving average of the iterates; 0: off
     frame_every: int = 50  # save a frame every N evaluations
@@ -306,6 +306,30 @@ def validated(d: dict) -> DictConfig:
         return cast(DictConfig, OmegaConf.merge(base, d))
     except OmegaConfBaseException as e:
         raise input_error(e) from None
+
+
+def typed(d: dict) -> Config:
+    """The schema's `Config` from a validated config's plain dict (`plain(validated(...))`): each group
+    its dataclass, each closed choice its Enum member. Keys the schema lacks are left out."""
+    return cast(Config, _build(Config, d))
+
+
+def _build(cls: type, d: dict) -> Any:
+    if cls is OptimizerConf:  # the option's own dataclass, as `validated` checked it
+        cls = OPTIMIZER_SCHEMAS.get(str(d.get("name")), OptimizerConf)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        t, _ = unwrap_optional(hints[f.name])
+        if v is not None and isinstance(t, type) and issubclass(t, Choice):
+            v = t(v)
+        elif isinstance(v, dict) and isinstance(t, type) and is_dataclass(t):
+            v = _build(t, v)
+        values[f.name] = v
+    return cls(**values)
 
 
 def plain(cfg: DictConfig) -> dict:
