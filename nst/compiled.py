@@ -25,7 +25,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MODES = ("off", "default", "reduce-overhead")
 # compile=auto on a GPU: compiled when the trials of a batch have at least this many evaluations
 # each (the longest); below it, compiling (tens of seconds) costs more than it saves. A starting
 # point: the break-even on a GPU has not been measured (benchmarks/gpu_check.py is to measure it).
@@ -39,7 +38,7 @@ def resolve_mode(mode: str, device: torch.device, evaluations: int) -> str:
     2.14: benchmarks/compiled.py; the manual's "Speed"), and on a GPU for trials shorter than
     AUTO_MIN_EVALUATIONS."""
     if mode != "auto":
-        return mode
+        return str(mode)  # the plain name torch.compile takes, not the schema's Compile member
     if device.type == "cuda" and evaluations >= AUTO_MIN_EVALUATIONS:
         return "reduce-overhead"
     return "off"

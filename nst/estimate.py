@@ -44,7 +44,7 @@ def trial_flops(s) -> float:
 def cpu_sized(s):
     """The trial at the CPU-sized alternative's size and budget (each level's evaluations scaled alike)."""
     factor = CPU_SIZED["steps"] / s.steps
-    return replace(s, size=min(s.size, CPU_SIZED["size"]), steps=CPU_SIZED["steps"],
+    return replace(s, config=replace(s.config, size=min(s.size, CPU_SIZED["size"])), steps=CPU_SIZED["steps"],
                    pyramid_steps=tuple(max(1, round(n * factor)) for n in s.pyramid_steps))
 
 

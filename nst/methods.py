@@ -86,10 +86,12 @@ def iterations(steps: int, fractions: Sequence[float]) -> int:
 
 def spec_from(d: dict) -> StrotssSpec | NnstSpec | None:
     """The engine's keys from a resolved config, checked; None for engine=gatys. Raises InputError."""
-    engine = d["engine"]
+    engine = str(d["engine"])
     if engine == "gatys":
         return None
-    g = d[engine]
+    g = dict(d[engine])
+    if g["layers"] is None:  # the port's own (its module's layer table)
+        g["layers"] = list(strotss.HYPERCOLUMN_LAYERS if engine == "strotss" else nnst.LAYERS)
     relus = [n for n in layer_names("vgg19") if n.startswith("relu")]
     for key in ("layers", "final_layers"):
         names = g.get(key)
@@ -125,7 +127,7 @@ def refusal(s) -> InputError | None:
     """What a trial of another engine cannot combine with (settings `s`), as one line; None when it can run.
     These engines run their own optimiser, start, scales and colour handling, so a key that would change
     them is refused rather than ignored."""
-    e = s.engine
+    e = str(getattr(s.engine, "value", s.engine))  # the schema's Engine member, or its name
     if e == "gatys":
         if s.color == "nnst":
             return InputError("color", "color=nnst is NNST's post-process: it needs engine=nnst (recipe=nnst)")

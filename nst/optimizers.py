@@ -27,14 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-OPTIMIZERS = ("lbfgs", "adam")
-
 
 @dataclass(frozen=True)
 class OptimizerSpec:
     """One trial's optimiser settings (the `optimizer` config group)."""
 
-    name: str  # "lbfgs" | "adam"
+    name: str  # a value of nst.schema.OptimizerName
     lr: float
     history_size: int = 100  # lbfgs
     line_search: bool = False  # lbfgs: strong-Wolfe line search

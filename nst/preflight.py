@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -26,6 +26,10 @@ class Checked:
     runs_here: bool  # the trials run on this machine (not on SLURM nodes)
     search: bool = False  # a sweeper that proposes its trials as it goes (their number is its own)
     outputs: tuple[str, ...] = ()  # the folder the command writes into (its run or sweep folder), resolved
+    # The trials of the sweep folder this command names (by the folder's resolved path): a grid's trial
+    # numbers, None for a search's (those it runs). A folder missing here is read whole. Earlier
+    # commands' trials in the same folder are not this command's: they neither fail it nor count as resumed.
+    owned: dict[str, set[int] | None] = field(default_factory=dict)
 
 
 def check(argv: list[str]) -> int:
@@ -46,6 +50,7 @@ def checked(argv: list[str], stage) -> Checked:
     trials, grid = expand(overrides, multirun)
     seen_files: set[tuple] = set()
     out = []
+    owned: dict[str, set[int] | None] = {}
     single = grid is None and not multirun
     run_cfg = None
     for trial in trials:
@@ -93,7 +98,8 @@ def checked(argv: list[str], stage) -> Checked:
         if _launcher_accepts(grid["cfg"]):
             # Last, once every trial and the launcher's settings are known to be valid: nothing is written
             # into a folder for a command that is refused.
-            sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"], trials, argv)
+            owned[str(Path(grid["sweep_dir"]).resolve())] = sweep_folder.claim(Path(grid["sweep_dir"]), grid["identity"],
+                                                                                trials, argv)
             if journal is not None:
                 from hydra_plugins.nst_sweeper.optuna_sweeper import repair_journal
 
@@ -101,7 +107,8 @@ def checked(argv: list[str], stage) -> Checked:
                 if repaired:
                     print(f"nst: {repaired}", file=sys.stderr)
     outputs = (str(Path(grid["sweep_dir"]).resolve()),) if grid is not None else (str(run_dir.resolve()),) if run_dir else ()
-    return Checked(out, here, search=multirun and (grid is None or bool(grid.get("search"))), outputs=outputs)
+    return Checked(out, here, search=multirun and (grid is None or bool(grid.get("search"))), outputs=outputs,
+                   owned=owned)
 
 
 def _comma_in_path(e: InputError, overrides: list[str]) -> InputError:

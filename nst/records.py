@@ -22,12 +22,6 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-# The trials of each sweep folder (by its resolved path) that this command names: a grid's trial
-# numbers (nst.sweep_folder.claim), or None for a search (its trials are those it ran, told by when
-# they finished). A sweep folder missing here is read whole. Earlier commands' trials are not this
-# command's: they neither fail it nor count as resumed.
-OWN: dict[str, set[int] | None] = {}
-
 # What one attempt at a trial writes (summary.json aside), and where an attempt at a folder holding
 # an earlier attempt's files writes them until it ends.
 ATTEMPT_FILES = ("final.png", "animation.gif", "metrics.jsonl", "error.log", "frames")

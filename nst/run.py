@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"nst: error: {_os_error(e, outputs)}; the command stopped (what it had written is kept)", file=sys.stderr)
             return 1
-    result = outcome(outputs, started)
+    result = outcome(outputs, started, checked.owned)
     if result.skipped:
         print(f"resumed: {result.skipped} trial(s) had already completed with the same config and were skipped")
     for out in sorted(outputs):

@@ -63,7 +63,7 @@ class Pooling(Choice):
 
 class StyleSize(Choice):
     match = "match"  # the style image resized to the content's size (stretched when its aspect differs)
-    keep_aspect = "keep_aspect"  # its own aspect ratio, at the content's pixel count (the default: docs/quality.md, "The default image")
+    keep_aspect = "keep_aspect"  # its own aspect ratio at the content's pixel count (the default: the manual's "Quality")
     long_side = "long_side"  # its own aspect ratio, its long side the content's long side
 
 
@@ -236,11 +236,6 @@ class Engine(Choice):
     nnst = "nnst"  # NNST-Opt (nst.nnst), with the keys of `nnst`
 
 
-# nst.strotss.HYPERCOLUMN_LAYERS and nst.nnst.LAYERS (their modules' tables say why these layers)
-STROTSS_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_2", "relu5_4"]
-NNST_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu3_3", "relu4_1", "relu4_2", "relu4_3"]
-
-
 @dataclass
 class StrotssConf:  # engine=strotss (recipe=strotss): nst.strotss.Schedule's keys; content_weight x 16 is its alpha
     coarsest: int = 64  # long side of the coarsest scale in px; scales double from it up to `size`
@@ -249,7 +244,7 @@ class StrotssConf:  # engine=strotss (recipe=strotss): nst.strotss.Schedule's ke
     moment_weight: float = 1.0  # weight of the moment and palette terms beside REMD
     pyramid_levels: int = 5  # Laplacian levels of the image, the parameters optimised
     samples: int = 1024  # output positions whose hypercolumns are compared at each step
-    layers: list[str] = _list(STROTSS_LAYERS)  # hypercolumn layers of VGG-19 (the RGB is always in)
+    layers: list[str] | None = None  # hypercolumn layers of VGG-19 besides the RGB; null: the port's (recipe=strotss lists them)
 
 
 @dataclass
@@ -259,7 +254,7 @@ class NnstConf:  # engine=nnst (recipe=nnst): nst.nnst.NNSTParams' keys; content
     scales: int | None = None  # coarse-to-fine scales; null: the coarsest has a long side of about 64 px
     pyramid_levels: int = 8  # Laplacian levels of the image (capped so the coarsest keeps 1 px)
     rotations: bool = True  # search the style rotated by 90, 180 and 270 degrees too
-    layers: list[str] = _list(NNST_LAYERS)  # hypercolumn layers of VGG-19
+    layers: list[str] | None = None  # hypercolumn layers of VGG-19; null: the port's (recipe=nnst lists them)
     final_layers: list[str] | None = None  # the final per-layer pass's layers; null: `layers`
     hypercolumn_stride: int = 4  # hypercolumns at 1/stride of the image's side
     final_max_side: int = 64  # the final pass samples each layer with a stride down to this side
@@ -293,7 +288,7 @@ class Config:
     optimizer: OptimizerConf = MISSING  # from the group's default (config.yaml)
     init: InitConf = field(default_factory=InitConf)
     steps: int = 500  # objective evaluations (one forward + backward each), for every optimiser
-    compile: Compile = Compile.auto  # the network under torch.compile: auto (on a GPU, for long trials), off, default (inductor), reduce-overhead (with CUDA graphs); results equal up to float noise
+    compile: Compile = Compile.auto  # torch.compile: auto (GPU, long trials), off, default, reduce-overhead (CUDA graphs)
     budget: float | None = None  # the cost in full-size evaluations: steps and pyramid.steps scaled to it; null: as given
     average_decay: float = 0.0  # iterate averaging: the decay of a bias-corrected moving average of the iterates; 0: off
     frame_every: int = 50  # save a frame every N evaluations
@@ -345,6 +340,30 @@ def validated(d: dict) -> DictConfig:
         return cast(DictConfig, OmegaConf.merge(base, d))
     except OmegaConfBaseException as e:
         raise input_error(e) from None
+
+
+def typed(d: dict) -> Config:
+    """The schema's `Config` from a validated config's plain dict (`plain(validated(...))`): each group
+    its dataclass, each closed choice its Enum member. Keys the schema lacks are left out."""
+    return cast(Config, _build(Config, d))
+
+
+def _build(cls: type, d: dict) -> Any:
+    if cls is OptimizerConf:  # the option's own dataclass, as `validated` checked it
+        cls = OPTIMIZER_SCHEMAS.get(str(d.get("name")), OptimizerConf)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        t, _ = unwrap_optional(hints[f.name])
+        if v is not None and isinstance(t, type) and issubclass(t, Choice):
+            v = t(v)
+        elif isinstance(v, dict) and isinstance(t, type) and is_dataclass(t):
+            v = _build(t, v)
+        values[f.name] = v
+    return cls(**values)
 
 
 def plain(cfg: DictConfig) -> dict:

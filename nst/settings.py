@@ -1,5 +1,13 @@
 """Typed, validated settings for one trial, built from a plain dict (the resolved Hydra config).
 
+The keys, their types and their choices are the schema's alone (nst.schema): `Settings` holds the
+validated config as the schema's own `Config` dataclass (`config`, each closed choice its Enum
+member) and adds only what is worked out here: the style list and its normalised blend, the pyramid
+levels run and their steps (after a budget), the loss (`LossSpec`), the optimiser (`OptimizerSpec`),
+the loss weights a null resolves to, and the content image's size. The flat names the rest of nst
+reads (`s.size`, `s.arch`, `s.init`, ...) are read-only properties over `config`; `to_dict` is
+those names with their values, the trial's record in summary.json.
+
 Every check here is cheap and runs before a network is built, so bad input costs nothing.
 """
 
@@ -8,14 +16,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
 
 from nst import device as devices
 from nst import features, images, methods
+from nst import schema as sc
 from nst.errors import InputError
 from nst.loss import LossSpec, layer_weights
 from nst.optimizers import OptimizerSpec
-from nst.schema import plain, validated
+from nst.schema import plain, typed, validated
 
 MAX_LEVELS = 6
 MAX_SIDE = 8192
@@ -23,48 +33,134 @@ MAX_SIDE = 8192
 
 @dataclass(frozen=True)
 class Settings:
-    content: str
+    # The validated config, typed by the schema. Not hashed (a dataclass with lists is not hashable):
+    # what a hash needs is in the fields below and in the config's own values, which equality compares.
+    config: sc.Config = field(hash=False)
+    # Worked out from the config (validate):
     style: tuple[str, ...]  # one or more style images
     style_blend: tuple[float, ...]  # one weight per style, summing to 1
-    size: int  # long side of the output before `scale`
-    scale: float
-    style_size: str
-    style_scale: float  # the style image at this multiple of the content's size
-    crop: str  # "none" | "square": centre crop of every input before resizing
-    color: str  # "none" | "luminance" | "histogram"
-    pyramid_levels: int  # coarse-to-fine levels (1: off)
-    pyramid_factor: float  # size ratio between consecutive levels
+    pyramid_levels: int  # the levels run: those too small for the network's poolings dropped
     pyramid_steps: tuple[int, ...]  # budgets of the coarser levels, coarse to fine (levels - 1 numbers)
-    pyramid_carry_optimizer: bool  # Adam's state carried from level to level (L-BFGS restarts)
-    arch: str
-    weights: str
-    pooling: str
     objective: LossSpec
-    content_weight: float
+    content_weight: float  # a null in the config: the weights' default
     style_weight: float
-    tv_weight: float
     optimizer: OptimizerSpec
-    init: str
-    noise: str  # "uniform" | "gaussian" white noise
-    noise_ratio: float
-    init_path: str | None
     steps: int  # with a budget, the resolved ones (as pyramid_steps)
-    budget: float | None  # the cost in full-size evaluations that steps and pyramid_steps were scaled to
-    average_decay: float  # iterate averaging (0: off)
-    frame_every: int
-    log_every: int
-    seed: int
-    device: str
-    precision: str  # "auto" | "fp32" | "tf32" | "bf16" (resolved per device by nst.device.resolve_precision)
-    deterministic: bool
-    compile: str = "auto"  # "auto" | "off" | "default" | "reduce-overhead" (nst.compiled); no pixel changes
     # The content image's (width, height) as loaded and cropped, before resizing: read once from the
     # file's header when the settings are made, so that every size below is worked out without
     # opening a file. None where the file is not there yet (an image the Python API was given in
     # memory: nst.api fills it in from the image). Not a setting: not in to_dict.
     content_size: tuple[int, int] | None = None
-    engine: str = "gatys"  # "gatys" | "strotss" | "nnst" (nst.methods)
-    method: methods.StrotssSpec | methods.NnstSpec | None = None  # the `strotss` or `nnst` keys, for that engine
+    method: methods.StrotssSpec | methods.NnstSpec | None = None  # engine=strotss or nnst: its keys (nst.methods)
+
+    # The config's own keys under the names nst reads them by.
+    @property
+    def content(self) -> str:
+        return self.config.content
+
+    @property
+    def size(self) -> int:
+        return self.config.size
+
+    @property
+    def scale(self) -> float:
+        return self.config.scale
+
+    @property
+    def style_size(self) -> sc.StyleSize:
+        return self.config.style_size
+
+    @property
+    def style_scale(self) -> float:
+        return self.config.style_scale
+
+    @property
+    def crop(self) -> sc.Crop:
+        return self.config.crop
+
+    @property
+    def color(self) -> sc.Color:
+        return self.config.color
+
+    @property
+    def pyramid_factor(self) -> float:
+        return self.config.pyramid.factor
+
+    @property
+    def pyramid_carry_optimizer(self) -> bool:
+        return self.config.pyramid.carry_optimizer
+
+    @property
+    def arch(self) -> sc.Arch:
+        return self.config.model.arch
+
+    @property
+    def weights(self) -> sc.Weights:
+        return self.config.model.weights
+
+    @property
+    def pooling(self) -> sc.Pooling:
+        return self.config.pooling
+
+    @property
+    def tv_weight(self) -> float:
+        return self.config.tv_weight
+
+    @property
+    def init(self) -> sc.InitKind:
+        return self.config.init.kind
+
+    @property
+    def noise(self) -> sc.Noise:
+        return self.config.init.noise
+
+    @property
+    def noise_ratio(self) -> float:
+        return self.config.init.noise_ratio
+
+    @property
+    def init_path(self) -> str | None:
+        return self.config.init.path or None
+
+    @property
+    def budget(self) -> float | None:
+        return self.config.budget
+
+    @property
+    def average_decay(self) -> float:
+        return self.config.average_decay
+
+    @property
+    def frame_every(self) -> int:
+        return self.config.frame_every
+
+    @property
+    def log_every(self) -> int:
+        return self.config.log_every
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def device(self) -> str:
+        return self.config.device
+
+    @property
+    def precision(self) -> sc.Precision:
+        return self.config.precision
+
+    @property
+    def deterministic(self) -> bool:
+        return self.config.deterministic
+
+    @property
+    def compile(self) -> sc.Compile:
+        return self.config.compile
+
+    @property
+    def engine(self) -> sc.Engine:
+        return self.config.engine
 
     @property
     def long_side(self) -> int:
@@ -102,9 +198,24 @@ class Settings:
         return [self.size_at(long_side) for long_side in self.level_long_sides()]
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        del out["content_size"]
-        return out
+        """The trial's settings by the names above (the config's keys read through the properties, and
+        what was worked out), as plain values: the `settings` record of summary.json."""
+        derived = [f.name for f in fields(self) if f.name not in ("config", "content_size")]
+        names = [n for n, v in vars(Settings).items() if isinstance(v, property) and n not in _COMPUTED] + derived
+        if self.method is None:  # engine=gatys: the record as before there were other engines
+            names = [n for n in names if n not in ("engine", "method")]
+        return {n: _plain(getattr(self, n)) for n in names}
+
+
+_COMPUTED = {"long_side", "level_steps", "total_steps", "image_size"}  # worked out on reading: not settings
+
+
+def _plain(v):
+    if isinstance(v, Enum):
+        return v.value
+    if hasattr(v, "__dataclass_fields__"):
+        return asdict(v)
+    return v
 
 
 # Types and choices are the schema's (nst.schema); what follows checks what a type cannot say.
@@ -168,45 +279,31 @@ def validate(d: dict) -> Settings:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(d.get("sweep_name", "sweep"))):
         raise InputError("sweep_name", f"must be a name (letters, digits, '.', '_', '-'), not a path, "
                                        f"got {d.get('sweep_name')!r}")
+    # the ranges of the keys read as they are (through the properties), in the order they are reported
+    _number(d, "size", positive=True, maximum=MAX_SIDE)
+    _number(d, "scale", positive=True)
+    _number(d, "style_scale", positive=True)
+    objective = _objective(d, arch)
+    _number(d, "tv_weight", non_negative=True)
+    optimizer = _optimizer(d)
+    _number(d, "init.noise_ratio", non_negative=True, maximum=1)
+    _number(d, "budget", positive=True)
+    _number(d, "average_decay", non_negative=True)
+    _number(d, "frame_every", positive=True)
+    _number(d, "log_every", positive=True)
     settings = Settings(
-        content=d["content"],
+        config=typed(d),
         style=tuple(styles),
         style_blend=tuple(w / sum(blend) for w in blend),  # normalised: style_weight keeps its meaning
-        size=_number(d, "size", positive=True, maximum=MAX_SIDE),
-        scale=_number(d, "scale", positive=True),
-        style_size=d["style_size"],
-        style_scale=_number(d, "style_scale", positive=True),
-        crop=d["crop"],
-        color=d["color"],
         pyramid_levels=levels,
-        pyramid_factor=factor,
         pyramid_steps=tuple(coarse),
-        pyramid_carry_optimizer=d["pyramid"]["carry_optimizer"],
-        arch=arch,
-        weights=weights,
-        pooling=d["pooling"],
-        objective=_objective(d, arch),
+        objective=objective,
         # null means: the default that suits these weights (the spec owns it)
         content_weight=spec.content_weight if content_weight is None else content_weight,
         style_weight=spec.style_weight if style_weight is None else style_weight,
-        tv_weight=_number(d, "tv_weight", non_negative=True),
-        optimizer=_optimizer(d),
-        init=init["kind"],
-        noise=init["noise"],
-        noise_ratio=_number(d, "init.noise_ratio", non_negative=True, maximum=1),
-        init_path=init["path"] or None,
+        optimizer=optimizer,
         steps=steps,
-        budget=_number(d, "budget", positive=True),
-        average_decay=_number(d, "average_decay", non_negative=True),
-        frame_every=_number(d, "frame_every", positive=True),
-        log_every=_number(d, "log_every", positive=True),
-        seed=d["seed"],
-        device=d["device"],
-        precision=d["precision"],
-        deterministic=d["deterministic"],
-        compile=d["compile"],
         content_size=content_size,
-        engine=d["engine"],
         method=methods.spec_from(d),
     )
     _check_limits(settings)

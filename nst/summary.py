@@ -314,12 +314,12 @@ def _ran_since(d: Path, summary: Summary | None, since: float) -> bool:
         return True
 
 
-def outcome(folders, since: float) -> Outcome:
-    """The trials in `folders` that this command names (nst.records.OWN); `since`: when it started
-    (time.time())."""
+def outcome(folders, since: float, owned: dict[str, set[int] | None] | None = None) -> Outcome:
+    """The trials in `folders` that this command names (`owned`, by folder: nst.preflight.Checked.owned;
+    a folder not in it is read whole); `since`: when it started (time.time())."""
     out = Outcome()
     for folder in sorted(set(map(str, folders))):
-        own = records.OWN.get(str(Path(folder).resolve()), ...)
+        own = (owned or {}).get(str(Path(folder).resolve()), ...)
         for d in records.trial_folders(Path(folder)):
             if own is not ... and own is not None and records.trial_number(d) not in own and d != Path(folder):
                 continue

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from nst.errors import InputError
-from nst.records import ATTEMPT_FILES, OWN, STAGING, write_bytes_atomic
+from nst.records import ATTEMPT_FILES, STAGING, write_bytes_atomic
 
 STATE = ".nst"
 SELECTORS = ("sweep=", "sweep_name=", "search=")  # choose a sweep, not a trial
@@ -214,11 +214,12 @@ def check_folder(folder: Path, key: str) -> None:
     _nst_made(Path(folder), key)
 
 
-def claim(sweep_dir: Path, ident: dict, trials: list[list[str]], argv: list[str]) -> None:
+def claim(sweep_dir: Path, ident: dict, trials: list[list[str]], argv: list[str]) -> set[int] | None:
     """Before a grid or a search writes anything into `sweep_dir`: refuse a folder nst did not make and
     another sweep's, search's or run's folder; take the folder's lock (held until this process exits:
     alone for a grid, shared between the commands of one search); number a grid's new trials; record
-    the command."""
+    the command. Returns the trial numbers this command names (a grid's), or None for a search (its
+    trials are those it runs, told by when they finish): what the command's outcome reads."""
     sweep_dir = Path(sweep_dir)
     search = ident.get("kind") == "search"
     state = sweep_dir / STATE
@@ -239,7 +240,6 @@ def claim(sweep_dir: Path, ident: dict, trials: list[list[str]], argv: list[str]
             raise InputError("hydra.sweep.dir", f"{sweep_dir} {_describe(recorded)}; {hint}")
     _lock(sweep_dir, shared=search)
     owned: set[int] = set()  # a grid's trials, numbered below; a search's are all its own
-    OWN[str(sweep_dir.resolve())] = None if search else owned
     with _updating(state):
         recorded = _read(state / "sweep.json", None)
         recorded = recorded if isinstance(recorded, dict) else {}
@@ -259,6 +259,7 @@ def claim(sweep_dir: Path, ident: dict, trials: list[list[str]], argv: list[str]
         _write(state / "sweep.json", {**ident, "history": history})
         if (sweep_dir / "multirun.yaml").exists():  # Hydra rewrites it for this command: keep the earlier one
             shutil.copyfile(sweep_dir / "multirun.yaml", state / f"multirun.{len(history) - 2}.yaml")
+    return None if search else owned
 
 
 def claim_run(run_dir: Path, argv: list[str]) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 log = logging.getLogger("nst")
-MODES = ("auto", "online", "offline", "disabled")  # wandb.mode's choices (nst.schema.WandbMode)
 _warned: set[str] = set()
 
 

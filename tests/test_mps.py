@@ -130,7 +130,9 @@ def test_a_tiny_transfer_with_the_lbfgs_products_on_the_host_matches_the_device_
         runs[forced] = summary, read_jsonl(tmp_path / forced / "metrics.jsonl")
     assert made == [False, True]
     (plain, plain_rows), (host, host_rows) = runs["0"], runs["1"]
-    untimed = lambda row: {k: v for k, v in row.items() if k != "wall_time"}  # noqa: E731
+    def untimed(row):
+        return {k: v for k, v in row.items() if k != "wall_time"}
+
     assert untimed(host_rows[0]) == untimed(plain_rows[0])  # the same start, to the bit
     assert host["evaluations"] == plain["evaluations"]
     for key in ("style_swd", "gmsd", "psnr", "ssim"):

@@ -122,7 +122,9 @@ def optimised_layers(s) -> list[tuple[str, str, str]]:
             form = (parent or {}).get(f"{role}_form")
             found.append((path, node, STATISTICS.get((role, form), f"{role}: {form} (taken for a distribution distance)")))
 
-    walk(dataclasses.asdict(s), "", None)
+    # the trial's record (Settings.to_dict: its keys by name, the loss with its forms, an engine's keys), as
+    # summary.json has it; the typed config it is read from repeats the layer lists without their forms
+    walk(s.to_dict() if hasattr(s, "to_dict") else dataclasses.asdict(s), "", None)
     return found
 
 
