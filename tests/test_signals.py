@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,18 @@ def start(tmp: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nst.run", "-m", *args, "hydra.sweep.dir=out"], cwd=tmp,
                             env=env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=defaults)
+
+
+@contextmanager
+def started(tmp: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """The command started (`start`); its whole process group killed if it is still there at the end,
+    so that a failing test leaves no process behind."""
+    proc = start(tmp, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def rerun(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -134,9 +148,8 @@ def stop_while_optimising(tmp: Path, args: list[str], nums: tuple[int, ...], wha
     """Start the command, wait until trials `nums` optimise, `look(pid)` at it (what a test wants of its
     children, asserted there), then send `sig` (None: SIGKILL, which the command cannot handle) and wait
     for it to end; its process group is killed if it does not. -> (the process, its stderr, what look gave)."""
-    proc = start(tmp, *args)
     sweep = tmp / "out"
-    try:
+    with started(tmp, *args) as proc:
         wait_for(lambda: optimising(sweep, *nums) or proc.poll() is not None, 120, what)
         assert proc.poll() is None, proc.communicate()
         seen = look(proc.pid)
@@ -145,9 +158,6 @@ def stop_while_optimising(tmp: Path, args: list[str], nums: tuple[int, ...], wha
         else:
             proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     return proc, err, seen
 
 
@@ -316,10 +326,9 @@ def test_a_second_ctrl_c_is_ignored_however_soon_it_comes(tmp_path, logger, gap)
     # Ctrl-C reaches every process of the terminal's group (W&B's service too), twice, `gap` s apart;
     # the second used to find Python shutting down with its default handler back: exit -2.
     args = ["style_weight=1e3,1e5", *[a for a in SLOW if not a.startswith("logger=")], f"logger={logger}"]
-    proc = start(tmp_path, *args)
-    output = Output(proc)
     sweep = tmp_path / "out"
-    try:
+    with started(tmp_path, *args) as proc:
+        output = Output(proc)
         wait_for(lambda: optimising(sweep, 0) or proc.poll() is not None, 120, "the batch never started")
         assert proc.poll() is None, output.text("err")
         os.killpg(proc.pid, signal.SIGINT)
@@ -329,9 +338,6 @@ def test_a_second_ctrl_c_is_ignored_however_soon_it_comes(tmp_path, logger, gap)
         proc.wait(timeout=60)
         ended = time.time()
         output.close()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, output.text("err")
     assert_one_line(output.text("err"), "SIGINT (Ctrl-C)", sweep)
     # nothing (W&B's lines included) is printed once the command has exited
@@ -340,17 +346,13 @@ def test_a_second_ctrl_c_is_ignored_however_soon_it_comes(tmp_path, logger, gap)
 
 
 def test_sigterm_while_the_report_is_written_leaves_it_whole_and_says_no_trial_was_running(tmp_path):
-    proc = start(tmp_path, "style_weight=1e3,1e5", "size=32", "steps=2", "device=cpu", "logger=none")
     sweep = tmp_path / "out"
-    try:
+    with started(tmp_path, "style_weight=1e3,1e5", "size=32", "steps=2", "device=cpu", "logger=none") as proc:
         # results.csv is the report's first file; grid.png, curves.png and report.html follow it
         wait_for(lambda: (sweep / "results.csv").exists() or proc.poll() is not None, 180, "no report was started")
         assert proc.poll() is None, "the command ended before the signal could be sent"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("nst: stopped by SIGTERM after every trial had ended"), err
@@ -362,17 +364,13 @@ def test_sigterm_while_the_report_is_written_leaves_it_whole_and_says_no_trial_w
 
 def test_a_worker_killed_outright_is_one_line_without_multiprocessing_warnings(tmp_path):
     args = [*TWO, "hydra.launcher.workers=2"]
-    proc = start(tmp_path, *args)
     sweep = tmp_path / "out"
-    try:
+    with started(tmp_path, *args) as proc:
         wait_for(lambda: optimising(sweep, 0, 1) or proc.poll() is not None, 120, "the batches never started")
         workers = workers_in(descendants(proc.pid))
         assert proc.poll() is None and len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "worker process died (killed by SIGKILL)" in lines[0], err
