@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import sys
 import time
 from datetime import datetime
@@ -46,9 +47,9 @@ from pathlib import Path
 import eval_set  # benchmarks/, this script's folder
 import quality_stats as qs
 import torch
-from PIL import Image
 from precision import other_thread_count, relative_difference, runner_threads
 
+from nst import images
 from nst.api import stylize_batch
 from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names
@@ -263,28 +264,18 @@ def input_anchors(content: str, style: str, size: tuple[int, int]) -> dict:
     from nst.metrics import standard_metrics, style_swd
 
     w, h = size
-    content_img, style_img = (eval_set.open_image(x) if not Path(x).is_file() else _open(x) for x in (content, style))
-    ratio = style_img.width / style_img.height
-    ph = max(1, round((w * h / ratio) ** 0.5))
-    plain = _tensor(style_img.resize((max(1, round(ph * ratio)), ph), Image.Resampling.LANCZOS))
-    photo = _tensor(content_img.resize((w, h), Image.Resampling.LANCZOS))
-    stretched = _tensor(style_img.resize((w, h), Image.Resampling.LANCZOS))
+    content_img, style_img = (eval_set.open_image(x) if not Path(x).is_file() else images.load_image(role, x)
+                              for role, x in (("content", content), ("style", style)))
+    cpu = torch.device("cpu")
+    # what nst.inputs.prepare makes of them for a trial: the same resizing, the same conversion
+    plain = images.to_tensor(images.resize(style_img, images.size_at_pixel_count(*style_img.size, w * h)), cpu)
+    photo = images.to_tensor(images.resize(content_img, (w, h)), cpu)
+    stretched = images.to_tensor(images.resize(style_img, (w, h)), cpu)
     of_photo = standard_metrics(photo, photo, plain)
     of_painting = standard_metrics(stretched, photo, plain)
     of_painting.update(style_swd(plain, [plain], [1.0]))  # the painting's own distribution: the style axis' 0
     keys = [k for k in ("style_swd", *eval_set.CONTENT_METRICS) if k in of_photo]
     return {**{f"photo_{k}": of_photo[k] for k in keys}, **{f"painting_{k}": of_painting[k] for k in keys}}
-
-
-def _open(path: str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
-def _tensor(img: Image.Image) -> torch.Tensor:
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
 def measure_floor(pair, entry, base_weight, common, out, args, first: dict) -> tuple[float, str]:
@@ -378,10 +369,10 @@ def set_summary(rows, args, floor, say, out: Path) -> None:
                    for r in rows if r["recipe"] == n}
         walls = [float(b[0]["wall_s_batch"]) / len(b) for b in batches.values()]
         costs = [float(r["cost"]) for r in rows if r["recipe"] == n]
-        mean = sum(vals) / len(vals) if vals else float("nan")
-        wall = sum(walls) / len(walls) if walls else float("nan")
-        say(f"  {n:<12} hypervolume mean {mean:.4f}  median {qs.median(vals):.4f}  wall {wall:6.2f} s per trial")
-        lines.append(f"| {n} | {mean:.4f} | {qs.median(vals):.4f} | {len(vals)} | {wall:.2f} | {max(costs, default=0):g} |")
+        mean, middle = (statistics.fmean(vals), statistics.median(vals)) if vals else (float("nan"), float("nan"))
+        wall = statistics.fmean(walls) if walls else float("nan")
+        say(f"  {n:<12} hypervolume mean {mean:.4f}  median {middle:.4f}  wall {wall:6.2f} s per trial")
+        lines.append(f"| {n} | {mean:.4f} | {middle:.4f} | {len(vals)} | {wall:.2f} | {max(costs, default=0):g} |")
     say(f"paired comparisons of hypervolume (ties: within the {floor:.2%} floor, relative; Wilcoxon signed-rank, "
         f"exact, two-sided, ties counted as no difference):")
     cmp_lines = ["| A | B | A wins | ties | B wins | Wilcoxon p (n untied) |", "| --- | --- | --- | --- | --- | --- |"]

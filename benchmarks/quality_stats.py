@@ -13,7 +13,6 @@ enclose nothing, so a recipe's hypervolume is what its points add beyond either 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 
@@ -93,11 +92,3 @@ def wilcoxon(differences: Sequence[float]) -> tuple[float, float, int]:
     dev = abs(w2 - total / 2)
     extreme = sum(c for s, c in counts.items() if abs(s - total / 2) >= dev - 1e-9)
     return w2 / 2, min(1.0, extreme / 2**n), n
-
-
-def median(values: Sequence[float]) -> float:
-    v = sorted(values)
-    if not v:
-        return math.nan
-    m = len(v) // 2
-    return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
