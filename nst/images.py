@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from nst.errors import InputError
@@ -191,6 +193,26 @@ def match_colors(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     a = sqrtm(cov_c, 0.5) @ sqrtm(cov_s, -0.5)  # [3,3]
     out = (a @ (ps - mu_s) + mu_c).reshape(style.shape[1:])
     return out.unsqueeze(0).to(style.dtype).to(style.device).clamp(0, 1)
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int, *, align_corners: bool) -> list[torch.Tensor]:
+    """[B,C,H,W] -> `levels` bands, finest first, then the low-pass residual (levels + 1 tensors): each
+    band the image less its half-size version upsampled again (bilinear; `align_corners` as the method
+    that uses it resamples: STROTSS with, NNST without). `from_laplacian_pyramid` inverts it exactly."""
+    bands, cur = [], x
+    for _ in range(levels):
+        h, w = cur.shape[-2:]
+        small = F.interpolate(cur, (max(h // 2, 1), max(w // 2, 1)), mode="bilinear", align_corners=align_corners)
+        bands.append(cur - F.interpolate(small, (h, w), mode="bilinear", align_corners=align_corners))
+        cur = small
+    return [*bands, cur]
+
+
+def from_laplacian_pyramid(pyramid: Sequence[torch.Tensor], *, align_corners: bool) -> torch.Tensor:
+    cur = pyramid[-1]
+    for band in reversed(pyramid[:-1]):
+        cur = band + F.interpolate(cur, (band.shape[-2], band.shape[-1]), mode="bilinear", align_corners=align_corners)
+    return cur
 
 
 def to_tensor(img: Image.Image, device: torch.device) -> torch.Tensor:

@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from nst.color import nnst_color
 from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names, layer_table
+from nst.images import from_laplacian_pyramid, laplacian_pyramid
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu3_3", "relu4_1", "relu4_2", "relu4_3")
 # The final pass's distance (each output vector to its nearest style vector) is a distribution
@@ -128,20 +129,12 @@ def max_pyramid_levels(height: int, width: int) -> int:
 
 
 def decompose(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    pyr, cur = [], x
-    for _ in range(levels):
-        h, w = cur.shape[2:]
-        small = F.interpolate(cur, (h // 2, w // 2), mode="bilinear", align_corners=False)
-        pyr.append(cur - F.interpolate(small, (h, w), mode="bilinear", align_corners=False))
-        cur = small
-    return pyr + [cur]
+    """The Laplacian pyramid as utils/imagePyramid.py resamples it (bilinear, no align_corners)."""
+    return laplacian_pyramid(x, levels, align_corners=False)
 
 
 def synthesise(pyr: Sequence[torch.Tensor]) -> torch.Tensor:
-    cur = pyr[-1]
-    for level in reversed(pyr[:-1]):
-        cur = level + F.interpolate(cur, level.shape[2:], mode="bilinear", align_corners=False)
-    return cur
+    return from_laplacian_pyramid(pyr, align_corners=False)
 
 
 # ---------------------------------------------------------------------------------------------

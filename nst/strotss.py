@@ -75,6 +75,7 @@ import torch.nn.functional as F
 
 from nst.errors import InputError
 from nst.features import IMAGENET_STD, FeatureExtractor, evaluation_flops, layer_table
+from nst.images import from_laplacian_pyramid, laplacian_pyramid
 
 HYPERCOLUMN_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_2", "relu5_4")
 PEER_LAYERS: tuple[str, ...] = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu4_3", "relu5_3")
@@ -141,28 +142,18 @@ def _resample(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> to
 
 
 def decompose(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """[B,C,H,W] -> `levels` bands, finest first, then the low-pass residual (levels + 1 tensors)."""
-    pyramid, cur = [], x
-    for _ in range(levels):
-        h, w = cur.shape[-2:]
-        small = _resample(cur, (max(h // 2, 1), max(w // 2, 1)), True)  # F.upsample_bilinear: align_corners
-        pyramid.append(cur - _resample(small, (h, w), True))
-        cur = small
-    pyramid.append(cur)
-    return pyramid
+    """[B,C,H,W] -> `levels` bands, finest first, then the low-pass residual (levels + 1 tensors);
+    resampled as pyr_lap.py does (F.upsample_bilinear: align_corners)."""
+    return laplacian_pyramid(x, levels, align_corners=True)
 
 
 def synthesise(pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
-    cur = pyramid[-1]
-    for band in reversed(pyramid[:-1]):
-        cur = band + _resample(cur, (band.shape[-2], band.shape[-1]), True)
-    return cur
+    return from_laplacian_pyramid(pyramid, align_corners=True)
 
 
 def laplacian_band(x: torch.Tensor) -> torch.Tensor:
     """The finest band, as styleTransfer.py computes it for the init (F.upsample: no align_corners)."""
-    h, w = x.shape[-2:]
-    return x - _resample(_resample(x, (max(h // 2, 1), max(w // 2, 1)), False), (h, w), False)
+    return laplacian_pyramid(x, 1, align_corners=False)[0]
 
 
 def resize_long_side(x: torch.Tensor, long_side: int) -> torch.Tensor:
