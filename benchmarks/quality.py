@@ -264,8 +264,8 @@ def input_anchors(content: str, style: str, size: tuple[int, int]) -> dict:
     from nst.metrics import standard_metrics, style_swd
 
     w, h = size
-    content_img, style_img = (eval_set.open_image(x) if not Path(x).is_file() else images.load_image(role, x)
-                              for role, x in (("content", content), ("style", style)))
+    # content= / style= as the trials take them: a bundled name or a path (the set's photographs materialised)
+    content_img, style_img = images.load_image("content", content), images.load_image("style", style)
     cpu = torch.device("cpu")
     # what nst.inputs.prepare makes of them for a trial: the same resizing, the same conversion
     plain = images.to_tensor(images.resize(style_img, images.size_at_pixel_count(*style_img.size, w * h)), cpu)
