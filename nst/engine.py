@@ -42,7 +42,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-from nst import compiled, images, methods, records
+from nst import compiled, images, interrupt, methods, records
 from nst.device import (
     channels_last,
     cpu_model,
@@ -310,6 +310,7 @@ def _run_method(live: dict[int, _Live], running: list[int]) -> torch.device:
 
         def on_record(j: int, evaluation: int, scale: int | None, values: dict[str, float], image: torch.Tensor,
                       who: list[_Live] = who, start: float = start) -> None:
+            interrupt.check()
             lv = who[j]
             if lv.done:
                 return
@@ -397,6 +398,7 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
     clock = _Clock(time.perf_counter())
     terms = _Terms(evaluate, device)
     while opt.running:
+        interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops the batch here
         _tick(opt, who_runs, device, level, clock, terms)
         if clock.first and device.type == "cuda":
             # cuDNN autotuning tries workspace-hungry algorithms in the first evaluation; the

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.nst_launcher._hydra_private import raised
 from hydra_plugins.nst_launcher.contract import BatchApp, BatchJob, reads_results
-from nst import compose, preflight, sweep_folder
+from nst import compose, interrupt, preflight, sweep_folder
 from nst.errors import InputError, TrialFailed
 from nst.records import WriteError
 from nst.stage import Stage
@@ -321,6 +321,7 @@ def wandb_tags(resolved: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the command itself (`nst`, `python -m nst.run`), not a caller's function call
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["judge"]:  # `nst judge <sweep folder>`: the judging page (nst.judge)
         from nst.judge import main as judge_main
@@ -352,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                 # files fail only that trial (nst.engine, the launcher).
                 with raised((OSError,)):
                     app()
+                if stop.signum is not None:  # its KeyboardInterrupt was swallowed (nst.interrupt)
+                    stop.trials_ended = True
+                    raise KeyboardInterrupt
             finally:
                 _SweepProgress.stop()
                 from nst.wandb_sink import teardown
@@ -360,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             signum = stop.signum or signal.SIGINT
             print(_stopped_line(signum, compose.split_argv(argv)[0], outputs, stop.trials_ended), file=sys.stderr)
+            if own_process:
+                _leave(128 + signum)
             return 128 + signum
         except OSError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -471,15 +477,6 @@ def _estimate(checked) -> None:
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-class _Stop:
-    signum: int | None = None  # the signal that is stopping the command
-    deferred = False  # a signal now waits for the end of a write that must be whole (report_deferred)
-    trials_ended = False  # the sweep's trials have all ended: its report is being written
-
-
-_current: _Stop | None = None  # main()'s, while its handlers are installed
-
-
 @contextlib.contextmanager
 def _stopped_by_signals():
     """SIGINT, SIGTERM and SIGHUP each raise KeyboardInterrupt in the command, as Ctrl-C does: the
@@ -489,8 +486,7 @@ def _stopped_by_signals():
     it until the process is gone: Python's shutdown takes a moment (modules, W&B's service), and a
     second Ctrl-C there would kill it by the default handler (exit -2, W&B's lines after the prompt).
     A signal the command was started ignoring (nohup, a background job) stays ignored."""
-    global _current
-    stop = _Stop()
+    stop = interrupt.Stop()
 
     def handler(signum: int, frame) -> None:
         if stop.signum is None:
@@ -505,15 +501,41 @@ def _stopped_by_signals():
             if previous is not signal.SIG_IGN:
                 installed[sig] = previous
                 signal.signal(sig, handler)
-    _current = stop if installed else None
+    interrupt.current = stop if installed else None
+    unraisable = sys.unraisablehook
+
+    def swallowed(info) -> None:
+        # a stop signal's KeyboardInterrupt raised where Python cannot pass it on (a __del__, a
+        # weakref callback): nst.interrupt.check() raises it again, so no "Exception ignored" traceback
+        if not (installed and isinstance(info.exc_value, KeyboardInterrupt)):
+            unraisable(info)
+
+    sys.unraisablehook = swallowed
     try:
         yield stop
     finally:
-        _current = None
+        interrupt.current = None
+        sys.unraisablehook = unraisable
         for sig, previous in installed.items():
             if stop.signum is not None:
                 previous = signal.SIG_IGN  # stopping: from here on the process only exits
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+
+def _leave(code: int) -> None:
+    """End the command's process now, with `code`, once its output is flushed: after a stop signal
+    there is nothing left for Python's own shutdown to do (the workers are stopped, W&B's service
+    torn down, the trials' files closed), and that shutdown could end it by SIGINT instead. CPython
+    ends a process by SIGINT itself (SIGINT set back to its default, then sent to itself) when a
+    process-wide flag says a KeyboardInterrupt went unhandled, and an exec() of source text that a
+    Ctrl-C interrupts sets that flag even when the interrupt is then handled. About one interrupted
+    sweep in forty exited -2 so (strace: rt_sigaction(SIGINT, SIG_DFL), kill(self, SIGINT), after
+    main() had returned 130)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()  # Hydra's log files, flushed and closed
+    os._exit(code)
 
 
 @contextlib.contextmanager
@@ -521,7 +543,7 @@ def report_deferred():
     """Around the writing of the end-of-sweep report, once every trial has ended: a stop signal takes
     effect when the block ends, so that the report is the previous one or a whole new one, never
     part of each (its files are written one by one)."""
-    stop = _current
+    stop = interrupt.current
     if stop is None or stop.signum is not None:
         yield
         return

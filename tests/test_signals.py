@@ -345,6 +345,58 @@ def test_a_second_ctrl_c_is_ignored_however_soon_it_comes(tmp_path, logger, gap)
     assert assert_left_for_resume(sweep) == 0
 
 
+# Loaded at the command's start (PYTHONPATH): when a batch's trials have ended, Ctrl-C arrives while
+# the main thread is in a __del__, where Python swallows the KeyboardInterrupt the handler raises.
+SWALLOWING_SITE = """
+import os, signal, time
+import nst.engine
+
+class _Lost:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.time() + 5
+        while time.time() < deadline:  # the handler runs here, between two bytecodes
+            pass
+
+_run_together = nst.engine.run_together
+
+def run_together(trials):
+    summaries = _run_together(trials)
+    if not os.path.exists(os.environ["NST_TEST_SENT"]):
+        open(os.environ["NST_TEST_SENT"], "w").close()
+        _Lost()  # deleted at once
+    return summaries
+
+nst.engine.run_together = run_together
+"""
+
+
+@pytest.mark.parametrize("batches", [1, 2])
+def test_a_ctrl_c_python_swallows_still_stops_the_command(tmp_path, batches):
+    # One batch: the trials had ended, so the command stops once the report is written (130, "after every
+    # trial had ended"). Two batches: the second batch's first step stops it, its trial left for resume.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SWALLOWING_SITE)
+    env_ = {**env(tmp_path), "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+            "NST_TEST_SENT": str(tmp_path / "sent")}
+    args = ["style_weight=1e3,1e5", "size=32", "steps=20", "device=cpu", "logger=none",
+            f"hydra.launcher.max_batch={2 // batches}"]
+    proc = subprocess.run([sys.executable, "-m", "nst.run", "-m", *args, "hydra.sweep.dir=out"], cwd=tmp_path, env=env_,
+                          capture_output=True, text=True, timeout=300)
+    sweep = tmp_path / "out"
+    assert (tmp_path / "sent").exists(), proc.stderr
+    assert proc.returncode == 130, proc.stderr
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if batches == 1:
+        assert len(lines) == 1 and lines[0].startswith("nst: stopped by SIGINT (Ctrl-C) after every trial had ended"), proc.stderr
+        assert (sweep / "report.html").is_file()
+    else:
+        assert_one_line(proc.stderr, "SIGINT (Ctrl-C)", sweep)
+        assert assert_left_for_resume(sweep) == 1
+
+
 def test_sigterm_while_the_report_is_written_leaves_it_whole_and_says_no_trial_was_running(tmp_path):
     sweep = tmp_path / "out"
     with started(tmp_path, "style_weight=1e3,1e5", "size=32", "steps=2", "device=cpu", "logger=none") as proc:
