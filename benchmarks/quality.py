@@ -9,8 +9,12 @@
 Every recipe (`recipe=...`, docs/quality.md, "Recipes") and every --variant (named overrides on top of
 nst's defaults) runs on every pair at a few style weights: the recipe's own style weight times
 each --multipliers value, so each recipe traces its own trade-off curve between style and content.
-All trials cost the same: `budget=<--budget>` full-size evaluations (a pyramid's coarse levels
-counted by their FLOPs; the cost of each trial is recomputed here from its summary and printed).
+All trials cost the same: --budget full-size evaluations of the network's worth of arithmetic, the
+losses' included (--equal work, nst.estimate.work_flops: Gram matrices, W2's matrix square roots,
+STROTSS's transport costs and NNST's nearest-neighbour searches), so a recipe whose losses are
+heavy gets fewer steps; --equal network counts the network alone, as `budget=` does. Each trial's
+network cost (a pyramid's coarse levels counted by their FLOPs) and work are recomputed here from
+its summary and printed, with its wall time.
 
 Judged by the fair ruler (nst.metrics): --style-metric (lower is better; default the sliced-
 Wasserstein style distance, which no recipe optimises) against --content-metric (default GMSD
@@ -72,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V[,KEY=V]",
                    help="nst's defaults with these overrides, judged like a recipe (repeatable)")
     p.add_argument("--multipliers", default="0.25,1,4", help="style weights as multiples of each recipe's own")
+    p.add_argument("--equal", choices=["work", "network"], default="work",
+                   help="what equal cost holds equal: work (the network's and the losses' FLOPs, nst.estimate."
+                        "work_flops; default) or network (the network's alone, as `budget` counts)")
     p.add_argument("--style-metric", default="style_swd", help="lower is better")
     p.add_argument("--content-metric", default="gmsd", help="closeness to the photograph: gmsd (lower is better), "
                                                             "ssim or psnr (higher); nst.metrics.BETTER says which")
@@ -141,7 +148,7 @@ def from_csv(args) -> int:
     if args.floor is None:
         raise SystemExit("--from-csv needs --floor (the noise floor is measured only by a run)")
     with open(args.from_csv, newline="") as f:
-        text = ("pair", "recipe", "device", "device_name", "precision", "resumed")
+        text = ("pair", "recipe", "device", "device_name", "precision", "resumed", "equal")
         rows = [{k: (float(v) if k not in text and v not in ("", None) else v) for k, v in r.items()}
                 for r in csv.DictReader(f)]
     out = Path(args.from_csv).parent
@@ -184,16 +191,21 @@ def run(args) -> int:
     common = {"size": args.size, "budget": args.budget, "device": args.device, "logger": "none"}
     # Every entry is composed and checked on every pair before anything runs (names, keys, image sizes):
     # a bad one fails in one line first.
-    base_weight = {}
-    for _, _, content, style in pairs:
+    base_weight, work_ratio = {}, {}
+    for cname, sname, content, style in pairs:
         for name, ov in entries:
             inputs = {**common, "content": content, "style": style}
-            base_weight[name] = checked_style_weight([*ov, *(f"{k}={v}" for k, v in inputs.items())])
+            base_weight[name], network, work = checked_recipe([*ov, *(f"{k}={v}" for k, v in inputs.items())])
+            work_ratio[cname, sname, name] = work / network  # the recipe's work per network FLOP on this pair
+    # --equal work: each recipe's `budget` scaled so that its network and losses together do what
+    # --budget network evaluations alone would (work is proportional to the budget)
+    budget = {key: args.budget / (ratio if args.equal == "work" else 1.0) for key, ratio in work_ratio.items()}
     rows, log = [], []
     say = _printer(log)
 
     say(f"quality: {len(pairs)} pair(s) x {len(entries)} recipe(s) x {len(mults)} style weights, size {args.size}, "
-        f"budget {args.budget:g} full-size evaluations, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        f"budget {args.budget:g} full-size evaluations ({'network and losses' if args.equal == 'work' else 'network'}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     anchors_cache: dict = {}
     # Recipe by recipe (the slow W2 recipe last by default), every pair; results.csv is rewritten after
     # every batch, so an interrupted run keeps what it finished.
@@ -202,14 +214,17 @@ def run(args) -> int:
             variants = [{"style_weight": base_weight[name] * m} for m in mults]
             t0 = time.perf_counter()
             images = stylize_batch(content, style, variants, out_dir=out / f"{cname}__{sname}" / name,
-                                   **common, **overrides_dict(ov))
+                                   **{**common, "budget": round(budget[cname, sname, name], 2)}, **overrides_dict(ov))
             wall = time.perf_counter() - t0
             if all(img.resumed for img in images):  # read back from an earlier run: the time it took then
                 wall = max(float(img.summary.get("wall_time") or 0) for img in images)
             for m, img in zip(mults, images, strict=True):
                 fields = summary_fields(img.summary)
-                row = {"pair": f"{cname}:{sname}", "recipe": name, "size": args.size, "budget": args.budget, "multiplier": m,
+                row = {"pair": f"{cname}:{sname}", "recipe": name, "size": args.size, "budget": args.budget,
+                       "recipe_budget": round(budget[cname, sname, name], 2), "equal": args.equal, "multiplier": m,
                        "style_weight": base_weight[name] * m, "cost": round(trial_cost(img.summary), 1),
+                       # the network evaluations it cost times the recipe's work per network FLOP
+                       "work": round(trial_cost(img.summary) * work_ratio[cname, sname, name], 1),
                        "wall_s_batch": round(wall, 1), "wall_s": fields.pop("wall_s"), "resumed": img.resumed, **fields}
                 if args.set:
                     key = (cname, sname, tuple(img.size))
@@ -219,7 +234,9 @@ def run(args) -> int:
                 rows.append(row)
             write_csv(out / "results.csv", rows)
             say(f"  {cname} x {sname}: {name:<12} {wall:7.1f} s for {len(mults)} trials "
-                f"(cost {rows[-1]['cost']:g} full-size evaluations each)")
+                f"(work {rows[-1]['work']:g} full-size evaluations each, the network's {rows[-1]['cost']:g})")
+            if rows[-1]["work"] > 1.25 * args.budget:
+                say(f"    note: {name}'s fewest steps (one per level) do more work than the budget at this size")
 
     floor = args.floor
     if floor is None:
@@ -238,15 +255,27 @@ def run(args) -> int:
     return 0
 
 
-def checked_style_weight(overrides: list[str]) -> float:
-    """The recipe's own style weight, the settings composed and their images opened as a run would
-    (raising InputError for a bad name, key or image): the one place this script composes settings."""
+def checked_recipe(overrides: list[str]) -> tuple[float, float, float]:
+    """The recipe's own style weight and its trial's network and total work (FLOPs), the settings composed
+    and their images opened as a run would (raising InputError for a bad name, key or image)."""
+    from nst.estimate import trial_flops, work_flops
+
+    s, style_size = composed(overrides)
+    return s.style_weight, trial_flops(s), work_flops(s, style_size)
+
+
+def composed(overrides: list[str]):
+    """The trial's settings and its (first) style image's size as the trial takes it (nst.inputs): the
+    one place this script composes settings."""
     from nst import compose
     from nst.stage import load_inputs
 
     s = compose.settings_for(overrides)
-    load_inputs(s)
-    return s.style_weight
+    styles = load_inputs(s).get("style") or []
+    if not styles:
+        return s, None
+    base = images.style_base_size(s.style_size, images.cropped_size(styles[0].size, s.crop), s.image_size)
+    return s, (max(1, round(base[0] * s.style_scale)), max(1, round(base[1] * s.style_scale)))
 
 
 def summary_fields(summary: dict) -> dict:

@@ -41,6 +41,28 @@ def trial_flops(s) -> float:
     return float(sum(n * features.evaluation_flops(s.arch, deepest, w, h) for n, (w, h) in levels))
 
 
+def work_flops(s, style_size: tuple[int, int] | None = None) -> float:
+    """The whole trial's arithmetic, the network's and the losses': what "equal cost" compares between
+    engines (benchmarks/quality.py). engine=gatys: each level's evaluations, each the network's
+    (nst.features.evaluation_flops) plus the style terms' (nst.loss.evaluation_flops: Gram matrices,
+    or w2's moments and matrix square roots); strotss: nst.strotss.run_flops (its REMD, moment,
+    palette and self-similarity losses on the sampled hypercolumns); nnst: nst.nnst.nnst_flops (its
+    nearest-neighbour searches). `style_size` (width, height) is the style image as the nnst engine
+    takes it; None: the output's size."""
+    from nst import features, loss, nnst, strotss
+
+    w, h = s.image_size
+    if s.engine == "strotss":
+        return float(strotss.run_flops(s.method.schedule(s.long_side, s.steps), h, w, s.arch))
+    if s.engine == "nnst":
+        sw, sh = style_size or (w, h)
+        return float(sum(nnst.nnst_flops(s.method.params((w, h), s.steps, 1.0), h, w, sh, sw).values()))
+    names = features.layer_names(s.arch)
+    deepest = max((*s.objective.content_layers, *s.objective.style_layers), key=names.index)
+    return float(sum(n * (features.evaluation_flops(s.arch, deepest, lw, lh) + loss.evaluation_flops(s.objective, s.arch, lw, lh))
+                     for n, (lw, lh) in zip(s.level_steps, s.level_sizes(), strict=True)))
+
+
 def cpu_sized(s):
     """The trial at the CPU-sized alternative's size and budget (each level's evaluations scaled alike)."""
     factor = CPU_SIZED["steps"] / s.steps

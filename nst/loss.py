@@ -181,6 +181,38 @@ def w2_term(f: torch.Tensor, target: W2Target, iterations: int = W2_SQRTM_ITERAT
     return mean_diff + cov_diff
 
 
+def layer_shapes(arch: str, layers: tuple[str, ...] | list[str], width: int, height: int) -> dict[str, tuple[int, int]]:
+    """{layer: (positions, channels)} of these layers for a width x height image (each 2x2 pooling
+    halving h and w, floored, as in nst.features.evaluation_flops)."""
+    from nst.features import layer_table
+
+    out, h, w = {}, height, width
+    for name, kind, channels in layer_table(arch):
+        if kind == "pool":
+            h, w = h // 2, w // 2
+        if name in layers:
+            out[name] = (h * w, channels)
+    return out
+
+
+def evaluation_flops(spec: LossSpec, arch: str, width: int, height: int) -> int:
+    """Floating-point operations of the style terms in one evaluation of one image, forward and the
+    gradient back to the features, counting the matrix products (2 FLOPs per multiply-add) as
+    nst.features.evaluation_flops counts the network's, and as autograd runs them
+    (tests/test_loss_flops.py holds it to torch's own counter). A Gram matrix (or w2's second moment)
+    of N positions x C channels: 2NC^2 forward and, the features being both of its operands, 4NC^2
+    backward. w2 also: the two products S_t^1/2 S S_t^1/2 (2 x 2C^3, as much again backward), the
+    square root's I = W2_SQRTM_ITERATIONS Newton-Schulz iterations (3 products of C x C each) and its
+    backward's Lyapunov iterations (6 products each, 5 in the last): (6 + 18 I) C^3 in all.
+    Content and TV terms, norms and elementwise work are O(NC): not counted."""
+    total = 0
+    for n, c in layer_shapes(arch, spec.style_layers, width, height).values():
+        total += 6 * n * c * c
+        if spec.style_form == "w2":
+            total += (6 + 18 * W2_SQRTM_ITERATIONS) * c ** 3
+    return total
+
+
 def content_term(f: torch.Tensor, p: torch.Tensor, form: str) -> torch.Tensor:
     """[B,C,H,W] features vs target -> [B]."""
     d = (f.float() - p.float()).flatten(1)  # [B,C*H*W]
