@@ -207,10 +207,10 @@ def run(args) -> int:
         f"budget {args.budget:g} full-size evaluations ({'network and losses' if args.equal == 'work' else 'network'}), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     anchors_cache: dict = {}
-    # Recipe by recipe (the slow W2 recipe last by default), every pair; results.csv is rewritten after
-    # every batch, so an interrupted run keeps what it finished.
-    for name, ov in entries:
-        for cname, sname, content, style in pairs:
+    # Pair by pair, every recipe on it (the slow W2 recipe last by default): results.csv is rewritten
+    # after every batch, so an interrupted run keeps whole pairs to compare.
+    for cname, sname, content, style in pairs:
+        for name, ov in entries:
             variants = [{"style_weight": base_weight[name] * m} for m in mults]
             t0 = time.perf_counter()
             images = stylize_batch(content, style, variants, out_dir=out / f"{cname}__{sname}" / name,
