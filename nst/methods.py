@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nst import nnst, strotss
+from nst import interrupt, nnst, strotss
 from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec, layer_names
 from nst.sinks import due
@@ -233,6 +233,7 @@ def run(settings: list, contents: torch.Tensor, style: torch.Tensor, device: tor
     frames: dict[int, torch.Tensor] = {}
 
     def watching(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops the run here
         feats = extractor(image)
         if torch.is_grad_enabled() and image.requires_grad:
             count[0] += 1

@@ -209,6 +209,9 @@ class NstApp(BatchApp):
     def lost_batch(self, jobs: list[BatchJob], error: BaseException, since: float) -> list:
         return lost_batch(jobs, error, since)
 
+    def check_stop(self) -> None:
+        interrupt.check()
+
 
 # An absolute path: Hydra resolves a relative one against the package when the entry point is not
 # `python -m nst.run` (the console scripts, `python -m nst`: an import); conf/ is nst/conf.

@@ -35,18 +35,20 @@ def env(tmp: Path) -> dict:
     return {**nst_env(tmp), "NST_CPU_THREADS": "1"}
 
 
+def default_signals() -> None:
+    """In the child before it runs: SIGINT, SIGTERM and SIGHUP at their defaults, whatever this test
+    process inherited (nohup, a background job), since the command keeps an ignored signal ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start(tmp: Path, *args: str) -> subprocess.Popen:
     """`python -m nst.run -m args` in its own session (a signal to it reaches nothing else), with
     SIGINT, SIGTERM and SIGHUP at their defaults whatever this test process inherited (nohup, a
     background job)."""
-
-    def defaults() -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-
     return subprocess.Popen([sys.executable, "-m", "nst.run", "-m", *args, "hydra.sweep.dir=out"], cwd=tmp,
                             env=env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=defaults)
+                            start_new_session=True, preexec_fn=default_signals)
 
 
 @contextmanager
@@ -368,22 +370,40 @@ def run_together(trials):
     return summaries
 
 nst.engine.run_together = run_together
+
+# With worker processes (NST_TEST_POOL): the launching process is the one that swallows it, as it hands
+# the second batch to the worker (the workers never see that Ctrl-C).
+if os.environ.get("NST_TEST_POOL"):
+    import hydra_plugins.nst_launcher._pool as pool
+
+    _dump_batch, _calls = pool.dump_batch, []
+
+    def dump_batch(*args, **kwargs):
+        _calls.append(1)
+        if len(_calls) == 2 and not os.path.exists(os.environ["NST_TEST_SENT"]):
+            open(os.environ["NST_TEST_SENT"], "w").close()
+            _Lost()
+        return _dump_batch(*args, **kwargs)
+
+    pool.dump_batch = dump_batch
+    nst.engine.run_together = _run_together
 """
 
 
-@pytest.mark.parametrize("batches", [1, 2])
-def test_a_ctrl_c_python_swallows_still_stops_the_command(tmp_path, batches):
+@pytest.mark.parametrize("batches, pool", [(1, False), (2, False), (2, True)])
+def test_a_ctrl_c_python_swallows_still_stops_the_command(tmp_path, batches, pool):
     # One batch: the trials had ended, so the command stops once the report is written (130, "after every
     # trial had ended"). Two batches: the second batch's first step stops it, its trial left for resume.
+    # Two batches on one worker process: the launching process, waiting for the worker, stops it.
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SWALLOWING_SITE)
-    env_ = {**env(tmp_path), "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-            "NST_TEST_SENT": str(tmp_path / "sent")}
-    args = ["style_weight=1e3,1e5", "size=32", "steps=20", "device=cpu", "logger=none",
-            f"hydra.launcher.max_batch={2 // batches}"]
+    env_ = {**env(tmp_path), "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p),
+            "NST_TEST_SENT": str(tmp_path / "sent"), **({"NST_TEST_POOL": "1"} if pool else {})}
+    args = ["style_weight=1e3,1e5", "size=32", f"steps={300 if pool else 20}", "device=cpu", "logger=none",
+            f"hydra.launcher.max_batch={2 // batches}", *(["hydra.launcher.workers=1"] if pool else [])]
     proc = subprocess.run([sys.executable, "-m", "nst.run", "-m", *args, "hydra.sweep.dir=out"], cwd=tmp_path, env=env_,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, preexec_fn=default_signals)
     sweep = tmp_path / "out"
     assert (tmp_path / "sent").exists(), proc.stderr
     assert proc.returncode == 130, proc.stderr
@@ -394,7 +414,11 @@ def test_a_ctrl_c_python_swallows_still_stops_the_command(tmp_path, batches):
         assert (sweep / "report.html").is_file()
     else:
         assert_one_line(proc.stderr, "SIGINT (Ctrl-C)", sweep)
-        assert assert_left_for_resume(sweep) == 1
+        # the first batch's trial completed; the second's was stopped, or (in this process, stopped
+        # before the batch began) never started: either way nothing of it claims to be done
+        done = [d for d in sweep.iterdir() if (d / "summary.json").exists()]
+        assert [summary(d)["status"] for d in done] == ["completed"]
+        assert not [d for d in sweep.iterdir() if (d / "final.png").exists() and d not in done]
 
 
 def test_sigterm_while_the_report_is_written_leaves_it_whole_and_says_no_trial_was_running(tmp_path):

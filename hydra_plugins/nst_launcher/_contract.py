@@ -78,6 +78,13 @@ class BatchApp(abc.ABC):
         GPU). None: the launcher's default (8). Raising runs them one at a time."""
         return None
 
+    def check_stop(self) -> None:
+        """Raise KeyboardInterrupt if the command is stopping though its KeyboardInterrupt never
+        arrived (Python drops one raised inside a __del__ or a weakref callback). Called in the
+        launching process before each batch and at least once a second while it waits for workers
+        or tasks. Default: nothing."""
+        return None
+
     def lost_batch(self, jobs: list[BatchJob], error: BaseException, since: float) -> list[Any]:
         """The batch ran elsewhere and was lost (its worker process died, its SLURM task failed):
         one value per job, as run_batch would have returned. Called in the launching process, each
@@ -90,6 +97,13 @@ class BatchApp(abc.ABC):
 def batch_app(task_function: Any) -> BatchApp | None:
     """The app behind the task function Hydra handed a launcher, or None (a plain task function)."""
     return task_function if isinstance(task_function, BatchApp) else None
+
+
+def check_stop(task_function: Any) -> None:
+    """The app's check_stop (BatchApp), if the task function is an app."""
+    app = batch_app(task_function)
+    if app is not None:
+        app.check_stop()
 
 
 class CurrentJob(BatchJob):

@@ -45,6 +45,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from . import _hydra_private as private
+from ._contract import check_stop
 from .contract import BatchApp, BatchJob, batch_app
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,7 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
         started = time.monotonic()
         if runner is None:
             for number, batch in enumerate(batches, 1):
+                check_stop(task_function)
                 log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]}")
                 for (idx, _), ret in zip(batch, execute_batch(hydra_context, task_function, batch), strict=True):
                     returns[idx] = ret

@@ -36,6 +36,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import setup_globals
 from hydra.types import HydraContext, TaskFunction
 
+from ._contract import check_stop
 from ._core import BatchLost, Item, dump_batch, end_lost_batch, load_returns, run_payload
 
 log = logging.getLogger(__name__)
@@ -300,13 +301,15 @@ class PoolRunner:
         idle: deque[_Worker] = deque(self.workers)
         running: dict[Future, tuple[_Worker, list[Item], float]] = {}
         while pending or running:
+            check_stop(self.task_function)
             while pending and idle:
                 worker, (number, batch) = idle.popleft(), pending.popleft()
                 log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]} -> {worker.label}")
                 since = time.time()
                 payload = dump_batch(self.hydra_context, self.task_function, batch)
                 running[worker.submit(_run, payload)] = (worker, batch, since)
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+            check_stop(self.task_function)  # a stop whose KeyboardInterrupt never arrived: not a worker's death
             for future in done:
                 worker, batch, since = running.pop(future)
                 try:

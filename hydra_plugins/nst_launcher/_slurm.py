@@ -28,6 +28,7 @@ import submitit
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import OmegaConf
 
+from ._contract import check_stop
 from ._core import AUTO_BATCH, BatchLost, Item, dump_batch, end_lost_batch, load_returns, run_payload
 from ._errors import NstLauncherConfigError
 from ._processes import pid_alive
@@ -153,6 +154,9 @@ class SlurmRunner:
         for number, (job, batch) in enumerate(zip(self.jobs, batches, strict=True), 1):
             log.info(f"batch {number}/{len(batches)}: jobs {[idx for idx, _ in batch]} -> task {job.job_id}")
         for job, batch in zip(self.jobs, batches, strict=True):
+            while not job.done():  # job.result() would wait without looking up
+                check_stop(self.task_function)
+                time.sleep(0.5)
             try:
                 returns = load_returns(job.result())
                 log.info(f"task {job.job_id} finished: jobs {[idx for idx, _ in batch]}")
