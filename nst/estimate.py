@@ -71,7 +71,24 @@ def cpu_sized(s):
 
 
 def seconds(settings: list, rate: float) -> float:
-    return START_S + sum((trial_flops(s) * OVERHEAD + PER_TRIAL_EVALUATIONS * _full_size_flops(s)) / rate for s in settings)
+    return START_S + sum((_counted_flops(s) + PER_TRIAL_EVALUATIONS * _full_size_flops(s)) / rate for s in settings)
+
+
+def _work(s) -> float:
+    """The trial's FLOPs as the estimate counts them: the network's, and the losses' where they are
+    heavier than Gram matrices (w2's square roots, STROTSS's transport costs, NNST's searches:
+    work_flops), which OVERHEAD does not cover."""
+    if s.engine == "gatys" and s.objective.style_form != "w2":
+        return trial_flops(s)
+    return max(trial_flops(s), work_flops(s))
+
+
+def _counted_flops(s) -> float:
+    """What a trial's evaluations cost at the probe's rate (the network's): the network's FLOPs times
+    OVERHEAD (measured on Gram recipes: their losses, optimiser and files), and heavier losses' work
+    on top at the same rate."""
+    network = trial_flops(s)
+    return network * OVERHEAD + (_work(s) - network)
 
 
 def _full_size_flops(s) -> float:
@@ -135,7 +152,7 @@ def line(settings: list, runs_here: bool = True) -> str | None:
 
     first = settings[0]
     device = resolve_device(first.device)
-    flops = sum(trial_flops(s) for s in settings)
+    flops = sum(_work(s) for s in settings)
     if seconds(settings, best_rate(device.type)) <= LONG_S:
         return None  # short for certain: no probe
     try:

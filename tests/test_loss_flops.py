@@ -37,3 +37,18 @@ def test_a_w2_recipe_does_more_work_per_evaluation_than_a_gram_one_and_strotss_m
     assert work_flops(w2) / trial_flops(w2) > 3
     # STROTSS: the transport costs on 1024 sampled hypercolumns of ~1700 channels
     assert work_flops(strotss) / trial_flops(strotss) > 2
+
+
+def test_the_time_estimate_counts_losses_heavier_than_gram_matrices():
+    from nst import estimate
+
+    def settings(recipe):
+        return compose.settings_for([f"recipe={recipe}", "size=128", "steps=100", "content=tubingen",
+                                     "style=starry_night", "pyramid.levels=1", "pyramid.steps=null"])
+
+    gram, w2 = settings("pastiche"), settings("crowsonkb")
+    assert trial_flops(w2) == trial_flops(gram)  # the same network evaluations...
+    rate = 2e10
+    extra = estimate.seconds([w2], rate) - estimate.seconds([gram], rate)
+    # ...but the estimate adds the square roots' work, at the network's rate (Gram matrices are in OVERHEAD)
+    assert extra == pytest.approx((work_flops(w2) - trial_flops(w2)) / rate, rel=1e-6)
