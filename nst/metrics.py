@@ -59,22 +59,21 @@ BETTER = {"style_swd": "min", "gmsd": "min", "self_sim_dist": "min", "psnr": "ma
           "content_distance": "min", **{f"style_swd_{f}x": "min" for f in SWD_SCALES}}
 
 # The float-noise floor: the relative difference |a - b| / |b| of each metric between the same
-# L-BFGS trial run on 1 and on 2 CPU threads (tubingen x starry_night, 128 px, 60 evaluations):
-#     python benchmarks/noise_floor.py     (AMD EPYC, 2 cores, torch 2.14.1)
-# printed style_swd 0.149 %, style_swd_1x 0.162 %, style_swd_2x 0.140 % (4x, skipped at 128 px,
-# takes style_swd's), gmsd 0.184 %, psnr 0.439 %, ssim 0.539 %, gram_distance 0.596 %,
-# content_distance 0.411 %.
-# Two settings whose values differ by less than this are tied, not ranked. The floor depends on
-# the trial: fewer evaluations leave it larger (L-BFGS carries early rounding differences further),
-# so measure your own at your sweep's size and budget (same script, `size=... steps=...`).
-# self_sim_dist, added later, by the same command on the same machine and torch: 0.160 % (0.148847 on
-# 1 thread, 0.148610 on 2; printed identically by two runs). In that run the code of the day moved
-# the others otherwise: style_swd 0.021 %, style_swd_1x 0.464 %, style_swd_2x 0.353 %, gmsd 0.819 %,
-# psnr 0.028 %, ssim 0.133 %, gram_distance 0.037 %, content_distance 1.174 %: one trial's floor is
-# one sample, not a bound.
-NOISE_FLOOR = {"style_swd": 0.00149, "style_swd_1x": 0.00162, "style_swd_2x": 0.00140, "style_swd_4x": 0.00149,
-               "gmsd": 0.00184, "self_sim_dist": 0.00160, "psnr": 0.00439, "ssim": 0.00539, "gram_distance": 0.00596,
-               "content_distance": 0.00411}
+# L-BFGS trial run on 1 and on 2 CPU threads (128 px, 60 evaluations), the largest over four pairs:
+#     python benchmarks/noise_floor.py content=C style=S     (AMD EPYC, 2 cores, torch 2.14.1)
+# for tubingen x starry_night (printed twice, months apart, by the code of each day), tubingen x
+# the_scream, woman-with-hat-matisse x shipwreck and woman-with-hat-matisse x starry_night. Per metric
+# (the pair that gave it): style_swd 1.035 % (the_scream; 0.02-0.27 % on the others), style_swd_1x
+# 1.048 %, style_swd_2x 1.024 % (4x, skipped at 128 px, takes style_swd's), gmsd 1.489 % (shipwreck;
+# 0.18-0.82 % on the others), self_sim_dist 0.773 %, psnr 1.198 %, ssim 1.436 %, gram_distance 1.820 %,
+# content_distance 1.174 % (tubingen x starry_night). Two settings whose values differ by less than
+# this are tied, not ranked. The floor depends on the trial: fewer evaluations leave it larger (L-BFGS
+# carries early rounding differences further), and one pair's floor is one sample, not a bound (until
+# 2026-12 this held the first pair's alone, five to ten times smaller), so measure your own at your
+# sweep's size and budget (same script, `size=... steps=...`).
+NOISE_FLOOR = {"style_swd": 0.01035, "style_swd_1x": 0.01048, "style_swd_2x": 0.01024, "style_swd_4x": 0.01035,
+               "gmsd": 0.01489, "self_sim_dist": 0.00773, "psnr": 0.01198, "ssim": 0.01436, "gram_distance": 0.01820,
+               "content_distance": 0.01174}
 
 _evaluators: dict[str, FeatureExtractor] = {}  # one per device, reused across the trials of a sweep
 _directions: dict[str, dict[str, torch.Tensor]] = {}  # the fixed projections, one copy per device
