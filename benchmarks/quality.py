@@ -8,7 +8,8 @@
 
 Every recipe (`recipe=...`, docs/quality.md, "Recipes") and every --variant (named overrides on top of
 nst's defaults) runs on every pair at a few style weights: the recipe's own style weight times
-each --multipliers value, so each recipe traces its own trade-off curve between style and content.
+each --multipliers value (STROTSS and NNST, whose style terms have no weight: their content weight
+over it), so each recipe traces its own trade-off curve between style and content.
 All trials cost the same: --budget full-size evaluations of the network's worth of arithmetic, the
 losses' included (--equal work, nst.estimate.work_flops: Gram matrices, W2's matrix square roots,
 STROTSS's transport costs and NNST's nearest-neighbour searches), so a recipe whose losses are
@@ -191,13 +192,12 @@ def run(args) -> int:
     common = {"size": args.size, "budget": args.budget, "device": args.device, "logger": "none"}
     # Every entry is composed and checked on every pair before anything runs (names, keys, image sizes):
     # a bad one fails in one line first.
-    base_weight, budget, trial = {}, {}, {}
+    budget, trial = {}, {}
     for cname, sname, content, style in pairs:
         for name, ov in entries:
             inputs = {k: v for k, v in {**common, "content": content, "style": style}.items() if k != "budget"}
             key = (cname, sname, name)
             budget[key], trial[key] = recipe_budget([*ov, *(f"{k}={v}" for k, v in inputs.items())], args.budget, args.equal)
-            base_weight[name] = trial[key][0].style_weight
     rows, log = [], []
     say = _printer(log)
 
@@ -209,18 +209,20 @@ def run(args) -> int:
     # after every batch, so an interrupted run keeps whole pairs to compare.
     for cname, sname, content, style in pairs:
         for name, ov in entries:
-            variants = [{"style_weight": base_weight[name] * m} for m in mults]
+            settings = trial[cname, sname, name][0]
+            variants = [emphasis(settings, m) for m in mults]
             t0 = time.perf_counter()
             images = stylize_batch(content, style, variants, out_dir=out / f"{cname}__{sname}" / name,
                                    **{**common, "budget": budget[cname, sname, name]}, **overrides_dict(ov))
             wall = time.perf_counter() - t0
             if all(img.resumed for img in images):  # read back from an earlier run: the time it took then
                 wall = max(float(img.summary.get("wall_time") or 0) for img in images)
-            for m, img in zip(mults, images, strict=True):
+            for m, variant, img in zip(mults, variants, images, strict=True):
                 fields = summary_fields(img.summary)
                 row = {"pair": f"{cname}:{sname}", "recipe": name, "size": args.size, "budget": args.budget,
                        "recipe_budget": budget[cname, sname, name], "equal": args.equal, "multiplier": m,
-                       "style_weight": base_weight[name] * m,
+                       "style_weight": variant.get("style_weight", settings.style_weight),
+                       "content_weight": variant.get("content_weight", settings.content_weight),
                        **dict(zip(("cost", "work"), (round(v, 1) for v in trial_work(img.summary, *trial[cname, sname, name])),
                                   strict=True)),
                        "wall_s_batch": round(wall, 1), "wall_s": fields.pop("wall_s"), "resumed": img.resumed, **fields}
@@ -238,8 +240,11 @@ def run(args) -> int:
 
     floor = args.floor
     if floor is None:
+        # rows[0]: the first pair's first entry at the first multiplier, which runs again alone
         (cname, sname, content, style), first = pairs[0], rows[0]
-        floor, how = measure_floor((content, style), entries[0], base_weight, common, out, args, first)
+        key = (cname, sname, entries[0][0])
+        floor, how = measure_floor((content, style), entries[0], emphasis(trial[key][0], mults[0]),
+                                   {**common, "budget": budget[key]}, out, args, first)
         say(f"noise floor ({how}): {floor:.2%} (the larger of {args.style_metric}, {args.content_metric})")
     write_csv(out / "results.csv", rows)
     summarise(rows, args, floor, say)
@@ -251,6 +256,14 @@ def run(args) -> int:
     (out / "front.txt").write_text("\n".join(log) + "\n")
     print(f"written: {out}/{written}")
     return 0
+
+
+def emphasis(s, m: float) -> dict:
+    """The trial's style emphasis times m: its style_weight times m or, for the STROTSS and NNST
+    engines, whose style terms have no weight of their own (nst.methods), its content_weight over m."""
+    if s.engine in ("strotss", "nnst"):
+        return {"content_weight": s.content_weight / m}
+    return {"style_weight": s.style_weight * m}
 
 
 def recipe_budget(overrides: list[str], target: float, equal: str) -> tuple[float, tuple]:
@@ -342,16 +355,16 @@ def input_anchors(content: str, style: str, size: tuple[int, int]) -> dict:
     return {**{f"photo_{k}": of_photo[k] for k in keys}, **{f"painting_{k}": of_painting[k] for k in keys}}
 
 
-def measure_floor(pair, entry, base_weight, common, out, args, first: dict) -> tuple[float, str]:
+def measure_floor(pair, entry, variant: dict, common, out, args, first: dict) -> tuple[float, str]:
     """The largest relative difference of the two metrics between two runs of the first trial that
     differ only in ways that should not matter: on the CPU the trial alone at another thread count
     than its batch had (the runner sets each batch's threads from NST_CPU_THREADS, so that is what is
     changed, not torch's own setting); on a GPU the trial alone instead of in its batch (other kernels
     for another batch size). `first` is that trial's row from the main run."""
-    (content, style), (name, ov) = pair, entry
+    (content, style), (_, ov) = pair, entry
 
     def alone(folder: str) -> dict:
-        img = stylize_batch(content, style, [{"style_weight": base_weight[name]}], out_dir=out / "noise_floor" / folder,
+        img = stylize_batch(content, style, [variant], out_dir=out / "noise_floor" / folder,
                             **common, **overrides_dict(ov))[0]
         return img.summary
 

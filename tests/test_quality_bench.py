@@ -105,3 +105,14 @@ def test_equal_work_gives_a_recipe_with_heavy_losses_fewer_steps(tmp_path):
         assert abs(float(x["work"]) - 400) < 400 * 0.25, x
         assert float(x["wall_s"]) > 0
     assert "work" in (tmp_path / "q" / "front.txt").read_text()
+
+
+def test_each_engine_gets_more_style_from_its_own_knob():
+    # STROTSS and NNST have no style weight (their style terms are unweighted): more style is less content
+    from nst import compose
+
+    for recipe in ("strotss", "nnst"):
+        s = compose.settings_for([f"recipe={recipe}", "size=64"])
+        assert quality.emphasis(s, 4) == {"content_weight": s.content_weight / 4}
+    s = compose.settings_for(["recipe=pastiche", "size=64"])
+    assert quality.emphasis(s, 4) == {"style_weight": s.style_weight * 4}
