@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, nst_env
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -111,8 +113,16 @@ def test_each_engine_gets_more_style_from_its_own_knob():
     # STROTSS and NNST have no style weight (their style terms are unweighted): more style is less content
     from nst import compose
 
-    for recipe in ("strotss", "nnst"):
-        s = compose.settings_for([f"recipe={recipe}", "size=64"])
-        assert quality.emphasis(s, 4) == {"content_weight": s.content_weight / 4}
+    s = compose.settings_for(["recipe=strotss", "size=64"])
+    assert quality.emphasis(s, 4) == {"content_weight": s.content_weight / 4}
+    # NNST's content weight is a share in [0, 1]: its odds go over m, so it stays a share at any multiplier
+    s = compose.settings_for(["recipe=nnst", "size=64"])
+    shares = [quality.emphasis(s, m)["content_weight"] for m in (0.25, 1, 4, 64)]
+    assert shares[1] == s.content_weight
+    assert all(0 < a < 1 for a in shares) and shares == sorted(shares, reverse=True)
+    for m, a in zip((0.25, 1, 4, 64), shares, strict=True):  # style's odds over content's are the base's times m
+        assert (1 - a) / a == pytest.approx(m * (1 - s.content_weight) / s.content_weight, rel=1e-4)
+    for m in (0.25, 4):  # every share it gives composes as a trial
+        compose.settings_for(["recipe=nnst", "size=64", f"content_weight={quality.emphasis(s, m)['content_weight']}"])
     s = compose.settings_for(["recipe=pastiche", "size=64"])
     assert quality.emphasis(s, 4) == {"style_weight": s.style_weight * 4}
