@@ -205,18 +205,26 @@ def run(args) -> int:
         f"budget {args.budget:g} full-size evaluations ({'network and losses' if args.equal == 'work' else 'network'}), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     anchors_cache: dict = {}
+    # The process's CPU time per batch, beside its wall time: the wall time grows with whatever else the
+    # machine runs (or with the run being paused); the CPU time far less. A resumed batch keeps the one
+    # its earlier run wrote.
+    earlier_cpu = {}
+    if (out / "results.csv").exists():
+        with open(out / "results.csv", newline="") as f:
+            earlier_cpu = {(r["pair"], r["recipe"]): r.get("cpu_s_batch") or "" for r in csv.DictReader(f)}
     # Pair by pair, every recipe on it (the slow W2 recipe last by default): results.csv is rewritten
     # after every batch, so an interrupted run keeps whole pairs to compare.
     for cname, sname, content, style in pairs:
         for name, ov in entries:
             settings = trial[cname, sname, name][0]
             variants = [emphasis(settings, m) for m in mults]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             images = stylize_batch(content, style, variants, out_dir=out / f"{cname}__{sname}" / name,
                                    **{**common, "budget": budget[cname, sname, name]}, **overrides_dict(ov))
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, round(time.process_time() - c0, 1)
             if all(img.resumed for img in images):  # read back from an earlier run: the time it took then
                 wall = max(float(img.summary.get("wall_time") or 0) for img in images)
+                cpu = earlier_cpu.get((f"{cname}:{sname}", name), "")
             for m, variant, img in zip(mults, variants, images, strict=True):
                 fields = summary_fields(img.summary)
                 row = {"pair": f"{cname}:{sname}", "recipe": name, "size": args.size, "budget": args.budget,
@@ -225,7 +233,8 @@ def run(args) -> int:
                        "content_weight": variant.get("content_weight", settings.content_weight),
                        **dict(zip(("cost", "work"), (round(v, 1) for v in trial_work(img.summary, *trial[cname, sname, name])),
                                   strict=True)),
-                       "wall_s_batch": round(wall, 1), "wall_s": fields.pop("wall_s"), "resumed": img.resumed, **fields}
+                       "wall_s_batch": round(wall, 1), "cpu_s_batch": cpu, "wall_s": fields.pop("wall_s"),
+                       "resumed": img.resumed, **fields}
                 if args.set:
                     key = (cname, sname, tuple(img.size))
                     if key not in anchors_cache:
@@ -441,20 +450,23 @@ def set_summary(rows, args, floor, say, out: Path) -> None:
     say(f"\nevaluation set: {len(pairs)} pair(s) every recipe finished; hypervolume of each recipe's points in the pair's "
         f"unit box ({args.style_metric} from the painting (0) to the photograph (1), {args.content_metric} from the "
         f"photograph (0) to the painting (1); higher is better, 1 at most)")
-    lines = ["| recipe | mean hypervolume | median | pairs | wall time per trial (s; its batch's over its trials, mean) | "
-             "cost (full-size evaluations) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| recipe | mean hypervolume | median | pairs | wall time per trial (s; its batch's over its trials, median) | "
+             "CPU time per trial (s, likewise) | cost (full-size evaluations) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for n in names:
         vals = [hv[p][n] for p in pairs]
         # a batch's trials run together: each one's share is its batch's wall time over the trials in it
         batches = {(r["pair"], r["recipe"]): [x for x in rows if x["pair"] == r["pair"] and x["recipe"] == n]
                    for r in rows if r["recipe"] == n}
+        # medians: a batch that ran beside other work (or paused) is slower, not typical
         walls = [float(b[0]["wall_s_batch"]) / len(b) for b in batches.values()]
+        cpus = [float(b[0]["cpu_s_batch"]) / len(b) for b in batches.values() if b[0].get("cpu_s_batch") not in (None, "")]
         costs = [float(r["cost"]) for r in rows if r["recipe"] == n]
         mean, middle = (statistics.fmean(vals), statistics.median(vals)) if vals else (float("nan"), float("nan"))
-        wall = statistics.fmean(walls) if walls else float("nan")
-        say(f"  {n:<12} hypervolume mean {mean:.4f}  median {middle:.4f}  wall {wall:6.2f} s per trial")
-        lines.append(f"| {n} | {mean:.4f} | {middle:.4f} | {len(vals)} | {wall:.2f} | {max(costs, default=0):g} |")
+        wall = statistics.median(walls) if walls else float("nan")
+        cpu = statistics.median(cpus) if cpus else float("nan")
+        say(f"  {n:<12} hypervolume mean {mean:.4f}  median {middle:.4f}  wall {wall:6.2f} s, CPU {cpu:6.2f} s per trial")
+        lines.append(f"| {n} | {mean:.4f} | {middle:.4f} | {len(vals)} | {wall:.2f} | {cpu:.2f} | {max(costs, default=0):g} |")
     say(f"paired comparisons of hypervolume (ties: within the {floor:.2%} floor, relative; Wilcoxon signed-rank, "
         f"exact, two-sided, ties counted as no difference):")
     cmp_lines = ["| A | B | A wins | ties | B wins | Wilcoxon p (n untied) |", "| --- | --- | --- | --- | --- | --- |"]

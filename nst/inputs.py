@@ -48,7 +48,13 @@ def prepare(s: Settings, inputs: dict, device: torch.device, long_side: int | No
     if s.init == "noise":
         init = noise
     else:
-        start = out["content"] if s.init != "image" else images.to_tensor(images.resize(crop(inputs["init"]), (w, h)), device)
+        if s.init == "image":
+            start = images.to_tensor(images.resize(crop(inputs["init"]), (w, h)), device)
+        elif s.init == "content_matched":  # the photograph in the painting's colours (several: their pixels pooled)
+            pooled = torch.cat([x.flatten(2) for x in out["plain_styles"]], dim=2).unsqueeze(2)
+            start = images.match_colors(out["content"], pooled)
+        else:
+            start = out["content"]
         r = s.noise_ratio if s.init in ("content_noise", "image") else 0.0
         init = (1 - r) * start + r * noise
     out["init"] = init

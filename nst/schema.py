@@ -107,6 +107,7 @@ class InitKind(Choice):
     noise = "noise"
     content_noise = "content_noise"
     image = "image"
+    content_matched = "content_matched"  # the content recoloured to the style's colour mean and covariance
 
 
 class Noise(Choice):
@@ -193,7 +194,7 @@ OPTIMIZER_SCHEMAS: dict[str, type[OptimizerConf]] = {OptimizerName.lbfgs: LbfgsC
 
 
 @dataclass
-class InitConf:  # group init/: content | noise | content_noise | image
+class InitConf:  # group init/: content | noise | content_noise | image | content_matched
     kind: InitKind = InitKind.content  # set by the init group
     noise: Noise = Noise.uniform  # the white noise of noise, content_noise and image
     noise_ratio: float = 0.0  # init = (1 - r) * image + r * noise, for content_noise and image

@@ -274,6 +274,9 @@ def validate(d: dict) -> Settings:
     init = d["init"]
     if init["kind"] == "image" and not init["path"]:
         raise InputError("init.path", "init=image needs init.path, the image to start from")
+    if init["kind"] == "content_matched" and d["color"] != "none":
+        raise InputError("init", f"init=content_matched starts in the painting's colours, which color={d['color']} "
+                                 "keeps out of the result; use init=content with it")
     content_weight = _number(d, "content_weight", non_negative=True)
     style_weight = _number(d, "style_weight", non_negative=True)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(d.get("sweep_name", "sweep"))):

@@ -1,12 +1,14 @@
 """The picture controls: coarse-to-fine pyramid, colour control, several styles, style scale, crop,
 Gaussian noise; each a per-trial setting that also works inside a batch. Real VGG-19 at <= 48 px."""
 
+import pytest
 import torch
 from PIL import Image
 
 from conftest import metrics_apart
 from helpers import read_jsonl, run_alone, settings, trial
 from nst import engine, images
+from nst.errors import InputError
 from nst.features import FeatureExtractor, get_weights_spec
 from nst.inputs import prepare
 from nst.loss import Loss
@@ -43,6 +45,23 @@ def test_histogram_matching_gives_the_style_the_content_colour_statistics():
     assert torch.allclose(mean(style), mean(photo), atol=0.02)
     assert not torch.allclose(mean(plain), mean(photo), atol=0.05)  # the painting's own colours differ
     assert torch.allclose(torch.cov(style[0].flatten(1)), torch.cov(photo[0].flatten(1)), atol=0.01)
+
+
+def test_a_colour_matched_start_has_the_paintings_colours_and_the_photographs_shapes():
+    s = settings("device=cpu", "size=48", "init=content_matched")
+    t = prepare(s, load_inputs(s), CPU)
+    start, photo, plain = t["init"], t["photo"], t["plain_styles"][0]
+    mean = lambda x: x[0].flatten(1).mean(1)  # noqa: E731 -- a one-line helper, named where it is used
+    assert torch.allclose(mean(start), mean(plain), atol=0.02)  # the painting's palette...
+    assert not torch.allclose(mean(start), mean(photo), atol=0.05)
+    assert torch.allclose(torch.cov(start[0].flatten(1)), torch.cov(plain[0].flatten(1)), atol=0.01)
+    # ...on the photograph's shapes: an affine map of its colours, so its luminance stays its pattern
+    y_start, y_photo = (images.rgb_to_ycbcr(x)[0, 0].flatten() for x in (start, photo))
+    assert torch.corrcoef(torch.stack([y_start, y_photo]))[0, 1] > 0.9
+    assert torch.equal(t["content"], photo)  # the content loss still compares with the photograph
+    for color in ("luminance", "histogram"):  # they keep the painting's colours out: refused, naming the key
+        with pytest.raises(InputError, match=f"^init: init=content_matched .* color={color}"):
+            settings("device=cpu", "size=48", "init=content_matched", f"color={color}")
 
 
 def test_luminance_mode_feeds_the_network_grey_images():

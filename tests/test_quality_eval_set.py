@@ -142,7 +142,7 @@ def test_two_pairs_two_recipes_end_to_end(tmp_path):
         assert float(x["photo_gmsd"]) == 0 and float(x["photo_ssim"]) == pytest.approx(1)
         assert float(x["painting_style_swd"]) == pytest.approx(0, abs=1e-6)
         assert float(x["photo_style_swd"]) > 0.1 and float(x["painting_gmsd"]) > 0.05
-        assert float(x["wall_s"]) > 0
+        assert float(x["wall_s"]) > 0 and 0 < float(x["cpu_s_batch"])  # the process's CPU time beside the wall time
     # each pair's hypervolume, recomputed here from the CSV, is the one the summary prints
     summary = (out / "summary.md").read_text()
     for pair in ("tubingen:great_wave", "chelsea:the_scream"):
@@ -165,8 +165,8 @@ def test_two_pairs_two_recipes_end_to_end(tmp_path):
         resumed = list(csv.DictReader(f))
     assert {x["resumed"] for x in resumed} == {"True"}
     for before, after in zip(rows, resumed, strict=True):
-        assert [before[k] for k in ("pair", "recipe", "style_swd", "gmsd", "wall_s", "photo_style_swd")] == [
-            after[k] for k in ("pair", "recipe", "style_swd", "gmsd", "wall_s", "photo_style_swd")]
+        assert [before[k] for k in ("pair", "recipe", "style_swd", "gmsd", "wall_s", "cpu_s_batch", "photo_style_swd")] == [
+            after[k] for k in ("pair", "recipe", "style_swd", "gmsd", "wall_s", "cpu_s_batch", "photo_style_swd")]
     resumed_summary = (out / "summary.md").read_text()
     assert resumed_summary.split("## Per pair")[1] == summary.split("## Per pair")[1]
 
