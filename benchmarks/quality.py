@@ -86,9 +86,11 @@ def parse_args(argv=None):
     p.add_argument("--floor", type=float, default=None, help="relative noise floor; default: measured here")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
-    p.add_argument("--from-csv", default=None, metavar="RESULTS_CSV",
+    p.add_argument("--from-csv", default=None, metavar="RESULTS_CSV[,RESULTS_CSV...]",
                    help="no trials: the front, the plot and the summary of an earlier run's results.csv "
-                        "(a run stopped part-way keeps the batches it finished), with --floor")
+                        "(a run stopped part-way keeps the batches it finished), with --floor; several runs' "
+                        "together (their recipes named recipe@budget where the budgets differ), written to --out "
+                        "(default: the first one's folder)")
     args = p.parse_args(argv)
     if args.content_metric not in BETTER or BETTER.get(args.style_metric) != "min":
         p.error(f"--style-metric takes a lower-is-better metric and --content-metric one of {', '.join(BETTER)}")
@@ -148,11 +150,20 @@ def front(rows: list[dict], sm: str, cm: str, higher: bool, floor: float) -> lis
 def from_csv(args) -> int:
     if args.floor is None:
         raise SystemExit("--from-csv needs --floor (the noise floor is measured only by a run)")
-    with open(args.from_csv, newline="") as f:
-        text = ("pair", "recipe", "device", "device_name", "precision", "resumed", "equal")
-        rows = [{k: (float(v) if k not in text and v not in ("", None) else v) for k, v in r.items()}
-                for r in csv.DictReader(f)]
-    out = Path(args.from_csv).parent
+    paths = [Path(x) for x in args.from_csv.split(",") if x]
+    text = ("pair", "recipe", "device", "device_name", "precision", "resumed", "equal")
+    rows = []
+    for path in paths:
+        if not path.is_file():
+            raise InputError("--from-csv", f"no such file: {path}")
+        with open(path, newline="") as f:
+            rows += [{k: (float(v) if k not in text and v not in ("", None) else v) for k, v in r.items()}
+                     for r in csv.DictReader(f)]
+    if len({r.get("budget") for r in rows}) > 1:  # one recipe at several budgets: a front each
+        for r in rows:
+            r["recipe"] = f"{r['recipe']}@{r['budget']:g}"
+    out = Path(args.out) if args.out else paths[0].parent
+    out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     say = _printer(log)
 

@@ -85,6 +85,27 @@ def test_quality_benchmark_smoke(tmp_path):
                              cwd=ROOT, env=nst_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert default.returncode == 0 and " gmsd " in default.stdout and " ssim " not in default.stdout
 
+    # a run at another budget beside it: one front, each recipe named by its budget
+    more = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--size", "48", "--budget", "6",
+                           "--pairs", "tubingen:the_scream", "--recipes", "nst", "--multipliers", "1,4", "--floor", "0.01",
+                           "--out", str(tmp_path / "q6")], cwd=ROOT, env=nst_env(tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert more.returncode == 0, more.stderr[-2000:]
+    both = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--from-csv",
+                           f"{tmp_path / 'q' / 'results.csv'},{tmp_path / 'q6' / 'results.csv'}", "--floor", "0.01",
+                           "--out", str(tmp_path / "both")], cwd=ROOT, env=nst_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    assert both.returncode == 0, both.stderr[-2000:]
+    listed = set(re.findall(r"^  (\S+@\d+) +x", both.stdout, re.M))
+    assert {"nst@3", "aspect@3", "pastiche@3", "nst@6"} >= listed and listed, both.stdout
+    assert "never on it" in both.stdout and (tmp_path / "both" / "front.txt").read_text() == both.stdout
+    assert not (tmp_path / "q" / "front.txt").read_text().count("@")  # the first run's own summary untouched
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--from-csv",
+                              f"{tmp_path / 'q' / 'results.csv'},{tmp_path / 'nowhere.csv'}", "--floor", "0.01"],
+                             cwd=ROOT, env=nst_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == (
+        f"quality.py: --from-csv: no such file: {tmp_path / 'nowhere.csv'}")
+
 
 def test_a_bad_recipe_fails_before_any_trial(tmp_path):
     r = _run(tmp_path, "--size", "48", "--budget", "2", "--pairs", "tubingen:the_scream", "--recipes", "nst,picasso")
