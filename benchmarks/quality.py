@@ -480,15 +480,27 @@ def set_summary(rows, args, floor, say, out: Path) -> None:
         lines.append(f"| {n} | {mean:.4f} | {middle:.4f} | {len(vals)} | {wall:.2f} | {cpu:.2f} | {max(costs, default=0):g} |")
     say(f"paired comparisons of hypervolume (ties: within the {floor:.2%} floor, relative; Wilcoxon signed-rank, "
         f"exact, two-sided, ties counted as no difference):")
-    cmp_lines = ["| A | B | A wins | ties | B wins | Wilcoxon p (n untied) |", "| --- | --- | --- | --- | --- | --- |"]
+    cmp_lines = ["| A | B | A wins | ties | B wins | Wilcoxon p (n untied) | A reaches B's front | B reaches A's |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    sm, cm = args.style_metric, args.content_metric
+    sign = -1.0 if args.content_higher_better else 1.0
+
+    def points(pair, name):  # raw metrics, both lower-is-better, as the fronts compare them
+        return [(r[sm], sign * r[cm]) for r in rows if r["pair"] == pair and r["recipe"] == name]
+
+    def reaches(a, b):  # pairs on which a has a point as good (within the floor) as each of b's
+        return sum(qs.covers(points(p, a), points(p, b), floor) for p in pairs)
+
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             xa, xb = [hv[p][a] for p in pairs], [hv[p][b] for p in pairs]
             w, tie, lo = qs.compare(xa, xb, floor)
             diffs = [0.0 if abs(x - y) <= floor * max(abs(x), abs(y)) else x - y for x, y in zip(xa, xb, strict=True)]
             _, pval, n_untied = qs.wilcoxon(diffs)
-            say(f"  {a} vs {b}: {w} wins, {tie} ties, {lo} losses; p = {pval:.3g} (n = {n_untied})")
-            cmp_lines.append(f"| {a} | {b} | {w} | {tie} | {lo} | {pval:.3g} ({n_untied}) |")
+            ab, ba = reaches(a, b), reaches(b, a)
+            say(f"  {a} vs {b}: {w} wins, {tie} ties, {lo} losses; p = {pval:.3g} (n = {n_untied}); "
+                f"{a} reaches {b}'s front on {ab} pair(s), {b} reaches {a}'s on {ba}")
+            cmp_lines.append(f"| {a} | {b} | {w} | {tie} | {lo} | {pval:.3g} ({n_untied}) | {ab} | {ba} |")
     per_pair = ["| pair | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for p in pairs:
         best = max(hv[p][n] for n in names)
@@ -508,7 +520,9 @@ def set_summary(rows, args, floor, say, out: Path) -> None:
             f"Hypervolume: the area a recipe's points dominate in the pair's unit box, {args.style_metric} normalised from "
             f"the painting (0) to the photograph (1), {args.content_metric} from the photograph (0) to the painting resized "
             f"(1); the reference point is (1, 1), so neither input alone scores above 0. Ties: within the {floor:.2%} "
-            "noise floor.", "", *lines, "", "## Paired comparisons", "", *cmp_lines, "",
+            "noise floor.", "", *lines, "", "## Paired comparisons", "",
+            "Hypervolume pair by pair; and on how many pairs one recipe *reaches* the other's front: for each of "
+            "the other's points it has one as good on both metrics, within the floor.", "", *cmp_lines, "",
             "![hypervolume per pair](hypervolume.png)", "", "## Per pair (best in bold)", "", *per_pair, ""]
     (out / "summary.md").write_text("\n".join(page))
 

@@ -74,6 +74,19 @@ def test_hypervolume_of_a_hand_computed_front():
     assert qs.hypervolume([]) == 0.0
 
 
+def test_a_front_covers_another_where_it_is_as_good_at_each_of_its_points():
+    b = [(0.20, 0.25), (0.30, 0.15)]
+    assert qs.covers([(0.19, 0.24), (0.29, 0.15)], b, 0.0)  # one point of a for each of b's
+    assert qs.covers([(0.18, 0.10)], b, 0.0)  # one point better than both
+    assert not qs.covers([(0.19, 0.24)], b, 0.0)  # b's second point (less content lost) is not reached
+    assert not qs.covers([(0.19, 0.24)], b, 0.01)
+    assert qs.covers([(0.19, 0.24), (0.3015, 0.1510)], b, 0.01)  # worse by 0.5 % and 0.7 %: within a 1 % floor
+    assert not qs.covers([(0.19, 0.24), (0.3015, 0.1510)], b, 0.001)
+    assert qs.covers([(0.5, 0.5)], [], 0.0) and not qs.covers([], b, 0.0)
+    # a higher-is-better content metric enters negated
+    assert qs.covers([(0.2, -0.9)], [(0.25, -0.8)], 0.0) and not qs.covers([(0.2, -0.7)], [(0.25, -0.8)], 0.0)
+
+
 def test_each_axis_is_normalised_between_the_pair_s_two_inputs():
     gmsd = {"style_photo": 0.8, "style_painting": 0.0, "content_photo": 0.0, "content_painting": 0.25}
     assert qs.normalise(0.8, 0.0, gmsd) == (1.0, 0.0)  # the photograph
@@ -155,6 +168,13 @@ def test_two_pairs_two_recipes_end_to_end(tmp_path):
                 "content_photo": float(x["photo_gmsd"]), "content_painting": float(x["painting_gmsd"])}) for x in mine]
             assert value == pytest.approx(qs.hypervolume(pts), abs=6e-5)
     assert "| nst | pastiche |" in summary and "Wilcoxon" in summary and "(2) |" in summary
+    # on how many pairs each reaches the other's front, recomputed from the CSV
+    line = next(ln for ln in summary.splitlines() if ln.startswith("| nst | pastiche |"))
+    pts = {(p, n): [(float(x["style_swd"]), float(x["gmsd"])) for x in rows if x["pair"] == p and x["recipe"] == n]
+           for p in ("tubingen:great_wave", "chelsea:the_scream") for n in ("nst", "pastiche")}
+    reach = [sum(qs.covers(pts[p, a], pts[p, b], 0.01) for p in ("tubingen:great_wave", "chelsea:the_scream"))
+             for a, b in (("nst", "pastiche"), ("pastiche", "nst"))]
+    assert [int(c) for c in line.strip(" |").split("|")[-2:]] == reach
     assert "32 px, 2 full-size evaluations per trial, style weights x1,4" in summary
     assert (out / "hypervolume.png").stat().st_size > 0 and (out / "pareto.png").stat().st_size > 0
 
