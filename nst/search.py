@@ -8,12 +8,22 @@ it from the files.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 from nst.errors import InputError
 
-if TYPE_CHECKING:
-    from nst.summary import Summary
+
+class Summary(Protocol):
+    """What an objective reads of a trial's summary (nst.summary.Summary has both): named here as a
+    protocol, so that nst.summary, which scores trials with these functions, is the only one of the
+    two that imports the other."""
+
+    @property
+    def final(self) -> Mapping[str, float]: ...
+
+    @property
+    def metrics(self) -> Mapping[str, float | None]: ...
 
 # A result that misses the PSNR target scores above every result that meets it (style distances
 # are many orders of magnitude smaller), and the further it misses, the worse.

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 
 import test_sweep_files as sweep_files  # its fake sweep folder (a module import: its tests are not collected twice)
-from nst import report
+from nst import report, trial_records
 from nst.metrics import NOISE_FLOOR
 from nst.report import tables
 
@@ -25,7 +25,7 @@ def test_values_within_the_noise_floor_of_the_best_are_marked_as_tied(tmp_path):
                           "psnr": 20.0 + i, "ssim": 0.5, "gram_distance": 1e3, "content_distance": 1e4}
                          for i, (v, g) in enumerate(zip(swd, (0.1, 0.2, 0.3), strict=True))])
     assert report.main([str(sweep)]) == 0
-    trials = tables.load_trials(sweep)
+    trials = trial_records.load_trials(sweep)
     names = [t.path.name for t in trials]
     assert tables.tied_with_best(trials, "style_swd") == set(names[:2])
     assert tables.tied_with_best(trials, "gmsd") == set()  # a clear best is not a tie

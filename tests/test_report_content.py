@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, nst_env
-from nst.report import figures, tables
+from nst import trial_records
+from nst.report import figures
 from nst.summary import Score
 
 
@@ -161,8 +162,8 @@ def test_a_grid_with_long_values_keeps_its_cell_width(sweep, tmp_path):
         s = json.loads((d / "summary.json").read_text())
         s["overrides"] = [o for o in s["overrides"] if o.startswith("style_weight")] + [f"content={long}{d.name[0]}"]
         (d / "summary.json").write_text(json.dumps(s))
-    trials = tables.load_trials(copy)
-    axes = tables.swept_axes(trials)
+    trials = trial_records.load_trials(copy)
+    axes = trial_records.swept_axes(trials)
     assert [k for k, _ in axes] == ["style_weight", "content"]
     grid = figures.make_grid(trials, axes, ["style_swd"])
     cw = figures._cell_box(trials)[0]
@@ -237,14 +238,14 @@ def test_scatter_thumbnails_are_pushed_apart_until_none_overlap():
 
 def test_a_search_scatter_plots_its_objective_against_its_parameter(sweep, tmp_path):
     sweep, _ = sweep
-    trials = tables.load_trials(sweep)
+    trials = trial_records.load_trials(sweep)
     for i, t in enumerate(trials):  # as a search's trials record it
         t.summary.objective = Score("final_loss", 10.0 - i)
-    assert figures.make_scatter(trials, tables.swept_axes(trials), tmp_path / "scatter.png")
+    assert figures.make_scatter(trials, trial_records.swept_axes(trials), tmp_path / "scatter.png")
     with Image.open(tmp_path / "scatter.png") as im:
         assert im.width > 300
     for t in trials:
         t.summary.metrics = {}
         t.summary.objective = None
-    assert not figures.make_scatter(trials, tables.swept_axes(trials), tmp_path / "none.png")  # nothing to plot
+    assert not figures.make_scatter(trials, trial_records.swept_axes(trials), tmp_path / "none.png")  # nothing to plot
     assert not (tmp_path / "none.png").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nst import search
+from nst import search, trial_records
 from nst import summary as trial_summary
 from nst.report import tables
 from nst.summary import SCHEMA_VERSION, Batch, Level, Score, Summary
@@ -90,9 +90,9 @@ def test_the_report_and_the_outcome_read_a_sweep_of_old_summaries(tmp_path):
         d = sweep / f"{n}_style_weight={weight}"
         d.mkdir(parents=True)
         shutil.copy(BEFORE_VERSIONS, d / "summary.json")
-    trials = tables.load_trials(sweep)
+    trials = trial_records.load_trials(sweep)
     assert [t.status for t in trials] == ["completed", "completed"]
-    table = tables.results_table(trials, tables.swept_axes(trials))
+    table = tables.results_table(trials, trial_records.swept_axes(trials))
     raw = json.loads(BEFORE_VERSIONS.read_text())
     assert list(table["objective"]) == [raw["objective"]["value"]] * 2
     assert list(table["evaluations"]) == [6, 6] and list(table["style_swd"]) == [raw["metrics"]["style_swd"]] * 2

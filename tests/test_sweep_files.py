@@ -17,9 +17,9 @@ from PIL import Image
 
 from conftest import nst_env, run_in
 from helpers import read_jsonl, settings, trial
-from nst import engine, records, report
+from nst import engine, records, report, trial_records
 from nst import summary as trial_summary
-from nst.report import figures, tables
+from nst.report import figures
 
 BASE = ("device=cpu", "size=32", "steps=4")
 FULL = "No space left on device while writing "
@@ -86,7 +86,7 @@ def test_report_marks_a_cut_summary_and_a_cut_metrics_line_and_writes_the_rest(t
 
     # the grid: one row of cells 4 px apart from x=4, y=22; the damaged trials' cells wear the orange mark
     grid = Image.open(sweep / "grid.png").convert("RGB")
-    w = figures._cell_box(tables.load_trials(sweep, warn=lambda m: None))[0]
+    w = figures._cell_box(trial_records.load_trials(sweep, warn=lambda m: None))[0]
     marked = [grid.getpixel((4 + j * (w + 4) + 1, 22 + 1)) == figures.PROBLEM for j in range(3)]
     assert marked == [False, True, True]
     # the cut summary is an empty, crossed cell; the trial with a cut metrics line keeps its image

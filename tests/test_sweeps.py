@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_in
-from nst import report
-from nst.report import figures, tables
+from nst import report, trial_records
+from nst.report import figures
 
 SWEEP = ["-m", "pooling=max,avg", "style_weight=1e3,1e6", "size=32", "steps=6", "frame_every=2", "device=cpu"]
 
@@ -54,7 +54,7 @@ def test_two_axis_sweep_aggregates(sweep):
         rows = table[table["pooling"] == pool].sort_values("style_weight")
         assert rows["style_swd"].iloc[0] > rows["style_swd"].iloc[1]
     # the grid is 2 rows x 2 columns of cells
-    trials = tables.load_trials(d)
+    trials = trial_records.load_trials(d)
     box = figures._cell_box(trials)
     grid = Image.open(d / "grid.png")
     cell_h = box[1] + 18
@@ -97,7 +97,7 @@ def test_report_errors(run_nst, tmp_path, capsys):
 
 def test_resume_runs_only_what_is_missing(sweep_copy, run_nst):
     d = sweep_copy
-    trials = tables.load_trials(d)
+    trials = trial_records.load_trials(d)
     # one trial never finished, one failed: both must run again; the other two are skipped
     (trials[1].path / "summary.json").unlink()
     (trials[1].path / "final.png").unlink()
@@ -112,10 +112,10 @@ def test_resume_runs_only_what_is_missing(sweep_copy, run_nst):
     assert "resumed: 2 trial(s) had already completed" in r.stdout
     for name, mtime in kept.items():
         assert (d / name / "final.png").stat().st_mtime_ns == mtime
-    assert all(t.status == "completed" for t in tables.load_trials(d))
+    assert all(t.status == "completed" for t in trial_records.load_trials(d))
     # the launcher ran just the two missing trials (they differ in pooling: a batch each); the
     # skipped ones keep the batch they ran in the first time
-    after = {t.path.name: t.summary.batch.id for t in tables.load_trials(d) if t.summary.batch}
+    after = {t.path.name: t.summary.batch.id for t in trial_records.load_trials(d) if t.summary.batch}
     assert {after[name] for name in kept} == {batches[name] for name in kept}
     assert not {after[t.path.name] for t in trials[1:3]} & set(batches.values())
 
@@ -127,7 +127,7 @@ def test_a_failed_trial_is_a_marked_cell(failing_trial_sweep):
     assert list(table["status"]) == ["failed", "completed"]
     assert "the loss became inf" in table["error"].iloc[0]
     grid = Image.open(d / "grid.png").convert("RGB")
-    box = figures._cell_box(tables.load_trials(d))
+    box = figures._cell_box(trial_records.load_trials(d))
     # the first cell is the grey "failed" cell with its red cross
     pixels = [grid.getpixel((x, y)) for x in range(0, grid.width // 2) for y in range(0, grid.height, 3)]
     assert (235, 235, 235) in pixels and any(p[0] > 150 and p[1] < 80 for p in pixels)
@@ -175,6 +175,6 @@ def test_an_interrupted_sweep_leaves_no_half_written_files_and_resumes(tmp_path)
     r = subprocess.run([sys.executable, "-m", "nst.run", *args, f"hydra.sweep.dir={trial.parent}"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    trials = tables.load_trials(trial.parent)
+    trials = trial_records.load_trials(trial.parent)
     assert [t.status for t in trials] == ["completed", "completed"]
     assert (trial / "final.png").exists()

@@ -12,8 +12,8 @@ from nst.errors import InputError
 from nst.images import resolve_image_path
 from nst.judging.store import JUDGEMENTS
 from nst.records import trial_folders
-from nst.report.tables import TrialRecord, load_trials, number, swept_axes
 from nst.summary import Summary
+from nst.trial_records import TrialRecord, load_trials, number, swept_axes
 
 # keys that choose the pair being stylised, not the way it is stylised
 PAIR_KEYS = ("content", "style", "style_blend")

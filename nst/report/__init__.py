@@ -4,7 +4,7 @@ from its folder alone, at the end of every sweep or on demand.
 
 It reads only files (each trial's summary.json, metrics.jsonl, frames/ and .hydra/), so a sweep can
 be re-aggregated, compared and published without W&B and without re-running anything: the trials
-and the tables (tables), the figures (figures), the page (page).
+and the tables (tables; the trials are read by nst.trial_records), the figures (figures), the page (page).
 
 A trial file that cannot be read (a summary.json cut short, a cut metrics.jsonl line, a trial folder
 that cannot be opened) is a warning naming it and a marked row and cell; the report is still written
@@ -23,7 +23,8 @@ from nst.images import save_atomic
 from nst.records import write_bytes_atomic
 from nst.report.figures import make_animation, make_curves, make_grid, make_objective_plot, make_scatter
 from nst.report.page import write_report
-from nst.report.tables import LEGACY, METRICS, load_trials, results_table, swept_axes
+from nst.report.tables import LEGACY, METRICS, results_table
+from nst.trial_records import load_trials, swept_axes
 
 KNOWN = (*METRICS, *LEGACY)  # old sweep folders' style_distance too
 

@@ -20,19 +20,8 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from nst.images import save_animation
 from nst.metrics import SWD_SCALES
 from nst.records import WriteError, write_bytes_atomic
-from nst.report.tables import (
-    IMAGE_ERRORS,
-    TrialRecord,
-    human,
-    label,
-    number,
-    objective_name,
-    objective_value,
-    reason,
-    tied_with_best,
-    value_text,
-    warning,
-)
+from nst.report.tables import human, label, tied_with_best, value_text
+from nst.trial_records import IMAGE_ERRORS, TrialRecord, number, objective_name, objective_value, reason, warning
 
 log = logging.getLogger("nst")
 

@@ -20,17 +20,8 @@ from nst import search
 from nst.judging import judging_html
 from nst.metrics import BETTER
 from nst.records import write_bytes_atomic
-from nst.report.tables import (
-    LEGACY,
-    TIE,
-    TrialRecord,
-    floor_of,
-    human,
-    label,
-    objective_value,
-    tied_with_best,
-    value_text,
-)
+from nst.report.tables import LEGACY, TIE, floor_of, human, label, tied_with_best, value_text
+from nst.trial_records import TrialRecord, objective_value
 
 # The table's first columns: what was swept (inserted after "num"), how it went, the fair judges
 # (nst.metrics: not any recipe's objective) and the time; the rest are folded away.
