@@ -495,7 +495,7 @@ def set_summary(rows, args, floor, say, out: Path) -> None:
         for b in names[i + 1:]:
             xa, xb = [hv[p][a] for p in pairs], [hv[p][b] for p in pairs]
             w, tie, lo = qs.compare(xa, xb, floor)
-            diffs = [0.0 if abs(x - y) <= floor * max(abs(x), abs(y)) else x - y for x, y in zip(xa, xb, strict=True)]
+            diffs = [0.0 if qs.within(x, y, floor) else x - y for x, y in zip(xa, xb, strict=True)]
             _, pval, n_untied = qs.wilcoxon(diffs)
             ab, ba = reaches(a, b), reaches(b, a)
             say(f"  {a} vs {b}: {w} wins, {tie} ties, {lo} losses; p = {pval:.3g} (n = {n_untied}); "

@@ -46,13 +46,18 @@ def hypervolume(points: Sequence[tuple[float, float]], ref: tuple[float, float] 
     return area
 
 
+def within(x: float, y: float, floor: float) -> bool:
+    """Whether x and y differ by no more than `floor` relative to the larger magnitude: a tie."""
+    return abs(x - y) <= floor * max(abs(x), abs(y))
+
+
 def covers(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]], floor: float) -> bool:
     """Whether every point of b has a point of a as good on both axes (lower is better; a value of a
     worse by no more than `floor`, relative to the larger magnitude, counts as as good): a reaches b's
     front everywhere b has a point. Raw metric values, as the fronts compare them; a higher-is-better
     metric enters negated. No points in b: True; b's points but none in a: False."""
     def as_good(x: float, y: float) -> bool:
-        return x <= y or abs(x - y) <= floor * max(abs(x), abs(y))
+        return x <= y or within(x, y, floor)
 
     return all(any(as_good(p[0], q[0]) and as_good(p[1], q[1]) for p in a) for q in b)
 
@@ -62,7 +67,7 @@ def compare(a: Sequence[float], b: Sequence[float], floor: float) -> tuple[int, 
     a difference within `floor` of the larger magnitude (relative, as the metrics' noise floor) is a tie."""
     wins = ties = losses = 0
     for x, y in zip(a, b, strict=True):
-        if abs(x - y) <= floor * max(abs(x), abs(y)):
+        if within(x, y, floor):
             ties += 1
         elif x > y:
             wins += 1

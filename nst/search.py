@@ -14,7 +14,7 @@ from typing import Protocol
 from nst.errors import InputError
 
 
-class Summary(Protocol):
+class Measured(Protocol):
     """What an objective reads of a trial's summary (nst.summary.Summary has both): named here as a
     protocol, so that nst.summary, which scores trials with these functions, is the only one of the
     two that imports the other."""
@@ -30,12 +30,12 @@ class Summary(Protocol):
 MISSED_TARGET = 1e12
 
 
-def final_loss(summary: Summary, target_psnr: float) -> float:
+def final_loss(summary: Measured, target_psnr: float) -> float:
     """The weighted total loss of the saved image (as the optimiser saw it)."""
     return float(summary.final["total"])
 
 
-def style_swd_at_psnr(summary: Summary, target_psnr: float) -> float:
+def style_swd_at_psnr(summary: Measured, target_psnr: float) -> float:
     """The fair style distance (nst.metrics: style_swd), for a result that keeps PSNR >= target_psnr
     against the photograph."""
     psnr, swd = summary.metrics["psnr"], summary.metrics["style_swd"]
@@ -60,6 +60,6 @@ def check(name, target_psnr) -> None:
         raise InputError("target_psnr", f"must be a number of dB, got {target_psnr!r}")
 
 
-def value(name: str, summary: Summary, target_psnr: float) -> float:
+def value(name: str, summary: Measured, target_psnr: float) -> float:
     """The objective of a completed trial (nst.summary.score: the one caller)."""
     return OBJECTIVES[name](summary, float(target_psnr))

@@ -26,7 +26,7 @@ log = logging.getLogger("nst")
 
 @dataclass
 class TrialRecord:
-    """A trial folder of the sweep as the report reads it (nst.engine.Trial is a trial to run)."""
+    """A trial folder of the sweep as read back (nst.engine.Trial is a trial to run)."""
 
     path: Path
     num: int
