@@ -37,6 +37,7 @@ from nst.device import (
     cpu_model,
     cpu_threads,
     cudnn_autotune,
+    keep_freed_memory,
     resolve_device,
     resolve_precision,
     set_determinism,
@@ -103,6 +104,7 @@ def bare_rate(s: Settings, batch: int, evals: int, nhwc: bool = False, profile: 
         # the runner's rule (the cores idle now): with another thread count the loop rows' ratio to this
         # row compares thread counts, not loops (on a loaded 2-core machine the loop came out 4.6x "bare")
         torch.set_num_threads(cpu_threads())
+        keep_freed_memory()  # the runner's malloc setting too (NST_KEEP_FREED_MEMORY=0 compares without it)
     layers = list(dict.fromkeys(s.objective.content_layers + s.objective.style_layers))
     ex = FeatureExtractor(s.arch, get_weights_spec(s.arch, s.weights), layers, s.pooling, device, precision,
                           channels_last=nhwc, bf16_autocast=autocast)

@@ -47,6 +47,7 @@ from nst.device import (
     channels_last,
     cpu_model,
     cpu_threads,
+    keep_freed_memory,
     lbfgs_products_on_host,
     peak_memory,
     resolve_device,
@@ -342,6 +343,7 @@ def _batch_device(live: dict[int, _Live], running: list[int]) -> tuple[torch.dev
     set_determinism(s0.deterministic, device, len(running))
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads())  # the cores idle now: threads waiting on a busy core stall the batch
+        keep_freed_memory()  # each tick's tensors from memory already mapped, not fresh pages (nst.device)
     # No global seed: a trial's randomness (its start noise) comes from its own generator, seeded with
     # its own seed (nst.inputs.prepare), so it does not depend on the batch it runs in.
     if device.type == "cuda":
@@ -407,11 +409,15 @@ def _optimise(live: dict[int, _Live], running: list[int], device: torch.device, 
         clock.first = False
         clock.state_peak = max(clock.state_peak, opt.state_bytes())
         clock.history_peak = max(clock.history_peak, opt.history_bytes())
-        for p, final, reason in opt.finished():
+        finished = opt.finished()
+        # every trial that finished this tick ends its level now: the one saved first does not count the
+        # others' saving (metrics, image, animation) as its optimisation time
+        end = time.perf_counter()
+        for p, final, reason in finished:
             who_runs[p].summary["compile"] = evaluate.mode  # "off" after a failed compile
             if isinstance(opt, BatchAdam) and not last:
                 who_runs[p].optimizer_state = opt.final_state(p)  # None unless the trial carries it
-            _end_level(who_runs[p], final, reason, device, clock, last)
+            _end_level(who_runs[p], final, reason, device, clock, last, end)
 
 
 @dataclass
@@ -613,8 +619,10 @@ def _send(lv: _Live, record: StepRecord) -> tuple[BaseException, str] | None:
     return None
 
 
-def _end_level(lv: _Live, final: torch.Tensor, reason: str, device: torch.device, clock: _Clock, last: bool) -> None:
-    """A trial finished this level: record it, then complete the trial (last level) or carry its image to the next."""
+def _end_level(lv: _Live, final: torch.Tensor, reason: str, device: torch.device, clock: _Clock, last: bool,
+               end: float) -> None:
+    """A trial finished this level at `end` (time.perf_counter()): record it, then complete the trial (last level)
+    or carry its image to the next."""
     if lv.done:
         return
     final = final.detach().reshape(lv.tensors["init"].shape).clamp(0, 1)  # [1,3,H,W]
@@ -628,7 +636,7 @@ def _end_level(lv: _Live, final: torch.Tensor, reason: str, device: torch.device
     lv.summary.setdefault("levels", []).append(level)
     lv.summary["optimizer_state_mb"] = max(lv.summary.get("optimizer_state_mb", 0), round(clock.state_peak / 2**20, 3))
     lv.summary["optimizer_history_mb"] = max(lv.summary.get("optimizer_history_mb", 0), round(clock.history_peak / 2**20, 3))
-    lv.summary["optimisation_time"] = round(lv.summary.get("optimisation_time", 0) + time.perf_counter() - clock.start, 3)
+    lv.summary["optimisation_time"] = round(lv.summary.get("optimisation_time", 0) + end - clock.start, 3)
     if last:
         _complete(lv, final, reason, device)
     else:
@@ -663,6 +671,7 @@ def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device,
         lv.summary["image_size"] = list(final.shape[-1:-3:-1])  # [W, H]
         lv.summary["metrics"] = standard_metrics(final, lv.tensors["photo"], lv.tensors["plain_styles"], s.style_blend)
         images.save_atomic(images.to_pil(final), out / "final.png")
+        _flush_sinks(lv)  # every frame written (nst.sinks.FileSink writes in the background) before the animation
         images.save_animation(out / "frames", out / "animation.gif")
         opt_time = lv.summary["optimisation_time"]
         lv.summary.update(status="completed", final=final_terms, evaluations=lv.evaluations, stop_reason=reason,
@@ -729,6 +738,10 @@ def _finish(lv: _Live, device: torch.device | None) -> None:
             records.discard_attempt(run_dir)
         return
     try:
+        _flush_sinks(lv)  # nothing is still being written into the folder that moves
+    except Exception as e:  # noqa: BLE001 - a trial that gets here did not complete: its own error stands
+        lv.summary.setdefault("sink_errors", []).append(f"{type(e).__name__}: {e}")
+    try:
         # before the sinks close: they may read the trial's files (W&B logs final.png)
         records.promote_attempt(run_dir, out)
     except OSError as e:
@@ -746,6 +759,14 @@ def _not_recorded(lv: _Live, e: OSError) -> None:
         lv.summary.update(status="failed", error=str(e))
     else:
         lv.summary["error"] = f"{lv.summary.get('error', 'unknown error')} (not recorded: {e})"
+
+
+def _flush_sinks(lv: _Live) -> None:
+    """Wait for what the trial's sinks write in the background (nst.sinks.FileSink); raise the first failure."""
+    for sink in lv.sinks:
+        flush = getattr(sink, "flush", None)
+        if flush is not None:
+            flush()
 
 
 def _close_sinks(lv: _Live, summary: dict) -> None:

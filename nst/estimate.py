@@ -112,7 +112,15 @@ def measure_rate(s, evaluations: int = 2) -> float:
     import torch
 
     from nst import features
-    from nst.device import channels_last, cpu_threads, resolve_device, resolve_precision, set_precision, torch_settings
+    from nst.device import (
+        channels_last,
+        cpu_threads,
+        keep_freed_memory,
+        resolve_device,
+        resolve_precision,
+        set_precision,
+        torch_settings,
+    )
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
     layers = list(dict.fromkeys((*s.objective.content_layers, *s.objective.style_layers)))
@@ -123,6 +131,7 @@ def measure_rate(s, evaluations: int = 2) -> float:
         set_precision(precision, device)
         if device.type == "cpu":
             torch.set_num_threads(cpu_threads())  # as the run will (nst.engine)
+            keep_freed_memory()
         net = features.FeatureExtractor(s.arch, features.get_weights_spec(s.arch, s.weights), layers, s.pooling, device,
                                         precision, channels_last=channels_last(device, precision))
         x = torch.rand(1, 3, h, w, device=device, requires_grad=True)

@@ -223,11 +223,21 @@ def to_tensor(img: Image.Image, device: torch.device) -> torch.Tensor:
 
 def to_pil(x: torch.Tensor) -> Image.Image:
     """One image [3,H,W] or [1,3,H,W] in [0,1] to an 8-bit PIL image."""
+    return pil_of(to_bytes(x))
+
+
+def to_bytes(x: torch.Tensor) -> torch.Tensor:
+    """One image [3,H,W] or [1,3,H,W] in [0,1] to a new [3,H,W] uint8 tensor on its device: on a GPU,
+    without waiting for it (pil_of brings it over)."""
     if x.dim() == 4:
         assert x.shape[0] == 1, "to_pil takes one image"
         x = x[0]
-    a = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(a, mode="RGB")
+    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def pil_of(a: torch.Tensor) -> Image.Image:
+    """A [3,H,W] uint8 tensor (to_bytes) as a PIL image."""
+    return Image.fromarray(a.permute(1, 2, 0).cpu().numpy(), mode="RGB")
 
 
 def _encoded(img: Image.Image, fmt: str, **params) -> bytes:

@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nst import records
-from nst.images import save_atomic, to_pil
+from nst.images import pil_of, save_atomic, to_bytes
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,41 @@ def due(evaluation: int, every: int, steps: int) -> bool:
     return evaluation == 1 or evaluation % every == 0 or evaluation == steps
 
 
+_writer: ThreadPoolExecutor | None = None  # the process's file writer (_background)
+
+
+def _background() -> ThreadPoolExecutor:
+    """One thread per process that writes every FileSink's rows and frames, in the order they were handed
+    over (started on first use; a forked worker process starts its own)."""
+    global _writer
+    if _writer is None:
+        _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nst-files")
+    return _writer
+
+
+def _forget_writer() -> None:
+    global _writer
+    _writer = None  # the parent's thread does not exist in a forked child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writer)
+
+
 class FileSink:
     """metrics.jsonl (every `log_every` evaluations, and the first) and frames/ (every `frame_every`),
     written into the attempt's folder (nst.records.attempt_dir: the trial's folder, or its staging
     folder while an earlier attempt's files are kept). A file that cannot be written raises
-    nst.records.WriteError naming it; a metrics row is written whole or not at all."""
+    nst.records.WriteError naming it; a metrics row is written whole or not at all.
+
+    The rows and frames are written by a background thread (_background), so the optimisation loop does
+    not wait for JSON, PNG encoding or the disk: on_step hands over the row and the frame's 8-bit copy
+    (made on the image's device, without waiting for it) and returns. A write that failed is raised at
+    the trial's next step, or by flush(): the runner flushes before it reads the frames (the animation)
+    and before the trial's files are moved into place; after a failed write nothing more is written."""
+
+    # writes queued per trial before on_step waits for the oldest: bounded memory (a frame is an image)
+    _MAX_FRAMES, _MAX_ROWS = 4, 1024
 
     def __init__(self, run_dir: Path, *, log_every: int, frame_every: int, steps: int):
         self.run_dir, self.log_every, self.frame_every, self.steps = Path(run_dir), log_every, frame_every, steps
@@ -47,31 +80,77 @@ class FileSink:
         with records.writing(self.metrics_path):
             self._metrics = open(self.metrics_path, "wb", buffering=0)
         self.width = len(str(steps))
+        self._pending: deque[tuple[Future, bool]] = deque()  # writes not yet known to have succeeded, (it, a frame?)
+        self._frames = 0  # frames among them
+        self._failed = False  # set by the writer thread: a write failed, write nothing more
 
     def on_step(self, rec: StepRecord) -> None:
+        while self._pending and self._pending[0][0].done():
+            self._wait_oldest()  # an earlier write's error fails the trial now
         n = rec.evaluation
         if due(n, self.log_every, self.steps):
             row = {"evaluation": n, "wall_time": round(rec.wall_time, 4)}
             if rec.level is not None:
                 row["level"] = rec.level
             row.update(rec.values)
-            at = self._metrics.tell()
-            try:
-                with records.writing(self.metrics_path):
-                    records._write_all(self._metrics, (json.dumps(row) + "\n").encode("utf-8"))
-            except BaseException:
-                try:
-                    self._metrics.truncate(at)  # no cut line (truncating needs no space)
-                    self._metrics.seek(at)
-                except OSError:
-                    pass
-                raise
+            self._submit(False, self._write_row, row)
         if due(n, self.frame_every, self.steps):
-            save_atomic(to_pil(rec.image), self.frames_dir / f"{n:0{self.width}d}.png")
+            # a copy of this evaluation's image: the optimiser may change rec.image in place later
+            self._submit(True, self._write_frame, to_bytes(rec.image), self.frames_dir / f"{n:0{self.width}d}.png")
+
+    def _submit(self, frame: bool, write: Callable, *args) -> None:
+        while len(self._pending) >= self._MAX_ROWS or (frame and self._frames >= self._MAX_FRAMES):
+            self._wait_oldest()
+        self._pending.append((_background().submit(self._guarded, write, *args), frame))
+        self._frames += frame
+
+    def _wait_oldest(self) -> None:
+        future, frame = self._pending.popleft()
+        self._frames -= frame
+        future.result()
+
+    def _guarded(self, write: Callable, *args) -> None:
+        if self._failed:
+            return
+        try:
+            write(*args)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _write_row(self, row: dict) -> None:
+        at = self._metrics.tell()
+        try:
+            with records.writing(self.metrics_path):
+                records._write_all(self._metrics, (json.dumps(row) + "\n").encode("utf-8"))
+        except BaseException:
+            try:
+                self._metrics.truncate(at)  # no cut line (truncating needs no space)
+                self._metrics.seek(at)
+            except OSError:
+                pass
+            raise
+
+    def _write_frame(self, image: torch.Tensor, path: Path) -> None:
+        save_atomic(pil_of(image), path)  # host synchronisation for a GPU image: in this thread, not the loop's
+
+    def flush(self) -> None:
+        """Wait until every row and frame handed over is written; raise the first write that failed."""
+        error = None
+        while self._pending:
+            try:
+                self._wait_oldest()
+            except BaseException as e:  # noqa: BLE001 - raised below, after waiting for the rest
+                error = error or e
+        if error is not None:
+            raise error
 
     def close(self, summary: dict) -> None:
-        with records.writing(self.metrics_path):
-            self._metrics.close()
+        try:
+            self.flush()
+        finally:
+            with records.writing(self.metrics_path):
+                self._metrics.close()
 
 
 class ProgressSink:
