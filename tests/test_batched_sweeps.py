@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from conftest import metrics_apart, nst_env
-from helpers import summary
+from helpers import settings, summary
 
 SWEEP = ["-m", "style_weight=1e3,1e5,1e7", "size=32", "steps=10", "device=cpu", "logger=none"]
 
@@ -59,3 +59,19 @@ def test_trials_proposed_as_the_sweep_goes_are_validated_when_they_run(tmp_path)
     good, bad = _trials(tmp_path / "out")
     assert good["status"] == "completed"
     assert bad["status"] == "failed" and bad["error"] == "content: 'empty.jpg' is an empty file"
+
+
+def test_on_a_gpu_auto_batches_as_many_trials_as_its_free_memory_holds(monkeypatch):
+    # No GPU here: the device and its free memory are given; the sizing is what is tested (the GPU
+    # check runs it for real: benchmarks/sweep.py --preset ablations).
+    import torch
+
+    from nst import engine
+
+    s = settings("size=128", "steps=10")
+    per_trial = engine.trial_bytes(s)
+    monkeypatch.setattr(engine, "resolve_device", lambda name: torch.device("cuda"))
+    for free, expected in [(80 * 2**30, int(0.8 * 80 * 2**30) // per_trial), (3 * per_trial / 0.8 + 1, 3), (1, 1)]:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (int(free), 80 * 2**30))
+        assert engine.auto_batch_size([s] * 200) == expected
+    assert int(0.8 * 80 * 2**30) // per_trial > 88  # the ablations' largest group at 128 px fits one pass
