@@ -11,8 +11,10 @@ fails stops nothing:
 
   gpu_tests         tests/test_gpu.py (CUDA vs CPU objective, bf16 near fp32, the vectorised L-BFGS on cuda)
   throughput        benchmarks/throughput.py at 512x384, fp32/tf32/bf16, with the L-BFGS and Adam loops
+  sinks             benchmarks/sinks.py --device cuda: the file sink's time in the loop's thread, its writes
+                    in the loop against on its writer thread (512x384, a frame every 50 evaluations)
   precision         benchmarks/precision.py --device cuda: the precision `auto` should pick on this GPU
-  sweep             benchmarks/sweep.py: six trials at 64 px, the eleven ablations at 128 px x 200,
+  sweep             benchmarks/sweep.py: six trials at 64 px, the ablations preset at 128 px x 200,
                     eight trials at 512 px x 500; batched against one at a time
   default_transfer  python -m nst.run device=cuda (512 px, 500 evaluations), end to end
   oom_split         a batch too large for a capped memory pool: split in halves and completed; a trial
@@ -256,9 +258,21 @@ def _host_cpu_read(c: Context, rec: dict) -> None:
                                               for r in prec["rows"]}}
 
 
+def _sinks_cmd(c: Context) -> list[str]:
+    args = ["--device", "cpu", "--size", "32", "--steps", "6", "--rounds", "1"] if c.dry else ["--device", "cuda"]
+    return [c.py, str(BENCH / "sinks.py"), *args, "--json", str(c.json_path("sinks"))]
+
+
+def _sinks_read(c: Context, rec: dict) -> None:
+    data = _load(c.json_path("sinks"))
+    if data:
+        rec["figures"] = data
+
+
 PARTS = [
     Part("gpu_tests", True, 120, _tests_cmd, _tests_read),
     Part("throughput", False, 90, _throughput_cmd, _throughput_read),
+    Part("sinks", False, 30, _sinks_cmd, _sinks_read),
     Part("precision", False, 100, _precision_cmd, _precision_read),
     Part("sweep", False, 200, _sweep_cmd, _sweep_read),
     Part("default_transfer", False, 60, _default_cmd, _default_read),
@@ -473,6 +487,10 @@ def summary_lines(report: dict) -> list[str]:
             if "bf16_speedup_optimisation" in f:
                 out.append(f"    bf16 speed-up: optimisation x{f['bf16_speedup_optimisation']}, "
                            f"end to end x{f['bf16_speedup_end_to_end']}")
+        elif rec["part"] == "sinks" and f:
+            out.append(f"    file sink, {f['size']}: the loop's thread {f['loop_ms_per_eval_background']:.3f} ms per "
+                       f"evaluation with the writer thread, {f['loop_ms_per_eval_in_loop']:.3f} ms writing in the loop "
+                       f"(x{f['ratio']:.3f})")
         elif rec["part"] in ("default_transfer", "oom_split", "two_workers") and f:
             out.append("    " + ", ".join(f"{k}={v}" for k, v in f.items() if v is not None))
     if not report["dry_run"]:
@@ -496,14 +514,16 @@ def target_lines(report: dict) -> list[str]:
         return (rows.get(key) or {}).get("ms_per_eval")
 
     lbfgs = [(rows.get(f"{p} lbfgs loop") or {}).get("ratio_to_bare") for p in ("tf32", "bf16")]
+    with_files = (rows.get("tf32 lbfgs loop + files") or {}).get("ratio_to_bare")
     return [
         check("bare evaluation 512x384 bf16, ms", ms("bf16 bare"), TARGETS["bare_ms_bf16"]),
         check("bare evaluation 512x384 tf32, ms", ms("tf32 bare"), TARGETS["bare_ms_tf32"]),
         check("L-BFGS loop / bare (tf32)", lbfgs[0], TARGETS["lbfgs_loop_vs_bare"], higher_better=True),
         check("L-BFGS loop / bare (bf16)", lbfgs[1], TARGETS["lbfgs_loop_vs_bare"], higher_better=True),
+        check("L-BFGS loop with the run's files / bare (tf32)", with_files, TARGETS["lbfgs_loop_vs_bare"], higher_better=True),
         check("default transfer, optimisation s", default.get("optimisation_time"), TARGETS["default_optimisation_s"]),
         check("default transfer, end to end s", default.get("end_to_end_s"), TARGETS["default_end_to_end_s"]),
-        check("eleven ablations batched, s", (sweep.get("ablations") or {}).get("batched_s"), TARGETS["ablations_batched_s"]),
+        check("the ablations preset batched, s", (sweep.get("ablations") or {}).get("batched_s"), TARGETS["ablations_batched_s"]),
         check("eight 512 px trials batched, s", (sweep.get("eight512") or {}).get("batched_s"), TARGETS["eight512_batched_s"]),
     ]
 

@@ -1,6 +1,6 @@
 """The file sink's cost to the optimisation loop: the time on_step keeps the loop's thread, per evaluation.
 
-    python benchmarks/sinks.py [--size 512] [--steps 200] [--log-every 1] [--frame-every 50] [--device cpu]
+    python benchmarks/sinks.py [--size 512] [--steps 200] [--log-every 1] [--frame-every 50] [--device cpu] [--json PATH]
 
 A trial's FileSink gets `steps` step records of a [1,3,H,W] image (the size of the long side given, 4:3)
 and every loss term of the default objective. Two ways, in one process, the same records each time:
@@ -13,6 +13,7 @@ file was written. The background row's loop time is what the optimisation waits 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--frame-every", type=int, default=50)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is printed")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     w, h = args.size, args.size * 3 // 4
     image = torch.rand(1, 3, h, w, device=args.device)
@@ -74,6 +76,13 @@ def main() -> None:
     print(f"{'in the loop':22} {per[True]:12.3f} {whole[True]:11.2f}s")
     print(f"{'in the background':22} {per[False]:12.3f} {whole[False]:11.2f}s")
     print(f"the loop's thread waits {per[False] / per[True]:.3f}x as long with the writer thread")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "size": f"{w}x{h}", "device": args.device, "torch": torch.__version__, "steps": args.steps,
+            "log_every": args.log_every, "frame_every": args.frame_every,
+            "loop_ms_per_eval_in_loop": round(per[True], 4), "loop_ms_per_eval_background": round(per[False], 4),
+            "ratio": round(per[False] / per[True], 4), "all_written_s_in_loop": round(whole[True], 3),
+            "all_written_s_background": round(whole[False], 3)}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

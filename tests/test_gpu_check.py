@@ -15,16 +15,18 @@ def test_the_gpu_check_dry_run_runs_every_cpu_part_and_names_the_cuda_ones(tmp_p
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     parts = {p["part"]: p for p in report["parts"]}
-    assert list(parts) == ["gpu_tests", "throughput", "precision", "sweep", "default_transfer", "oom_split",
+    assert list(parts) == ["gpu_tests", "throughput", "sinks", "precision", "sweep", "default_transfer", "oom_split",
                            "two_workers", "compile", "host_cpu", "host_demo"]
     for name in ("gpu_tests", "oom_split", "compile"):
         assert parts[name]["status"] == "skipped" and parts[name]["reason"] == "needs CUDA"
         assert f"- {name}: skipped - needs CUDA" in r.stdout
-    for name in ("throughput", "precision", "sweep", "default_transfer", "two_workers", "host_cpu", "host_demo"):
+    for name in ("throughput", "sinks", "precision", "sweep", "default_transfer", "two_workers", "host_cpu", "host_demo"):
         assert parts[name]["status"] == "passed" and parts[name]["rc"] == 0, parts[name].get("output_tail")
         assert parts[name]["figures"], name  # its results were read back
     f = {name: parts[name]["figures"] for name in parts if "figures" in parts[name]}
     assert {"fp32 bare", "fp32 lbfgs loop", "fp32 adam loop + files"} <= set(f["throughput"]["rows"])
+    assert f["sinks"]["size"] == "32x24" and f["sinks"]["loop_ms_per_eval_background"] > 0
+    assert "file sink, 32x24: the loop's thread" in r.stdout
     assert f["precision"]["default"] == "fp32" and f["precision"]["noise_floor"] is not None
     assert {"six", "ablations", "eight512"} <= set(f["sweep"]) and not any(f["sweep"][p]["failed"] for p in ("six", "eight512"))
     assert f["default_transfer"]["status"] == "completed" and f["default_transfer"]["end_to_end_s"] > 0
