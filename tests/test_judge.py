@@ -411,3 +411,31 @@ def test_two_judges_at_once_are_both_recorded(judge_server, tmp_path):
     assert [(r["left"], r["right"]) for r in lines if r["judge"] == "bob"] == shown["bob"]
     assert [r["winner"] for r in lines if r["judge"] == "ann"] == ["left"] * 3
     assert [r["winner"] for r in lines if r["judge"] == "bob"] == ["right"] * 3
+
+
+def test_runs_that_used_copies_of_the_same_images_are_judged_as_one_pair(sweep, tmp_path):
+    # as two separate `benchmarks/quality.py --set` runs, each with its own copies of the photographs
+    first = load([sweep]).results[0]
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    content = Path(shutil.copy(first.content_file, copies / "photo.png"))
+    styles = [str(shutil.copy(f, copies / f"painting{i}{f.suffix}")) for i, f in enumerate(first.style_files)]
+    other = Path(shutil.copytree(sweep, tmp_path / "elsewhere"))
+    for path in other.glob("*/summary.json"):
+        data = json.loads(path.read_text())
+        for recorded in (data["settings"], data["config"]):
+            recorded["content"] = str(content)
+            recorded["style"] = styles if isinstance(recorded["style"], list) else styles[0]
+        path.write_text(json.dumps(data))
+    sweeps = load([sweep, other])
+    assert len(sweeps.results) == 6 and len({r.pair for r in sweeps.results}) == 1
+    assert {r.pair for r in sweeps.results} == {first.pair}  # named as first seen
+    candidates = Chooser(sweeps.results, random.Random(0)).candidates
+    across = [(a, b) for a, b in candidates if a.folder != b.folder]
+    assert len(candidates) == 15 - 3 and len(across) == 6  # the same setting is never judged against itself
+    # another photograph is another pair
+    from PIL import Image
+
+    with Image.open(content) as im:
+        im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(content)
+    assert len({r.pair for r in load([sweep, other]).results}) == 2

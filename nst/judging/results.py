@@ -1,9 +1,11 @@
 """The results a judge compares: every completed trial of the given sweep folders, with its
-content/style pair, the settings it was run with (as a label, hidden from the judge) and how close it
-stayed to the photograph (from its summary.json), read from the folders' files alone."""
+content/style pair (the same images, by their bytes, wherever each run found them), the settings it
+was run with (as a label, hidden from the judge) and how close it stayed to the photograph (from its
+summary.json), read from the folders' files alone."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,27 @@ def _input(value: str) -> Path | None:
         return None  # moved or deleted since the run: the page shows the results without it
 
 
+class _SameImages:
+    """Input images named by their bytes: two runs that used copies of one photograph (a folder of them
+    each, as benchmarks/quality.py --set makes) name it alike, the name it was first seen under."""
+
+    def __init__(self) -> None:
+        self._digests: dict[Path, str | None] = {}
+        self._first: dict[str, str] = {}  # a file's digest -> the name first seen for it
+
+    def name(self, value: str) -> str:
+        path = _input(value)
+        if path is None:
+            return value
+        if path not in self._digests:
+            try:
+                self._digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                self._digests[path] = None
+        digest = self._digests[path]
+        return value if digest is None else self._first.setdefault(digest, value)
+
+
 def _setting(t, key: str) -> str:
     """The trial's value of a key other trials judged with it override: its own override, else the
     value it ran with (so that sweeps run with and without the override share a label)."""
@@ -104,11 +127,13 @@ def load(folders: list[Path]) -> SweepSet:
     done = [(i, t) for i, t in trials if t.status == "completed" and not t.problems and t.final.exists()]
     axes = [k for k, _ in swept_axes([t for _, t in done]) if k not in PAIR_KEYS]
     results = []
+    same = _SameImages()
     for i, t in done:
         pair = _pair(t.summary)
         if pair is None:
             warnings.append(f"{t.path / 'summary.json'}: no content/style recorded; left out")
             continue
+        pair = (same.name(pair[0]), "+".join(map(same.name, pair[1].split("+"))))
         setting = ", ".join(f"{k}={_setting(t, k)}" for k in axes) or t.path.name
         styles = pair[1].split("+")
         results.append(Result(
