@@ -210,11 +210,16 @@ def keep_freed_memory() -> bool:
         glibc = None
     if not glibc or not glibc.startswith("glibc"):
         return False  # musl, macOS, Windows: their allocators have no such switches
-    import ctypes
+    try:
+        import ctypes
 
-    mallopt = ctypes.CDLL(None).mallopt
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    _kept = bool(mallopt(m_mmap_threshold, _KEEP_FREED)) and bool(mallopt(m_trim_threshold, _KEEP_FREED))
+        mallopt = ctypes.CDLL(None).mallopt
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        trimmed = bool(mallopt(m_trim_threshold, _KEEP_FREED))
+        mapped = bool(mallopt(m_mmap_threshold, _KEEP_FREED))
+    except (ImportError, OSError, AttributeError):
+        return False  # no ctypes or no mallopt: malloc as it is
+    _kept = trimmed and mapped
     return _kept
 
 

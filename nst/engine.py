@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import resource
 import time
 import traceback
 import uuid
@@ -93,16 +94,24 @@ def group_key(s: Settings) -> tuple:
 
 def auto_batch_size(settings: list[Settings]) -> int:
     """max_batch=auto: on the CPU a small fixed number; on a CUDA GPU what 80 % of its free memory holds,
-    so that a group of compatible trials runs in as few passes as memory allows (a cap of 64 cut the
-    ablations' 88 trials at 128 px into 64 and 24; running out of memory still splits a batch in two).
-    Apple's GPU (mps) shares the machine's memory and reports no free figure: the CPU's number."""
+    up to batch_cap(), so that a group of compatible trials runs in as few passes as memory allows (a cap
+    of 64 cut the ablations' 88 trials at 128 px into 64 and 24; running out of memory still splits a
+    batch in two). Apple's GPU (mps) shares the machine's memory and reports no free figure: the CPU's number."""
     s = settings[0]
     device = resolve_device(s.device)
     if device.type != "cuda":
         return CPU_MAX_BATCH
     free, _ = torch.cuda.mem_get_info(device)  # host synchronisation: once per group of trials
     per_trial = max(trial_bytes(x) for x in settings)
-    return max(1, int(0.8 * free) // per_trial)
+    return max(1, min(batch_cap(), int(0.8 * free) // per_trial))
+
+
+def batch_cap() -> int:
+    """The most trials max_batch=auto puts in one batch: 256, and a quarter of the process's open-file limit,
+    as each trial of a batch keeps files open while it runs (its metrics.jsonl, its W&B run's). With the
+    usual limit of 1024 files that is 256; small images on a large GPU would otherwise fit thousands."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 256 if soft == resource.RLIM_INFINITY else max(1, min(256, soft // 4))
 
 
 def trial_bytes(s: Settings) -> int:
@@ -327,10 +336,11 @@ def _run_method(live: dict[int, _Live], running: list[int]) -> torch.device:
         shared = all(torch.equal(styles[0], x) for x in styles[1:])  # one style for all: its features once
         outcome = methods.run([lv.trial.settings for lv in who], contents, styles[:1] if shared else styles, device,
                               precision, on_record)
+        end = time.perf_counter()  # the trials end together: none counts another's saving (see _optimise)
         for j, lv in enumerate(who):
             if lv.done:
                 continue
-            lv.summary["optimisation_time"] = round(time.perf_counter() - start, 3)
+            lv.summary["optimisation_time"] = round(end - start, 3)
             _complete(lv, outcome.image[j:j + 1], "budget", device, final_terms=outcome.final[j])
     return device
 
@@ -672,8 +682,10 @@ def _complete(lv: _Live, final: torch.Tensor, reason: str, device: torch.device,
         s = lv.trial.settings
         lv.summary["image_size"] = list(final.shape[-1:-3:-1])  # [W, H]
         lv.summary["metrics"] = standard_metrics(final, lv.tensors["photo"], lv.tensors["plain_styles"], s.style_blend)
+        # every frame and row written (nst.sinks.FileSink writes in the background): a failed write fails the
+        # trial before its final image, and the animation is made of every frame
+        _flush_sinks(lv)
         images.save_atomic(images.to_pil(final), out / "final.png")
-        _flush_sinks(lv)  # every frame written (nst.sinks.FileSink writes in the background) before the animation
         images.save_animation(out / "frames", out / "animation.gif")
         opt_time = lv.summary["optimisation_time"]
         lv.summary.update(status="completed", final=final_terms, evaluations=lv.evaluations, stop_reason=reason,
@@ -739,10 +751,13 @@ def _finish(lv: _Live, device: torch.device | None) -> None:
         if out != run_dir:
             records.discard_attempt(run_dir)
         return
+    stop: BaseException | None = None
     try:
         _flush_sinks(lv)  # nothing is still being written into the folder that moves
-    except Exception as e:  # noqa: BLE001 - a trial that gets here did not complete: its own error stands
+    except Exception as e:  # noqa: BLE001 - a failed trial's own error stands (a completed one flushed in _complete)
         lv.summary.setdefault("sink_errors", []).append(f"{type(e).__name__}: {e}")
+    except BaseException as e:  # noqa: BLE001 - Ctrl-C while waiting: the trial's end is recorded, then it stops
+        stop = e
     try:
         # before the sinks close: they may read the trial's files (W&B logs final.png)
         records.promote_attempt(run_dir, out)
@@ -753,6 +768,8 @@ def _finish(lv: _Live, device: torch.device | None) -> None:
         write_summary(run_dir / "summary.json", Summary.from_dict(lv.summary))
     except OSError as e:
         _not_recorded(lv, e)
+    if stop is not None:
+        raise stop
 
 
 def _not_recorded(lv: _Live, e: OSError) -> None:

@@ -10,7 +10,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,9 +105,14 @@ class FileSink:
         self._frames += frame
 
     def _wait_oldest(self) -> None:
-        future, frame = self._pending.popleft()
-        self._frames -= frame
-        future.result()
+        """Wait for the oldest write; raise its error. Interrupted (Ctrl-C), the write stays pending."""
+        future, frame = self._pending[0]
+        try:
+            future.result()
+        finally:
+            if future.done():
+                self._pending.popleft()
+                self._frames -= frame
 
     def _guarded(self, write: Callable, *args) -> None:
         if self._failed:
@@ -135,20 +140,38 @@ class FileSink:
         save_atomic(pil_of(image), path)  # host synchronisation for a GPU image: in this thread, not the loop's
 
     def flush(self) -> None:
-        """Wait until every row and frame handed over is written; raise the first write that failed."""
-        error = None
+        """Wait until every row and frame handed over is written; raise the first write that failed.
+        Interrupted (Ctrl-C), the writes still queued are dropped and the one under way is waited for,
+        as the attempt's folder is about to be discarded."""
+        error: Exception | None = None
         while self._pending:
             try:
                 self._wait_oldest()
-            except BaseException as e:  # noqa: BLE001 - raised below, after waiting for the rest
+            except Exception as e:  # noqa: BLE001 - raised below, after waiting for the rest
                 error = error or e
+            except BaseException:
+                self.settle()
+                raise
         if error is not None:
             raise error
 
+    def settle(self) -> None:
+        """Drop the writes still queued and wait for the one under way: after this nothing writes into the
+        attempt's folder, which may then be moved or deleted."""
+        for future, _ in self._pending:
+            future.cancel()
+        wait([future for future, _ in self._pending])
+        self._pending.clear()
+        self._frames = 0
+
     def close(self, summary: dict) -> None:
+        """A completed or failed trial's files are kept: every write is waited for. Any other end (Ctrl-C, an
+        attempt retried after running out of GPU memory) drops the writes still queued."""
         try:
-            self.flush()
+            if summary.get("status") in ("completed", "failed"):
+                self.flush()
         finally:
+            self.settle()
             with records.writing(self.metrics_path):
                 self._metrics.close()
 

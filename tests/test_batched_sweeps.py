@@ -71,7 +71,17 @@ def test_on_a_gpu_auto_batches_as_many_trials_as_its_free_memory_holds(monkeypat
     s = settings("size=128", "steps=10")
     per_trial = engine.trial_bytes(s)
     monkeypatch.setattr(engine, "resolve_device", lambda name: torch.device("cuda"))
-    for free, expected in [(80 * 2**30, int(0.8 * 80 * 2**30) // per_trial), (3 * per_trial / 0.8 + 1, 3), (1, 1)]:
+    cap = engine.batch_cap()
+    assert 88 <= cap <= 256  # the ablations' largest group at 128 px fits one pass (with the usual 1024 open files)
+    for free, expected in [(80 * 2**30, cap), (3 * per_trial / 0.8 + 1, 3), (1, 1)]:
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (int(free), 80 * 2**30))
-        assert engine.auto_batch_size([s] * 200) == expected
-    assert int(0.8 * 80 * 2**30) // per_trial > 88  # the ablations' largest group at 128 px fits one pass
+        assert engine.auto_batch_size([s] * 500) == expected
+    assert int(0.8 * 80 * 2**30) // per_trial > cap  # at 128 px an 80 GB GPU would hold more: the cap decides
+
+
+def test_the_batch_cap_leaves_room_in_the_open_file_limit():
+    import subprocess
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]));"
+            "from nst import engine; print(engine.batch_cap())")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["32"]
