@@ -93,6 +93,15 @@ def _load(path: Path) -> dict | None:
         return None
 
 
+def _json_figures(name: str) -> Callable[[Context, dict], None]:
+    """A part's reader whose figures are the JSON file it wrote, as it is (absent: no figures)."""
+    def read(c: Context, rec: dict) -> None:
+        data = _load(c.json_path(name))
+        if data:
+            rec["figures"] = data
+    return read
+
+
 def _summary(path: Path) -> dict:
     """A trial's summary.json as nst reads it (nst.summary), by its keys; {} when it has none or it is unreadable."""
     from nst.summary import load
@@ -192,12 +201,6 @@ def _oom_cmd(c: Context) -> list[str]:
     return [c.py, str(Path(__file__).resolve()), "--inner", "oom_split", "--out", str(c.work)]
 
 
-def _oom_read(c: Context, rec: dict) -> None:
-    data = _load(c.json_path("oom_split"))
-    if data:
-        rec["figures"] = data
-
-
 def _workers_cmd(c: Context) -> list[str]:
     tiny = ["device=cpu", "size=32", "steps=2"] if c.dry else ["device=cuda", "size=256", "steps=100"]
     return _nst_run_cmd(c, "style_weight=1e2,1e3,1e4,1e5", *tiny, "hydra.launcher.workers=2",
@@ -234,12 +237,6 @@ def _host_demo_cmd(c: Context) -> list[str]:
     return [c.py, str(Path(__file__).resolve()), "--inner", "host_demo", "--out", str(c.work)] + (["--dry-run"] if c.dry else [])
 
 
-def _host_demo_read(c: Context, rec: dict) -> None:
-    data = _load(c.json_path("host_demo"))
-    if data:
-        rec["figures"] = data
-
-
 def _host_cpu_cmd(c: Context) -> list[str]:
     return [c.py, str(Path(__file__).resolve()), "--inner", "host_cpu", "--out", str(c.work)] + (["--dry-run"] if c.dry else [])
 
@@ -263,25 +260,20 @@ def _sinks_cmd(c: Context) -> list[str]:
     return [c.py, str(BENCH / "sinks.py"), *args, "--json", str(c.json_path("sinks"))]
 
 
-def _sinks_read(c: Context, rec: dict) -> None:
-    data = _load(c.json_path("sinks"))
-    if data:
-        rec["figures"] = data
-
-
 PARTS = [
     Part("gpu_tests", True, 120, _tests_cmd, _tests_read),
     Part("throughput", False, 90, _throughput_cmd, _throughput_read),
-    Part("sinks", False, 30, _sinks_cmd, _sinks_read),
+    Part("sinks", False, 30, _sinks_cmd, _json_figures("sinks")),
     Part("precision", False, 100, _precision_cmd, _precision_read),
     Part("sweep", False, 200, _sweep_cmd, _sweep_read),
     Part("default_transfer", False, 60, _default_cmd, _default_read),
-    Part("oom_split", True, 60, _oom_cmd, _oom_read),
+    Part("oom_split", True, 60, _oom_cmd, _json_figures("oom_split")),
     Part("two_workers", False, 90, _workers_cmd, _workers_read),
     Part("compile", True, 200, _compile_cmd, _compile_read),
     # two threads, as on the project's 2-core machines
     Part("host_cpu", False, 90, _host_cpu_cmd, _host_cpu_read, env={"OMP_NUM_THREADS": "2"}),
-    Part("host_demo", False, 240, _host_demo_cmd, _host_demo_read, env={"OMP_NUM_THREADS": "2", "NST_CPU_THREADS": "2"}),
+    Part("host_demo", False, 240, _host_demo_cmd, _json_figures("host_demo"),
+         env={"OMP_NUM_THREADS": "2", "NST_CPU_THREADS": "2"}),
 ]
 
 

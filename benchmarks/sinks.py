@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -66,9 +67,6 @@ def main() -> None:
         for r in range(args.rounds):
             for wait in (True, False):
                 got[wait].append(run(Path(tmp) / f"{r}_{wait}", image, args.steps, args.log_every, args.frame_every, wait))
-
-    def median(xs: list[float]) -> float:
-        return sorted(xs)[len(xs) // 2]
 
     per = {wait: median([loop for loop, _ in got[wait]]) / args.steps * 1000 for wait in got}
     whole = {wait: median([total for _, total in got[wait]]) for wait in got}
